@@ -1,0 +1,1 @@
+"""HTTP routers only: no SQL and no delivery logic here."""

@@ -1,0 +1,67 @@
+"""``/v1/channels`` and ``/v1/routes``: what the config defines, secrets masked."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import RuntimeDep
+from app.api.problems import error_responses
+from app.api.schemas import ChannelList, ChannelOut, RetryOut, RouteList, RouteOut
+from app.durations import format_duration
+from app.service import DEFAULT_ROUTE
+
+router = APIRouter(prefix="/v1", tags=["configuration"])
+
+
+@router.get(
+    "/channels",
+    operation_id="list_channels",
+    response_model=ChannelList,
+    summary="Configured channels with their readiness",
+    responses=error_responses(503),
+)
+async def list_channels(runtime: RuntimeDep) -> ChannelList:
+    items = []
+    for name, channel in runtime.channels.items():
+        config = channel.config
+        reason = channel.readiness()
+        if reason is None and not config.enabled:
+            reason = "disabled in the config"
+        settings = config.model_dump(mode="json", by_alias=True, exclude={"type", "enabled"})
+        items.append(
+            ChannelOut(
+                name=name,
+                type=config.type,
+                enabled=config.enabled,
+                ready=reason is None,
+                reason=reason,
+                settings=settings,
+            )
+        )
+    return ChannelList(items=items)
+
+
+@router.get(
+    "/routes",
+    operation_id="list_routes",
+    response_model=RouteList,
+    summary="Configured routes",
+    responses=error_responses(503),
+)
+async def list_routes(runtime: RuntimeDep) -> RouteList:
+    return RouteList(
+        items=[
+            RouteOut(
+                name=name,
+                channels=route.channels,
+                strategy=route.strategy,
+                retry=RetryOut(
+                    schedule=[format_duration(delay) for delay in route.retry.schedule],
+                    jitter=route.retry.jitter,
+                ),
+                ttl=format_duration(route.ttl) if route.ttl is not None else None,
+                default=name == DEFAULT_ROUTE,
+            )
+            for name, route in runtime.config.routes.items()
+        ]
+    )

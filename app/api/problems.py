@@ -1,0 +1,129 @@
+"""Every error the API answers, as RFC 9457 ``application/problem+json``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api.schemas import Problem
+from app.errors import HeraldError, problem_type
+
+logger = logging.getLogger("herald.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+_TITLES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation", "Validation failed"),
+    429: ("rate-limited", "Too many requests"),
+    500: ("internal", "Internal server error"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    default_slug, default_title = _TITLES.get(status, ("error", "Error"))
+    body: dict[str, Any] = {
+        "type": problem_type(slug or default_slug),
+        "title": title or default_title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _loc(loc: tuple[Any, ...] | list[Any]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+def validation_errors(raw: Any) -> list[dict[str, Any]]:
+    errors = []
+    for error in raw:
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        errors.append({"loc": _loc(error.get("loc", ())), "msg": message})
+    return errors
+
+
+async def _herald_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HeraldError)
+    if exc.status >= 500:
+        logger.error("%s: %s", type(exc).__name__, exc.detail)
+    return problem_response(
+        exc.status, exc.detail, slug=exc.slug, title=exc.title, errors=exc.errors
+    )
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = validation_errors(exc.errors())
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:3])
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return problem_response(422, f"invalid request: {summary}{more}", errors=errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "no such path"
+    elif exc.status_code == 405:
+        detail = "method not allowed on this path"
+    return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
+
+
+async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else exc)
+    return problem_response(
+        503, "the database is unreachable; try again shortly", headers={"Retry-After": "1"}
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", exc_info=exc)
+    return problem_response(500, "an unexpected error occurred; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(HeraldError, _herald_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(ConnectionError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the problems an operation may answer."""
+    descriptions = {status: title for status, (_, title) in _TITLES.items()}
+    return {
+        status: {
+            "model": Problem,
+            "description": descriptions.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

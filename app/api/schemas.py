@@ -1,0 +1,210 @@
+"""Request and response bodies of the HTTP API, as ``openapi.yaml`` publishes them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.channels.base import Recipient
+
+Severity = Literal["debug", "info", "warning", "error", "critical"]
+Status = Literal["pending", "delivering", "delivered", "failed", "partial", "expired", "cancelled"]
+Strategy = Literal["fallback", "all"]
+HopStateName = Literal["pending", "retrying", "delivered", "failed", "skipped", "unused"]
+ErrorClassName = Literal["transient", "rate_limited", "permanent", "config", "skipped"]
+
+BODY_LIMIT = 64 * 1024
+METADATA_LIMIT = 16 * 1024
+
+
+def _utf8_len(value: str) -> int:
+    return len(value.encode("utf-8"))
+
+
+class NotificationCreate(BaseModel):
+    """A notification to accept. ``route`` or ``channels``, not both; neither: the default route."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    route: str | None = Field(default=None, max_length=64, examples=["alerts"])
+    channels: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="An inline ordered chain of configured channel names, tried as a fallback.",
+    )
+    recipient: Recipient = Field(default_factory=Recipient)
+    subject: str | None = Field(default=None, max_length=998)
+    text: str | None = Field(default=None, description="Plain-text body, at most 64 KiB UTF-8.")
+    html: str | None = Field(default=None, description="HTML body, at most 64 KiB UTF-8.")
+    severity: Severity = "info"
+    source: str | None = Field(default=None, max_length=255)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form JSON object, at most 16 KiB serialized."
+    )
+    send_at: AwareDatetime | None = Field(
+        default=None, description="Deliver no sooner than this time."
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="Give up (status expired) if not delivered by then."
+    )
+
+    @field_validator("text", "html")
+    @classmethod
+    def _body_size(cls, value: str | None) -> str | None:
+        if value is not None and _utf8_len(value) > BODY_LIMIT:
+            raise ValueError(f"at most {BODY_LIMIT} bytes of UTF-8")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _utf8_len(json.dumps(value, separators=(",", ":"), ensure_ascii=False)) > METADATA_LIMIT:
+            raise ValueError(f"at most {METADATA_LIMIT} bytes when serialized as JSON")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NotificationCreate:
+        if self.route is not None and self.channels is not None:
+            raise ValueError("give route or channels, not both")
+        if self.text is None and self.html is None:
+            raise ValueError("give at least one of text and html")
+        if self.send_at and self.expires_at and self.expires_at <= self.send_at:
+            raise ValueError("expires_at must be later than send_at")
+        return self
+
+
+class ErrorInfo(BaseModel):
+    """Why an attempt failed: class, stable code, short message."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: ErrorClassName = Field(alias="class")
+    code: str
+    message: str
+
+
+class LastError(ErrorInfo):
+    channel: str
+
+
+class Hop(BaseModel):
+    channel: str
+    state: HopStateName
+    attempts: int
+    last_error: LastError | None = None
+
+
+class NotificationOut(BaseModel):
+    """A notification as lists show it (no bodies)."""
+
+    id: uuid.UUID
+    status: Status
+    route: str | None = Field(description="The route, or null for an inline chain.")
+    strategy: Strategy
+    channels: list[str]
+    recipient: Recipient
+    subject: str | None
+    severity: Severity
+    source: str | None
+    metadata: dict[str, Any]
+    round: int
+    attempt_count: int
+    delivered_via: str | list[str] | None = Field(
+        description="The channel that delivered (fallback), or the list of them (all)."
+    )
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: LastError | None
+    hops: list[Hop]
+    send_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class NotificationDetail(NotificationOut):
+    """A notification with its bodies."""
+
+    text: str | None
+    html: str | None
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None = Field(description="Pass as cursor for the next (older) page.")
+
+
+class AttemptOut(BaseModel):
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    channel: str
+    channel_type: str
+    round: int
+    hop: int = Field(description="Index of the channel in the notification's chain.")
+    trigger: Literal["scheduled", "manual"]
+    outcome: Literal["delivered", "failed", "skipped"]
+    error: ErrorInfo | None
+    provider_status: int | None
+    provider_message_id: str | None
+    response_excerpt: str | None
+    started_at: datetime
+    duration_ms: int
+
+
+class AttemptList(BaseModel):
+    items: list[AttemptOut]
+
+
+class ChannelOut(BaseModel):
+    name: str
+    type: str
+    enabled: bool
+    ready: bool
+    reason: str | None = Field(description="Why the channel is not ready, if it is not.")
+    settings: dict[str, Any] = Field(description="The channel's settings, secrets masked.")
+
+
+class ChannelList(BaseModel):
+    items: list[ChannelOut]
+
+
+class RetryOut(BaseModel):
+    schedule: list[str]
+    jitter: float
+
+
+class RouteOut(BaseModel):
+    name: str
+    channels: list[str]
+    strategy: Strategy
+    retry: RetryOut
+    ttl: str | None
+    default: bool
+
+
+class RouteList(BaseModel):
+    items: list[RouteOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None

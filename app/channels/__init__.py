@@ -1,0 +1,1 @@
+"""Channel types: one adapter per provider protocol, registered by type name."""

@@ -1,0 +1,257 @@
+"""What every channel type shares: the message it sends, the result it returns, its config.
+
+A channel never returns a bare bool. ``send`` answers a ``DeliveryResult`` that is either a
+delivery or a failure carrying one of design.md's error classes and a stable code. Exceptions
+escaping ``send`` are a bug in the adapter; the orchestrator still records them as ``transient``
+so a broken adapter cannot lose a notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+
+from app.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+EXCERPT_LIMIT = 2048
+
+
+class ErrorClass(StrEnum):
+    """The one taxonomy of delivery failures (design.md, "Error classes")."""
+
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    CONFIG = "config"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    cls: ErrorClass
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """The outcome of one try of one channel."""
+
+    error: DeliveryError | None = None
+    provider_status: int | None = None
+    provider_message_id: str | None = None
+    response_excerpt: str | None = None
+    retry_after: float | None = None
+    """Seconds the provider asked us to wait (``rate_limited`` only)."""
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def ok(
+        cls,
+        *,
+        provider_status: int | None = None,
+        provider_message_id: str | None = None,
+        response_excerpt: str | None = None,
+    ) -> DeliveryResult:
+        return cls(
+            provider_status=provider_status,
+            provider_message_id=provider_message_id,
+            response_excerpt=excerpt(response_excerpt),
+        )
+
+    @classmethod
+    def failed(
+        cls,
+        error_class: ErrorClass,
+        code: str,
+        message: str,
+        *,
+        provider_status: int | None = None,
+        response_excerpt: str | None = None,
+        retry_after: float | None = None,
+    ) -> DeliveryResult:
+        return cls(
+            error=DeliveryError(error_class, code, message),
+            provider_status=provider_status,
+            response_excerpt=excerpt(response_excerpt),
+            retry_after=retry_after,
+        )
+
+    @classmethod
+    def skipped(cls, code: str, message: str) -> DeliveryResult:
+        return cls.failed(ErrorClass.SKIPPED, code, message)
+
+
+def excerpt(text: str | None) -> str | None:
+    """At most ``EXCERPT_LIMIT`` bytes of UTF-8, cut on a character boundary."""
+    if text is None:
+        return None
+    raw = text.encode("utf-8")
+    if len(raw) <= EXCERPT_LIMIT:
+        return text
+    return raw[:EXCERPT_LIMIT].decode("utf-8", errors="ignore")
+
+
+class Recipient(BaseModel):
+    """Where one notification goes, per channel type. Every address is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=32)
+    telegram_chat_id: str | None = Field(default=None, max_length=64)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Everything a channel may need to deliver one notification."""
+
+    id: uuid.UUID
+    route: str | None
+    recipient: Recipient
+    subject: str | None
+    text: str | None
+    html: str | None
+    severity: str
+    source: str | None
+    metadata: Mapping[str, Any]
+    created_at: datetime
+
+    def plain_text(self) -> str:
+        """The text body, or the HTML with its tags stripped when only HTML was given."""
+        if self.text is not None:
+            return self.text
+        from app.channels.text import html_to_text
+
+        return html_to_text(self.html or "")
+
+
+def _parse_rate(value: object) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError("rate_limit must look like 30/s, 100/m or 1000/h")
+    count, _, unit = value.partition("/")
+    per = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
+    if not count.strip().isdigit() or int(count) < 1 or per is None:
+        raise ValueError("rate_limit must look like 30/s, 100/m or 1000/h")
+    return int(count), per
+
+
+class ChannelConfig(BaseModel):
+    """Settings every channel accepts. Each type subclasses this with its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    enabled: bool = True
+    timeout: Duration = 10.0
+    rate_limit: str | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("timeout must be greater than zero")
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        _parse_rate(value)
+        return value
+
+    @property
+    def rate(self) -> tuple[int, float] | None:
+        """``(tokens, per_seconds)`` parsed from ``rate_limit``."""
+        return _parse_rate(self.rate_limit)
+
+    def secrets(self) -> list[str]:
+        """Every secret string in these settings, for redaction."""
+        found: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                found.append(value.get_secret_value())
+        return found
+
+
+@dataclass(slots=True)
+class ChannelContext:
+    """Process-wide resources a channel may use; built once in the app's lifespan."""
+
+    http: httpx.AsyncClient
+
+
+class ChannelType:
+    """Base of every channel adapter.
+
+    Subclasses set ``type_name`` and ``config_model`` and implement ``send``. They are built once
+    per configured channel and shared by every delivery in the process.
+    """
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[ChannelConfig]]
+    address_field: ClassVar[str | None] = None
+    """The ``recipient`` field this type delivers to, if any (documentation and ``no_address``)."""
+
+    def __init__(self, name: str, config: ChannelConfig, context: ChannelContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    async def send(self, message: Message) -> DeliveryResult:
+        raise NotImplementedError
+
+    def readiness(self) -> str | None:
+        """Why this channel cannot deliver at all, or ``None`` when it is ready."""
+        return None
+
+    async def aclose(self) -> None:
+        """Release what the channel holds; most hold nothing of their own."""
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A rate limit shared by every delivery through one channel in this process."""
+
+    capacity: int
+    per_seconds: float
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+    _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.capacity)
+        self.updated = time.monotonic()
+
+    async def acquire(self, deadline: float) -> bool:
+        """Take a token, waiting for one until ``deadline`` (monotonic); ``False`` if none came."""
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                rate = self.capacity / self.per_seconds
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return True
+                wait = (1 - self.tokens) / rate
+                if now + wait > deadline:
+                    return False
+                await asyncio.sleep(wait)

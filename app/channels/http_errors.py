@@ -1,0 +1,112 @@
+"""Classifying HTTP answers and transport errors, shared by every HTTP-based channel type."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from app.channels.base import DeliveryResult, ErrorClass
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delay-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def classify_status(status: int) -> ErrorClass | None:
+    """design.md's class for a provider's HTTP status; ``None`` for success."""
+    if 200 <= status < 300:
+        return None
+    if status == 429:
+        return ErrorClass.RATE_LIMITED
+    if status in (401, 403):
+        return ErrorClass.CONFIG
+    if status == 408 or status >= 500:
+        return ErrorClass.TRANSIENT
+    # 3xx (redirects are never followed), 400, 404, 410 and every other 4xx: the provider
+    # refused this request for this recipient; sending it again will not change that.
+    return ErrorClass.PERMANENT
+
+
+def failure_from_response(response: httpx.Response, message: str | None = None) -> DeliveryResult:
+    """A failed ``DeliveryResult`` for a non-2xx answer."""
+    status = response.status_code
+    error_class = classify_status(status) or ErrorClass.PERMANENT
+    if message is None:
+        message = f"HTTP {status} {response.reason_phrase}".strip()
+        if 300 <= status < 400:
+            location = response.headers.get("location")
+            message += f" (redirect to {location!r} not followed)" if location else ""
+    return DeliveryResult.failed(
+        error_class,
+        f"http_{status}",
+        message,
+        provider_status=status,
+        response_excerpt=response.text,
+        retry_after=(
+            retry_after_seconds(response.headers.get("retry-after"))
+            if error_class is ErrorClass.RATE_LIMITED
+            else None
+        ),
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def failure_from_transport(exc: httpx.HTTPError) -> DeliveryResult:
+    """A failed ``DeliveryResult`` for an error before any HTTP answer arrived."""
+    chain = _causes(exc)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
+        return DeliveryResult.failed(
+            ErrorClass.CONFIG, "tls_error", "TLS certificate verification failed"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return DeliveryResult.failed(ErrorClass.TRANSIENT, "timeout", f"timed out ({_kind(exc)})")
+    if any(isinstance(e, socket.gaierror) for e in chain) or "Name or service not known" in str(
+        exc
+    ):
+        return DeliveryResult.failed(ErrorClass.TRANSIENT, "dns_error", "host name did not resolve")
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return DeliveryResult.failed(ErrorClass.TRANSIENT, "tls_error", "TLS handshake failed")
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return DeliveryResult.failed(ErrorClass.CONFIG, "invalid_url", str(exc) or "invalid URL")
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        reason = "connection refused"
+    elif any(isinstance(e, ConnectionResetError) for e in chain):
+        reason = "connection reset by peer"
+    else:
+        reason = f"connection failed ({_kind(exc)})"
+    return DeliveryResult.failed(ErrorClass.TRANSIENT, "connection_error", reason)
+
+
+def _kind(exc: BaseException) -> str:
+    words: list[str] = []
+    for char in type(exc).__name__:
+        if char.isupper() and words:
+            words.append(" ")
+        words.append(char.lower())
+    return "".join(words)

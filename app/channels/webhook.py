@@ -1,0 +1,124 @@
+"""``webhook``: POST the notification as JSON, signed by the Standard Webhooks scheme.
+
+``webhook-id`` is the notification id on every try, so a receiver can drop the duplicates that
+at-least-once delivery may bring. Redirects are never followed: a 3xx is a ``permanent`` failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field, SecretStr, field_validator
+
+from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, Message
+from app.channels.http_errors import failure_from_response, failure_from_transport
+
+
+class WebhookConfig(ChannelConfig):
+    type: Literal["webhook"]
+    url: str | None = None
+    """Where to POST; none: the notification's ``recipient.webhook_url``."""
+    secret: SecretStr | None = None
+    """``whsec_<base64>``; none: requests go unsigned."""
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            secret_key(value.get_secret_value())
+        return value
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` secret (its base64 part, decoded)."""
+    encoded = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise ValueError("secret must be whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("secret must be whsec_ followed by base64")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value for one request."""
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def payload(message: Message, timestamp: int) -> dict[str, Any]:
+    return {
+        "type": "notification",
+        "timestamp": timestamp,
+        "data": {
+            "id": str(message.id),
+            "route": message.route,
+            "subject": message.subject,
+            "text": message.text,
+            "html": message.html,
+            "severity": message.severity,
+            "source": message.source,
+            "metadata": dict(message.metadata),
+            "recipient": message.recipient.model_dump(exclude_none=True),
+        },
+    }
+
+
+class WebhookChannel(ChannelType):
+    type_name = "webhook"
+    config_model = WebhookConfig
+    address_field = "webhook_url"
+    config: WebhookConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        secret = self.config.secret
+        self._key = secret_key(secret.get_secret_value()) if secret else None
+
+    async def send(self, message: Message) -> DeliveryResult:
+        url = self.config.url or message.recipient.webhook_url
+        if not url:
+            return DeliveryResult.skipped("no_address", "recipient has no webhook_url")
+        timestamp = int(time.time())
+        body = json.dumps(payload(message, timestamp), separators=(",", ":")).encode()
+        headers = {
+            **self.config.headers,
+            "content-type": "application/json",
+            "webhook-id": str(message.id),
+            "webhook-timestamp": str(timestamp),
+        }
+        if self._key is not None:
+            headers["webhook-signature"] = sign(self._key, str(message.id), timestamp, body)
+        try:
+            response = await self.context.http.post(
+                url,
+                content=body,
+                headers=headers,
+                timeout=self.config.timeout,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            return failure_from_transport(exc)
+        if response.is_success:
+            return DeliveryResult.ok(
+                provider_status=response.status_code,
+                provider_message_id=response.headers.get("x-message-id"),
+                response_excerpt=response.text,
+            )
+        return failure_from_response(response)

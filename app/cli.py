@@ -1,0 +1,200 @@
+"""``herald``: serve | worker | migrate | check-config | openapi."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import yaml
+from pydantic import ValidationError
+
+from app import __version__, logs
+from app.channels.registry import ChannelRegistry, DuplicateChannelType, default_registry
+from app.config import ConfigError, HeraldConfig, Settings, load_config
+
+logger = logging.getLogger("herald")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"herald: {message}", file=sys.stderr)
+    return code
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"HERALD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        ]
+        raise SystemExit(_fail("invalid environment:\n  " + "\n  ".join(lines))) from None
+
+
+def _registry() -> ChannelRegistry:
+    try:
+        return default_registry()
+    except (DuplicateChannelType, TypeError) as exc:
+        raise SystemExit(_fail(str(exc))) from None
+
+
+def _config(path: str | None, settings: Settings, registry: ChannelRegistry) -> HeraldConfig:
+    path = path or settings.config
+    if not path:
+        raise SystemExit(_fail("no config file: pass --config PATH or set HERALD_CONFIG"))
+    try:
+        return load_config(path, registry)
+    except ConfigError as exc:
+        raise SystemExit(_fail(str(exc))) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    registry = _registry()
+    config = _config(args.config, settings, registry)
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    app = create_app(settings, config, registry, run_worker=not args.no_worker)
+    logger.info(
+        "herald %s serving on http://%s:%d (%s, delivery loop %s)",
+        __version__,
+        host,
+        port,
+        _database_kind(settings.database_url),
+        "off" if args.no_worker else "on",
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5,
+        )
+    )
+    server.run()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.delivery.worker import Worker
+    from app.runtime import open_runtime
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    registry = _registry()
+    config = _config(args.config, settings, registry)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                logger.warning("second %s: exiting at once", signal.Signals(signum).name)
+                os._exit(1)
+            logger.info("%s: finishing in-flight deliveries", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+        async with open_runtime(settings, config, registry) as runtime:
+            await Worker(runtime).run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.store.migrate import head_revision, upgrade
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    url = args.database_url or settings.database_url
+    try:
+        upgrade(url)
+    except Exception as exc:
+        return _fail(f"migration failed on {_database_kind(url)}: {exc}", 1)
+    print(f"database ({_database_kind(url)}) is at migration {head_revision()}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    registry = _registry()
+    try:
+        config = load_config(args.file, registry)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: ok ({len(config.channels)} channels, {len(config.routes)} routes, "
+        f"{len(config.auth.api_keys)} API keys)"
+    )
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from app.main import create_app
+
+    spec = create_app().openapi()
+    sys.stdout.write(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=100))
+    return 0
+
+
+def _database_kind(url: str) -> str:
+    if url.startswith("sqlite"):
+        return "SQLite " + (url.split("///", 1)[-1] or ":memory:")
+    return "PostgreSQL"
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="herald", description="Herald: HTTP notifications with ordered fallback delivery."
+    )
+    root.add_argument("--version", action="version", version=f"herald {__version__}")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the API (and, by default, deliver)")
+    serve.add_argument("--config", help="herald.yaml (default: $HERALD_CONFIG)")
+    serve.add_argument("--host", help="bind address (default: $HERALD_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $HERALD_PORT or 8000)")
+    serve.add_argument(
+        "--no-worker", action="store_true", help="API only; run `herald worker` to deliver"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run the delivery loop only")
+    worker.add_argument("--config", help="herald.yaml (default: $HERALD_CONFIG)")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--database-url", help="default: $HERALD_DATABASE_URL")
+    migrate.set_defaults(func=cmd_migrate)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config)
+
+    openapi = commands.add_parser("openapi", help="print the OpenAPI spec (openapi.yaml)")
+    openapi.set_defaults(func=cmd_openapi)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The fallback orchestrator: one round over a chain of channels, and what follows from it.
+
+Pure in the sense that matters: no SQL, no FastAPI, no sleeping. It is handed the chain, the
+message and the notification's hop states; it calls the channels and returns every attempt, the
+new hop states and the decision (final status, or when the next round runs). The worker feeds it
+and persists what it returns.
+
+Hop states::
+
+    pending   not tried yet in this set of rounds
+    retrying  failed in a way worth another round (transient, rate_limited, config, circuit open)
+    delivered the channel took the message
+    failed    permanent failure, or rounds exhausted: never tried again
+    skipped   nothing to try (no address for this channel type, channel disabled)
+    unused    never tried because an earlier hop delivered (fallback)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from app.channels.base import (
+    ChannelConfig,
+    DeliveryError,
+    DeliveryResult,
+    ErrorClass,
+    Message,
+    TokenBucket,
+)
+from app.delivery.retry import next_round_at, rounds_allowed
+from app.security.redaction import redact
+
+logger = logging.getLogger("herald.delivery")
+
+RETRYABLE_SKIPS = frozenset({"circuit_open"})
+"""Skip codes that may clear by the next round; every other skip is final for the hop."""
+
+TIMEOUT_GRACE = 0.5
+"""Seconds past the channel's own timeout before the orchestrator cancels a send."""
+
+
+class SendingChannel(Protocol):
+    """What the orchestrator needs of a channel."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type_name(self) -> str: ...
+    @property
+    def config(self) -> ChannelConfig: ...
+
+    async def send(self, message: Message) -> DeliveryResult: ...
+
+
+@dataclass(slots=True)
+class Link:
+    """One hop of a chain: the channel, its rate limit, and the secrets to redact."""
+
+    channel: SendingChannel
+    bucket: TokenBucket | None = None
+    secrets: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HopState:
+    channel: str
+    state: str = "pending"
+    attempts: int = 0
+    last_error: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HopState:
+        return cls(
+            channel=data["channel"],
+            state=data.get("state", "pending"),
+            attempts=int(data.get("attempts", 0)),
+            last_error=data.get("last_error"),
+        )
+
+
+def fresh_hops(chain: Sequence[str]) -> list[HopState]:
+    return [HopState(channel=name) for name in chain]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    channel: str
+    channel_type: str
+    hop: int
+    round: int
+    trigger: str
+    result: DeliveryResult
+    started_at: datetime
+    duration_ms: int
+
+    @property
+    def outcome(self) -> str:
+        if self.result.error is None:
+            return "delivered"
+        return "skipped" if self.result.error.cls is ErrorClass.SKIPPED else "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the notification asks of this round."""
+
+    strategy: str
+    schedule: Sequence[float]
+    jitter: float
+    round: int
+    """The number this round gets (over the notification's life)."""
+    rounds_done: int
+    """Rounds of the current set already run before this one."""
+    trigger: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Everything a round decided; the worker writes it in one transaction."""
+
+    status: str
+    hops: list[HopState]
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    next_attempt_at: datetime | None = None
+    delivered_via: str | list[str] | None = None
+    delivered_at: datetime | None = None
+    last_error: dict[str, Any] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({"delivered", "failed", "partial", "expired", "cancelled"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error_dict(channel: str, error: DeliveryError) -> dict[str, Any]:
+    return {
+        "channel": channel,
+        "class": str(error.cls),
+        "code": error.code,
+        "message": error.message,
+    }
+
+
+def _hop_state_after(result: DeliveryResult) -> str:
+    error = result.error
+    if error is None:
+        return "delivered"
+    if error.cls is ErrorClass.PERMANENT:
+        return "failed"
+    if error.cls is ErrorClass.SKIPPED and error.code not in RETRYABLE_SKIPS:
+        return "skipped"
+    return "retrying"
+
+
+def settle(hops: Sequence[HopState], status: str) -> list[HopState]:
+    """Hop states for a final status: no hop stays ``pending`` or ``retrying``."""
+    if status not in FINAL_STATUSES:
+        return list(hops)
+    settled = []
+    for hop in hops:
+        if hop.state == "pending":
+            hop = replace(hop, state="unused")
+        elif hop.state == "retrying":
+            hop = replace(hop, state="failed")
+        settled.append(hop)
+    return settled
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.clock = clock
+        self.rng = rng or random.Random()
+
+    def expire(self, hops: Sequence[HopState]) -> Outcome:
+        """The outcome for a notification whose ``expires_at`` has passed: no attempt at all."""
+        return Outcome(status="expired", hops=settle(hops, "expired"))
+
+    async def run_round(
+        self,
+        message: Message,
+        chain: Sequence[Link],
+        hops: Sequence[HopState],
+        plan: Plan,
+    ) -> Outcome:
+        """Try the hops still worth trying, in order, and decide what follows."""
+        hops = list(hops)
+        attempts: list[AttemptRecord] = []
+        for index, link in enumerate(chain):
+            if hops[index].state not in ("pending", "retrying"):
+                continue
+            record = await self._attempt(message, link, index, plan)
+            attempts.append(record)
+            hop = hops[index]
+            error = record.result.error
+            hops[index] = replace(
+                hop,
+                state=_hop_state_after(record.result),
+                attempts=hop.attempts + 1,
+                last_error=_error_dict(hop.channel, error) if error else hop.last_error,
+            )
+            if error is None and plan.strategy == "fallback":
+                break
+        return self._decide(hops, attempts, plan)
+
+    async def _attempt(self, message: Message, link: Link, index: int, plan: Plan) -> AttemptRecord:
+        channel = link.channel
+        started_at = self.clock()
+        began = time.perf_counter()
+        result = await self._send(message, link)
+        if link.secrets and result.error is not None:
+            result = replace(
+                result,
+                error=replace(result.error, message=redact(result.error.message, link.secrets)),
+            )
+        if link.secrets and result.response_excerpt:
+            result = replace(result, response_excerpt=redact(result.response_excerpt, link.secrets))
+        return AttemptRecord(
+            channel=channel.name,
+            channel_type=channel.type_name,
+            hop=index,
+            round=plan.round,
+            trigger=plan.trigger,
+            result=result,
+            started_at=started_at,
+            duration_ms=round((time.perf_counter() - began) * 1000),
+        )
+
+    async def _send(self, message: Message, link: Link) -> DeliveryResult:
+        channel = link.channel
+        config = channel.config
+        if not config.enabled:
+            return DeliveryResult.skipped("channel_disabled", f"channel {channel.name} is disabled")
+        deadline = time.monotonic() + config.timeout
+        if link.bucket is not None and not await link.bucket.acquire(deadline):
+            return DeliveryResult.failed(
+                ErrorClass.RATE_LIMITED,
+                "local_rate_limit",
+                f"channel rate limit {config.rate_limit} left no token within the timeout",
+            )
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + TIMEOUT_GRACE):
+                return await channel.send(message)
+        except TimeoutError:
+            return DeliveryResult.failed(
+                ErrorClass.TRANSIENT, "timeout", f"no answer within {config.timeout:g}s"
+            )
+        except Exception as exc:
+            logger.exception("channel %s raised instead of returning a result", channel.name)
+            return DeliveryResult.failed(
+                ErrorClass.TRANSIENT, "channel_error", f"channel raised {type(exc).__name__}"
+            )
+
+    def _decide(self, hops: list[HopState], attempts: list[AttemptRecord], plan: Plan) -> Outcome:
+        now = self.clock()
+        states = [hop.state for hop in hops]
+        delivered = [hop.channel for hop in hops if hop.state == "delivered"]
+        retryable = "retrying" in states or "pending" in states
+        failures = [a for a in attempts if a.result.error is not None]
+        last_error = (
+            _error_dict(failures[-1].channel, failures[-1].result.error)  # type: ignore[arg-type]
+            if failures
+            else None
+        )
+        rounds_done = plan.rounds_done + 1
+
+        if plan.strategy == "fallback":
+            if delivered:
+                status = "delivered"
+            elif retryable and rounds_done < rounds_allowed(plan.schedule):
+                status = "pending"
+            else:
+                status = "failed"
+        elif all(state == "delivered" for state in states):
+            status = "delivered"
+        elif retryable and rounds_done < rounds_allowed(plan.schedule):
+            status = "pending"
+        else:
+            status = "partial" if delivered else "failed"
+
+        next_attempt_at = None
+        if status == "pending":
+            retry_afters = [
+                a.result.retry_after
+                for a in attempts
+                if a.result.error is not None
+                and a.result.error.cls is ErrorClass.RATE_LIMITED
+                and a.result.retry_after is not None
+            ]
+            next_attempt_at = next_round_at(
+                now=now,
+                schedule=plan.schedule,
+                jitter=plan.jitter,
+                rounds_done=rounds_done,
+                retry_after=max(retry_afters) if retry_afters else None,
+                expires_at=plan.expires_at,
+                rng=self.rng,
+            )
+        via: str | list[str] | None = None
+        if delivered:
+            via = delivered if plan.strategy == "all" else delivered[0]
+        delivered_at = None
+        if status in ("delivered", "partial") and delivered:
+            delivered_at = max(
+                (a.started_at for a in attempts if a.result.error is None), default=now
+            )
+        return Outcome(
+            status=status,
+            hops=settle(hops, status),
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            delivered_via=via,
+            delivered_at=delivered_at,
+            last_error=last_error,
+        )

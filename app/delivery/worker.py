@@ -1,0 +1,353 @@
+"""The delivery loop: claim due notifications under a lease, run a round each, persist it.
+
+A claim is one short transaction; the provider calls happen outside any transaction; each
+notification's attempts and new state are then written together in one transaction that also
+checks the lease is still ours. A worker that dies mid-round leaves no attempt behind: its lease
+runs out, the sweep returns the notification to ``pending``, and another try is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app import metrics
+from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
+from app.delivery.orchestrator import (
+    AttemptRecord,
+    HopState,
+    Link,
+    Orchestrator,
+    Outcome,
+    Plan,
+    utcnow,
+)
+from app.ids import uuid7
+from app.runtime import Runtime
+from app.store.models import Attempt, Notification
+from app.store.repositories import (
+    IDEMPOTENCY_RETENTION,
+    IdempotencyRepository,
+    NotificationRepository,
+)
+
+logger = logging.getLogger("herald.worker")
+
+SWEEP_EVERY = 5.0
+PURGE_EVERY = 600.0
+MAX_BACKOFF = 30.0
+
+
+class _UnconfiguredConfig(ChannelConfig):
+    type: Literal["unconfigured"] = "unconfigured"
+
+
+class UnconfiguredChannel:
+    """Stands in for a channel that was removed from the config after a notification named it."""
+
+    type_name = "unconfigured"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.config: ChannelConfig = _UnconfiguredConfig()
+
+    async def send(self, message: Message) -> DeliveryResult:
+        return DeliveryResult.failed(
+            ErrorClass.CONFIG,
+            "channel_not_configured",
+            f"channel {self.name} is no longer in the config",
+        )
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def message_of(notification: Notification) -> Message:
+    return Message(
+        id=notification.id,
+        route=notification.route,
+        recipient=Recipient.model_validate(notification.recipient),
+        subject=notification.subject,
+        text=notification.text,
+        html=notification.html,
+        severity=notification.severity,
+        source=notification.source,
+        metadata=notification.metadata_,
+        created_at=notification.created_at,
+    )
+
+
+def attempt_row(notification_id: uuid.UUID, record: AttemptRecord) -> Attempt:
+    error = record.result.error
+    return Attempt(
+        id=uuid7(),
+        notification_id=notification_id,
+        channel=record.channel,
+        channel_type=record.channel_type,
+        round=record.round,
+        hop=record.hop,
+        trigger=record.trigger,
+        outcome=record.outcome,
+        error_class=str(error.cls) if error else None,
+        error_code=error.code if error else None,
+        error_message=error.message if error else None,
+        provider_status=record.result.provider_status,
+        provider_message_id=record.result.provider_message_id,
+        response_excerpt=record.result.response_excerpt,
+        started_at=record.started_at,
+        duration_ms=record.duration_ms,
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        worker_id: str | None = None,
+        orchestrator: Orchestrator | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.worker_id = worker_id or default_worker_id()
+        self.clock = clock
+        self.orchestrator = orchestrator or Orchestrator(clock=clock)
+        self._in_flight: dict[asyncio.Task[None], uuid.UUID] = {}
+        self._last_sweep = float("-inf")
+        self._last_purge = float("-inf")
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set, then finish or release what is in flight."""
+        logger.info("worker %s started", self.worker_id)
+        backoff = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            try:
+                if loop.time() - self._last_sweep >= SWEEP_EVERY:
+                    await self.sweep()
+                    self._last_sweep = loop.time()
+                self.runtime.wakeup.clear()
+                free = self.settings.worker_concurrency - len(self._in_flight)
+                claimed = (
+                    await self.claim(min(free, self.settings.worker_batch_size)) if free else []
+                )
+                backoff = 0.0
+            except (OSError, OperationalError, DBAPIError) as exc:
+                backoff = min(MAX_BACKOFF, max(0.5, backoff * 2))
+                logger.warning("database unavailable (%s); retrying in %.1fs", _brief(exc), backoff)
+                await _wait_any(stop, None, backoff)
+                continue
+            for notification in claimed:
+                task = asyncio.create_task(self._deliver_guarded(notification))
+                self._in_flight[task] = notification.id
+                task.add_done_callback(self._done)
+            if claimed and len(claimed) == self.settings.worker_batch_size:
+                continue
+            if not free:
+                await _wait_first(list(self._in_flight), stop)
+                continue
+            await _wait_any(stop, self.runtime.wakeup, self.settings.poll_interval)
+        await self._shutdown()
+
+    async def run_once(self) -> int:
+        """Claim one batch and deliver it to the end; the number claimed. For tests and tools."""
+        claimed = await self.claim(self.settings.worker_batch_size)
+        await asyncio.gather(*(self.deliver(n) for n in claimed))
+        return len(claimed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+
+    async def _deliver_guarded(self, notification: Notification) -> None:
+        try:
+            await self.deliver(notification)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease stays; the sweep hands the notification back when it runs out.
+            logger.exception("delivery of %s failed before it was saved", notification.id)
+
+    async def _shutdown(self) -> None:
+        if self._in_flight:
+            logger.info(
+                "worker %s stopping: waiting up to %.0fs for %d deliveries",
+                self.worker_id,
+                self.settings.shutdown_timeout,
+                len(self._in_flight),
+            )
+            _, pending = await asyncio.wait(
+                list(self._in_flight), timeout=self.settings.shutdown_timeout
+            )
+            if pending:
+                ids = [self._in_flight[t] for t in pending if t in self._in_flight]
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                await self.release(ids)
+        logger.info("worker %s stopped", self.worker_id)
+
+    # --- steps ---------------------------------------------------------------------------
+
+    async def claim(self, limit: int) -> list[Notification]:
+        now = self.clock()
+        async with self.runtime.sessions() as session, session.begin():
+            claimed = await NotificationRepository(session).claim_due(
+                worker_id=self.worker_id,
+                now=now,
+                lease_until=now + timedelta(seconds=self.settings.lease),
+                limit=limit,
+            )
+        return list(claimed)
+
+    async def release(self, ids: list[uuid.UUID]) -> int:
+        async with self.runtime.sessions() as session, session.begin():
+            released = await NotificationRepository(session).release(
+                ids, worker_id=self.worker_id, now=self.clock()
+            )
+        logger.info("released %d unfinished claims", released)
+        return released
+
+    async def sweep(self) -> int:
+        """Hand back notifications whose worker's lease ran out; purge old idempotency keys."""
+        now = self.clock()
+        loop = asyncio.get_running_loop()
+        async with self.runtime.sessions() as session, session.begin():
+            recovered = await NotificationRepository(session).recover_expired_leases(now)
+            if loop.time() - self._last_purge >= PURGE_EVERY:
+                await IdempotencyRepository(session).purge_older_than(now - IDEMPOTENCY_RETENTION)
+                self._last_purge = loop.time()
+        if recovered:
+            metrics.leases_recovered.inc(recovered)
+            logger.warning("recovered %d notifications from expired leases", recovered)
+            self.runtime.wake_worker()
+        return recovered
+
+    async def deliver(self, notification: Notification) -> Outcome:
+        """Run one round (or expire) and save it; returns what was decided."""
+        hops = [HopState.from_dict(hop) for hop in notification.hops]
+        expires_at = notification.expires_at
+        if expires_at is not None and expires_at <= self.clock():
+            outcome = self.orchestrator.expire(hops)
+        else:
+            chain = [self._link(name) for name in notification.channels]
+            plan = Plan(
+                strategy=notification.strategy,
+                schedule=notification.retry_schedule,
+                jitter=notification.retry_jitter,
+                round=notification.round + 1,
+                rounds_done=notification.round - notification.round_base,
+                trigger=notification.trigger,
+                expires_at=expires_at,
+            )
+            outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
+        saved = await self._save(notification, outcome)
+        self._observe(notification, outcome, saved)
+        return outcome
+
+    def _link(self, name: str) -> Link:
+        link = self.runtime.links.get(name)
+        return link if link is not None else Link(channel=UnconfiguredChannel(name))
+
+    async def _save(self, notification: Notification, outcome: Outcome) -> bool:
+        values: dict[str, Any] = {
+            "status": outcome.status,
+            "hops": [hop.as_dict() for hop in outcome.hops],
+            "next_attempt_at": outcome.next_attempt_at,
+            "updated_at": self.clock(),
+        }
+        if outcome.attempts:
+            values |= {
+                "round": notification.round + 1,
+                "trigger": "scheduled",
+                "attempt_count": notification.attempt_count + len(outcome.attempts),
+            }
+        if outcome.last_error is not None:
+            values["last_error"] = outcome.last_error
+        if outcome.delivered_via is not None:
+            values["delivered_via"] = outcome.delivered_via
+        if outcome.delivered_at is not None:
+            values["delivered_at"] = outcome.delivered_at
+        rows = [attempt_row(notification.id, record) for record in outcome.attempts]
+        async with self.runtime.sessions() as session, session.begin():
+            saved = await NotificationRepository(session).save_round(
+                notification.id, worker_id=self.worker_id, attempts=rows, values=values
+            )
+            if not saved:
+                await session.rollback()
+        if not saved:
+            logger.warning(
+                "lease on %s was lost before the round was saved; another worker owns it",
+                notification.id,
+            )
+        return saved
+
+    def _observe(self, notification: Notification, outcome: Outcome, saved: bool) -> None:
+        route = metrics.route_label(notification.route)
+        for record in outcome.attempts:
+            error = record.result.error
+            metrics.attempts.labels(
+                record.channel, record.outcome, str(error.cls) if error else "none"
+            ).inc()
+            metrics.attempt_duration.labels(record.channel).observe(record.duration_ms / 1000)
+            logger.info(
+                "attempt notification=%s channel=%s hop=%d round=%d outcome=%s error_class=%s "
+                "code=%s",
+                notification.id,
+                record.channel,
+                record.hop,
+                record.round,
+                record.outcome,
+                error.cls if error else "-",
+                error.code if error else "-",
+                extra={
+                    "notification_id": str(notification.id),
+                    "channel": record.channel,
+                    "outcome": record.outcome,
+                    "error_class": str(error.cls) if error else None,
+                },
+            )
+            if error is None and saved:
+                metrics.delivered_hop.labels(route, record.channel, str(record.hop)).inc()
+        if not saved or not outcome.final:
+            return
+        metrics.notifications_finished.labels(route, outcome.status).inc()
+        if outcome.delivered_at is not None:
+            latency = (outcome.delivered_at - notification.created_at).total_seconds()
+            metrics.delivery_latency.labels(route).observe(max(0.0, latency))
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event | None, seconds: float) -> None:
+    """Sleep until ``stop`` or ``wakeup`` is set, or ``seconds`` pass."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wakeup is not None:
+        waiters.append(asyncio.ensure_future(wakeup.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _wait_first(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()

@@ -1,0 +1,125 @@
+"""Errors that reach an API caller, each carrying its HTTP status and problem type.
+
+::
+
+    HeraldError                      500  internal
+    ├── NotFound                     404  not-found
+    │   └── NotificationNotFound
+    ├── Conflict                     409  conflict
+    │   └── InvalidTransition
+    ├── PayloadTooLarge              413  payload-too-large
+    ├── Unprocessable                422  validation
+    │   ├── UnknownName              (route or channel that is not configured)
+    │   └── IdempotencyMismatch      (same key, different body)
+    └── ServiceUnavailable           503  unavailable
+
+Rendered as RFC 9457 ``application/problem+json`` by ``app.api.problems``. ``ConfigError`` is
+not among them: a broken config file stops start-up, it never reaches a caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HeraldError(Exception):
+    """Something went wrong on our side."""
+
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+    @property
+    def type_uri(self) -> str:
+        return problem_type(self.slug)
+
+
+def problem_type(slug: str) -> str:
+    """The problem ``type`` URI for a slug; stable, so clients can match on it."""
+    return f"urn:herald:problem:{slug}"
+
+
+class NotFound(HeraldError):
+    """No such resource."""
+
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class NotificationNotFound(NotFound):
+    """No notification with that id (or none the caller may see)."""
+
+    def __init__(self, notification_id: object) -> None:
+        super().__init__(f"no notification with id {notification_id}")
+
+
+class Conflict(HeraldError):
+    """The resource is not in a state that allows the operation."""
+
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class InvalidTransition(Conflict):
+    """Cancel or retry asked of a notification whose status does not allow it."""
+
+    def __init__(self, action: str, status: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(
+            f"cannot {action} a notification that is {status}; "
+            f"{action} applies only to {' or '.join(allowed)} notifications"
+        )
+
+
+class PayloadTooLarge(HeraldError):
+    """The request body is over the size limit."""
+
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class Unprocessable(HeraldError):
+    """The request is well-formed but its content is not acceptable."""
+
+    status = 422
+    slug = "validation"
+    title = "Validation failed"
+
+
+class UnknownName(Unprocessable):
+    """The request names a route or channel that the config does not define."""
+
+    def __init__(self, kind: str, names: list[str], loc: list[str | int]) -> None:
+        listed = ", ".join(repr(n) for n in names)
+        super().__init__(
+            f"unknown {kind}{'s' if len(names) > 1 else ''}: {listed}",
+            errors=[{"loc": loc, "msg": f"unknown {kind} {name!r}"} for name in names],
+        )
+
+
+class IdempotencyMismatch(Unprocessable):
+    """The Idempotency-Key was used before with a different request body."""
+
+    slug = "idempotency-mismatch"
+    title = "Idempotency key reused with a different body"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was already used with a different request body; "
+            "use a new key for a different notification"
+        )
+
+
+class ServiceUnavailable(HeraldError):
+    """A dependency (the database) cannot be reached right now."""
+
+    status = 503
+    slug = "unavailable"
+    title = "Service unavailable"

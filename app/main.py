@@ -1,0 +1,124 @@
+"""``create_app()``: the FastAPI application, with the delivery loop in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app import __version__
+from app.api import channels, health, notifications, problems
+from app.api.middleware import BodyLimit, HttpMetrics
+from app.api.problems import PROBLEM_JSON
+from app.channels.registry import ChannelRegistry, default_registry
+from app.config import HeraldConfig, Settings
+from app.delivery.worker import Worker
+from app.runtime import Runtime, open_runtime
+
+logger = logging.getLogger("herald")
+
+DESCRIPTION = (
+    "Herald accepts notifications over HTTP, stores them, and delivers each through an ordered "
+    "chain of channels (Telegram, then email, then SMS…), stopping at the first success. Every "
+    "try is an attempt you can read back, so you see the path each message took and why each "
+    "hop failed. Errors are RFC 9457 problem documents (application/problem+json)."
+)
+INTERNAL_ERROR = {
+    "description": "Internal server error",
+    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
+    """Run the delivery loop until ``stop``; a crash is logged and the loop starts again."""
+    while not stop.is_set():
+        try:
+            await worker.run(stop)
+        except Exception:
+            logger.exception("delivery loop crashed; restarting in 1s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+def openapi_spec(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's spec, with errors documented only as ``application/problem+json``."""
+    if app.openapi_schema is None:
+        spec = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                operation["responses"].setdefault("500", copy.deepcopy(INTERNAL_ERROR))
+                for status, response in operation["responses"].items():
+                    content = response.get("content", {})
+                    if status[0] in "45" and PROBLEM_JSON in content:
+                        content.pop("application/json", None)
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+def create_app(
+    settings: Settings | None = None,
+    config: HeraldConfig | None = None,
+    registry: ChannelRegistry | None = None,
+    *,
+    runtime: Runtime | None = None,
+    run_worker: bool = True,
+) -> FastAPI:
+    """The application. With ``runtime`` given (tests, embedding) the caller owns it."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        if settings is None or config is None:
+            raise RuntimeError("create_app needs settings and config to serve")
+        async with open_runtime(settings, config, registry or default_registry()) as opened:
+            app.state.runtime = opened
+            stop = asyncio.Event()
+            task = (
+                asyncio.create_task(supervise_worker(Worker(opened), stop), name="herald-worker")
+                if run_worker
+                else None
+            )
+            try:
+                yield
+            finally:
+                stop.set()
+                if task is not None:
+                    await task
+
+    app = FastAPI(
+        title="Herald",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "notifications", "description": "Send notifications and follow them."},
+            {"name": "configuration", "description": "Channels and routes from herald.yaml."},
+            {"name": "health", "description": "Liveness, readiness and metrics."},
+        ],
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    app.openapi = lambda: openapi_spec(app)  # type: ignore[method-assign]
+    problems.install(app)
+    app.include_router(notifications.router)
+    app.include_router(channels.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(HttpMetrics)
+    return app

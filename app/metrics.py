@@ -1,0 +1,118 @@
+"""Every Prometheus collector Herald exports, and nowhere else.
+
+Labels are bounded: route, channel and status names come from the config file, never from a
+request, and no id or address is ever a label value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    900,
+    1800,
+    3600,
+    7200,
+    21600,
+    86400,
+)
+_ATTEMPT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+notifications_received = Counter(
+    "herald_notifications_received_total",
+    "Notifications accepted by the API.",
+    ["route"],
+    registry=REGISTRY,
+)
+notifications_finished = Counter(
+    "herald_notifications_finished_total",
+    "Notifications that reached a final status.",
+    ["route", "status"],
+    registry=REGISTRY,
+)
+attempts = Counter(
+    "herald_attempts_total",
+    "Delivery attempts by channel, outcome and error class.",
+    ["channel", "outcome", "error_class"],
+    registry=REGISTRY,
+)
+attempt_duration = Histogram(
+    "herald_attempt_duration_seconds",
+    "Time one attempt took, provider call included.",
+    ["channel"],
+    buckets=_ATTEMPT_BUCKETS,
+    registry=REGISTRY,
+)
+delivery_latency = Histogram(
+    "herald_delivery_latency_seconds",
+    "From acceptance to delivery.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+delivered_hop = Counter(
+    "herald_delivered_hop_total",
+    "Deliveries by the hop (position in the chain) that delivered.",
+    ["route", "channel", "hop"],
+    registry=REGISTRY,
+)
+queue_depth = Gauge(
+    "herald_queue_depth",
+    "Notifications by status, as of the last scrape.",
+    ["status"],
+    registry=REGISTRY,
+)
+queue_oldest_due_age = Gauge(
+    "herald_queue_oldest_due_age_seconds",
+    "How long the oldest due pending notification has waited past its due time.",
+    registry=REGISTRY,
+)
+channel_circuit_state = Gauge(
+    "herald_channel_circuit_state",
+    "Circuit state per channel: 0 closed, 1 half-open, 2 open.",
+    ["channel"],
+    registry=REGISTRY,
+)
+http_requests = Counter(
+    "herald_http_requests_total",
+    "HTTP requests served.",
+    ["method", "path", "status"],
+    registry=REGISTRY,
+)
+http_request_duration = Histogram(
+    "herald_http_request_duration_seconds",
+    "HTTP request duration.",
+    ["method", "path"],
+    buckets=_HTTP_BUCKETS,
+    registry=REGISTRY,
+)
+leases_recovered = Counter(
+    "herald_leases_recovered_total",
+    "Claims taken back from workers whose lease ran out.",
+    registry=REGISTRY,
+)
+
+STATUSES = ("pending", "delivering", "delivered", "failed", "partial", "expired", "cancelled")
+
+
+def route_label(route: str | None) -> str:
+    """Metrics label for a notification's route; an inline chain has none."""
+    return route if route is not None else "(inline)"

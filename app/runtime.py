@@ -1,0 +1,97 @@
+"""The resources one Herald process holds, built once and closed once.
+
+``open_runtime`` is used by the FastAPI lifespan, by ``herald worker`` and by the tests, so all
+three run the same objects: engine, sessions, HTTP client, channel instances, the wake-up event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.channels.base import ChannelContext, ChannelType, TokenBucket
+from app.channels.registry import ChannelRegistry
+from app.config import HeraldConfig, RetryPolicy, Settings
+from app.delivery.orchestrator import Link
+from app.store.db import create_engine, session_factory
+
+HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRoute:
+    """A route or inline chain, as a notification is accepted with it."""
+
+    name: str | None
+    channels: list[str]
+    strategy: str
+    retry: RetryPolicy
+    ttl: float | None
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    config: HeraldConfig
+    registry: ChannelRegistry
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    channels: dict[str, ChannelType]
+    links: dict[str, Link]
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake_worker(self) -> None:
+        """Tell an in-process worker that something is due now."""
+        self.wakeup.set()
+
+
+def build_channels(
+    config: HeraldConfig, registry: ChannelRegistry, context: ChannelContext
+) -> tuple[dict[str, ChannelType], dict[str, Link]]:
+    channels: dict[str, ChannelType] = {}
+    links: dict[str, Link] = {}
+    for name, channel_config in config.channels.items():
+        channel_type = registry.get(channel_config.type)
+        if channel_type is None:  # parse_config already refused unknown types
+            raise LookupError(f"channel type {channel_config.type!r} is not registered")
+        channel = channel_type(name, channel_config, context)
+        rate = channel_config.rate
+        channels[name] = channel
+        links[name] = Link(
+            channel=channel,
+            bucket=TokenBucket(*rate) if rate else None,
+            secrets=tuple(channel_config.secrets()),
+        )
+    return channels, links
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, config: HeraldConfig, registry: ChannelRegistry
+) -> AsyncIterator[Runtime]:
+    engine = create_engine(settings.database_url)
+    http = httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False, trust_env=False)
+    channels, links = build_channels(config, registry, ChannelContext(http=http))
+    runtime = Runtime(
+        settings=settings,
+        config=config,
+        registry=registry,
+        engine=engine,
+        sessions=session_factory(engine),
+        http=http,
+        channels=channels,
+        links=links,
+    )
+    try:
+        yield runtime
+    finally:
+        for channel in channels.values():
+            await channel.aclose()
+        await http.aclose()
+        await engine.dispose()

@@ -1,0 +1,258 @@
+"""What the API does to notifications: accept, cancel, retry. Each call is one unit of work
+and commits once; the repositories below it only flush."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import metrics
+from app.api.schemas import NotificationCreate
+from app.config import HeraldConfig, RetryPolicy
+from app.delivery.orchestrator import HopState, fresh_hops, settle, utcnow
+from app.errors import (
+    IdempotencyMismatch,
+    InvalidTransition,
+    NotificationNotFound,
+    UnknownName,
+    Unprocessable,
+)
+from app.ids import uuid7
+from app.runtime import ResolvedRoute, Runtime
+from app.store.models import IdempotencyKey, Notification
+from app.store.repositories import IdempotencyRepository, NotificationRepository
+
+DEFAULT_ROUTE = "default"
+CANCELLABLE = ("pending",)
+RETRYABLE = ("failed", "expired", "partial")
+
+
+def resolve_route(config: HeraldConfig, request: NotificationCreate) -> ResolvedRoute:
+    """The chain a request asks for; ``UnknownName`` (422) for names the config lacks."""
+    if request.channels is not None:
+        unknown = [name for name in request.channels if name not in config.channels]
+        if unknown:
+            raise UnknownName("channel", unknown, ["body", "channels"])
+        if len(set(request.channels)) != len(request.channels):
+            raise Unprocessable(
+                "channels lists a channel more than once",
+                errors=[{"loc": ["body", "channels"], "msg": "duplicate channel"}],
+            )
+        return ResolvedRoute(None, list(request.channels), "fallback", RetryPolicy(), None)
+    name = request.route or DEFAULT_ROUTE
+    route = config.routes.get(name)
+    if route is None:
+        if request.route is None:
+            raise Unprocessable(
+                "no route or channels given, and the config defines no 'default' route",
+                errors=[{"loc": ["body", "route"], "msg": "required: no default route"}],
+            )
+        raise UnknownName("route", [name], ["body", "route"])
+    return ResolvedRoute(name, list(route.channels), route.strategy, route.retry, route.ttl)
+
+
+def request_hash(request: NotificationCreate) -> str:
+    canonical = json.dumps(
+        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_notification(
+    request: NotificationCreate, route: ResolvedRoute, *, now: datetime, owner: str | None
+) -> Notification:
+    expires_at = request.expires_at
+    if expires_at is None and route.ttl is not None:
+        expires_at = max(now, request.send_at or now) + timedelta(seconds=route.ttl)
+    due = max(now, request.send_at) if request.send_at else now
+    return Notification(
+        id=uuid7(),
+        status="pending",
+        route=route.name,
+        strategy=route.strategy,
+        channels=route.channels,
+        chain_key="," + ",".join(route.channels) + ",",
+        recipient=request.recipient.model_dump(exclude_none=True),
+        subject=request.subject,
+        text=request.text,
+        html=request.html,
+        severity=request.severity,
+        source=request.source,
+        metadata_=request.metadata,
+        retry_schedule=list(route.retry.schedule),
+        retry_jitter=route.retry.jitter,
+        round=0,
+        round_base=0,
+        trigger="scheduled",
+        attempt_count=0,
+        delivered_via=None,
+        delivered_at=None,
+        next_attempt_at=min(due, expires_at) if expires_at else due,
+        last_error=None,
+        hops=[hop.as_dict() for hop in fresh_hops(route.channels)],
+        send_at=request.send_at,
+        expires_at=expires_at,
+        claimed_by=None,
+        lease_expires_at=None,
+        owner=owner,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def accept(
+    runtime: Runtime,
+    session: AsyncSession,
+    request: NotificationCreate,
+    *,
+    idempotency_key: str | None,
+    owner: str | None = None,
+) -> tuple[Notification, bool]:
+    """Store a notification; ``(notification, replayed)``. A replay returns the original."""
+    route = resolve_route(runtime.config, request)
+    digest = request_hash(request) if idempotency_key else ""
+    scope = owner or ""
+    if idempotency_key:
+        replay = await _replay(session, scope, idempotency_key, digest)
+        if replay is not None:
+            return replay, True
+    now = utcnow()
+    notification = new_notification(request, route, now=now, owner=owner)
+    try:
+        await NotificationRepository(session).add(notification)
+        if idempotency_key:
+            await IdempotencyRepository(session).add(
+                IdempotencyKey(
+                    scope=scope,
+                    key=idempotency_key,
+                    request_hash=digest,
+                    notification_id=notification.id,
+                    created_at=now,
+                )
+            )
+        await session.commit()
+    except IntegrityError:
+        # Another request with the same key committed first: answer with its notification.
+        await session.rollback()
+        if not idempotency_key:
+            raise
+        replay = await _replay(session, scope, idempotency_key, digest)
+        if replay is None:
+            raise
+        return replay, True
+    metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
+    if notification.next_attempt_at is not None and notification.next_attempt_at <= now:
+        runtime.wake_worker()
+    return notification, False
+
+
+async def _replay(session: AsyncSession, scope: str, key: str, digest: str) -> Notification | None:
+    record = await IdempotencyRepository(session).get(scope, key)
+    if record is None:
+        return None
+    if record.request_hash != digest:
+        raise IdempotencyMismatch()
+    notification = await NotificationRepository(session).get(record.notification_id)
+    if notification is None:  # the notification was removed; the key means nothing now
+        return None
+    return notification
+
+
+async def get(
+    session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
+) -> Notification:
+    notification = await NotificationRepository(session).get(notification_id, owner=owner)
+    if notification is None:
+        raise NotificationNotFound(notification_id)
+    return notification
+
+
+async def cancel(
+    session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
+) -> Notification:
+    current = await get(session, notification_id, owner=owner)
+    if current.status not in CANCELLABLE:
+        raise InvalidTransition("cancel", current.status, CANCELLABLE)
+    now = utcnow()
+    hops = settle(_hops(current), "cancelled")
+    updated = await _transition(
+        session,
+        current,
+        CANCELLABLE,
+        "cancel",
+        {
+            "status": "cancelled",
+            "next_attempt_at": None,
+            "hops": [hop.as_dict() for hop in hops],
+            "updated_at": now,
+        },
+    )
+    metrics.notifications_finished.labels(metrics.route_label(updated.route), "cancelled").inc()
+    return updated
+
+
+async def retry(
+    runtime: Runtime,
+    session: AsyncSession,
+    notification_id: uuid.UUID,
+    *,
+    owner: str | None = None,
+) -> Notification:
+    """Re-queue a failed, expired or partial notification for a new set of rounds.
+
+    Hops that delivered stay delivered (a partial broadcast is not sent twice); every other hop
+    is tried again, permanent ones included, since an operator asked for it. An expiry that has
+    passed is moved to now plus the route's ttl (or cleared when the route has none).
+    """
+    current = await get(session, notification_id, owner=owner)
+    if current.status not in RETRYABLE:
+        raise InvalidTransition("retry", current.status, RETRYABLE)
+    now = utcnow()
+    hops = [
+        hop if hop.state == "delivered" else replace(hop, state="pending") for hop in _hops(current)
+    ]
+    values: dict[str, Any] = {
+        "status": "pending",
+        "next_attempt_at": now,
+        "round_base": current.round,
+        "trigger": "manual",
+        "hops": [hop.as_dict() for hop in hops],
+        "updated_at": now,
+    }
+    if current.expires_at is not None and current.expires_at <= now:
+        route = runtime.config.routes.get(current.route) if current.route else None
+        ttl = route.ttl if route is not None else None
+        values["expires_at"] = now + timedelta(seconds=ttl) if ttl else None
+    updated = await _transition(session, current, RETRYABLE, "retry", values)
+    runtime.wake_worker()
+    return updated
+
+
+def _hops(notification: Notification) -> list[HopState]:
+    return [HopState.from_dict(hop) for hop in notification.hops]
+
+
+async def _transition(
+    session: AsyncSession,
+    current: Notification,
+    allowed: tuple[str, ...],
+    action: str,
+    values: dict[str, Any],
+) -> Notification:
+    updated = await NotificationRepository(session).transition(
+        current.id, from_statuses=allowed, values=values
+    )
+    if updated is None:
+        # A worker claimed it between our read and our update.
+        await session.rollback()
+        latest = await get(session, current.id)
+        raise InvalidTransition(action, latest.status, allowed)
+    await session.commit()
+    return updated

@@ -1,0 +1,1 @@
+"""Persistence: the models, every query (repositories) and the engine."""

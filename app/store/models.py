@@ -1,0 +1,152 @@
+"""Tables: notifications, their append-only attempts, and idempotency keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy import (
+    text as sql_text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        uuid.UUID: Uuid,
+        dict[str, Any]: JSON,
+    }
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    route: Mapped[str | None] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(16))
+    channels: Mapped[list[str]] = mapped_column(JSON)
+    chain_key: Mapped[str] = mapped_column(String(2000))
+    """``,a,b,``: the chain as text, for the list endpoint's ``channel`` filter."""
+    recipient: Mapped[dict[str, Any]] = mapped_column(JSON)
+    subject: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text)
+    severity: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(255))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    retry_schedule: Mapped[list[float]] = mapped_column(JSON)
+    """The route's delays between rounds, fixed when the notification was accepted."""
+    retry_jitter: Mapped[float] = mapped_column(Float)
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    """Rounds run so far, over the notification's whole life."""
+    round_base: Mapped[int] = mapped_column(Integer, default=0)
+    """``round`` when the current set of rounds began (a manual retry starts a new set)."""
+    trigger: Mapped[str] = mapped_column(String(16), default="scheduled")
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_via: Mapped[Any] = mapped_column(JSON, nullable=True)
+    delivered_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    hops: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    send_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    owner: Mapped[str | None] = mapped_column(String(64))
+    """Name of the API key that created it (none while auth is off)."""
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index(
+            "ix_notifications_due",
+            "next_attempt_at",
+            postgresql_where=sql_text("status = 'pending'"),
+            sqlite_where=sql_text("status = 'pending'"),
+        ),
+        Index(
+            "ix_notifications_lease",
+            "lease_expires_at",
+            postgresql_where=sql_text("status = 'delivering'"),
+            sqlite_where=sql_text("status = 'delivering'"),
+        ),
+        Index("ix_notifications_status_id", "status", "id"),
+        Index("ix_notifications_route_id", "route", "id"),
+        Index("ix_notifications_created_at", "created_at"),
+    )
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    channel: Mapped[str] = mapped_column(String(64))
+    channel_type: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int] = mapped_column(Integer)
+    hop: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_class: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    provider_status: Mapped[int | None] = mapped_column(Integer)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_attempts_notification_id", "notification_id", "id"),)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The API key's name; empty while auth is off."""
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    notification_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notifications.id", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)

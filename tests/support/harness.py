@@ -1,0 +1,118 @@
+"""A whole Herald in the test's event loop: runtime, API client, worker and a movable clock."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+
+from app.channels.registry import default_registry
+from app.config import HeraldConfig, Settings, parse_config
+from app.delivery.orchestrator import Orchestrator, utcnow
+from app.delivery.worker import Worker
+from app.main import create_app
+from app.runtime import Runtime, open_runtime
+from app.store.models import Notification
+
+
+class Clock:
+    """Real time plus an offset the test moves forward; the worker reads this clock."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+@dataclass
+class Harness:
+    runtime: Runtime
+    client: httpx.AsyncClient
+    clock: Clock
+    worker: Worker
+
+    async def send(
+        self, expect: int = 202, headers: dict[str, str] | None = None, **body: Any
+    ) -> dict[str, Any]:
+        response = await self.client.post("/v1/notifications", json=body, headers=headers or {})
+        assert response.status_code == expect, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def get(self, notification_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/v1/notifications/{notification_id}")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def attempts(self, notification_id: str) -> list[dict[str, Any]]:
+        response = await self.client.get(f"/v1/notifications/{notification_id}/attempts")
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+    async def run_worker(self) -> int:
+        """Claim and deliver until nothing is due at the worker's clock; rounds run."""
+        total = 0
+        while claimed := await self.worker.run_once():
+            total += claimed
+        return total
+
+    async def advance_to_next_round(self, notification_id: str) -> None:
+        """Move the worker's clock to the notification's next_attempt_at."""
+        body = await self.get(notification_id)
+        due = datetime.fromisoformat(body["next_attempt_at"])
+        gap = (due - self.clock()).total_seconds()
+        if gap > 0:
+            self.clock.advance(gap + 0.001)
+
+    async def set_fields(self, notification_id: str, **values: Any) -> None:
+        """Change a stored notification directly (to stage a situation)."""
+        async with self.runtime.sessions() as session, session.begin():
+            await session.execute(
+                update(Notification)
+                .where(Notification.id == uuid.UUID(notification_id))
+                .values(**values)
+            )
+
+
+def config_from(raw: dict[str, Any]) -> HeraldConfig:
+    return parse_config(raw, default_registry(), source="test")
+
+
+@asynccontextmanager
+async def herald(
+    db_url: str, config: dict[str, Any] | HeraldConfig, **settings: Any
+) -> AsyncIterator[Harness]:
+    parsed = config if isinstance(config, HeraldConfig) else config_from(config)
+    merged = {"database_url": db_url, "poll_interval": 0.05, "lease": 30.0, **settings}
+    clock = Clock()
+    async with open_runtime(Settings(**merged), parsed, default_registry()) as runtime:
+        app = create_app(runtime=runtime)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
+            worker = Worker(runtime, clock=clock, orchestrator=Orchestrator(clock=clock))
+            yield Harness(runtime=runtime, client=client, clock=clock, worker=worker)
+
+
+@asynccontextmanager
+async def running_worker(harness: Harness) -> AsyncIterator[asyncio.Event]:
+    """Run the harness worker's real loop in the background for the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(harness.worker.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)

@@ -1,0 +1,115 @@
+"""A real HTTP server on loopback for tests: answers from a script and records every request.
+
+It runs uvicorn in the test's own event loop, so a test can script answers per path
+(``sink.script("/hook", (500, {}, "down"), (200, {}, "ok"))``), then read back what arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+    """``time.time()`` when the request arrived, by the server's own clock."""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+Answer = tuple[int, dict[str, str], str | bytes | dict[str, Any] | list[Any]]
+
+
+@dataclass
+class HttpServer:
+    port: int = 0
+    default: Answer = (200, {}, "ok")
+    received: list[Received] = field(default_factory=list)
+    _scripts: dict[str, deque[Answer]] = field(default_factory=lambda: defaultdict(deque))
+    _delays: dict[str, float] = field(default_factory=dict)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def script(self, path: str, *answers: Answer) -> None:
+        """Answer the next requests to ``path`` with these, in order; then the default."""
+        self._scripts[path].extend(answers)
+
+    def delay(self, path: str, seconds: float) -> None:
+        """Wait this long before answering on ``path`` (to provoke timeouts)."""
+        self._delays[path] = seconds
+
+    def requests_to(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        body = await request.body()
+        self.received.append(
+            Received(
+                method=request.method,
+                path=request.url.path,
+                query=request.url.query,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                at=time.time(),
+            )
+        )
+        delay = self._delays.get(request.url.path)
+        if delay:
+            # Cut short when the server stops, so a test never waits out a long delay.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+        queue = self._scripts.get(request.url.path)
+        status, headers, content = queue.popleft() if queue else self.default
+        if isinstance(content, dict | list):
+            payload = json.dumps(content).encode()
+            headers = {"content-type": "application/json", **headers}
+        else:
+            payload = content.encode() if isinstance(content, str) else content
+        await Response(payload, status_code=status, headers=headers)(scope, receive, send)
+
+
+@asynccontextmanager
+async def serve_http(server: HttpServer | None = None) -> AsyncIterator[HttpServer]:
+    """Run ``server`` on a free loopback port until the block ends."""
+    app = server or HttpServer()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+    )
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    app.port = uv.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield app
+    finally:
+        app._closing.set()
+        uv.should_exit = True
+        await task

@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.channels.registry import ChannelRegistry, DuplicateChannelType, default_registry
+from app.channels.webhook import WebhookChannel
+from app.cli import main
+from app.config import ConfigError, Settings, load_config, parse_config
+from app.durations import format_duration, parse_duration
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "herald.yaml"
+
+
+def parse(raw: object, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return parse_config(raw, default_registry(), env=env or {})
+
+
+def problems(raw: object, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(raw, env)
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1h", 3600), ("1d", 86400), (30, 30), ("1.5s", 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["soon", "5 weeks", "-1s", True, None, "1y"])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (5, 60, 90, 3600, 86400, 0.5)] == [
+        "5s",
+        "1m",
+        "90s",
+        "1h",
+        "1d",
+        "500ms",
+    ]
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE, default_registry())
+    assert set(config.channels) == {"hooks", "console"}
+    assert config.routes["default"].channels == ["hooks", "console"]
+    assert config.routes["default"].retry.schedule == [5.0, 60.0, 300.0]
+    assert config.routes["default"].ttl == 3600.0
+
+
+def test_interpolation_with_and_without_default() -> None:
+    config = parse(
+        {
+            "channels": {
+                "hooks": {"type": "webhook", "url": "${HOOK_URL}", "timeout": "${T:-3s}"},
+            }
+        },
+        env={"HOOK_URL": "https://example.com/h"},
+    )
+    hooks = config.channels["hooks"]
+    assert hooks.url == "https://example.com/h"  # type: ignore[attr-defined]
+    assert hooks.timeout == 3.0
+
+
+def test_missing_variable_names_the_field_path() -> None:
+    found = problems({"channels": {"hooks": {"type": "webhook", "url": "${NOPE}"}}})
+    assert "channels.hooks.url: environment variable NOPE is not set" in found
+
+
+def test_bad_field_names_its_path() -> None:
+    found = problems(
+        {"channels": {"email": {"type": "smtp", "host": "h", "port": "abc", "from": "a@b.c"}}}
+    )
+    assert any(p.startswith("channels.email.port: ") for p in found), found
+
+
+def test_unknown_type_and_missing_type() -> None:
+    found = problems({"channels": {"x": {"type": "pigeon"}, "y": {}}})
+    assert any(p.startswith("channels.x.type: unknown channel type 'pigeon'") for p in found)
+    assert any(p.startswith("channels.y.type: missing") for p in found)
+
+
+def test_route_naming_undefined_channel_is_an_error() -> None:
+    found = problems(
+        {"channels": {"c": {"type": "log"}}, "routes": {"r": {"channels": ["c", "ghost"]}}}
+    )
+    assert found == ["routes.r.channels.1: channel 'ghost' is not defined under channels"]
+
+
+def test_route_errors() -> None:
+    found = problems(
+        {
+            "channels": {"c": {"type": "log"}},
+            "routes": {
+                "a": {"channels": []},
+                "b": {"channels": ["c", "c"]},
+                "d": {"channels": ["c"], "strategy": "random"},
+                "e": {"channels": ["c"], "retry": {"jitter": 2}},
+            },
+        }
+    )
+    joined = "\n".join(found)
+    for path in (
+        "routes.a.channels",
+        "routes.b.channels",
+        "routes.d.strategy",
+        "routes.e.retry.jitter",
+    ):
+        assert path in joined
+
+
+def test_unknown_section_and_unknown_channel_field() -> None:
+    found = problems({"server": {}, "channels": {"c": {"type": "log", "colour": "red"}}})
+    assert any(p.startswith("server:") for p in found)
+
+
+def test_unknown_channel_field() -> None:
+    found = problems({"channels": {"c": {"type": "log", "colour": "red"}}})
+    assert any(p.startswith("channels.c.colour:") for p in found)
+
+
+def test_defaults_for_routes() -> None:
+    config = parse({"channels": {"c": {"type": "log"}}, "routes": {"r": {"channels": ["c"]}}})
+    route = config.routes["r"]
+    assert route.strategy == "fallback"
+    assert route.retry.schedule == [5, 60, 300, 1800, 7200, 21600]
+    assert route.retry.jitter == 0.2
+    assert route.ttl is None
+
+
+def test_channel_common_settings() -> None:
+    config = parse({"channels": {"c": {"type": "log", "timeout": "2s", "rate_limit": "30/s"}}})
+    assert config.channels["c"].timeout == 2.0
+    assert config.channels["c"].rate == (30, 1.0)
+    found = problems({"channels": {"c": {"type": "log", "rate_limit": "lots"}}})
+    assert any(p.startswith("channels.c.rate_limit:") for p in found)
+
+
+def test_auth_and_network_sections_parse() -> None:
+    config = parse(
+        {
+            "auth": {"api_keys": [{"name": "backend", "key": "k1", "scopes": ["send", "read"]}]},
+            "network": {"allow_private_addresses": True, "allowed_networks": ["10.0.0.0/8"]},
+        }
+    )
+    assert config.auth.api_keys[0].name == "backend"
+    assert str(config.network.allowed_networks[0]) == "10.0.0.0/8"
+    found = problems({"auth": {"api_keys": [{"name": "x", "scopes": ["send"]}]}})
+    assert any("exactly one of key and key_sha256" in p for p in found)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels:\n  c: {type: log\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, default_registry())
+    assert caught.value.problems[0].startswith("line ")
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(EXAMPLE)]) == 0
+    assert "ok (2 channels, 2 routes" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("channels:\n  email: {type: smtp, host: h, port: nope, from: a@b.c}\n")
+    assert main(["check-config", str(bad)]) == 1
+    assert "channels.email.port:" in capsys.readouterr().err
+
+
+def test_registry_refuses_duplicate_type_names() -> None:
+    registry = ChannelRegistry()
+    registry.register(WebhookChannel)
+    registry.register(WebhookChannel)  # the same class again is harmless
+
+    class Impostor(WebhookChannel):
+        type_name = "webhook"
+
+    with pytest.raises(DuplicateChannelType, match="already registered"):
+        registry.register(Impostor)
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_DATABASE_URL", "postgresql+asyncpg://x/y")
+    monkeypatch.setenv("HERALD_PORT", "9000")
+    monkeypatch.setenv("HERALD_POLL_INTERVAL", "250ms")
+    settings = Settings()
+    assert settings.database_url == "postgresql+asyncpg://x/y"
+    assert settings.port == 9000
+    assert settings.poll_interval == 0.25

@@ -1,0 +1,333 @@
+"""The orchestrator with fake channels: no I/O, no sleeping, a fixed clock and seed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.channels.base import (
+    ChannelConfig,
+    DeliveryResult,
+    ErrorClass,
+    Message,
+    Recipient,
+    TokenBucket,
+)
+from app.delivery.orchestrator import HopState, Link, Orchestrator, Plan, fresh_hops
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SCHEDULE = (5.0, 60.0, 300.0)
+
+OK = DeliveryResult.ok(provider_status=200)
+DOWN = DeliveryResult.failed(ErrorClass.TRANSIENT, "http_503", "HTTP 503")
+GONE = DeliveryResult.failed(ErrorClass.PERMANENT, "http_410", "HTTP 410")
+BROKEN = DeliveryResult.failed(ErrorClass.CONFIG, "http_401", "HTTP 401")
+NO_ADDRESS = DeliveryResult.skipped("no_address", "recipient has no phone")
+
+
+def slow(seconds: float) -> DeliveryResult:
+    return DeliveryResult.failed(
+        ErrorClass.RATE_LIMITED, "http_429", "slow down", retry_after=seconds
+    )
+
+
+class FakeChannel:
+    type_name = "fake"
+
+    def __init__(
+        self, name: str, *results: DeliveryResult | BaseException, **config: object
+    ) -> None:
+        self.name = name
+        self.results = list(results)
+        self.config = ChannelConfig(type="fake", **config)
+        self.calls = 0
+
+    async def send(self, message: Message) -> DeliveryResult:
+        self.calls += 1
+        result = self.results.pop(0) if self.results else OK
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+class Hang(FakeChannel):
+    async def send(self, message: Message) -> DeliveryResult:
+        self.calls += 1
+        await asyncio.sleep(3600)
+        return OK
+
+
+def message() -> Message:
+    return Message(
+        id=uuid.uuid4(),
+        route="alerts",
+        recipient=Recipient(email="ops@example.com"),
+        subject="s",
+        text="t",
+        html=None,
+        severity="info",
+        source=None,
+        metadata={},
+        created_at=NOW,
+    )
+
+
+def plan(
+    *,
+    strategy: str = "fallback",
+    rounds_done: int = 0,
+    schedule: Sequence[float] = SCHEDULE,
+    jitter: float = 0.0,
+    expires_at: datetime | None = None,
+) -> Plan:
+    return Plan(
+        strategy=strategy,
+        schedule=schedule,
+        jitter=jitter,
+        round=rounds_done + 1,
+        rounds_done=rounds_done,
+        trigger="scheduled",
+        expires_at=expires_at,
+    )
+
+
+def orchestrator(seed: int = 1) -> Orchestrator:
+    return Orchestrator(clock=lambda: NOW, rng=random.Random(seed))
+
+
+async def run(
+    channels: Sequence[FakeChannel],
+    hops: list[HopState] | None = None,
+    **plan_args: object,
+):
+    chain = [Link(channel=c) for c in channels]
+    return await orchestrator().run_round(
+        message(),
+        chain,
+        hops or fresh_hops([c.name for c in channels]),
+        plan(**plan_args),
+    )
+
+
+async def test_first_success_stops_the_chain() -> None:
+    a, b, c = FakeChannel("a", DOWN), FakeChannel("b", OK), FakeChannel("c")
+    outcome = await run([a, b, c])
+    assert outcome.status == "delivered"
+    assert outcome.delivered_via == "b"
+    assert (a.calls, b.calls, c.calls) == (1, 1, 0)
+    assert [h.state for h in outcome.hops] == ["failed", "delivered", "unused"]
+    assert [x.outcome for x in outcome.attempts] == ["failed", "delivered"]
+    assert [x.hop for x in outcome.attempts] == [0, 1]
+    assert outcome.delivered_at == NOW
+    assert outcome.next_attempt_at is None
+    assert outcome.last_error == {
+        "channel": "a",
+        "class": "transient",
+        "code": "http_503",
+        "message": "HTTP 503",
+    }
+
+
+@pytest.mark.parametrize(
+    ("result", "hop_state"),
+    [
+        (DOWN, "retrying"),
+        (slow(1), "retrying"),
+        (BROKEN, "retrying"),
+        (GONE, "failed"),
+        (NO_ADDRESS, "skipped"),
+        (DeliveryResult.skipped("circuit_open", "open"), "retrying"),
+    ],
+)
+async def test_each_class_sets_the_hop_state(result: DeliveryResult, hop_state: str) -> None:
+    outcome = await run([FakeChannel("a", result), FakeChannel("b", DOWN)])
+    assert outcome.hops[0].state == hop_state
+    assert result.error is not None
+    expected = "skipped" if result.error.cls is ErrorClass.SKIPPED else "failed"
+    assert outcome.attempts[0].outcome == expected
+    assert len(outcome.attempts) == 2, "every class moves on to the next hop at once"
+
+
+async def test_retryable_failure_schedules_next_round_without_jitter() -> None:
+    outcome = await run([FakeChannel("a", DOWN), FakeChannel("b", DOWN)])
+    assert outcome.status == "pending"
+    assert outcome.next_attempt_at == NOW + timedelta(seconds=5)
+    assert [h.state for h in outcome.hops] == ["retrying", "retrying"]
+
+
+async def test_later_rounds_use_later_delays() -> None:
+    hops = [HopState("a", "retrying", 2)]
+    outcome = await run([FakeChannel("a", DOWN)], hops, rounds_done=2)
+    assert outcome.next_attempt_at == NOW + timedelta(seconds=300)
+    assert outcome.hops[0].attempts == 3
+
+
+async def test_rounds_exhausted_fails_after_schedule_plus_one_rounds() -> None:
+    hops = [HopState("a", "retrying", 3)]
+    outcome = await run([FakeChannel("a", DOWN)], hops, rounds_done=3)
+    assert outcome.status == "failed"
+    assert outcome.next_attempt_at is None
+    assert outcome.hops[0].state == "failed"
+
+
+async def test_all_permanent_fails_at_once() -> None:
+    outcome = await run([FakeChannel("a", GONE), FakeChannel("b", NO_ADDRESS)])
+    assert outcome.status == "failed"
+    assert [h.state for h in outcome.hops] == ["failed", "skipped"]
+
+
+async def test_permanent_hop_is_not_tried_in_later_rounds() -> None:
+    a, b = FakeChannel("a"), FakeChannel("b", OK)
+    hops = [HopState("a", "failed", 1), HopState("b", "retrying", 1)]
+    outcome = await run([a, b], hops, rounds_done=1)
+    assert a.calls == 0
+    assert outcome.status == "delivered"
+    assert [x.round for x in outcome.attempts] == [2]
+
+
+async def test_retry_after_pushes_the_next_round_back() -> None:
+    outcome = await run([FakeChannel("a", slow(120)), FakeChannel("b", DOWN)])
+    assert outcome.next_attempt_at == NOW + timedelta(seconds=120)
+
+
+async def test_retry_after_shorter_than_schedule_keeps_schedule() -> None:
+    outcome = await run([FakeChannel("a", slow(1))])
+    assert outcome.next_attempt_at == NOW + timedelta(seconds=5)
+
+
+async def test_retry_after_is_clamped() -> None:
+    outcome = await run([FakeChannel("a", slow(10 * 86400))])
+    assert outcome.next_attempt_at == NOW + timedelta(seconds=3600)
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_jitter_stays_within_bounds(seed: int) -> None:
+    chain = [Link(channel=FakeChannel("a", DOWN))]
+    outcome = await Orchestrator(clock=lambda: NOW, rng=random.Random(seed)).run_round(
+        message(), chain, fresh_hops(["a"]), plan(jitter=0.2, schedule=(100.0,))
+    )
+    assert outcome.next_attempt_at is not None
+    delay = (outcome.next_attempt_at - NOW).total_seconds()
+    assert 80.0 <= delay <= 120.0
+
+
+async def test_jitter_varies_between_draws() -> None:
+    orch = Orchestrator(clock=lambda: NOW, rng=random.Random(7))
+    delays = set()
+    for _ in range(5):
+        outcome = await orch.run_round(
+            message(),
+            [Link(channel=FakeChannel("a", DOWN))],
+            fresh_hops(["a"]),
+            plan(jitter=0.5, schedule=(100.0,)),
+        )
+        delays.add(outcome.next_attempt_at)
+    assert len(delays) == 5
+
+
+async def test_next_round_is_capped_at_expiry() -> None:
+    expires = NOW + timedelta(seconds=2)
+    outcome = await run([FakeChannel("a", DOWN)], expires_at=expires)
+    assert outcome.status == "pending"
+    assert outcome.next_attempt_at == expires
+
+
+def test_expire_settles_hops_without_attempts() -> None:
+    hops = [HopState("a", "retrying", 1), HopState("b", "pending")]
+    outcome = orchestrator().expire(hops)
+    assert outcome.status == "expired"
+    assert outcome.attempts == []
+    assert [h.state for h in outcome.hops] == ["failed", "unused"]
+
+
+async def test_strategy_all_tries_every_hop() -> None:
+    a, b, c = FakeChannel("a", OK), FakeChannel("b", OK), FakeChannel("c", OK)
+    outcome = await run([a, b, c], strategy="all")
+    assert outcome.status == "delivered"
+    assert outcome.delivered_via == ["a", "b", "c"]
+    assert (a.calls, b.calls, c.calls) == (1, 1, 1)
+
+
+async def test_strategy_all_retries_only_undelivered_hops() -> None:
+    a, b = FakeChannel("a", OK), FakeChannel("b", DOWN, OK)
+    first = await run([a, b], strategy="all")
+    assert first.status == "pending"
+    assert [h.state for h in first.hops] == ["delivered", "retrying"]
+    second = await run([a, b], first.hops, strategy="all", rounds_done=1)
+    assert (a.calls, b.calls) == (1, 2)
+    assert second.status == "delivered"
+    assert second.delivered_via == ["a", "b"]
+
+
+async def test_strategy_all_partial_when_the_rest_is_permanent() -> None:
+    outcome = await run([FakeChannel("a", OK), FakeChannel("b", GONE)], strategy="all")
+    assert outcome.status == "partial"
+    assert outcome.delivered_via == ["a"]
+
+
+async def test_strategy_all_partial_when_rounds_run_out() -> None:
+    hops = [HopState("a", "delivered", 1), HopState("b", "retrying", 3)]
+    outcome = await run(
+        [FakeChannel("a"), FakeChannel("b", DOWN)], hops, strategy="all", rounds_done=3
+    )
+    assert outcome.status == "partial"
+    assert [h.state for h in outcome.hops] == ["delivered", "failed"]
+
+
+async def test_strategy_all_failed_when_nothing_delivers() -> None:
+    outcome = await run([FakeChannel("a", GONE), FakeChannel("b", GONE)], strategy="all")
+    assert outcome.status == "failed"
+    assert outcome.delivered_via is None
+
+
+async def test_disabled_channel_is_skipped_without_a_call() -> None:
+    a = FakeChannel("a", enabled=False)
+    outcome = await run([a, FakeChannel("b", OK)])
+    assert a.calls == 0
+    assert outcome.attempts[0].result.error.code == "channel_disabled"
+    assert outcome.hops[0].state == "skipped"
+
+
+async def test_a_raising_channel_is_a_transient_failure() -> None:
+    outcome = await run([FakeChannel("a", RuntimeError("boom")), FakeChannel("b", OK)])
+    error = outcome.attempts[0].result.error
+    assert error is not None
+    assert (error.cls, error.code) == (ErrorClass.TRANSIENT, "channel_error")
+    assert outcome.status == "delivered"
+
+
+async def test_a_hanging_channel_times_out() -> None:
+    hang = Hang("a", timeout=0.05)
+    outcome = await run([hang, FakeChannel("b", OK)])
+    error = outcome.attempts[0].result.error
+    assert error is not None
+    assert (error.cls, error.code) == (ErrorClass.TRANSIENT, "timeout")
+    assert outcome.delivered_via == "b"
+
+
+async def test_rate_limit_without_a_token_in_time_is_rate_limited() -> None:
+    channel = FakeChannel("a", timeout=0.01)
+    bucket = TokenBucket(1, 60.0)
+    chain = [Link(channel=channel, bucket=bucket)]
+    orch = orchestrator()
+    first = await orch.run_round(message(), chain, fresh_hops(["a"]), plan())
+    second = await orch.run_round(message(), chain, fresh_hops(["a"]), plan())
+    assert first.status == "delivered"
+    assert second.attempts[0].result.error.code == "local_rate_limit"
+    assert channel.calls == 1
+
+
+async def test_secrets_are_redacted_from_errors_and_excerpts() -> None:
+    leaky = DeliveryResult.failed(
+        ErrorClass.CONFIG, "http_401", "token s3cr3t rejected", response_excerpt="bad s3cr3t"
+    )
+    chain = [Link(channel=FakeChannel("a", leaky), secrets=("s3cr3t",))]
+    outcome = await orchestrator().run_round(message(), chain, fresh_hops(["a"]), plan())
+    result = outcome.attempts[0].result
+    assert "s3cr3t" not in (result.error.message + (result.response_excerpt or ""))
+    assert "s3cr3t" not in str(outcome.last_error)

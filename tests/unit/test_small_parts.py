@@ -1,0 +1,76 @@
+"""Ids, redaction, HTTP classification and Retry-After parsing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from app.channels.base import ErrorClass, excerpt
+from app.channels.http_errors import classify_status, retry_after_seconds
+from app.ids import uuid7
+from app.security.redaction import redact
+
+
+def test_uuid7_is_version_7_and_strictly_increasing() -> None:
+    ids = [uuid7() for _ in range(5000)]
+    assert all(i.version == 7 for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_uuid7_embeds_the_time() -> None:
+    before = int(datetime.now(UTC).timestamp() * 1000)
+    value = uuid7()
+    after = int(datetime.now(UTC).timestamp() * 1000)
+    assert before <= value.int >> 80 <= after + 1
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (200, None),
+        (204, None),
+        (301, ErrorClass.PERMANENT),
+        (307, ErrorClass.PERMANENT),
+        (400, ErrorClass.PERMANENT),
+        (401, ErrorClass.CONFIG),
+        (403, ErrorClass.CONFIG),
+        (404, ErrorClass.PERMANENT),
+        (408, ErrorClass.TRANSIENT),
+        (410, ErrorClass.PERMANENT),
+        (429, ErrorClass.RATE_LIMITED),
+        (500, ErrorClass.TRANSIENT),
+        (503, ErrorClass.TRANSIENT),
+    ],
+)
+def test_http_status_classes(status: int, expected: ErrorClass | None) -> None:
+    assert classify_status(status) == expected
+
+
+def test_retry_after_forms() -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    assert retry_after_seconds("120") == 120.0
+    assert (
+        retry_after_seconds(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90.0
+    )
+    assert (
+        retry_after_seconds(format_datetime(now - timedelta(seconds=90), usegmt=True), now) == 0.0
+    )
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
+
+
+def test_redact_masks_secrets_url_credentials_and_authorization() -> None:
+    text = "POST https://user:pa55@api.example.com/bot123:ABC/send Authorization: Bearer tok123"
+    redacted = redact(text, ["123:ABC"])
+    assert "pa55" not in redacted and "123:ABC" not in redacted and "tok123" not in redacted
+    assert "api.example.com" in redacted
+
+
+def test_excerpt_cuts_on_a_character_boundary() -> None:
+    cut = excerpt("é" * 3000)
+    assert cut is not None
+    assert len(cut.encode()) <= 2048
+    assert set(cut) == {"é"}
