@@ -70,7 +70,13 @@ def new_notification(
 ) -> Notification:
     expires_at = request.expires_at
     if expires_at is None and route.ttl is not None:
-        expires_at = max(now, request.send_at or now) + timedelta(seconds=route.ttl)
+        try:
+            expires_at = max(now, request.send_at or now) + timedelta(seconds=route.ttl)
+        except OverflowError:
+            raise Unprocessable(
+                "send_at plus the route's ttl is past the year 9999",
+                errors=[{"loc": ["body", "send_at"], "msg": "too far ahead for the route's ttl"}],
+            ) from None
     due = max(now, request.send_at) if request.send_at else now
     return Notification(
         id=uuid7(),

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.api.deps import RuntimeDep
 from app.api.problems import error_responses
 from app.api.schemas import ChannelList, ChannelOut, RetryOut, RouteList, RouteOut
 from app.durations import format_duration
+from app.security.redaction import redact
 from app.service import DEFAULT_ROUTE
 
 router = APIRouter(prefix="/v1", tags=["configuration"])
+
+
+def masked(value: Any) -> Any:
+    """Settings as shown: secret fields are already ``**********``; URL credentials go too."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: masked(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [masked(item) for item in value]
+    return value
 
 
 @router.get(
@@ -27,7 +41,9 @@ async def list_channels(runtime: RuntimeDep) -> ChannelList:
         reason = channel.readiness()
         if reason is None and not config.enabled:
             reason = "disabled in the config"
-        settings = config.model_dump(mode="json", by_alias=True, exclude={"type", "enabled"})
+        settings = masked(
+            config.model_dump(mode="json", by_alias=True, exclude={"type", "enabled"})
+        )
         items.append(
             ChannelOut(
                 name=name,

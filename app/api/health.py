@@ -44,16 +44,12 @@ async def readyz(runtime: RuntimeDep) -> Response:
         return problem_response(503, f"not ready: database unreachable: {reason}")
     expected = head_revision()
     if revision != expected:
-        return _health(
+        return problem_response(
             503,
-            f"database at migration {revision or 'none'}, expected {expected}: run herald migrate",
+            f"not ready: database at migration {revision or 'none'}, expected {expected}: "
+            "run herald migrate",
         )
-    return _health(200, None)
-
-
-def _health(status: int, detail: str | None) -> JSONResponse:
-    body = Health(status="ok" if status == 200 else "unavailable", detail=detail)
-    return JSONResponse(body.model_dump(), status_code=status)
+    return JSONResponse(Health(status="ok").model_dump())
 
 
 @router.get(

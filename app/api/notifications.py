@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse
@@ -15,7 +15,6 @@ from app.api.problems import error_responses
 from app.api.schemas import (
     AttemptList,
     AttemptOut,
-    ErrorInfo,
     NotificationCreate,
     NotificationDetail,
     NotificationOut,
@@ -23,7 +22,7 @@ from app.api.schemas import (
     Status,
 )
 from app.errors import Unprocessable
-from app.store.models import Attempt, Notification
+from app.store.models import Notification
 from app.store.repositories import ListFilter, NotificationRepository
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
@@ -38,66 +37,8 @@ IdempotencyKeyHeader = Annotated[
 ]
 
 
-def notification_fields(notification: Notification) -> dict[str, Any]:
-    return {
-        "id": notification.id,
-        "status": notification.status,
-        "route": notification.route,
-        "strategy": notification.strategy,
-        "channels": notification.channels,
-        "recipient": notification.recipient,
-        "subject": notification.subject,
-        "severity": notification.severity,
-        "source": notification.source,
-        "metadata": notification.metadata_,
-        "round": notification.round,
-        "attempt_count": notification.attempt_count,
-        "delivered_via": notification.delivered_via,
-        "delivered_at": notification.delivered_at,
-        "next_attempt_at": notification.next_attempt_at,
-        "last_error": notification.last_error,
-        "hops": notification.hops,
-        "send_at": notification.send_at,
-        "expires_at": notification.expires_at,
-        "created_at": notification.created_at,
-        "updated_at": notification.updated_at,
-    }
-
-
 def detail_of(notification: Notification) -> NotificationDetail:
-    return NotificationDetail.model_validate(
-        notification_fields(notification) | {"text": notification.text, "html": notification.html}
-    )
-
-
-def attempt_of(attempt: Attempt) -> AttemptOut:
-    error = (
-        ErrorInfo.model_validate(
-            {
-                "class": attempt.error_class,
-                "code": attempt.error_code,
-                "message": attempt.error_message,
-            }
-        )
-        if attempt.error_class
-        else None
-    )
-    return AttemptOut(
-        id=attempt.id,
-        notification_id=attempt.notification_id,
-        channel=attempt.channel,
-        channel_type=attempt.channel_type,
-        round=attempt.round,
-        hop=attempt.hop,
-        trigger=attempt.trigger,
-        outcome=attempt.outcome,
-        error=error,
-        provider_status=attempt.provider_status,
-        provider_message_id=attempt.provider_message_id,
-        response_excerpt=attempt.response_excerpt,
-        started_at=attempt.started_at,
-        duration_ms=attempt.duration_ms,
-    )
+    return NotificationDetail.model_validate(notification, from_attributes=True)
 
 
 @router.post(
@@ -164,17 +105,23 @@ async def list_notifications(
                 "cursor is not one this API gave out",
                 errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
             ) from None
+    for name, value in (("route", route), ("channel", channel)):
+        if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise Unprocessable(
+                f"{name} must not contain NUL characters",
+                errors=[{"loc": ["query", name], "msg": "must not contain NUL characters"}],
+            )
     filters = ListFilter(
         status=status,
         route=route,
         channel=channel,
-        created_after=_aware(created_after),
-        created_before=_aware(created_before),
+        created_after=_aware(created_after, "created_after"),
+        created_before=_aware(created_before, "created_before"),
     )
     rows = await NotificationRepository(session).list(filters, limit=limit + 1, before_id=before_id)
     page = rows[:limit]
     return NotificationPage(
-        items=[NotificationOut.model_validate(notification_fields(n)) for n in page],
+        items=[NotificationOut.model_validate(n, from_attributes=True) for n in page],
         next_cursor=str(page[-1].id) if len(rows) > limit else None,
     )
 
@@ -200,7 +147,7 @@ async def get_notification(notification_id: uuid.UUID, session: SessionDep) -> N
 async def list_attempts(notification_id: uuid.UUID, session: SessionDep) -> AttemptList:
     await service.get(session, notification_id)
     attempts = await NotificationRepository(session).attempts(notification_id)
-    return AttemptList(items=[attempt_of(a) for a in attempts])
+    return AttemptList(items=[AttemptOut.model_validate(a, from_attributes=True) for a in attempts])
 
 
 @router.post(
@@ -229,7 +176,16 @@ async def retry_notification(
     return detail_of(await service.retry(runtime, session, notification_id))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    """The time in UTC (a time without a zone is read as UTC); 422 past year 9999 in UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise Unprocessable(
+            f"{name} is out of range",
+            errors=[{"loc": ["query", name], "msg": "out of range in UTC"}],
+        ) from None

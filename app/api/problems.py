@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.api.schemas import Problem
 from app.errors import HeraldError, problem_type
@@ -84,21 +86,53 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(422, f"invalid request: {summary}{more}", errors=errors)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = "no such path"
     elif exc.status_code == 405:
         detail = "method not allowed on this path"
-    return problem_response(exc.status_code, detail, headers=dict(exc.headers or {}))
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem_response(exc.status_code, detail, headers=headers)
 
 
-async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+_PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path; Starlette names only the first route's."""
+
+    def served(method: str) -> bool:
+        probe = {**request.scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in request.app.routes)
+
+    return ", ".join(method for method in _PROBED_METHODS if served(method))
+
+
+_MISSING_TABLE = ("does not exist", "no such table")
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """Why the database cannot serve us now, or ``None`` when ``exc`` is a bug of ours."""
+    if isinstance(exc, ProgrammingError) and any(m in str(exc) for m in _MISSING_TABLE):
+        return "the database is not migrated; run herald migrate"
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "the database is unreachable; try again shortly"
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return "the database is unreachable; try again shortly"
+    return None
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    detail = database_unavailable(exc)
+    if detail is None:
+        return await _unexpected(request, exc)
     logger.warning("database unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else exc)
-    return problem_response(
-        503, "the database is unreachable; try again shortly", headers={"Retry-After": "1"}
-    )
+    return problem_response(503, detail, headers={"Retry-After": "1"})
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -110,9 +144,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HeraldError, _herald_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(OperationalError, _database_error)
-    app.add_exception_handler(DBAPIError, _database_error)
-    app.add_exception_handler(ConnectionError, _database_error)
+    for error in (DBAPIError, ConnectionError, TimeoutError, socket.gaierror):
+        app.add_exception_handler(error, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 

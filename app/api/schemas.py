@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -60,6 +60,23 @@ class NotificationCreate(BaseModel):
             raise ValueError(f"at most {BODY_LIMIT} bytes of UTF-8")
         return value
 
+    @field_validator("subject", "text", "html", "source")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise ValueError("must not contain NUL (U+0000) characters")
+        return value
+
+    @field_validator("send_at", "expires_at")
+    @classmethod
+    def _utc_in_range(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("out of range once converted to UTC") from None
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +128,8 @@ class NotificationOut(BaseModel):
     subject: str | None
     severity: Severity
     source: str | None
-    metadata: dict[str, Any]
+    metadata: dict[str, Any] = Field(validation_alias="metadata_")
+    """Read from the model's ``metadata_`` (``metadata`` is SQLAlchemy's on a model)."""
     round: int
     attempt_count: int
     delivered_via: str | list[str] | None = Field(

@@ -182,12 +182,22 @@ class ChannelConfig(BaseModel):
         return _parse_rate(self.rate_limit)
 
     def secrets(self) -> list[str]:
-        """Every secret string in these settings, for redaction."""
+        """Every secret string in these settings (nested ones too), for redaction."""
         found: list[str] = []
+
+        def collect(value: object) -> None:
+            if isinstance(value, SecretStr):
+                if value.get_secret_value():
+                    found.append(value.get_secret_value())
+            elif isinstance(value, dict):
+                for item in value.values():
+                    collect(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    collect(item)
+
         for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                found.append(value.get_secret_value())
+            collect(getattr(self, name))
         return found
 
 

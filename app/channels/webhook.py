@@ -26,7 +26,8 @@ class WebhookConfig(ChannelConfig):
     """Where to POST; none: the notification's ``recipient.webhook_url``."""
     secret: SecretStr | None = None
     """``whsec_<base64>``; none: requests go unsigned."""
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    """Extra request headers; their values are treated as secrets (masked, redacted)."""
 
     @field_validator("url")
     @classmethod
@@ -98,7 +99,7 @@ class WebhookChannel(ChannelType):
         timestamp = int(time.time())
         body = json.dumps(payload(message, timestamp), separators=(",", ":")).encode()
         headers = {
-            **self.config.headers,
+            **{name: value.get_secret_value() for name, value in self.config.headers.items()},
             "content-type": "application/json",
             "webhook-id": str(message.id),
             "webhook-timestamp": str(timestamp),

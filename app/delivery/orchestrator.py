@@ -234,12 +234,12 @@ class Orchestrator:
         started_at = self.clock()
         began = time.perf_counter()
         result = await self._send(message, link)
-        if link.secrets and result.error is not None:
+        if result.error is not None:
             result = replace(
                 result,
                 error=replace(result.error, message=redact(result.error.message, link.secrets)),
             )
-        if link.secrets and result.response_excerpt:
+        if result.response_excerpt:
             result = replace(result, response_excerpt=redact(result.response_excerpt, link.secrets))
         return AttemptRecord(
             channel=channel.name,

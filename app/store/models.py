@@ -136,6 +136,12 @@ class Attempt(Base):
 
     __table_args__ = (Index("ix_attempts_notification_id", "notification_id", "id"),)
 
+    @property
+    def error(self) -> dict[str, Any] | None:
+        if self.error_class is None:
+            return None
+        return {"class": self.error_class, "code": self.error_code, "message": self.error_message}
+
 
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"

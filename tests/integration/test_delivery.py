@@ -333,3 +333,23 @@ async def test_shutdown_releases_claims_without_an_attempt(db_url: str) -> None:
         assert body["status"] == "pending"
         assert body["attempt_count"] == 0
         assert await h.attempts(created["id"]) == []
+
+
+async def test_two_workers_never_claim_the_same_notification(db_url: str) -> None:
+    async with (
+        serve_http() as sink,
+        herald(db_url, hook_config(sink, "/a"), worker_batch_size=5) as h,
+    ):
+        ids = {(await h.send(text=f"n{i}"))["id"] for i in range(40)}
+        other = Worker(h.runtime, worker_id="second", clock=h.clock)
+
+        async def drain(worker: Worker) -> int:
+            total = 0
+            while claimed := await worker.run_once():
+                total += claimed
+            return total
+
+        first_count, second_count = await asyncio.gather(drain(h.worker), drain(other))
+        assert first_count + second_count == 40
+        delivered = [r.headers["webhook-id"] for r in sink.requests_to("/a")]
+        assert sorted(delivered) == sorted(ids), "each notification sent exactly once"

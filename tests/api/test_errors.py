@@ -1,0 +1,85 @@
+"""Errors outside any one operation: unknown paths, wrong methods, bodies that are not JSON."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.api.conftest import assert_problem, list_ids
+from tests.support.harness import Harness
+
+
+@pytest.mark.parametrize(
+    "path", ["/nope", "/v1", "/v1/notification", "/v2/notifications", "/v1/channels/hooks"]
+)
+async def test_unknown_path_is_a_404_problem(h: Harness, path: str) -> None:
+    response = await h.client.get(path)
+    assert_problem(response, 404, detail_contains="no such path")
+
+
+async def test_unknown_sub_resource_is_a_404_problem(h: Harness) -> None:
+    created = await h.send(route="alerts", text="x")
+    response = await h.client.get(f"/v1/notifications/{created['id']}/history")
+    assert_problem(response, 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/v1/notifications", {"GET", "POST"}),
+        ("PUT", "/v1/notifications", {"GET", "POST"}),
+        ("DELETE", "/v1/notifications/{id}", {"GET"}),
+        ("GET", "/v1/notifications/{id}/cancel", {"POST"}),
+        ("GET", "/v1/notifications/{id}/retry", {"POST"}),
+        ("POST", "/v1/notifications/{id}/attempts", {"GET"}),
+        ("POST", "/v1/channels", {"GET"}),
+        ("POST", "/v1/routes", {"GET"}),
+        ("POST", "/healthz", {"GET"}),
+    ],
+)
+async def test_wrong_method_is_a_405_problem(
+    h: Harness, method: str, path: str, allowed: set[str]
+) -> None:
+    created = await h.send(route="alerts", text="x")
+    response = await h.client.request(method, path.format(id=created["id"]))
+    assert_problem(response, 405)
+    assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+    # Nothing was changed by the refused request.
+    assert (await h.get(created["id"]))["status"] == "pending"
+    assert await list_ids(h) == [created["id"]]
+
+
+async def test_a_body_that_is_not_json_is_422(h: Harness) -> None:
+    response = await h.client.post(
+        "/v1/notifications", content=b"text=x", headers={"content-type": "text/plain"}
+    )
+    assert_problem(response, 422)
+    assert await list_ids(h) == []
+
+
+async def test_an_empty_body_is_422(h: Harness) -> None:
+    response = await h.client.post(
+        "/v1/notifications", content=b"", headers={"content-type": "application/json"}
+    )
+    problem = assert_problem(response, 422)
+    assert ["body"] in [e["loc"][:1] for e in problem["errors"]]
+
+
+async def test_validation_problem_lists_every_error(h: Harness) -> None:
+    response = await h.client.post(
+        "/v1/notifications",
+        json={"text": 1, "severity": "loud", "subject": "s" * 999, "extra": True},
+    )
+    problem = assert_problem(response, 422)
+    locs = [e["loc"] for e in problem["errors"]]
+    for loc in (["body", "text"], ["body", "severity"], ["body", "subject"], ["body", "extra"]):
+        assert loc in locs, locs
+    assert "(and 1 more)" in problem["detail"]
+
+
+async def test_problem_for_a_missing_notification_names_its_id(h: Harness) -> None:
+    missing = uuid.uuid4()
+    problem = assert_problem(await h.client.get(f"/v1/notifications/{missing}"), 404)
+    assert problem["title"] == "Not found"
+    assert "errors" not in problem
