@@ -7,6 +7,7 @@ three run the same objects: engine, sessions, HTTP client, channel instances, th
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.channels.base import ChannelContext, ChannelType, TokenBucket
+from app.channels.base import ChannelContext, ChannelType, RateLimiter
 from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.orchestrator import Link
@@ -65,7 +66,7 @@ def build_channels(
         channels[name] = channel
         links[name] = Link(
             channel=channel,
-            bucket=TokenBucket(*rate) if rate else None,
+            limiter=RateLimiter(*rate) if rate else None,
             secrets=tuple(channel_config.secrets()),
         )
     return channels, links
@@ -75,6 +76,8 @@ def build_channels(
 async def open_runtime(
     settings: Settings, config: HeraldConfig, registry: ChannelRegistry
 ) -> AsyncIterator[Runtime]:
+    # httpx logs every request URL at INFO, and some providers put credentials in the path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     engine = create_engine(settings.database_url)
     http = httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False, trust_env=False)
     channels, links = build_channels(config, registry, ChannelContext(http=http))

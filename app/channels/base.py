@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
@@ -236,32 +237,31 @@ class ChannelType:
         """Release what the channel holds; most hold nothing of their own."""
 
 
-@dataclass(slots=True)
-class TokenBucket:
-    """A rate limit shared by every delivery through one channel in this process."""
+class RateLimiter:
+    """At most ``count`` sends in any window of ``per_seconds``, for one channel in one process.
 
-    capacity: int
-    per_seconds: float
-    tokens: float = field(init=False)
-    updated: float = field(init=False)
-    _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    A sliding-window log rather than a refilling bucket: a bucket of size N lets up to 2N
+    through in some windows of one period, which providers that count per window (Telegram,
+    Twilio) answer with 429. Every delivery through the channel shares one limiter.
+    """
 
-    def __post_init__(self) -> None:
-        self.tokens = float(self.capacity)
-        self.updated = time.monotonic()
+    def __init__(self, count: int, per_seconds: float) -> None:
+        self.count = count
+        self.per_seconds = per_seconds
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()
 
     async def acquire(self, deadline: float) -> bool:
-        """Take a token, waiting for one until ``deadline`` (monotonic); ``False`` if none came."""
+        """Wait for a slot until ``deadline`` (monotonic); ``False`` if none came in time."""
         async with self._lock:
             while True:
                 now = time.monotonic()
-                rate = self.capacity / self.per_seconds
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                while self._starts and self._starts[0] <= now - self.per_seconds:
+                    self._starts.popleft()
+                if len(self._starts) < self.count:
+                    self._starts.append(now)
                     return True
-                wait = (1 - self.tokens) / rate
-                if now + wait > deadline:
+                free_at = self._starts[0] + self.per_seconds
+                if free_at > deadline:
                     return False
-                await asyncio.sleep(wait)
+                await asyncio.sleep(free_at - now)

@@ -32,7 +32,7 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
-    TokenBucket,
+    RateLimiter,
 )
 from app.delivery.retry import next_round_at, rounds_allowed
 from app.security.redaction import redact
@@ -61,10 +61,10 @@ class SendingChannel(Protocol):
 
 @dataclass(slots=True)
 class Link:
-    """One hop of a chain: the channel, its rate limit, and the secrets to redact."""
+    """One hop of a chain: the channel, its rate limiter, and the secrets to redact."""
 
     channel: SendingChannel
-    bucket: TokenBucket | None = None
+    limiter: RateLimiter | None = None
     secrets: Sequence[str] = ()
 
 
@@ -258,7 +258,7 @@ class Orchestrator:
         if not config.enabled:
             return DeliveryResult.skipped("channel_disabled", f"channel {channel.name} is disabled")
         deadline = time.monotonic() + config.timeout
-        if link.bucket is not None and not await link.bucket.acquire(deadline):
+        if link.limiter is not None and not await link.limiter.acquire(deadline):
             return DeliveryResult.failed(
                 ErrorClass.RATE_LIMITED,
                 "local_rate_limit",

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from sqlalchemy import update
 
-from app.channels.registry import default_registry
+from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings, parse_config
 from app.delivery.orchestrator import Orchestrator, utcnow
 from app.delivery.worker import Worker
@@ -87,18 +87,24 @@ class Harness:
             )
 
 
-def config_from(raw: dict[str, Any]) -> HeraldConfig:
-    return parse_config(raw, default_registry(), source="test")
+def config_from(raw: dict[str, Any], registry: ChannelRegistry | None = None) -> HeraldConfig:
+    return parse_config(raw, registry or default_registry(), source="test")
 
 
 @asynccontextmanager
 async def herald(
-    db_url: str, config: dict[str, Any] | HeraldConfig, **settings: Any
+    db_url: str,
+    config: dict[str, Any] | HeraldConfig,
+    *,
+    registry: ChannelRegistry | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Harness]:
-    parsed = config if isinstance(config, HeraldConfig) else config_from(config)
+    """Herald on ``db_url``; ``registry`` adds channel types beyond the default ones."""
+    registry = registry or default_registry()
+    parsed = config if isinstance(config, HeraldConfig) else config_from(config, registry)
     merged = {"database_url": db_url, "poll_interval": 0.05, "lease": 30.0, **settings}
     clock = Clock()
-    async with open_runtime(Settings(**merged), parsed, default_registry()) as runtime:
+    async with open_runtime(Settings(**merged), parsed, registry) as runtime:
         app = create_app(runtime=runtime)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:

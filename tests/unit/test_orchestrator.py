@@ -15,8 +15,8 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    RateLimiter,
     Recipient,
-    TokenBucket,
 )
 from app.delivery.orchestrator import HopState, Link, Orchestrator, Plan, fresh_hops
 
@@ -312,8 +312,7 @@ async def test_a_hanging_channel_times_out() -> None:
 
 async def test_rate_limit_without_a_token_in_time_is_rate_limited() -> None:
     channel = FakeChannel("a", timeout=0.01)
-    bucket = TokenBucket(1, 60.0)
-    chain = [Link(channel=channel, bucket=bucket)]
+    chain = [Link(channel=channel, limiter=RateLimiter(1, 60.0))]
     orch = orchestrator()
     first = await orch.run_round(message(), chain, fresh_hops(["a"]), plan())
     second = await orch.run_round(message(), chain, fresh_hops(["a"]), plan())

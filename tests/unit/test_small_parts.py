@@ -9,6 +9,7 @@ import pytest
 
 from app.channels.base import ErrorClass, excerpt
 from app.channels.http_errors import classify_status, retry_after_seconds
+from app.channels.text import split_text
 from app.ids import uuid7
 from app.security.redaction import redact
 
@@ -74,3 +75,22 @@ def test_excerpt_cuts_on_a_character_boundary() -> None:
     assert cut is not None
     assert len(cut.encode()) <= 2048
     assert set(cut) == {"é"}
+
+
+def test_split_text_keeps_short_text_whole() -> None:
+    assert split_text("hello\nworld", 100) == ["hello\nworld"]
+
+
+def test_split_text_cuts_on_line_boundaries_in_order() -> None:
+    lines = [f"line {i:03d}" for i in range(100)]  # 8 characters each
+    parts = split_text("\n".join(lines), 40)
+    assert all(len(p) <= 40 for p in parts)
+    assert "\n".join(parts).split("\n") == lines
+    assert all(not p.startswith("\n") and not p.endswith("\n") for p in parts)
+
+
+def test_split_text_cuts_long_lines_at_spaces_then_hard() -> None:
+    parts = split_text("word " * 30 + "\n" + "x" * 25, 20)
+    assert all(len(p) <= 20 for p in parts)
+    assert parts[-2:] == ["x" * 20, "x" * 5]
+    assert " ".join(p for p in parts[:-2]).split() == ["word"] * 30
