@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import yaml
 from pydantic import ValidationError
@@ -72,7 +73,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _database_kind(settings.database_url),
         "off" if args.no_worker else "on",
     )
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if self.should_exit:
+                logger.warning("second %s: exiting at once", signal.Signals(sig).name)
+                os._exit(1)
+            super().handle_exit(sig, frame)
+
+    server = Server(
         uvicorn.Config(
             app,
             host=host,
@@ -87,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from app.delivery.worker import Worker
+    from app.delivery.worker import Worker, supervise_worker
     from app.runtime import open_runtime
 
     settings = _settings()
@@ -109,7 +118,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
-            await Worker(runtime).run(stop)
+            await supervise_worker(Worker(runtime), stop)
 
     asyncio.run(run())
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from app.api.middleware import BodyLimit, HttpMetrics
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
-from app.delivery.worker import Worker
+from app.delivery.worker import Worker, supervise_worker
 from app.runtime import Runtime, open_runtime
 
 logger = logging.getLogger("herald")
@@ -34,17 +33,6 @@ INTERNAL_ERROR = {
     "description": "Internal server error",
     "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
 }
-
-
-async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
-    """Run the delivery loop until ``stop``; a crash is logged and the loop starts again."""
-    while not stop.is_set():
-        try:
-            await worker.run(stop)
-        except Exception:
-            logger.exception("delivery loop crashed; restarting in 1s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 def openapi_spec(app: FastAPI) -> dict[str, Any]:

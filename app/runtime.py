@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app import metrics
 from app.channels.base import ChannelContext, ChannelType, RateLimiter
 from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
+from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from app.delivery.orchestrator import Link
 from app.store.db import create_engine, session_factory
 
@@ -52,6 +54,10 @@ class Runtime:
         self.wakeup.set()
 
 
+def _export_circuit(channel: str, state: CircuitState) -> None:
+    metrics.channel_circuit_state.labels(channel).set(STATE_VALUES[state])
+
+
 def build_channels(
     config: HeraldConfig, registry: ChannelRegistry, context: ChannelContext
 ) -> tuple[dict[str, ChannelType], dict[str, Link]]:
@@ -67,8 +73,10 @@ def build_channels(
         links[name] = Link(
             channel=channel,
             limiter=RateLimiter(*rate) if rate else None,
+            circuit=CircuitBreaker(name, channel_config.circuit, on_change=_export_circuit),
             secrets=tuple(channel_config.secrets()),
         )
+        _export_circuit(name, CircuitState.CLOSED)
     return channels, links
 
 

@@ -131,8 +131,9 @@ async def accept(
             return replay, True
     now = utcnow()
     notification = new_notification(request, route, now=now, owner=owner)
+    repository = NotificationRepository(session)
     try:
-        await NotificationRepository(session).add(notification)
+        await repository.add(notification)
         if idempotency_key:
             await IdempotencyRepository(session).add(
                 IdempotencyKey(
@@ -143,6 +144,8 @@ async def accept(
                     created_at=now,
                 )
             )
+        if notification.next_attempt_at is not None and notification.next_attempt_at <= now:
+            await repository.announce_due()
         await session.commit()
     except IntegrityError:
         # Another request with the same key committed first: answer with its notification.
@@ -236,6 +239,7 @@ async def retry(
         route = runtime.config.routes.get(current.route) if current.route else None
         ttl = route.ttl if route is not None else None
         values["expires_at"] = now + timedelta(seconds=ttl) if ttl else None
+    await NotificationRepository(session).announce_due()
     updated = await _transition(session, current, RETRYABLE, "retry", values)
     runtime.wake_worker()
     return updated

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 
 from app.api.deps import RuntimeDep
 from app.api.problems import error_responses
-from app.api.schemas import ChannelList, ChannelOut, RetryOut, RouteList, RouteOut
+from app.api.schemas import ChannelList, ChannelOut, Circuit, RetryOut, RouteList, RouteOut
 from app.durations import format_duration
 from app.security.redaction import redact
 from app.service import DEFAULT_ROUTE
@@ -25,6 +25,14 @@ def masked(value: Any) -> Any:
     if isinstance(value, list):
         return [masked(item) for item in value]
     return value
+
+
+def _health(reason: str | None, circuit: Circuit) -> Literal["healthy", "degraded", "unhealthy"]:
+    if reason is not None or circuit.state == "open":
+        return "unhealthy"
+    if circuit.state == "half_open" or circuit.consecutive_failures:
+        return "degraded"
+    return "healthy"
 
 
 @router.get(
@@ -44,6 +52,13 @@ async def list_channels(runtime: RuntimeDep) -> ChannelList:
         settings = masked(
             config.model_dump(mode="json", by_alias=True, exclude={"type", "enabled"})
         )
+        breaker = runtime.links[name].circuit
+        circuit = Circuit(
+            state=breaker.state if breaker else "closed",
+            consecutive_failures=breaker.consecutive_failures if breaker else 0,
+            reason=breaker.reason if breaker else None,
+            retry_in_seconds=round(breaker.retry_in(), 3) if breaker else 0.0,
+        )
         items.append(
             ChannelOut(
                 name=name,
@@ -51,6 +66,8 @@ async def list_channels(runtime: RuntimeDep) -> ChannelList:
                 enabled=config.enabled,
                 ready=reason is None,
                 reason=reason,
+                health=_health(reason, circuit),
+                circuit=circuit,
                 settings=settings,
             )
         )

@@ -9,12 +9,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.api.schemas import Problem
 from app.errors import HeraldError, problem_type
+from app.store.db import unavailable_reason
 
 logger = logging.getLogger("herald.api")
 
@@ -111,24 +112,8 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(method for method in _PROBED_METHODS if served(method))
 
 
-_MISSING_TABLE = ("does not exist", "no such table")
-
-
-def database_unavailable(exc: BaseException) -> str | None:
-    """Why the database cannot serve us now, or ``None`` when ``exc`` is a bug of ours."""
-    if isinstance(exc, ProgrammingError) and any(m in str(exc) for m in _MISSING_TABLE):
-        return "the database is not migrated; run herald migrate"
-    if isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        return "the database is unreachable; try again shortly"
-    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return "the database is unreachable; try again shortly"
-    return None
-
-
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    detail = database_unavailable(exc)
+    detail = unavailable_reason(exc)
     if detail is None:
         return await _unexpected(request, exc)
     logger.warning("database unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else exc)

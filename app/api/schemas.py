@@ -178,12 +178,26 @@ class AttemptList(BaseModel):
     items: list[AttemptOut]
 
 
+class Circuit(BaseModel):
+    """This process's circuit breaker for the channel."""
+
+    state: Literal["closed", "half_open", "open"]
+    consecutive_failures: int
+    reason: str | None = Field(description="Why the circuit opened, while it is not closed.")
+    retry_in_seconds: float = Field(description="Time left before a trial delivery (open only).")
+
+
 class ChannelOut(BaseModel):
     name: str
     type: str
     enabled: bool
     ready: bool
     reason: str | None = Field(description="Why the channel is not ready, if it is not.")
+    health: Literal["healthy", "degraded", "unhealthy"] = Field(
+        description="unhealthy: not ready or circuit open; degraded: trial under way or "
+        "recent transient failures; healthy otherwise."
+    )
+    circuit: Circuit
     settings: dict[str, Any] = Field(description="The channel's settings, secrets masked.")
 
 

@@ -154,6 +154,17 @@ def _parse_rate(value: object) -> tuple[int, float] | None:
     return int(count), per
 
 
+class CircuitConfig(BaseModel):
+    """When a channel's circuit opens, and for how long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(default=5, ge=0)
+    """Consecutive transient failures that open the circuit; 0 turns the breaker off."""
+    cooldown: Duration = 30.0
+    """How long the circuit stays open before one trial delivery is let through."""
+
+
 class ChannelConfig(BaseModel):
     """Settings every channel accepts. Each type subclasses this with its own fields."""
 
@@ -163,6 +174,7 @@ class ChannelConfig(BaseModel):
     enabled: bool = True
     timeout: Duration = 10.0
     rate_limit: str | None = None
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
 
     @field_validator("timeout")
     @classmethod

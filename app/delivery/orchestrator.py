@@ -34,6 +34,7 @@ from app.channels.base import (
     Message,
     RateLimiter,
 )
+from app.delivery.circuit import CircuitBreaker
 from app.delivery.retry import next_round_at, rounds_allowed
 from app.security.redaction import redact
 
@@ -41,6 +42,9 @@ logger = logging.getLogger("herald.delivery")
 
 RETRYABLE_SKIPS = frozenset({"circuit_open"})
 """Skip codes that may clear by the next round; every other skip is final for the hop."""
+
+LOCAL_CODES = frozenset({"local_rate_limit", "no_address"})
+"""Failures decided before any provider call: they say nothing of the channel's health."""
 
 TIMEOUT_GRACE = 0.5
 """Seconds past the channel's own timeout before the orchestrator cancels a send."""
@@ -61,10 +65,11 @@ class SendingChannel(Protocol):
 
 @dataclass(slots=True)
 class Link:
-    """One hop of a chain: the channel, its rate limiter, and the secrets to redact."""
+    """One hop of a chain: the channel, its rate limiter, its circuit, the secrets to redact."""
 
     channel: SendingChannel
     limiter: RateLimiter | None = None
+    circuit: CircuitBreaker | None = None
     secrets: Sequence[str] = ()
 
 
@@ -183,7 +188,8 @@ def settle(hops: Sequence[HopState], status: str) -> list[HopState]:
         if hop.state == "pending":
             hop = replace(hop, state="unused")
         elif hop.state == "retrying":
-            hop = replace(hop, state="failed")
+            skipped = (hop.last_error or {}).get("class") == ErrorClass.SKIPPED
+            hop = replace(hop, state="skipped" if skipped else "failed")
         settled.append(hop)
     return settled
 
@@ -254,9 +260,25 @@ class Orchestrator:
 
     async def _send(self, message: Message, link: Link) -> DeliveryResult:
         channel = link.channel
-        config = channel.config
-        if not config.enabled:
+        if not channel.config.enabled:
             return DeliveryResult.skipped("channel_disabled", f"channel {channel.name} is disabled")
+        circuit = link.circuit
+        if circuit is not None and not circuit.allow():
+            return DeliveryResult.skipped(
+                "circuit_open",
+                f"circuit open ({circuit.reason}); next trial in {circuit.retry_in():.0f}s",
+            )
+        result = await self._call(message, link)
+        if circuit is not None:
+            if result.error is not None and result.error.code in LOCAL_CODES:
+                circuit.release()
+            else:
+                circuit.record(result)
+        return result
+
+    async def _call(self, message: Message, link: Link) -> DeliveryResult:
+        channel = link.channel
+        config = channel.config
         deadline = time.monotonic() + config.timeout
         if link.limiter is not None and not await link.limiter.acquire(deadline):
             return DeliveryResult.failed(

@@ -9,18 +9,18 @@ runs out, the sweep returns the notification to ``pending``, and another try is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Literal
-
-from sqlalchemy.exc import DBAPIError, OperationalError
+from typing import Any, Literal, TypeVar
 
 from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
+from app.delivery.listener import listen
 from app.delivery.orchestrator import (
     AttemptRecord,
     HopState,
@@ -32,6 +32,7 @@ from app.delivery.orchestrator import (
 )
 from app.ids import uuid7
 from app.runtime import Runtime
+from app.store.db import is_sqlite, unavailable_reason
 from app.store.models import Attempt, Notification
 from app.store.repositories import (
     IDEMPOTENCY_RETENTION,
@@ -40,6 +41,7 @@ from app.store.repositories import (
 )
 
 logger = logging.getLogger("herald.worker")
+T = TypeVar("T")
 
 SWEEP_EVERY = 5.0
 PURGE_EVERY = 600.0
@@ -131,6 +133,24 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then finish or release what is in flight."""
         logger.info("worker %s started", self.worker_id)
+        listener_stop = asyncio.Event()
+        listener = (
+            None
+            if is_sqlite(self.settings.database_url)
+            else asyncio.create_task(
+                listen(self.settings.database_url, self.runtime.wakeup, listener_stop),
+                name="herald-listener",
+            )
+        )
+        try:
+            await self._loop(stop)
+        finally:
+            listener_stop.set()
+            if listener is not None:
+                await listener
+        await self._shutdown()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
         backoff = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
@@ -144,7 +164,9 @@ class Worker:
                     await self.claim(min(free, self.settings.worker_batch_size)) if free else []
                 )
                 backoff = 0.0
-            except (OSError, OperationalError, DBAPIError) as exc:
+            except Exception as exc:
+                if unavailable_reason(exc) is None:
+                    raise
                 backoff = min(MAX_BACKOFF, max(0.5, backoff * 2))
                 logger.warning("database unavailable (%s); retrying in %.1fs", _brief(exc), backoff)
                 await _wait_any(stop, None, backoff)
@@ -159,7 +181,6 @@ class Worker:
                 await _wait_first(list(self._in_flight), stop)
                 continue
             await _wait_any(stop, self.runtime.wakeup, self.settings.poll_interval)
-        await self._shutdown()
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it to the end; the number claimed. For tests and tools."""
@@ -280,18 +301,47 @@ class Worker:
         if outcome.delivered_at is not None:
             values["delivered_at"] = outcome.delivered_at
         rows = [attempt_row(notification.id, record) for record in outcome.attempts]
-        async with self.runtime.sessions() as session, session.begin():
-            saved = await NotificationRepository(session).save_round(
-                notification.id, worker_id=self.worker_id, attempts=rows, values=values
-            )
-            if not saved:
-                await session.rollback()
+        saved = await self._retrying(
+            f"saving the round of {notification.id}",
+            lambda: self._save_rows(notification, rows, values),
+        )
         if not saved:
             logger.warning(
                 "lease on %s was lost before the round was saved; another worker owns it",
                 notification.id,
             )
         return saved
+
+    async def _save_rows(
+        self, notification: Notification, rows: list[Attempt], values: dict[str, Any]
+    ) -> bool:
+        async with self.runtime.sessions() as session, session.begin():
+            saved = await NotificationRepository(session).save_round(
+                notification.id, worker_id=self.worker_id, attempts=rows, values=values
+            )
+            if not saved:
+                await session.rollback()
+        return saved
+
+    async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Run a database step, retrying while the database is unreachable.
+
+        A delivered round is worth keeping: rather than leave it to the lease sweep (which
+        would send it again), keep trying to save it for up to half the lease.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.lease / 2
+        backoff = 0.25
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                reason = unavailable_reason(exc)
+                if reason is None or loop.time() + backoff > give_up:
+                    raise
+                logger.warning("%s: %s (%s); retrying in %.2fs", what, reason, _brief(exc), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
 
     def _observe(self, notification: Notification, outcome: Outcome, saved: bool) -> None:
         route = metrics.route_label(notification.route)
@@ -326,6 +376,17 @@ class Worker:
         if outcome.delivered_at is not None:
             latency = (outcome.delivered_at - notification.created_at).total_seconds()
             metrics.delivery_latency.labels(route).observe(max(0.0, latency))
+
+
+async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
+    """Run the delivery loop until ``stop``; a crash is logged and the loop starts again."""
+    while not stop.is_set():
+        try:
+            await worker.run(stop)
+        except Exception:
+            logger.exception("delivery loop crashed; restarting in 1s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 def _brief(exc: BaseException) -> str:

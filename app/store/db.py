@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -50,3 +52,19 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+_MISSING_TABLE = ("does not exist", "no such table")
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why the database cannot serve us now, or ``None`` when ``exc`` is a bug of ours."""
+    if isinstance(exc, ProgrammingError) and any(m in str(exc) for m in _MISSING_TABLE):
+        return "the database is not migrated; run herald migrate"
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "the database is unreachable; try again shortly"
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return "the database is unreachable; try again shortly"
+    return None

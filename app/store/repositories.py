@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, false, func, select, update
+from sqlalchemy import delete, false, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.models import Attempt, IdempotencyKey, Notification
+
+DUE_CHANNEL = "herald_due"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,13 @@ class NotificationRepository:
         )
         result = await self.session.execute(stmt)
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def announce_due(self) -> None:
+        """Tell listening workers (PostgreSQL ``NOTIFY``, sent on commit) that work is due."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            await self.session.execute(
+                text("SELECT pg_notify(:channel, '')"), {"channel": DUE_CHANNEL}
+            )
 
     async def oldest_due(self) -> datetime | None:
         """The earliest ``next_attempt_at`` among pending notifications."""

@@ -1,0 +1,134 @@
+"""Per-channel circuit breakers: health-aware fallback.
+
+::
+
+    closed ──N consecutive transient failures──▶ open ──cooldown──▶ half-open
+      ▲                                           ▲                    │
+      └──────────── trial delivers (or the provider answers) ──────────┤
+                                                  └──── trial fails ───┘
+    any state ──config failure (401/403, auth, TLS)──▶ open  (quarantine for one cooldown)
+
+While a circuit is open the orchestrator records ``skipped``/``circuit_open`` without calling
+the provider and moves to the next hop at once; the hop stays worth a later round. In half-open
+exactly one delivery is let through as the trial. State is per process: each worker learns a
+channel's health from its own tries (a shared store would add a write per attempt for little).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+from app.channels.base import CircuitConfig, DeliveryResult, ErrorClass
+
+logger = logging.getLogger("herald.circuit")
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        channel: str,
+        config: CircuitConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, CircuitState], None] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.threshold = config.failures
+        self.cooldown = config.cooldown
+        self.clock = clock
+        self.on_change = on_change
+        self.state = CircuitState.CLOSED
+        self.consecutive_failures = 0
+        self.opened_at: float | None = None
+        self.reason: str | None = None
+        self._trial_in_flight = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.threshold > 0
+
+    def allow(self) -> bool:
+        """Whether a delivery may call the provider now (and, half-open, take the one trial)."""
+        if not self.enabled or self.state is CircuitState.CLOSED:
+            return True
+        if self.state is CircuitState.OPEN:
+            assert self.opened_at is not None
+            if self.clock() - self.opened_at < self.cooldown:
+                return False
+            self._set(CircuitState.HALF_OPEN)
+        if self._trial_in_flight:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def retry_in(self) -> float:
+        """Seconds until the next trial may go (0 when not open)."""
+        if self.state is not CircuitState.OPEN or self.opened_at is None:
+            return 0.0
+        return max(0.0, self.cooldown - (self.clock() - self.opened_at))
+
+    def record(self, result: DeliveryResult) -> None:
+        """Learn from a provider call's result (never from a result that made no call)."""
+        if not self.enabled:
+            return
+        trial = self._trial_in_flight
+        self._trial_in_flight = False
+        error = result.error
+        if error is None or error.cls in (ErrorClass.PERMANENT, ErrorClass.RATE_LIMITED):
+            # The provider answered: the channel works, whatever it thought of this message.
+            self.consecutive_failures = 0
+            if self.state is not CircuitState.CLOSED:
+                logger.info("circuit of channel %s closed: it answers again", self.channel)
+                self._set(CircuitState.CLOSED)
+            return
+        if error.cls is ErrorClass.CONFIG:
+            self._open(f"{error.code}: {error.message}", quarantine=True)
+            return
+        if error.cls is ErrorClass.TRANSIENT:
+            self.consecutive_failures += 1
+            if trial or self.consecutive_failures >= self.threshold:
+                self._open(
+                    f"{self.consecutive_failures} consecutive transient failures, "
+                    f"last {error.code}",
+                    quarantine=False,
+                )
+
+    def release(self) -> None:
+        """A trial that made no provider call (e.g. no address) gives the trial back."""
+        self._trial_in_flight = False
+
+    def _open(self, reason: str, *, quarantine: bool) -> None:
+        already_open = self.state is CircuitState.OPEN
+        self.opened_at = self.clock()
+        self.reason = reason
+        if already_open:
+            return
+        self._set(CircuitState.OPEN)
+        if quarantine:
+            logger.error(
+                "channel %s quarantined for %.0fs: %s", self.channel, self.cooldown, reason
+            )
+        else:
+            logger.warning(
+                "circuit of channel %s opened for %.0fs: %s", self.channel, self.cooldown, reason
+            )
+
+    def _set(self, state: CircuitState) -> None:
+        self.state = state
+        if state is CircuitState.CLOSED:
+            self.opened_at = None
+            self.reason = None
+        if self.on_change is not None:
+            self.on_change(self.channel, state)
