@@ -1,0 +1,119 @@
+"""Third-party channel types through the ``herald.channels`` entry-point group, and rate limits."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from app.channels.registry import DuplicateChannelType, default_registry
+from app.cli import main
+from tests.support.harness import herald
+from tests.support.http_server import serve_http
+
+PLUGIN = """
+from typing import Literal
+
+from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, Message
+
+
+class EchoConfig(ChannelConfig):
+    type: Literal["echo"]
+    prefix: str = "echo"
+
+
+class EchoChannel(ChannelType):
+    type_name = "echo"
+    config_model = EchoConfig
+    sent: list[str] = []
+
+    async def send(self, message: Message) -> DeliveryResult:
+        EchoChannel.sent.append(f"{self.config.prefix}: {message.plain_text()}")
+        return DeliveryResult.ok(provider_message_id=f"echo-{len(EchoChannel.sent)}")
+
+
+class FakeWebhook(EchoChannel):
+    type_name = "webhook"
+"""
+
+
+def install_plugin(root: Path, entry: str) -> None:
+    """A real installed distribution: a package and its dist-info on sys.path."""
+    (root / "herald_echo").mkdir()
+    (root / "herald_echo" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    info = root / "herald_echo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: herald-echo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[herald.channels]\n{entry}\n")
+
+
+@pytest.fixture
+def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("herald_echo")]:
+        del sys.modules[name]
+
+
+async def test_an_entry_point_channel_type_delivers(db_url: str, plugin_path: Path) -> None:
+    install_plugin(plugin_path, "echo = herald_echo:EchoChannel")
+    registry = default_registry()
+    assert "echo" in registry.names()
+    config = {
+        "channels": {"shout": {"type": "echo", "prefix": "HEY"}},
+        "routes": {"default": {"channels": ["shout"]}},
+    }
+    async with herald(db_url, config, registry=registry) as h:
+        created = await h.send(text="plugged in")
+        await h.run_worker()
+        body = await h.get(created["id"])
+        assert body["status"] == "delivered"
+        (attempt,) = await h.attempts(created["id"])
+        assert attempt["channel_type"] == "echo"
+        assert attempt["provider_message_id"].startswith("echo-")
+    channel_type = registry.get("echo")
+    assert channel_type is not None
+    assert "HEY: plugged in" in channel_type.sent  # type: ignore[attr-defined]
+
+
+def test_an_entry_point_reusing_a_type_name_is_refused(
+    plugin_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_plugin(plugin_path, "webhook = herald_echo:FakeWebhook")
+    with pytest.raises(DuplicateChannelType, match=r"'webhook'.*already registered"):
+        default_registry()
+    config = tmp_path / "herald.yaml"
+    config.write_text("channels: {}\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", str(config)])
+    assert exited.value.code == 2
+    assert "already registered" in capsys.readouterr().err
+
+
+async def test_rate_limit_spaces_deliveries_by_the_servers_clock(db_url: str) -> None:
+    """Six messages through a 2/s channel: no window of one second sees more than two."""
+    async with serve_http() as sink:
+        config = {
+            "channels": {
+                "slow": {
+                    "type": "webhook",
+                    "url": sink.url("/r"),
+                    "rate_limit": "2/s",
+                    "timeout": "5s",
+                }
+            },
+            "routes": {"default": {"channels": ["slow"]}},
+        }
+        async with herald(db_url, config, worker_concurrency=8) as h:
+            for i in range(6):
+                await h.send(text=f"n{i}")
+            assert await h.run_worker() == 6
+            arrivals = sorted(r.at for r in sink.requests_to("/r"))
+        assert len(arrivals) == 6
+        # Any three consecutive arrivals span at least a second (small slack for the network).
+        gaps = [arrivals[i + 2] - arrivals[i] for i in range(4)]
+        assert min(gaps) >= 0.95, gaps
+        assert arrivals[-1] - arrivals[0] >= 1.95
