@@ -21,6 +21,7 @@ from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from app.delivery.orchestrator import Link
+from app.security.guard import AddressGuard, GuardedTransport
 from app.store.db import create_engine, session_factory
 
 HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -45,6 +46,7 @@ class Runtime:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     http: httpx.AsyncClient
+    guard: AddressGuard
     channels: dict[str, ChannelType]
     links: dict[str, Link]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,10 +86,20 @@ def build_channels(
 async def open_runtime(
     settings: Settings, config: HeraldConfig, registry: ChannelRegistry
 ) -> AsyncIterator[Runtime]:
-    # httpx logs every request URL at INFO, and some providers put credentials in the path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx logs every request URL at INFO and Apprise logs URL parts at DEBUG; some providers
+    # put credentials in the path, so neither may log below WARNING.
+    for name in ("httpx", "apprise"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     engine = create_engine(settings.database_url)
-    http = httpx.AsyncClient(limits=HTTP_LIMITS, follow_redirects=False, trust_env=False)
+    guard = AddressGuard(
+        allow_private=config.network.allow_private_addresses,
+        allowed=config.network.allowed_networks,
+    )
+    http = httpx.AsyncClient(
+        transport=GuardedTransport(guard, httpx.AsyncHTTPTransport(limits=HTTP_LIMITS)),
+        follow_redirects=False,
+        trust_env=False,
+    )
     channels, links = build_channels(config, registry, ChannelContext(http=http))
     runtime = Runtime(
         settings=settings,
@@ -96,6 +108,7 @@ async def open_runtime(
         engine=engine,
         sessions=session_factory(engine),
         http=http,
+        guard=guard,
         channels=channels,
         links=links,
     )

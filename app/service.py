@@ -26,6 +26,7 @@ from app.errors import (
 )
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
+from app.security.guard import url_refusal
 from app.store.models import IdempotencyKey, Notification
 from app.store.repositories import IdempotencyRepository, NotificationRepository
 
@@ -123,6 +124,13 @@ async def accept(
 ) -> tuple[Notification, bool]:
     """Store a notification; ``(notification, replayed)``. A replay returns the original."""
     route = resolve_route(runtime.config, request)
+    if request.recipient.webhook_url:
+        refusal = url_refusal(runtime.guard, request.recipient.webhook_url)
+        if refusal is not None:
+            raise Unprocessable(
+                f"recipient.webhook_url is refused: {refusal}",
+                errors=[{"loc": ["body", "recipient", "webhook_url"], "msg": refusal}],
+            )
     digest = request_hash(request) if idempotency_key else ""
     scope = owner or ""
     if idempotency_key:

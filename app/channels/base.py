@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
@@ -107,6 +108,17 @@ def excerpt(text: str | None) -> str | None:
     return raw[:EXCERPT_LIMIT].decode("utf-8", errors="ignore")
 
 
+def check_http_url(value: str) -> None:
+    """Refuse what is not an http(s) URL that the HTTP client can parse."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+
+
 class Recipient(BaseModel):
     """Where one notification goes, per channel type. Every address is optional."""
 
@@ -116,6 +128,13 @@ class Recipient(BaseModel):
     phone: str | None = Field(default=None, max_length=32)
     telegram_chat_id: str | None = Field(default=None, max_length=64)
     webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_http_url(value)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +187,8 @@ class CircuitConfig(BaseModel):
 class ChannelConfig(BaseModel):
     """Settings every channel accepts. Each type subclasses this with its own fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Validation errors never echo the input: it may be a secret.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     type: str
     enabled: bool = True

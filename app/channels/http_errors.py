@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from app.channels.base import DeliveryResult, ErrorClass
+from app.security.guard import BlockedAddress
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -80,6 +81,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
 def failure_from_transport(exc: httpx.HTTPError) -> DeliveryResult:
     """A failed ``DeliveryResult`` for an error before any HTTP answer arrived."""
     chain = _causes(exc)
+    if isinstance(exc, BlockedAddress):
+        return DeliveryResult.failed(ErrorClass.CONFIG, "blocked_address", str(exc))
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         return DeliveryResult.failed(
             ErrorClass.CONFIG, "tls_error", "TLS certificate verification failed"

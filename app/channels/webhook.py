@@ -16,7 +16,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, Message
+from app.channels.base import (
+    ChannelConfig,
+    ChannelType,
+    DeliveryResult,
+    Message,
+    check_http_url,
+)
 from app.channels.http_errors import failure_from_response, failure_from_transport
 
 
@@ -32,8 +38,8 @@ class WebhookConfig(ChannelConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
+        if value is not None:
+            check_http_url(value)
         return value
 
     @field_validator("secret")
