@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -53,16 +54,52 @@ def _config(path: str | None, settings: Settings, registry: ChannelRegistry) -> 
         raise SystemExit(_fail(str(exc))) from None
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (bracketed or IPv4-mapped forms too)."""
+    name = host.strip().removeprefix("[").removesuffix("]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # any other name may resolve to anything
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def bind_refusal(host: str, config: HeraldConfig) -> str | None:
+    """Why ``herald serve`` must not bind ``host`` with this config, or ``None`` if it may.
+
+    With no API keys auth is off, so anyone who can reach the port could send notifications
+    through every channel and read every message: only loopback is allowed then.
+    """
+    if config.auth.api_keys or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {host}: no API keys are configured, so authentication is off "
+        "and anyone who can reach this address could send notifications through your channels "
+        "and read every message. Either bind a loopback address (--host 127.0.0.1) or add API "
+        "keys to herald.yaml, for example:\n"
+        "  auth:\n"
+        "    api_keys:\n"
+        '      - {name: backend, key: "${HERALD_API_KEY}", scopes: [send, read]}'
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
 
     settings = _settings()
-    logs.configure(settings.log_level, settings.log_format)
     registry = _registry()
     config = _config(args.config, settings, registry)
     host = args.host or settings.host
+    refusal = bind_refusal(host, config)
+    if refusal is not None:
+        return _fail(refusal)
+    logs.configure(settings.log_level, settings.log_format)
     port = args.port if args.port is not None else settings.port
     app = create_app(settings, config, registry, run_worker=not args.no_worker)
     logger.info(
@@ -75,11 +112,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
     class Server(uvicorn.Server):
+        """Graceful on the first SIGTERM/SIGINT (exit 0 once drained), immediate on a second.
+
+        uvicorn would re-raise the signal after shutting down, ending the process with -15
+        instead of the 0 that process supervisors expect from a clean stop.
+        """
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             if self.should_exit:
                 logger.warning("second %s: exiting at once", signal.Signals(sig).name)
                 os._exit(1)
-            super().handle_exit(sig, frame)
+            logger.info("%s: draining, then stopping", signal.Signals(sig).name)
+            self.should_exit = True
 
     server = Server(
         uvicorn.Config(
@@ -103,6 +147,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     registry = _registry()
     config = _config(args.config, settings, registry)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from app.metrics import REGISTRY
+
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
+        except OSError as exc:
+            return _fail(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}")
+        logger.info("worker metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -184,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the delivery loop only")
     worker.add_argument("--config", help="herald.yaml (default: $HERALD_CONFIG)")
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve this worker's Prometheus metrics on this port"
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")

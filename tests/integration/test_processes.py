@@ -1,0 +1,114 @@
+"""The ``herald`` command as a real process: worker metrics, signals, refusing bad config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.store.migrate import upgrade
+
+HERALD = str(Path(sys.executable).with_name("herald"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'herald.db'}"
+    upgrade(url)
+    config = tmp_path / "herald.yaml"
+    config.write_text(
+        "channels:\n  console: {type: log}\nroutes:\n  default: {channels: [console]}\n"
+    )
+    yield {
+        **os.environ,
+        "HERALD_DATABASE_URL": url,
+        "HERALD_CONFIG": str(config),
+        "HERALD_POLL_INTERVAL": "100ms",
+    }
+
+
+def wait_for(url: str, within: float = 15.0) -> httpx.Response:
+    began = time.monotonic()
+    while True:
+        try:
+            return httpx.get(url, timeout=1)
+        except httpx.TransportError:
+            if time.monotonic() - began > within:
+                raise
+            time.sleep(0.1)
+
+
+def test_worker_serves_its_metrics_and_exits_0_on_sigterm(sqlite_env: dict[str, str]) -> None:
+    port = free_port()
+    worker = subprocess.Popen(
+        [HERALD, "worker", "--metrics-port", str(port)],
+        env=sqlite_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        metrics = wait_for(f"http://127.0.0.1:{port}/metrics").text
+        assert 'herald_channel_circuit_state{channel="console"} 0.0' in metrics
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    output = worker.stdout.read() if worker.stdout else ""
+    assert "stopped" in output
+
+
+def test_serve_refuses_an_invalid_config(tmp_path: Path, sqlite_env: dict[str, str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("channels:\n  email: {type: smtp, host: h, port: nope, from: a@b.c}\n")
+    result = subprocess.run(
+        [HERALD, "serve", "--config", str(bad), "--port", str(free_port())],
+        env=sqlite_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "channels.email.port:" in result.stderr
+
+
+def test_serve_delivers_and_stops_on_sigterm(sqlite_env: dict[str, str]) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [HERALD, "serve", "--port", str(port)],
+        env=sqlite_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        created = httpx.post(f"http://127.0.0.1:{port}/v1/notifications", json={"text": "hi"})
+        assert created.status_code == 202
+        location = f"http://127.0.0.1:{port}{created.headers['location']}"
+        began = time.monotonic()
+        while httpx.get(location).json()["status"] != "delivered":
+            assert time.monotonic() - began < 10
+            time.sleep(0.02)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
