@@ -58,12 +58,24 @@ class ChannelRegistry:
 
 def default_registry() -> ChannelRegistry:
     """The built-in channel types plus every installed ``herald.channels`` entry point."""
+    from app.channels.apprise import AppriseChannel
     from app.channels.log import LogChannel
+    from app.channels.ntfy import NtfyChannel
     from app.channels.smtp import SmtpChannel
+    from app.channels.twilio import TwilioChannel
     from app.channels.webhook import WebhookChannel
+    from app.channels.whatsapp import WhatsAppChannel
 
     registry = ChannelRegistry()
-    for channel_type in (WebhookChannel, SmtpChannel, LogChannel):
+    for channel_type in (
+        WebhookChannel,
+        SmtpChannel,
+        LogChannel,
+        TwilioChannel,
+        WhatsAppChannel,
+        NtfyChannel,
+        AppriseChannel,
+    ):
         registry.register(channel_type)
     registry.load_entry_points()
     return registry

@@ -1,0 +1,89 @@
+"""What the phone-number channel types (``twilio``, ``whatsapp``) share.
+
+**Recipient numbers.** ``recipient.phone`` must be E.164: ``+``, a country code that does not
+start with 0, then the subscriber number, 8 to 15 digits in all. People store numbers with
+separators, so spaces, hyphens, dots and parentheses are accepted and dropped
+(``+1 (415) 555-0100`` → ``+14155550100``). Nothing else is guessed: a number without ``+``
+(``4155550100``, ``004415…``) is not E.164 because its country cannot be known, and letters or
+any other character make it invalid. A missing or invalid number means the channel has no
+address for the recipient (``skipped``/``no_address``) and no provider call is made.
+
+**Message text.** An SMS or chat message has no subject line, so the body is the subject, a
+newline, then the text (the HTML with its tags stripped when only HTML was given); either part
+may be absent. A body longer than the provider's limit is cut and ends with ``…``. The limit is
+counted in UTF-16 code units (an emoji counts twice): the providers document "characters"
+without saying how they count them, and UTF-16 units are never fewer than code points, so a
+cut body is never refused for its length.
+"""
+
+from __future__ import annotations
+
+import re
+
+from app.channels.base import DeliveryResult, ErrorClass, Message
+
+E164_HINT = "E.164: '+', country code and number, 8-15 digits (e.g. +14155550100)"
+
+_SEPARATORS = re.compile(r"[ \-.()]")
+_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+
+ELLIPSIS = "…"
+
+
+def normalize_e164(raw: str) -> str | None:
+    """``raw`` as ``+<digits>`` when it is an E.164 number (separators dropped), else ``None``."""
+    candidate = _SEPARATORS.sub("", raw.strip())
+    return candidate if _E164.fullmatch(candidate) else None
+
+
+def recipient_number(message: Message) -> str | DeliveryResult:
+    """The recipient's E.164 number, or the ``no_address`` skip that says why there is none."""
+    raw = message.recipient.phone
+    if raw is None or not raw.strip():
+        return DeliveryResult.skipped("no_address", "recipient has no phone")
+    number = normalize_e164(raw)
+    if number is None:
+        return DeliveryResult.skipped("no_address", f"recipient phone is not a valid {E164_HINT}")
+    return number
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` if it fits in ``limit`` UTF-16 code units, else cut to fit and ending in ``…``."""
+    if utf16_len(text) <= limit:
+        return text
+    budget = limit - utf16_len(ELLIPSIS)
+    used = 0
+    end = 0
+    for index, char in enumerate(text):
+        width = 2 if ord(char) > 0xFFFF else 1
+        if used + width > budget:
+            break
+        used += width
+        end = index + 1
+    return text[:end].rstrip() + ELLIPSIS
+
+
+def message_body(message: Message, limit: int) -> str:
+    """Subject and text as one plain-text body of at most ``limit`` UTF-16 code units."""
+    subject = (message.subject or "").strip()
+    text = message.plain_text().strip()
+    body = "\n".join(part for part in (subject, text) if part)
+    return truncate(body, limit)
+
+
+def http_base(value: str) -> str:
+    """An ``api_base`` setting: http(s) only, stored without a trailing slash."""
+    value = value.strip()
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("api_base must start with http:// or https://")
+    return value.rstrip("/")
+
+
+def empty_body() -> DeliveryResult:
+    return DeliveryResult.failed(
+        ErrorClass.PERMANENT, "empty_body", "the notification has no subject or text to send"
+    )

@@ -1,0 +1,261 @@
+"""``whatsapp``: free-form text messages through Meta's WhatsApp Cloud API.
+
+One ``POST {api_base}/{api_version}/{phone_number_id}/messages`` with
+``Authorization: Bearer <access_token>`` and the JSON body ``{"messaging_product": "whatsapp",
+"recipient_type": "individual", "to": "<digits>", "type": "text", "text": {"preview_url": …,
+"body": …}}``. Meta answers ``200`` with ``{"messaging_product", "contacts": [{"input",
+"wa_id"}], "messages": [{"id": "wamid…"}]}``; ``messages[0].id`` is recorded as the provider
+message id. Delivery and read receipts arrive later by webhook and are not tracked here.
+
+The recipient is ``recipient.phone`` in E.164 (see ``app.channels.phone``), sent as digits
+without the ``+``. The body is the subject and the text, at most 4096 characters; a longer body
+is cut and ends with ``…`` rather than split, because each part would be a separate message with
+its own id and its own chance to fail, and the per-recipient pair rate limit (131056) makes a
+burst of parts to one user fail anyway.
+
+Free-form text is only accepted inside the 24-hour customer-service window, i.e. within 24 h of
+the user's last message to the business. Outside it Meta refuses with 131047 and only an approved
+template could be sent, which this channel type does not do: 131047 is ``permanent`` for the
+notification, and the route's next channel takes over.
+
+Errors come as Graph API errors ``{"error": {"message", "type", "code", "error_subcode",
+"error_data": {"details"}, "fbtrace_id"}}`` and are classified by their ``code`` (Meta asks
+integrations to rely on the code, not on HTTP statuses or titles), then by HTTP status. The
+attempt code is ``whatsapp_<code>``, or ``http_<status>`` for an answer that is not a Graph error:
+
+- ``permanent``: 131026 undeliverable (not a WhatsApp user, outdated app, terms not accepted),
+  131047 outside the customer-service window, 131051 unsupported message type, 100 invalid
+  parameter, 131021 recipient is the sender, 131030 recipient not on a test number's allowed
+  list, 130497 messaging users in the recipient's country is restricted.
+- ``config``: 190 access token expired or invalid, 0 / 3 / 10 / 200-299 / 131005 missing
+  permission, 368 / 131031 account restricted or locked, 131042 payment problem, 133010 phone
+  number not registered, and 100 with ``error_subcode`` 33 (the ``phone_number_id`` does not
+  exist or is not reachable with this token: code ``whatsapp_unknown_phone_number_id``).
+- ``rate_limited``: 4 app call limit, 80007 account limit, 130429 throughput limit, 131048 spam
+  rate limit, 131056 pair rate limit, and HTTP 429; ``Retry-After`` is honoured if present.
+- ``transient``: 1 / 2 / 131000 / 131016 unknown error or service unavailable, HTTP 5xx.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import httpx
+from pydantic import SecretStr, field_validator
+
+from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, ErrorClass, Message
+from app.channels.http_errors import (
+    classify_status,
+    failure_from_response,
+    failure_from_transport,
+    retry_after_seconds,
+)
+from app.channels.phone import empty_body, http_base, message_body, recipient_number
+
+BODY_LIMIT = 4096
+"""Meta's limit on ``text.body`` (characters); longer bodies are cut with an ellipsis."""
+
+DEFAULT_API_VERSION = "v26.0"
+"""The newest Graph API version (released 2026-07-29); each version lives about two years."""
+
+_API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
+
+
+class WhatsAppConfig(ChannelConfig):
+    type: Literal["whatsapp"]
+    access_token: SecretStr
+    """A system-user access token with the whatsapp_business_messaging permission."""
+    phone_number_id: str
+    """The numeric ID of the sending business number (WhatsApp Manager), not the number."""
+    api_version: str = DEFAULT_API_VERSION
+    """Graph API version in the URL path, ``v<major>.<minor>``."""
+    preview_url: bool = False
+    """Ask WhatsApp to render a link preview for the first URL in the text."""
+    api_base: str = "https://graph.facebook.com"
+
+    @field_validator("access_token")
+    @classmethod
+    def _token_set(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("access_token is empty (is its environment variable set?)")
+        return value
+
+    @field_validator("phone_number_id")
+    @classmethod
+    def _numeric_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value.isascii() or not value.isdigit():
+            raise ValueError(
+                "phone_number_id must be the numeric phone number ID from WhatsApp Manager "
+                "(not the phone number itself)"
+            )
+        return value
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        value = value.strip()
+        if not _API_VERSION.fullmatch(value):
+            raise ValueError("api_version must look like v26.0")
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_base(cls, value: str) -> str:
+        return http_base(value)
+
+
+_P, _C, _R, _T = (
+    ErrorClass.PERMANENT,
+    ErrorClass.CONFIG,
+    ErrorClass.RATE_LIMITED,
+    ErrorClass.TRANSIENT,
+)
+
+_CODES: dict[int, tuple[ErrorClass, str]] = {
+    131026: (_P, "message undeliverable to this recipient"),
+    131047: (
+        _P,
+        "more than 24 hours since the recipient last wrote: free-form text is only allowed "
+        "inside the customer-service window",
+    ),
+    131051: (_P, "unsupported message type"),
+    100: (_P, "invalid parameter"),
+    131021: (_P, "the recipient is the sending number"),
+    131030: (_P, "the recipient is not on the test number's allowed list"),
+    130497: (_P, "the account may not message users in the recipient's country"),
+    190: (_C, "access token expired or invalid"),
+    0: (_C, "authentication failed: check access_token"),
+    3: (_C, "the app lacks a capability or permission"),
+    10: (_C, "permission denied: check the token's permissions"),
+    131005: (_C, "permission denied: check the token's permissions"),
+    368: (_C, "the business account is blocked for policy violations"),
+    131031: (_C, "the business account is locked"),
+    131042: (_C, "business payment problem"),
+    133010: (_C, "the business phone number is not registered"),
+    4: (_R, "the app reached its API call rate limit"),
+    80007: (_R, "the WhatsApp Business Account reached its rate limit"),
+    130429: (_R, "the number's message throughput limit was reached"),
+    131048: (_R, "spam rate limit: too many recent messages were blocked or flagged"),
+    131056: (_R, "too many messages to this recipient in a short time (pair rate limit)"),
+    1: (_T, "unknown error"),
+    2: (_T, "service temporarily unavailable"),
+    131000: (_T, "unknown error"),
+    131016: (_T, "service temporarily unavailable"),
+}
+_CODES.update({code: (_C, "permission not granted or removed") for code in range(200, 300)})
+
+UNKNOWN_OBJECT_SUBCODE = 33
+"""Graph's subcode for "object does not exist or does not support this operation"."""
+
+
+def graph_error(response: httpx.Response) -> dict[str, Any] | None:
+    """The ``error`` object of a Graph API error body, if the answer is one."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    return error
+
+
+def failure(response: httpx.Response) -> DeliveryResult:
+    """The failed result for a non-2xx answer from the Cloud API."""
+    error = graph_error(response)
+    if error is None:
+        return failure_from_response(response)
+    code: int = error["code"]
+    status = response.status_code
+    subcode = error.get("error_subcode")
+    if code == 100 and subcode == UNKNOWN_OBJECT_SUBCODE:
+        error_class, hint = ErrorClass.CONFIG, "unknown phone_number_id (or no access to it)"
+        error_code = "whatsapp_unknown_phone_number_id"
+    else:
+        error_class, hint = _CODES.get(code, (classify_status(status) or ErrorClass.PERMANENT, ""))
+        error_code = f"whatsapp_{code}"
+    message = f"WhatsApp error {code} (HTTP {status})"
+    text = error.get("message")
+    if isinstance(text, str) and text:
+        message += f": {text}"
+    error_data = error.get("error_data")
+    details = error_data.get("details") if isinstance(error_data, dict) else None
+    if isinstance(details, str) and details:
+        message += f" - {details}"
+    if hint:
+        message += f" [{hint}]"
+    return DeliveryResult.failed(
+        error_class,
+        error_code,
+        message,
+        provider_status=status,
+        response_excerpt=response.text,
+        retry_after=(
+            retry_after_seconds(response.headers.get("retry-after"))
+            if error_class is ErrorClass.RATE_LIMITED
+            else None
+        ),
+    )
+
+
+def message_id(response: httpx.Response) -> str | None:
+    """``messages[0].id`` of a send answer."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    messages = data.get("messages") if isinstance(data, dict) else None
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        found = messages[0].get("id")
+        return found if isinstance(found, str) else None
+    return None
+
+
+class WhatsAppChannel(ChannelType):
+    type_name = "whatsapp"
+    config_model = WhatsAppConfig
+    address_field = "phone"
+    config: WhatsAppConfig
+
+    @property
+    def messages_url(self) -> str:
+        cfg = self.config
+        return f"{cfg.api_base}/{cfg.api_version}/{cfg.phone_number_id}/messages"
+
+    async def send(self, message: Message) -> DeliveryResult:
+        to = recipient_number(message)
+        if isinstance(to, DeliveryResult):
+            return to
+        body = message_body(message, BODY_LIMIT)
+        if not body:
+            return empty_body()
+        cfg = self.config
+        payload = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to.removeprefix("+"),
+            "type": "text",
+            "text": {"preview_url": cfg.preview_url, "body": body},
+        }
+        try:
+            response = await self.context.http.post(
+                self.messages_url,
+                json=payload,
+                headers={"authorization": f"Bearer {cfg.access_token.get_secret_value()}"},
+                timeout=cfg.timeout,
+                follow_redirects=False,
+            )
+        except httpx.HTTPError as exc:
+            return failure_from_transport(exc)
+        if not response.is_success:
+            return failure(response)
+        return DeliveryResult.ok(
+            provider_status=response.status_code,
+            provider_message_id=message_id(response),
+            response_excerpt=response.text,
+        )
