@@ -59,8 +59,10 @@ class ChannelRegistry:
 def default_registry() -> ChannelRegistry:
     """The built-in channel types plus every installed ``herald.channels`` entry point."""
     from app.channels.apprise import AppriseChannel
+    from app.channels.discord import DiscordChannel
     from app.channels.log import LogChannel
     from app.channels.ntfy import NtfyChannel
+    from app.channels.slack import SlackChannel
     from app.channels.smtp import SmtpChannel
     from app.channels.twilio import TwilioChannel
     from app.channels.webhook import WebhookChannel
@@ -73,6 +75,8 @@ def default_registry() -> ChannelRegistry:
         LogChannel,
         TwilioChannel,
         WhatsAppChannel,
+        SlackChannel,
+        DiscordChannel,
         NtfyChannel,
         AppriseChannel,
     ):

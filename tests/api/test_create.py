@@ -435,11 +435,11 @@ async def test_nul_characters_inside_json_values_are_kept(h: Harness) -> None:
         route="alerts",
         text="x",
         metadata={"k": "a\u0000b"},
-        recipient={"webhook_url": "https://example.com/\u0000"},
+        recipient={"telegram_chat_id": "-100\u0000"},
     )
     fetched = await h.get(created["id"])
     assert fetched["metadata"] == {"k": "a\u0000b"}
-    assert fetched["recipient"]["webhook_url"] == "https://example.com/\u0000"
+    assert fetched["recipient"]["telegram_chat_id"] == "-100\u0000"
 
 
 @pytest.mark.parametrize(
