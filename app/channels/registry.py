@@ -64,6 +64,7 @@ def default_registry() -> ChannelRegistry:
     from app.channels.ntfy import NtfyChannel
     from app.channels.slack import SlackChannel
     from app.channels.smtp import SmtpChannel
+    from app.channels.telegram import TelegramChannel
     from app.channels.twilio import TwilioChannel
     from app.channels.webhook import WebhookChannel
     from app.channels.whatsapp import WhatsAppChannel
@@ -73,6 +74,7 @@ def default_registry() -> ChannelRegistry:
         WebhookChannel,
         SmtpChannel,
         LogChannel,
+        TelegramChannel,
         TwilioChannel,
         WhatsAppChannel,
         SlackChannel,

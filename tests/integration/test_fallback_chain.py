@@ -92,3 +92,72 @@ async def test_refused_recipient_is_permanent_and_never_retried(
         h.clock.advance(10)
         assert await h.run_worker() == 0
         assert body["attempt_count"] == 1
+
+
+async def test_telegram_then_smtp_then_twilio_falls_through(
+    db_url: str, plain_server: int, handler: Handler
+) -> None:
+    """Telegram says the bot was blocked, SMTP refuses the mailbox, Twilio delivers the SMS."""
+    from tests.integration.test_twilio_channel import MESSAGE_SID, PATH, SID, TOKEN, created
+
+    telegram_token = "123456:telegram-secret-token"
+    handler.rcpt_replies["ops@example.test"] = "550 5.1.1 mailbox unavailable"
+    async with serve_http() as telegram, serve_http() as twilio:
+        telegram.default = (
+            403,
+            {},
+            {
+                "ok": False,
+                "error_code": 403,
+                "description": "Forbidden: bot was blocked by the user",
+            },
+        )
+        twilio.script(PATH, (201, {}, created()))
+        config: dict[str, Any] = {
+            "channels": {
+                "tg": {"type": "telegram", "token": telegram_token, "api_base": telegram.base_url},
+                "email": {
+                    "type": "smtp",
+                    "host": HOST,
+                    "port": plain_server,
+                    "from": "a@herald.test",
+                },
+                "sms": {
+                    "type": "twilio",
+                    "account_sid": SID,
+                    "auth_token": TOKEN,
+                    "from_number": "+15005550006",
+                    "api_base": twilio.base_url,
+                },
+            },
+            "routes": {"oncall": {"channels": ["tg", "email", "sms"]}},
+        }
+        async with herald(db_url, config) as h:
+            created_ = await h.send(
+                route="oncall",
+                recipient={
+                    "telegram_chat_id": "-1001",
+                    "email": "ops@example.test",
+                    "phone": "+14155550100",
+                },
+                subject="db-1 down",
+                text="primary unreachable",
+            )
+            await h.run_worker()
+            body = await h.get(created_["id"])
+            attempts = await h.attempts(created_["id"])
+            responses = [
+                (await h.client.get(path)).text
+                for path in ("/v1/channels", f"/v1/notifications/{created_['id']}/attempts")
+            ]
+        assert body["status"] == "delivered"
+        assert body["delivered_via"] == "sms"
+        assert [(a["channel"], a["error"] and a["error"]["class"]) for a in attempts] == [
+            ("tg", "permanent"),
+            ("email", "permanent"),
+            ("sms", None),
+        ]
+        assert attempts[2]["provider_message_id"] == MESSAGE_SID
+        assert twilio.requests_to(PATH)[0].headers["authorization"].startswith("Basic ")
+        for text in responses:
+            assert telegram_token not in text and TOKEN not in text
