@@ -63,8 +63,12 @@ def test_worker_serves_its_metrics_and_exits_0_on_sigterm(sqlite_env: dict[str, 
         text=True,
     )
     try:
-        metrics = wait_for(f"http://127.0.0.1:{port}/metrics").text
-        assert 'herald_channel_circuit_state{channel="console"} 0.0' in metrics
+        # The metrics server answers before the runtime has built the channels: poll.
+        expected = 'herald_channel_circuit_state{channel="console"} 0.0'
+        began = time.monotonic()
+        while expected not in wait_for(f"http://127.0.0.1:{port}/metrics").text:
+            assert time.monotonic() - began < 15, "the worker never exported its channels"
+            time.sleep(0.1)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0
     finally:
