@@ -79,8 +79,8 @@ def bind_refusal(host: str, config: HeraldConfig) -> str | None:
     return (
         f"refusing to serve on {host}: no API keys are configured, so authentication is off "
         "and anyone who can reach this address could send notifications through your channels "
-        "and read every message. Either bind a loopback address (--host 127.0.0.1) or add API "
-        "keys to herald.yaml, for example:\n"
+        "and read every message. Either bind a loopback address (--host 127.0.0.1) or "
+        "configure auth.api_keys in herald.yaml, for example:\n"
         "  auth:\n"
         "    api_keys:\n"
         '      - {name: backend, key: "${HERALD_API_KEY}", scopes: [send, read]}'

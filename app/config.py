@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, Duration
+from app.channels.base import ChannelConfig, Duration, _parse_rate
 from app.channels.registry import ChannelRegistry
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -99,6 +99,18 @@ class ApiKeyConfig(BaseModel):
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["send", "read"]))
     rate_limit: str | None = None
+    """Requests this key may make per process: ``100/s``, ``600/m``, ``10000/h``."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str | None) -> str | None:
+        _parse_rate(value)
+        return value
+
+    @property
+    def rate(self) -> tuple[int, float] | None:
+        """``(requests, per_seconds)`` parsed from ``rate_limit``, as channels parse theirs."""
+        return _parse_rate(self.rate_limit)
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeyConfig:

@@ -3,6 +3,9 @@
 ::
 
     HeraldError                      500  internal
+    ├── Unauthorized                 401  unauthorized       (WWW-Authenticate: Bearer)
+    ├── Forbidden                    403  forbidden
+    │   └── MissingScope             (the API key lacks the scope the operation needs)
     ├── NotFound                     404  not-found
     │   └── NotificationNotFound
     ├── Conflict                     409  conflict
@@ -11,9 +14,11 @@
     ├── Unprocessable                422  validation
     │   ├── UnknownName              (route or channel that is not configured)
     │   └── IdempotencyMismatch      (same key, different body)
+    ├── TooManyRequests              429  rate-limited       (Retry-After)
     └── ServiceUnavailable           503  unavailable
 
-Rendered as RFC 9457 ``application/problem+json`` by ``app.api.problems``. ``ConfigError`` is
+Rendered as RFC 9457 ``application/problem+json`` by ``app.api.problems``, with the error's
+``headers`` on the response. ``ConfigError`` is
 not among them: a broken config file stops start-up, it never reaches a caller.
 """
 
@@ -29,10 +34,17 @@ class HeraldError(Exception):
     slug: ClassVar[str] = "internal"
     title: ClassVar[str] = "Internal server error"
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.headers = headers or {}
 
     @property
     def type_uri(self) -> str:
@@ -42,6 +54,50 @@ class HeraldError(Exception):
 def problem_type(slug: str) -> str:
     """The problem ``type`` URI for a slug; stable, so clients can match on it."""
     return f"urn:herald:problem:{slug}"
+
+
+REALM = "herald"
+
+
+class Unauthorized(HeraldError):
+    """No API key, or one that is not configured.
+
+    ``invalid`` marks a key that was given but matched none (RFC 6750 ``invalid_token``).
+    """
+
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, *, invalid: bool = False) -> None:
+        challenge = f'Bearer realm="{REALM}"'
+        if invalid:
+            challenge += ', error="invalid_token"'
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(HeraldError):
+    """The caller is known but may not do this."""
+
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class MissingScope(Forbidden):
+    """The API key lacks the scope the operation needs (RFC 6750 ``insufficient_scope``)."""
+
+    def __init__(self, key_name: str, scope: str, *, action: str | None = None) -> None:
+        needs = f"{action} needs" if action else "this operation needs"
+        super().__init__(
+            f"{needs} the {scope!r} scope, which API key {key_name!r} does not have",
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer realm="{REALM}", error="insufficient_scope", scope="{scope}"'
+                )
+            },
+        )
+        self.scope = scope
 
 
 class NotFound(HeraldError):
@@ -115,6 +171,21 @@ class IdempotencyMismatch(Unprocessable):
             "this Idempotency-Key was already used with a different request body; "
             "use a new key for a different notification"
         )
+
+
+class TooManyRequests(HeraldError):
+    """The API key has used up its request rate; ``Retry-After`` says when to come back."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, key_name: str, limit: str, retry_after: int) -> None:
+        super().__init__(
+            f"API key {key_name!r} is over its rate limit of {limit}; retry in {retry_after} s",
+            headers={"Retry-After": str(retry_after)},
+        )
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(HeraldError):

@@ -21,6 +21,7 @@ from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from app.delivery.orchestrator import Link
+from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
 from app.store.db import create_engine, session_factory
 
@@ -47,6 +48,7 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     http: httpx.AsyncClient
     guard: AddressGuard
+    api_keys: ApiKeys
     channels: dict[str, ChannelType]
     links: dict[str, Link]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -109,6 +111,7 @@ async def open_runtime(
         sessions=session_factory(engine),
         http=http,
         guard=guard,
+        api_keys=ApiKeys(config.auth),
         channels=channels,
         links=links,
     )

@@ -6,14 +6,19 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 
-from app.api.deps import RuntimeDep
-from app.api.problems import error_responses
+from app.api.deps import RuntimeDep, require
+from app.api.problems import AUTH_ERRORS, error_responses
 from app.api.schemas import ChannelList, ChannelOut, Circuit, RetryOut, RouteList, RouteOut
 from app.durations import format_duration
 from app.security.redaction import redact
 from app.service import DEFAULT_ROUTE
 
-router = APIRouter(prefix="/v1", tags=["configuration"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["configuration"],
+    dependencies=[require("read")],
+    responses=AUTH_ERRORS,
+)
 
 
 def masked(value: Any) -> Any:

@@ -1,14 +1,28 @@
-"""Request dependencies as ``Annotated`` aliases."""
+"""Request dependencies as ``Annotated`` aliases.
+
+Authorization: every operation under ``/v1`` takes one of ``SendScope``, ``ReadScope`` or
+``AdminScope``. Each authenticates the request once (``authenticate``: 401 without a known
+key, 429 over the key's rate), then checks the scope (403) and gives the route the
+``Principal``, or ``None`` when no keys are configured and auth is off.
+
+A key is read from ``Authorization: Bearer <key>`` or, for clients that can only set a plain
+header, ``X-API-Key: <key>``; when both are sent, the bearer token wins. When auth is off, both
+headers are ignored.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import Scope
+from app.errors import MissingScope, TooManyRequests, Unauthorized
 from app.runtime import Runtime
+from app.security.auth import ApiKeys, Principal
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -26,3 +40,116 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_api_keys(runtime: RuntimeDep) -> ApiKeys:
+    """The process's key ring (built with the runtime, so rate windows live as long)."""
+    return runtime.api_keys
+
+
+ApiKeysDep = Annotated[ApiKeys, Depends(get_api_keys)]
+
+_KEY_HELP = "An API key from auth.api_keys in herald.yaml."
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearer", description=_KEY_HELP)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="apiKey",
+    description=_KEY_HELP + " Read only when there is no Authorization header.",
+)
+
+
+def presented_key(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> str | None:
+    """The key the request carries, if any."""
+    if bearer is not None:
+        return bearer.credentials
+    return api_key or None
+
+
+PresentedKey = Annotated[str | None, Depends(presented_key)]
+
+MISSING_KEY = "an API key is required: send Authorization: Bearer <key> (or X-API-Key: <key>)"
+UNKNOWN_KEY = "the API key is not valid"
+_AUTHENTICATED = "herald_principal"
+
+
+def authenticate(request: Request, key: PresentedKey, keys: ApiKeysDep) -> Principal | None:
+    """Who is calling (``None`` when auth is off); counts the request against the key's rate.
+
+    Runs once per request even if an operation asks for several scopes.
+    """
+    if _AUTHENTICATED in request.scope:
+        done: Principal | None = request.scope[_AUTHENTICATED]
+        return done
+    if not keys.enabled:
+        principal = None
+    elif key is None:
+        raise Unauthorized(MISSING_KEY)
+    else:
+        principal = keys.authenticate(key)
+        if principal is None:
+            raise Unauthorized(UNKNOWN_KEY, invalid=True)
+        over = keys.admit(principal)
+        if over is not None:
+            raise TooManyRequests(principal.name, *over)
+    request.scope[_AUTHENTICATED] = principal
+    return principal
+
+
+def authorize(
+    security_scopes: SecurityScopes,
+    principal: Annotated[Principal | None, Depends(authenticate)],
+) -> Principal | None:
+    """The caller, if it holds every scope the operation names (403 otherwise)."""
+    if principal is not None:
+        for scope in security_scopes.scopes:
+            if not principal.allows(scope):
+                raise MissingScope(principal.name, scope)
+    return principal
+
+
+def require(scope: Scope) -> Any:
+    """A dependency that admits callers holding ``scope`` (``admin`` holds them all).
+
+    The scope also shows in the operation's OpenAPI ``security`` requirement.
+    """
+    return Security(authorize, scopes=[scope])
+
+
+SendScope = Annotated[Principal | None, require("send")]
+"""Create notifications (and, later, batches)."""
+ReadScope = Annotated[Principal | None, require("read")]
+"""Read notifications, attempts, channels and routes."""
+AdminScope = Annotated[Principal | None, require("admin")]
+"""Cancel and retry, and every other operation on every tenant's notifications."""
+
+
+def owner_filter(principal: Principal | None) -> str | None:
+    """Whose notifications the caller may see and act on; ``None``: everyone's."""
+    return principal.owner_filter if principal is not None else None
+
+
+def metrics_access(request: Request, key: PresentedKey, keys: ApiKeysDep) -> None:
+    """``/metrics`` is open unless ``auth.metrics_key`` is set; then it needs that key, or an
+    API key with the ``admin`` scope (which counts against that key's rate)."""
+    if not keys.metrics_protected:
+        return
+    if key is None:
+        raise Unauthorized("reading metrics needs the metrics key: Authorization: Bearer <key>")
+    is_metrics_key = keys.is_metrics_key(key)
+    principal = keys.authenticate(key)  # always both comparisons: no early exit on a match
+    if is_metrics_key:
+        return
+    if principal is None:
+        raise Unauthorized(UNKNOWN_KEY, invalid=True)
+    if not principal.allows("admin"):
+        raise MissingScope(principal.name, "admin", action="reading metrics with an API key")
+    over = keys.admit(principal)
+    if over is not None:
+        raise TooManyRequests(principal.name, *over)
+
+
+MetricsAccess = Depends(metrics_access)

@@ -1,4 +1,8 @@
-"""``/healthz``, ``/readyz`` and ``/metrics``."""
+"""``/healthz``, ``/readyz`` and ``/metrics``.
+
+Health checks are always open. ``/metrics`` is open unless ``auth.metrics_key`` is set; then it
+needs that key (``Authorization: Bearer <metrics_key>``) or an API key with the admin scope.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError
 
 from app import metrics
-from app.api.deps import RuntimeDep
+from app.api.deps import MetricsAccess, RuntimeDep
 from app.api.problems import error_responses, problem_response
 from app.api.schemas import Health
 from app.store.migrate import current_revision, head_revision
@@ -56,8 +60,16 @@ async def readyz(runtime: RuntimeDep) -> Response:
     "/metrics",
     operation_id="metrics",
     summary="Prometheus metrics",
+    description="Open unless auth.metrics_key is set; then it needs that key as a bearer "
+    "token, or an API key with the admin scope.",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    dependencies=[MetricsAccess],
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **error_responses(401, 403, 429),
+    },
+    # Also open (an empty requirement): the key is needed only when metrics_key is set.
+    openapi_extra={"security": [{}]},
 )
 async def prometheus_metrics(runtime: RuntimeDep) -> Response:
     await refresh_queue_gauges(runtime)

@@ -10,8 +10,15 @@ from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse
 
 from app import service
-from app.api.deps import RuntimeDep, SessionDep
-from app.api.problems import error_responses
+from app.api.deps import (
+    AdminScope,
+    ReadScope,
+    RuntimeDep,
+    SendScope,
+    SessionDep,
+    owner_filter,
+)
+from app.api.problems import AUTH_ERRORS, error_responses
 from app.api.schemas import (
     AttemptList,
     AttemptOut,
@@ -54,16 +61,23 @@ def detail_of(notification: Notification) -> NotificationDetail:
             "description": "Replay of an earlier request with the same Idempotency-Key.",
         },
         **error_responses(413, 422, 503),
+        **AUTH_ERRORS,
     },
 )
 async def create_notification(
     body: NotificationCreate,
+    principal: SendScope,
     runtime: RuntimeDep,
     session: SessionDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
+    """It belongs to the calling API key, which also scopes its Idempotency-Key."""
     notification, replayed = await service.accept(
-        runtime, session, body, idempotency_key=idempotency_key
+        runtime,
+        session,
+        body,
+        idempotency_key=idempotency_key,
+        owner=principal.name if principal else None,
     )
     headers = {"Location": f"/v1/notifications/{notification.id}"}
     if replayed:
@@ -80,9 +94,10 @@ async def create_notification(
     operation_id="list_notifications",
     response_model=NotificationPage,
     summary="List notifications, newest first",
-    responses=error_responses(422, 503),
+    responses=error_responses(422, 503) | AUTH_ERRORS,
 )
 async def list_notifications(
+    principal: ReadScope,
     session: SessionDep,
     status: Status | None = None,
     route: Annotated[str | None, Query(max_length=64)] = None,
@@ -96,6 +111,7 @@ async def list_notifications(
         str | None, Query(max_length=64, description="next_cursor of a page.")
     ] = None,
 ) -> NotificationPage:
+    """Only the caller's own notifications, unless its key has the admin scope."""
     before_id = None
     if cursor is not None:
         try:
@@ -117,6 +133,7 @@ async def list_notifications(
         channel=channel,
         created_after=_aware(created_after, "created_after"),
         created_before=_aware(created_before, "created_before"),
+        owner=owner_filter(principal),
     )
     rows = await NotificationRepository(session).list(filters, limit=limit + 1, before_id=before_id)
     page = rows[:limit]
@@ -131,10 +148,13 @@ async def list_notifications(
     operation_id="get_notification",
     response_model=NotificationDetail,
     summary="A notification's status, hops and last error",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(404, 422, 503) | AUTH_ERRORS,
 )
-async def get_notification(notification_id: uuid.UUID, session: SessionDep) -> NotificationDetail:
-    return detail_of(await service.get(session, notification_id))
+async def get_notification(
+    notification_id: uuid.UUID, principal: ReadScope, session: SessionDep
+) -> NotificationDetail:
+    """Another API key's notification is 404 unless the caller's key has the admin scope."""
+    return detail_of(await service.get(session, notification_id, owner=owner_filter(principal)))
 
 
 @router.get(
@@ -142,10 +162,13 @@ async def get_notification(notification_id: uuid.UUID, session: SessionDep) -> N
     operation_id="list_attempts",
     response_model=AttemptList,
     summary="Every attempt made for a notification, oldest first",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(404, 422, 503) | AUTH_ERRORS,
 )
-async def list_attempts(notification_id: uuid.UUID, session: SessionDep) -> AttemptList:
-    await service.get(session, notification_id)
+async def list_attempts(
+    notification_id: uuid.UUID, principal: ReadScope, session: SessionDep
+) -> AttemptList:
+    """Another API key's notification is 404 unless the caller's key has the admin scope."""
+    await service.get(session, notification_id, owner=owner_filter(principal))
     attempts = await NotificationRepository(session).attempts(notification_id)
     return AttemptList(items=[AttemptOut.model_validate(a, from_attributes=True) for a in attempts])
 
@@ -155,12 +178,13 @@ async def list_attempts(notification_id: uuid.UUID, session: SessionDep) -> Atte
     operation_id="cancel_notification",
     response_model=NotificationDetail,
     summary="Cancel a pending notification",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(404, 409, 422, 503) | AUTH_ERRORS,
 )
 async def cancel_notification(
-    notification_id: uuid.UUID, session: SessionDep
+    notification_id: uuid.UUID, principal: AdminScope, session: SessionDep
 ) -> NotificationDetail:
-    return detail_of(await service.cancel(session, notification_id))
+    owner = owner_filter(principal)
+    return detail_of(await service.cancel(session, notification_id, owner=owner))
 
 
 @router.post(
@@ -168,12 +192,13 @@ async def cancel_notification(
     operation_id="retry_notification",
     response_model=NotificationDetail,
     summary="Re-queue a failed, expired or partial notification",
-    responses=error_responses(404, 409, 422, 503),
+    responses=error_responses(404, 409, 422, 503) | AUTH_ERRORS,
 )
 async def retry_notification(
-    notification_id: uuid.UUID, runtime: RuntimeDep, session: SessionDep
+    notification_id: uuid.UUID, principal: AdminScope, runtime: RuntimeDep, session: SessionDep
 ) -> NotificationDetail:
-    return detail_of(await service.retry(runtime, session, notification_id))
+    owner = owner_filter(principal)
+    return detail_of(await service.retry(runtime, session, notification_id, owner=owner))
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:

@@ -75,7 +75,12 @@ async def _herald_error(_: Request, exc: Exception) -> JSONResponse:
     if exc.status >= 500:
         logger.error("%s: %s", type(exc).__name__, exc.detail)
     return problem_response(
-        exc.status, exc.detail, slug=exc.slug, title=exc.title, errors=exc.errors
+        exc.status,
+        exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        errors=exc.errors,
+        headers=exc.headers or None,
     )
 
 
@@ -134,14 +139,45 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+_RESPONSE_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": 'The challenge: Bearer realm="herald".',
+            "schema": {"type": "string"},
+        }
+    },
+    403: {
+        "WWW-Authenticate": {
+            "description": "When a scope is missing: "
+            'Bearer realm="herald", error="insufficient_scope", scope="<scope>".',
+            "schema": {"type": "string"},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "description": "Whole seconds to wait before the API key may call again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the problems an operation may answer."""
     descriptions = {status: title for status, (_, title) in _TITLES.items()}
-    return {
-        status: {
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
             "model": Problem,
             "description": descriptions.get(status, "Error"),
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
-        for status in statuses
-    }
+        if status in _RESPONSE_HEADERS:
+            response["headers"] = _RESPONSE_HEADERS[status]
+        responses[status] = response
+    return responses
+
+
+AUTH_ERRORS = error_responses(401, 403, 429)
+"""What any operation behind an API key may answer: no or unknown key, missing scope, over
+the key's rate limit."""
