@@ -197,9 +197,10 @@ async def test_no_secret_in_responses_logs_or_metrics(
         # The run did what it set out to do: every channel type was tried and failed.
         assert {a["channel"] for a in attempts} == set(config["routes"]["everything"]["channels"])
         assert all(a["outcome"] == "failed" for a in attempts)
-        assert [a for a in attempts if a["channel"] == "email"][0]["error"][
-            "code"
-        ] == "smtp_auth_failed"
+        assert (
+            next(a for a in attempts if a["channel"] == "email")["error"]["code"]
+            == "smtp_auth_failed"
+        )
         assert leaks("\n".join(seen)) == []
         assert (
             leaks(
