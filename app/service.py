@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from app.api.schemas import NotificationCreate
 from app.config import HeraldConfig, RetryPolicy
 from app.delivery.orchestrator import HopState, fresh_hops, settle, utcnow
 from app.errors import (
+    HeraldError,
     IdempotencyMismatch,
     InvalidTransition,
     NotificationNotFound,
@@ -35,16 +37,21 @@ CANCELLABLE = ("pending",)
 RETRYABLE = ("failed", "expired", "partial")
 
 
-def resolve_route(config: HeraldConfig, request: NotificationCreate) -> ResolvedRoute:
+Loc = Sequence[str | int]
+
+
+def resolve_route(
+    config: HeraldConfig, request: NotificationCreate, loc: Loc = ("body",)
+) -> ResolvedRoute:
     """The chain a request asks for; ``UnknownName`` (422) for names the config lacks."""
     if request.channels is not None:
         unknown = [name for name in request.channels if name not in config.channels]
         if unknown:
-            raise UnknownName("channel", unknown, ["body", "channels"])
+            raise UnknownName("channel", unknown, [*loc, "channels"])
         if len(set(request.channels)) != len(request.channels):
             raise Unprocessable(
                 "channels lists a channel more than once",
-                errors=[{"loc": ["body", "channels"], "msg": "duplicate channel"}],
+                errors=[{"loc": [*loc, "channels"], "msg": "duplicate channel"}],
             )
         return ResolvedRoute(None, list(request.channels), "fallback", RetryPolicy(), None)
     name = request.route or DEFAULT_ROUTE
@@ -53,10 +60,62 @@ def resolve_route(config: HeraldConfig, request: NotificationCreate) -> Resolved
         if request.route is None:
             raise Unprocessable(
                 "no route or channels given, and the config defines no 'default' route",
-                errors=[{"loc": ["body", "route"], "msg": "required: no default route"}],
+                errors=[{"loc": [*loc, "route"], "msg": "required: no default route"}],
             )
-        raise UnknownName("route", [name], ["body", "route"])
+        raise UnknownName("route", [name], [*loc, "route"])
     return ResolvedRoute(name, list(route.channels), route.strategy, route.retry, route.ttl)
+
+
+def admit(runtime: Runtime, request: NotificationCreate, loc: Loc = ("body",)) -> ResolvedRoute:
+    """The checks a valid body must still pass against the config: names and the guard."""
+    route = resolve_route(runtime.config, request, loc)
+    if request.recipient.webhook_url:
+        refusal = url_refusal(runtime.guard, request.recipient.webhook_url)
+        if refusal is not None:
+            raise Unprocessable(
+                f"recipient.webhook_url is refused: {refusal}",
+                errors=[{"loc": [*loc, "recipient", "webhook_url"], "msg": refusal}],
+            )
+    return route
+
+
+async def accept_batch(
+    runtime: Runtime,
+    session: AsyncSession,
+    items: Sequence[NotificationCreate | HeraldError],
+    *,
+    owner: str | None = None,
+) -> list[Notification | HeraldError]:
+    """Store every acceptable item in one transaction; each item's notification or error.
+
+    Items arrive already parsed (a parse failure is passed in as its error), so one bad item
+    costs only its own place in the batch.
+    """
+    now = utcnow()
+    results: list[Notification | HeraldError] = []
+    for index, item in enumerate(items):
+        if isinstance(item, HeraldError):
+            results.append(item)
+            continue
+        try:
+            route = admit(runtime, item, ("body", "items", index))
+            results.append(new_notification(item, route, now=now, owner=owner))
+        except HeraldError as exc:
+            results.append(exc)
+    accepted = [r for r in results if isinstance(r, Notification)]
+    if not accepted:
+        return results
+    repository = NotificationRepository(session)
+    await repository.add_all(accepted)
+    due = any(n.next_attempt_at is not None and n.next_attempt_at <= now for n in accepted)
+    if due:
+        await repository.announce_due()
+    await session.commit()
+    for notification in accepted:
+        metrics.notifications_received.labels(metrics.route_label(notification.route)).inc()
+    if due:
+        runtime.wake_worker()
+    return results
 
 
 def request_hash(request: NotificationCreate) -> str:
@@ -123,14 +182,7 @@ async def accept(
     owner: str | None = None,
 ) -> tuple[Notification, bool]:
     """Store a notification; ``(notification, replayed)``. A replay returns the original."""
-    route = resolve_route(runtime.config, request)
-    if request.recipient.webhook_url:
-        refusal = url_refusal(runtime.guard, request.recipient.webhook_url)
-        if refusal is not None:
-            raise Unprocessable(
-                f"recipient.webhook_url is refused: {refusal}",
-                errors=[{"loc": ["body", "recipient", "webhook_url"], "msg": refusal}],
-            )
+    route = admit(runtime, request)
     digest = request_hash(request) if idempotency_key else ""
     scope = owner or ""
     if idempotency_key:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from app import service
 from app.api.deps import (
@@ -18,17 +19,20 @@ from app.api.deps import (
     SessionDep,
     owner_filter,
 )
-from app.api.problems import AUTH_ERRORS, error_responses
+from app.api.problems import AUTH_ERRORS, error_responses, problem_of, validation_errors
 from app.api.schemas import (
     AttemptList,
     AttemptOut,
+    BatchItemResult,
+    BatchResult,
+    NotificationBatch,
     NotificationCreate,
     NotificationDetail,
     NotificationOut,
     NotificationPage,
     Status,
 )
-from app.errors import Unprocessable
+from app.errors import HeraldError, Unprocessable
 from app.store.models import Notification
 from app.store.repositories import ListFilter, NotificationRepository
 
@@ -87,6 +91,56 @@ async def create_notification(
         status_code=200 if replayed else 202,
         headers=headers,
     )
+
+
+@router.post(
+    "/batch",
+    operation_id="create_notifications_batch",
+    status_code=207,
+    response_model=BatchResult,
+    response_description="A result per item: 202 with its id, or its problem.",
+    summary="Accept up to 500 notifications in one transaction",
+    description=(
+        "Every valid item is stored in one transaction; an invalid one is reported in its "
+        "place and stored nowhere. Items carry no Idempotency-Key: resend only the failed ones."
+    ),
+    responses=error_responses(413, 422, 503) | AUTH_ERRORS,
+)
+async def create_notifications_batch(
+    body: NotificationBatch, principal: SendScope, runtime: RuntimeDep, session: SessionDep
+) -> BatchResult:
+    parsed: list[NotificationCreate | HeraldError] = []
+    for index, raw in enumerate(body.items):
+        try:
+            parsed.append(NotificationCreate.model_validate(raw))
+        except ValidationError as exc:
+            errors = [
+                {**e, "loc": ["body", "items", index, *e["loc"]]}
+                for e in validation_errors(exc.errors())
+            ]
+            parsed.append(
+                Unprocessable(f"item {index} is invalid: {errors[0]['msg']}", errors=errors)
+            )
+    results = await service.accept_batch(
+        runtime, session, parsed, owner=principal.name if principal else None
+    )
+    items = []
+    for index, result in enumerate(results):
+        if isinstance(result, HeraldError):
+            items.append(
+                BatchItemResult(index=index, status=result.status, error=problem_of(result))
+            )
+        else:
+            items.append(
+                BatchItemResult(
+                    index=index,
+                    status=202,
+                    id=result.id,
+                    location=f"/v1/notifications/{result.id}",
+                )
+            )
+    accepted = sum(1 for item in items if item.status == 202)
+    return BatchResult(accepted=accepted, rejected=len(items) - accepted, items=items)
 
 
 @router.get(

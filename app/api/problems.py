@@ -46,6 +46,18 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    body = problem_document(status, detail, slug=slug, title=title, errors=errors)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_document(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    title: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     default_slug, default_title = _TITLES.get(status, ("error", "Error"))
     body: dict[str, Any] = {
         "type": problem_type(slug or default_slug),
@@ -55,7 +67,14 @@ def problem_response(
     }
     if errors is not None:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return body
+
+
+def problem_of(exc: HeraldError) -> dict[str, Any]:
+    """The problem document of an error, for a response that carries several."""
+    return problem_document(
+        exc.status, exc.detail, slug=exc.slug, title=exc.title, errors=exc.errors
+    )
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> list[str | int]:

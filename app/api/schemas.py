@@ -95,6 +95,22 @@ class NotificationCreate(BaseModel):
         return self
 
 
+BATCH_LIMIT = 500
+
+
+class NotificationBatch(BaseModel):
+    """Up to 500 notifications accepted in one transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=BATCH_LIMIT,
+        description="Each item is a NotificationCreate body, validated on its own.",
+        json_schema_extra={"items": {"$ref": "#/components/schemas/NotificationCreate"}},
+    )
+
+
 class ErrorInfo(BaseModel):
     """Why an attempt failed: class, stable code, short message."""
 
@@ -230,6 +246,22 @@ class Health(BaseModel):
 class FieldError(BaseModel):
     loc: list[str | int]
     msg: str
+
+
+class BatchItemResult(BaseModel):
+    """What became of one item of a batch."""
+
+    index: int = Field(description="The item's position in the request.")
+    status: int = Field(description="202 accepted, or the HTTP status of its problem (422).")
+    id: uuid.UUID | None = None
+    location: str | None = None
+    error: Problem | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    items: list[BatchItemResult]
 
 
 class Problem(BaseModel):

@@ -34,6 +34,10 @@ class NotificationRepository:
         self.session.add(notification)
         await self.session.flush()
 
+    async def add_all(self, notifications: Sequence[Notification]) -> None:
+        self.session.add_all(notifications)
+        await self.session.flush()
+
     async def get(
         self, notification_id: uuid.UUID, *, owner: str | None = None
     ) -> Notification | None:

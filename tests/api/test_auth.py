@@ -125,6 +125,14 @@ class Endpoint:
 
 ENDPOINTS = [
     Endpoint("create", "POST", "/v1/notifications", "send", 202, {"route": "alerts", "text": "x"}),
+    Endpoint(
+        "batch",
+        "POST",
+        "/v1/notifications/batch",
+        "send",
+        207,
+        {"items": [{"route": "alerts", "text": "x"}]},
+    ),
     Endpoint("list", "GET", "/v1/notifications", "read"),
     Endpoint("get", "GET", "/v1/notifications/{id}", "read"),
     Endpoint("attempts", "GET", "/v1/notifications/{id}/attempts", "read"),
@@ -232,6 +240,9 @@ async def test_matrix(ah: Harness, case: Case) -> None:
         assert listed == ({mine, theirs} if admin else {mine})
     elif e.name == "create":
         assert after[response.json()["id"]] == (HOLDS["send"], "pending")
+    elif e.name == "batch":
+        (item,) = response.json()["items"]
+        assert after[item["id"]] == (HOLDS["send"], "pending")
 
 
 def test_matrix_covers_every_operation() -> None:
