@@ -14,7 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api import channels, health, notifications, problems
-from app.api.middleware import BodyLimit, HttpMetrics
+from app.api.middleware import BodyLimit, HttpMetrics, RequestId
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
@@ -109,4 +109,5 @@ def create_app(
     app.include_router(health.router)
     app.add_middleware(BodyLimit)
     app.add_middleware(HttpMetrics)
+    app.add_middleware(RequestId)
     return app

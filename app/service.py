@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,6 +32,8 @@ from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
 from app.store.models import IdempotencyKey, Notification
 from app.store.repositories import IdempotencyRepository, NotificationRepository
+
+logger = logging.getLogger("herald.api")
 
 DEFAULT_ROUTE = "default"
 CANCELLABLE = ("pending",)
@@ -217,6 +220,12 @@ async def accept(
             raise
         return replay, True
     metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
+    logger.info(
+        "accepted notification %s route=%s",
+        notification.id,
+        route.name,
+        extra={"notification_id": str(notification.id), "route": route.name},
+    )
     if notification.next_attempt_at is not None and notification.next_attempt_at <= now:
         runtime.wake_worker()
     return notification, False

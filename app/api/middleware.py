@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import logs, metrics
 from app.api.problems import problem_response
 
 MAX_BODY = 1024 * 1024
@@ -75,6 +77,40 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(413, _too_large(self.limit), headers={"Connection": "close"})
         await response(scope, receive, send)
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestId:
+    """Takes ``X-Request-ID`` (or makes one), puts it on every log line of the request and
+    echoes it in the response. An id that is too long or has odd characters is replaced."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
+            "latin-1"
+        )
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode("latin-1")),
+                ]
+            await send(message)
+
+        token = logs.request_id.set(rid)
+        try:
+            await self.app(scope, receive, with_id)
+        finally:
+            logs.request_id.reset(token)
 
 
 class HttpMetrics:
