@@ -30,8 +30,41 @@ test: lint
 unit: $(BIN)/.installed
 	$(BIN)/pytest -q tests/unit
 
+# The full chaos suite (tests/chaos: needs the PostgreSQL server binaries; a few minutes). make test
+# runs its short version.
+.PHONY: chaos
+chaos: $(BIN)/.installed
+	$(BIN)/pytest -s -q --chaos-full -m chaos_full tests/chaos
+
 openapi: $(BIN)/.installed
 	$(BIN)/herald openapi > openapi.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache herald.db herald.db-wal herald.db-shm
+
+# --- ops tests (tests/ops): tools from outside the venv ---------------------------------------
+# The TypeScript client check needs its npm packages, pinned by package-lock.json. Prometheus
+# comes from Debian (.ci/run installs it); a local run without it or without npm skips those
+# tests with a message (under CI=true they fail instead).
+TS_CLIENT := tests/ops/ts-client
+
+.PHONY: ops ops-deps clean-ops
+
+$(TS_CLIENT)/node_modules/.package-lock.json: $(TS_CLIENT)/package-lock.json $(TS_CLIENT)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: tests/ops/test_clients.py will skip the TypeScript client"; \
+	fi
+
+ops-deps: $(TS_CLIENT)/node_modules/.package-lock.json
+
+test: ops-deps
+
+ops: $(BIN)/.installed ops-deps
+	$(BIN)/pytest -q tests/ops
+
+clean: clean-ops
+
+clean-ops:
+	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/generated $(TS_CLIENT)/dist

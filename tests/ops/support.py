@@ -1,0 +1,286 @@
+"""Operating Herald as a process: a real ``herald serve``, a webhook sink, external tools.
+
+The ops tests run Herald the way an operator does (``herald migrate`` then ``herald serve`` as
+subprocesses on a loopback port) and point external tools at it: Prometheus, generated API
+clients, schemathesis. Tools that come from outside the venv (``prometheus``, ``node``/``npm``)
+are skipped with a message when missing, except under ``CI`` where they must be there
+(``.ci/run`` and the Makefile install them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+HERALD = str(BIN / "herald")
+API_KEY = "ops-test-key-0123456789abcdef"
+FINAL = {"delivered", "failed", "partial", "expired", "cancelled"}
+
+
+def need_tool(name: str, how: str) -> str:
+    """The path of ``name``; skip when missing (fail under CI, which must have it)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    message = f"{name} is not installed ({how})"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; CI must run this test")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(what: str, probe: Any, within: float = 20.0, every: float = 0.1) -> Any:
+    """Call ``probe`` until it returns something truthy; fail naming ``what`` after ``within``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            result = probe()
+        except (httpx.TransportError, OSError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+# --- a webhook sink ---------------------------------------------------------------------------
+
+
+@dataclass
+class Sink:
+    """HTTP server on loopback: ``/ok`` answers 200, ``/fail`` 500, ``/gone`` 410."""
+
+    server: ThreadingHTTPServer
+    hits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+ANSWERS = {"/ok": (200, {"id": "sink-message"}), "/fail": (500, "down"), "/gone": (410, "gone")}
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Sink]:
+    hits: dict[str, int] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            hits[self.path] = hits.get(self.path, 0) + 1
+            status, content = ANSWERS.get(self.path, (404, "no such path"))
+            body = json.dumps(content).encode() if isinstance(content, dict) else content.encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Sink(server, hits)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ops_config(sink: Sink) -> dict[str, Any]:
+    """Channels that deliver, fail transiently (500) and fail permanently (410), and routes.
+
+    ``default``: one hop that delivers. ``fallback``: a 500 then a channel that delivers (its
+    circuit opens after 3 failures, so later ones are skipped). ``doomed``: a 410, so the
+    notification fails at once. ``broadcast``: strategy all.
+    """
+    return {
+        "auth": {
+            "api_keys": [{"name": "ops", "key": API_KEY, "scopes": ["send", "read", "admin"]}]
+        },
+        "network": {"allowed_networks": ["127.0.0.0/8", "::1/128"]},
+        "channels": {
+            "backup": {"type": "webhook", "url": sink.base_url + "/ok", "timeout": "5s"},
+            "flaky": {
+                "type": "webhook",
+                "url": sink.base_url + "/fail",
+                "timeout": "5s",
+                "circuit": {"failures": 3, "cooldown": "5m"},
+            },
+            "rejecting": {"type": "webhook", "url": sink.base_url + "/gone", "timeout": "5s"},
+            "console": {"type": "log"},
+        },
+        "routes": {
+            "default": {"channels": ["backup"]},
+            "fallback": {"channels": ["flaky", "backup"], "retry": {"schedule": ["1m"]}},
+            "doomed": {"channels": ["rejecting"]},
+            "broadcast": {"channels": ["backup", "console"], "strategy": "all"},
+        },
+    }
+
+
+# --- herald as a process ----------------------------------------------------------------------
+
+
+@dataclass
+class HeraldProcess:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _run_herald(workdir: Path, config: dict[str, Any]) -> Iterator[HeraldProcess]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "herald.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {
+        **os.environ,
+        "HERALD_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'herald.db'}",
+        "HERALD_CONFIG": str(config_path),
+        "HERALD_POLL_INTERVAL": "200ms",
+        "HERALD_LOG_LEVEL": "warning",
+        "HERALD_SHUTDOWN_TIMEOUT": "5s",
+    }
+    migrate = subprocess.run(
+        [HERALD, "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    port = free_port()
+    log = workdir / "herald.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [HERALD, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    herald = HeraldProcess(f"http://127.0.0.1:{port}", process, log)
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"herald serve exited with {process.returncode}:\n{herald.log_tail()}")
+            return httpx.get(herald.base_url + "/readyz", timeout=2).status_code == 200
+
+        wait_until("herald serve to be ready", ready, within=30)
+        yield herald
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def herald_process(sink: Sink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeraldProcess]:
+    """``herald serve`` (API and delivery loop) on SQLite with ``ops_config``."""
+    yield from _run_herald(tmp_path_factory.mktemp("herald"), ops_config(sink))
+
+
+def send(client: httpx.Client, **body: Any) -> str:
+    response = client.post("/v1/notifications", json=body)
+    assert response.status_code == 202, response.text
+    notification_id: str = response.json()["id"]
+    return notification_id
+
+
+def wait_final(client: httpx.Client, ids: list[str], within: float = 30.0) -> dict[str, str]:
+    """Poll until every notification is final; their statuses by id."""
+    statuses: dict[str, str] = {}
+
+    def all_final() -> bool:
+        for notification_id in ids:
+            if statuses.get(notification_id) in FINAL:
+                continue
+            response = client.get(f"/v1/notifications/{notification_id}")
+            assert response.status_code == 200, response.text
+            statuses[notification_id] = response.json()["status"]
+        return all(statuses.get(i) in FINAL for i in ids)
+
+    wait_until(f"{len(ids)} notifications to finish", all_final, within=within, every=0.2)
+    return statuses
+
+
+# --- the herald command line ------------------------------------------------------------------
+
+
+def herald_subcommands() -> dict[str, argparse.ArgumentParser]:
+    """``herald``'s subcommands (from ``app.cli.parser()``), by name."""
+    from app.cli import parser
+
+    for action in parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("app.cli.parser() has no subcommands")
+
+
+def cli_problems(argv: list[str]) -> list[str]:
+    """Why ``argv`` is not a command line that ``herald`` accepts; empty when it is."""
+    from app.cli import parser
+
+    if len(argv) < 2 or Path(argv[0]).name != "herald":
+        return [f"{argv!r} does not run `herald COMMAND`"]
+    commands = herald_subcommands()
+    command = commands.get(argv[1])
+    if command is None:
+        return [f"herald has no command {argv[1]!r} (it has: {', '.join(sorted(commands))})"]
+    known = {option for action in command._actions for option in action.option_strings}
+    problems = [
+        f"`herald {argv[1]}` has no option {token.split('=')[0]} "
+        f"(it has: {', '.join(sorted(known))})"
+        for token in argv[2:]
+        if token.startswith("-") and token.split("=")[0] not in known
+    ]
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            parser().parse_args(argv[1:])
+    except SystemExit:
+        problems.append(f"herald refuses {shlex.join(argv)}: {errors.getvalue().strip()}")
+    return problems

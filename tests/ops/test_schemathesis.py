@@ -1,0 +1,174 @@
+"""schemathesis against a running ``herald serve``: no 5xx, and every answer as the spec says.
+
+Every operation in ``openapi.yaml`` gets a bounded number of generated requests (valid and
+invalid ones); the checks are ``not_a_server_error``, ``response_schema_conformance``,
+``status_code_conformance`` and ``content_type_conformance``. Before the run the test stores
+notifications in every interesting state (delivered, delivered by a fallback hop, failed,
+scheduled, cancelled) and hands their ids, with the configured route and channel names, to
+schemathesis as dictionaries, so the generated requests reach real data instead of 404s and
+422s for unknown names. The seed is fixed so a failure reproduces; set
+``HERALD_SCHEMATHESIS_SEED`` to explore others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.ops.support import API_KEY, BIN, ROOT, HeraldProcess, send, wait_final
+
+CHECKS = (
+    "not_a_server_error",
+    "response_schema_conformance",
+    "status_code_conformance",
+    "content_type_conformance",
+)
+MAX_EXAMPLES = 20
+
+# Deviations of the app from openapi.yaml that were found here and reported to the API's
+# owners: (method, path, status, why). The schemathesis run uses a copy of the spec that
+# documents them, so it keeps guarding against everything else; each one also has a strict
+# xfail test below that starts passing (and so fails, strict) once the app or the spec is fixed:
+# then delete its line here.
+NOT_UTF8 = (
+    "a body that is not UTF-8 (e.g. the single byte 0xff) is answered 400 'There was an error "
+    "parsing the body' (FastAPI's own error), undocumented; malformed JSON that is UTF-8 gets "
+    "the documented 422"
+)
+KNOWN_DEVIATIONS: list[tuple[str, str, str, str]] = [
+    ("post", "/v1/notifications", "400", NOT_UTF8),
+    ("post", "/v1/notifications/batch", "400", NOT_UTF8),
+]
+
+
+def seed_notifications(herald: HeraldProcess) -> list[str]:
+    """Notifications in each state schemathesis should meet; their ids."""
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    with herald.client() as client:
+        final = [
+            send(client, text="delivered at hop 0"),
+            send(client, route="fallback", text="delivered at hop 1"),
+            send(client, route="doomed", text="fails: 410"),
+            send(client, route="broadcast", text="delivered to all"),
+        ]
+        wait_final(client, final)
+        scheduled = [send(client, text="scheduled", send_at=later) for _ in range(2)]
+        cancelled = send(client, text="to cancel", send_at=later)
+        assert client.post(f"/v1/notifications/{cancelled}/cancel").status_code == 200
+    return [*final, *scheduled, cancelled]
+
+
+def spec_with_known_deviations(target: Path) -> Path:
+    spec: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    for method, path, status, why in KNOWN_DEVIATIONS:
+        if path not in spec["paths"]:
+            continue
+        responses = spec["paths"][path][method]["responses"]
+        responses.setdefault(
+            status,
+            {
+                "description": f"known deviation, reported: {why}",
+                "content": {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
+            },
+        )
+    target.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return target
+
+
+def toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def test_schemathesis_finds_no_server_error_and_no_spec_violation(
+    herald_process: HeraldProcess, tmp_path: Path
+) -> None:
+    ids = seed_notifications(herald_process)
+    routes = ["default", "fallback", "doomed", "broadcast"]
+    channels = ["backup", "flaky", "rejecting", "console"]
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        # no crash cache: every run is the same run, whatever earlier runs found
+        "[cache]\nenabled = false\n"
+        f"[dictionaries.notification_ids]\nvalues = {toml_list(ids)}\n"
+        f"[dictionaries.routes]\nvalues = {toml_list(routes)}\n"
+        f"[dictionaries.channels]\nvalues = {toml_list(channels)}\n"
+        "[parameters]\n"
+        '"path.notification_id" = { dictionary = "notification_ids", probability = 0.8 }\n'
+        '"query.route" = { dictionary = "routes", probability = 0.5 }\n'
+        '"query.channel" = { dictionary = "channels", probability = 0.5 }\n'
+        '"body.route" = { dictionary = "routes", probability = 0.7 }\n'
+        '"body.channels[*]" = { dictionary = "channels", probability = 0.7 }\n'
+    )
+    seed = os.environ.get("HERALD_SCHEMATHESIS_SEED", "20261126")
+    command = [
+        str(BIN / "schemathesis"),
+        "--config-file",
+        str(config),
+        "run",
+        str(spec_with_known_deviations(tmp_path / "openapi.yaml")),
+        "--url",
+        herald_process.base_url,
+        "--header",
+        f"Authorization: Bearer {API_KEY}",
+        "--checks",
+        ",".join(CHECKS),
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        seed,
+        "--workers",
+        "2",
+        "--request-timeout",
+        "10",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
+    began = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    took = time.monotonic() - began
+    output = result.stdout + result.stderr
+    print(f"schemathesis (seed {seed}, {MAX_EXAMPLES} examples/operation) took {took:.1f}s")
+    print("\n".join(output.splitlines()[-30:]))
+    assert result.returncode == 0, (
+        f"schemathesis found problems (seed {seed}):\n{output}\n"
+        f"--- herald log ---\n{herald_process.log_tail()}"
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reported: POST /v1/notifications and /v1/notifications/batch answer a non-UTF-8 "
+    "body with an undocumented 400 (document 400 in openapi.yaml, or answer 422 like other "
+    "unparseable JSON); when fixed, drop the entries from KNOWN_DEVIATIONS and this mark",
+)
+@pytest.mark.parametrize("path", ["/v1/notifications", "/v1/notifications/batch"])
+def test_a_body_that_is_not_utf8_gets_a_documented_status(
+    herald_process: HeraldProcess, path: str
+) -> None:
+    spec = yaml.safe_load((ROOT / "openapi.yaml").read_text())
+    if path not in spec["paths"]:
+        pytest.skip(f"{path} is not in openapi.yaml")
+    documented = set(spec["paths"][path]["post"]["responses"])
+    response = httpx.post(
+        herald_process.base_url + path,
+        content=b"\xff",
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+    )
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert str(response.status_code) in documented, (
+        f"{response.status_code} is not documented ({sorted(documented)}): {response.text}"
+    )
