@@ -48,12 +48,25 @@ def openapi_spec(app: FastAPI) -> dict[str, Any]:
         for operations in spec.get("paths", {}).values():
             for operation in operations.values():
                 operation["responses"].setdefault("500", copy.deepcopy(INTERNAL_ERROR))
+                for parameter in operation.get("parameters", []):
+                    parameter["schema"] = _not_null(parameter["schema"])
                 for status, response in operation["responses"].items():
                     content = response.get("content", {})
                     if status[0] in "45" and PROBLEM_JSON in content:
                         content.pop("application/json", None)
         app.openapi_schema = spec
     return app.openapi_schema
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query or header value is absent or a string, never null: drop FastAPI's null branch."""
+    branches = schema.get("anyOf")
+    if not branches:
+        return schema
+    kept = [branch for branch in branches if branch.get("type") != "null"]
+    if len(kept) != 1:
+        return schema
+    return {**{k: v for k, v in schema.items() if k != "anyOf"}, **kept[0]}
 
 
 def create_app(

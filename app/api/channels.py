@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
 
 from app.api.deps import RuntimeDep, require
 from app.api.problems import AUTH_ERRORS, error_responses
-from app.api.schemas import ChannelList, ChannelOut, Circuit, RetryOut, RouteList, RouteOut
+from app.api.schemas import (
+    ChannelHealth,
+    ChannelList,
+    ChannelOut,
+    Circuit,
+    RetryOut,
+    RouteList,
+    RouteOut,
+)
+from app.delivery.circuit import CircuitState
 from app.durations import format_duration
 from app.security.redaction import redact
 from app.service import DEFAULT_ROUTE
@@ -32,12 +41,12 @@ def masked(value: Any) -> Any:
     return value
 
 
-def _health(reason: str | None, circuit: Circuit) -> Literal["healthy", "degraded", "unhealthy"]:
-    if reason is not None or circuit.state == "open":
-        return "unhealthy"
-    if circuit.state == "half_open" or circuit.consecutive_failures:
-        return "degraded"
-    return "healthy"
+def _health(reason: str | None, circuit: Circuit) -> ChannelHealth:
+    if reason is not None or circuit.state is CircuitState.OPEN:
+        return ChannelHealth.UNHEALTHY
+    if circuit.state is CircuitState.HALF_OPEN or circuit.consecutive_failures:
+        return ChannelHealth.DEGRADED
+    return ChannelHealth.HEALTHY
 
 
 @router.get(
@@ -59,7 +68,7 @@ async def list_channels(runtime: RuntimeDep) -> ChannelList:
         )
         breaker = runtime.links[name].circuit
         circuit = Circuit(
-            state=breaker.state if breaker else "closed",
+            state=breaker.state if breaker else CircuitState.CLOSED,
             consecutive_failures=breaker.consecutive_failures if breaker else 0,
             reason=breaker.reason if breaker else None,
             retry_in_seconds=round(breaker.retry_in(), 3) if breaker else 0.0,

@@ -30,7 +30,7 @@ from app.api.schemas import (
     NotificationDetail,
     NotificationOut,
     NotificationPage,
-    Status,
+    NotificationStatus,
 )
 from app.errors import HeraldError, Unprocessable
 from app.store.models import Notification
@@ -153,7 +153,7 @@ async def create_notifications_batch(
 async def list_notifications(
     principal: ReadScope,
     session: SessionDep,
-    status: Status | None = None,
+    status: NotificationStatus | None = None,
     route: Annotated[str | None, Query(max_length=64)] = None,
     channel: Annotated[
         str | None, Query(max_length=64, description="Notifications whose chain has it.")

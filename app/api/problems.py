@@ -21,12 +21,15 @@ logger = logging.getLogger("herald.api")
 
 PROBLEM_JSON = "application/problem+json"
 
+BODY_PARSE_ERROR = "There was an error parsing the body"
+
 _TITLES = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),
     403: ("forbidden", "Forbidden"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
+    409: ("conflict", "Conflict: the notification's status does not allow it"),
     406: ("not-acceptable", "Not acceptable"),
     413: ("payload-too-large", "Payload too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
@@ -115,6 +118,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers or {})
+    if exc.status_code == 400 and detail == BODY_PARSE_ERROR:
+        # FastAPI's answer to a body it cannot decode (not UTF-8): the same 422 as bad JSON.
+        errors = [{"loc": ["body"], "msg": "the body is not valid UTF-8 JSON"}]
+        return problem_response(422, "invalid request: body: not valid UTF-8 JSON", errors=errors)
     if exc.status_code == 404 and detail == "Not Found":
         detail = "no such path"
     elif exc.status_code == 405:

@@ -5,17 +5,73 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.channels.base import Recipient
+from app.channels.base import ErrorClass, Recipient
+from app.delivery.circuit import CircuitState
 
-Severity = Literal["debug", "info", "warning", "error", "critical"]
-Status = Literal["pending", "delivering", "delivered", "failed", "partial", "expired", "cancelled"]
-Strategy = Literal["fallback", "all"]
-HopStateName = Literal["pending", "retrying", "delivered", "failed", "skipped", "unused"]
-ErrorClassName = Literal["transient", "rate_limited", "permanent", "config", "skipped"]
+# Enums are classes, so each is one named schema that generated clients share.
+
+
+class Severity(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class Strategy(StrEnum):
+    FALLBACK = "fallback"
+    ALL = "all"
+
+
+class HopState(StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNUSED = "unused"
+
+
+class AttemptOutcome(StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class AttemptTrigger(StrEnum):
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+class ChannelHealth(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+class Output(BaseModel):
+    """A response body: fields that always appear are required, nullable or not."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 BODY_LIMIT = 64 * 1024
 METADATA_LIMIT = 16 * 1024
@@ -28,10 +84,13 @@ def _utf8_len(value: str) -> int:
 class NotificationCreate(BaseModel):
     """A notification to accept. ``route`` or ``channels``, not both; neither: the default route."""
 
+    # "at least one of text and html" and "not both route and channels" are checked but not
+    # expressed in the schema: anyOf/not on the object turns generated clients' models into
+    # awkward unions.
     model_config = ConfigDict(extra="forbid")
 
-    route: str | None = Field(default=None, max_length=64, examples=["alerts"])
-    channels: list[str] | None = Field(
+    route: str | None = Field(default=None, max_length=64, pattern=NAME, examples=["default"])
+    channels: list[Annotated[str, Field(pattern=NAME)]] | None = Field(
         default=None,
         min_length=1,
         max_length=32,
@@ -39,9 +98,18 @@ class NotificationCreate(BaseModel):
     )
     recipient: Recipient = Field(default_factory=Recipient)
     subject: str | None = Field(default=None, max_length=998)
-    text: str | None = Field(default=None, description="Plain-text body, at most 64 KiB UTF-8.")
-    html: str | None = Field(default=None, description="HTML body, at most 64 KiB UTF-8.")
-    severity: Severity = "info"
+    # maxLength in the schema bounds characters; the validator bounds UTF-8 bytes.
+    text: str | None = Field(
+        default=None,
+        description="Plain-text body, at most 64 KiB UTF-8.",
+        json_schema_extra={"maxLength": BODY_LIMIT},
+    )
+    html: str | None = Field(
+        default=None,
+        description="HTML body, at most 64 KiB UTF-8.",
+        json_schema_extra={"maxLength": BODY_LIMIT},
+    )
+    severity: Severity = Severity.INFO
     source: str | None = Field(default=None, max_length=255)
     metadata: dict[str, Any] = Field(
         default_factory=dict, description="Free-form JSON object, at most 16 KiB serialized."
@@ -111,12 +179,12 @@ class NotificationBatch(BaseModel):
     )
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(Output):
     """Why an attempt failed: class, stable code, short message."""
 
     model_config = ConfigDict(populate_by_name=True)
 
-    class_: ErrorClassName = Field(alias="class")
+    class_: ErrorClass = Field(alias="class")
     code: str
     message: str
 
@@ -125,18 +193,18 @@ class LastError(ErrorInfo):
     channel: str
 
 
-class Hop(BaseModel):
+class Hop(Output):
     channel: str
-    state: HopStateName
+    state: HopState
     attempts: int
     last_error: LastError | None = None
 
 
-class NotificationOut(BaseModel):
+class NotificationOut(Output):
     """A notification as lists show it (no bodies)."""
 
     id: uuid.UUID
-    status: Status
+    status: NotificationStatus
     route: str | None = Field(description="The route, or null for an inline chain.")
     strategy: Strategy
     channels: list[str]
@@ -168,20 +236,20 @@ class NotificationDetail(NotificationOut):
     html: str | None
 
 
-class NotificationPage(BaseModel):
+class NotificationPage(Output):
     items: list[NotificationOut]
     next_cursor: str | None = Field(description="Pass as cursor for the next (older) page.")
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(Output):
     id: uuid.UUID
     notification_id: uuid.UUID
     channel: str
     channel_type: str
     round: int
     hop: int = Field(description="Index of the channel in the notification's chain.")
-    trigger: Literal["scheduled", "manual"]
-    outcome: Literal["delivered", "failed", "skipped"]
+    trigger: AttemptTrigger
+    outcome: AttemptOutcome
     error: ErrorInfo | None
     provider_status: int | None
     provider_message_id: str | None
@@ -190,26 +258,26 @@ class AttemptOut(BaseModel):
     duration_ms: int
 
 
-class AttemptList(BaseModel):
+class AttemptList(Output):
     items: list[AttemptOut]
 
 
-class Circuit(BaseModel):
+class Circuit(Output):
     """This process's circuit breaker for the channel."""
 
-    state: Literal["closed", "half_open", "open"]
+    state: CircuitState
     consecutive_failures: int
     reason: str | None = Field(description="Why the circuit opened, while it is not closed.")
     retry_in_seconds: float = Field(description="Time left before a trial delivery (open only).")
 
 
-class ChannelOut(BaseModel):
+class ChannelOut(Output):
     name: str
     type: str
     enabled: bool
     ready: bool
     reason: str | None = Field(description="Why the channel is not ready, if it is not.")
-    health: Literal["healthy", "degraded", "unhealthy"] = Field(
+    health: ChannelHealth = Field(
         description="unhealthy: not ready or circuit open; degraded: trial under way or "
         "recent transient failures; healthy otherwise."
     )
@@ -217,16 +285,16 @@ class ChannelOut(BaseModel):
     settings: dict[str, Any] = Field(description="The channel's settings, secrets masked.")
 
 
-class ChannelList(BaseModel):
+class ChannelList(Output):
     items: list[ChannelOut]
 
 
-class RetryOut(BaseModel):
+class RetryOut(Output):
     schedule: list[str]
     jitter: float
 
 
-class RouteOut(BaseModel):
+class RouteOut(Output):
     name: str
     channels: list[str]
     strategy: Strategy
@@ -235,11 +303,11 @@ class RouteOut(BaseModel):
     default: bool
 
 
-class RouteList(BaseModel):
+class RouteList(Output):
     items: list[RouteOut]
 
 
-class Health(BaseModel):
+class Health(Output):
     status: Literal["ok"]
 
 
@@ -248,7 +316,7 @@ class FieldError(BaseModel):
     msg: str
 
 
-class BatchItemResult(BaseModel):
+class BatchItemResult(Output):
     """What became of one item of a batch."""
 
     index: int = Field(description="The item's position in the request.")
@@ -258,7 +326,7 @@ class BatchItemResult(BaseModel):
     error: Problem | None = None
 
 
-class BatchResult(BaseModel):
+class BatchResult(Output):
     accepted: int
     rejected: int
     items: list[BatchItemResult]

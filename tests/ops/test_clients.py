@@ -93,7 +93,7 @@ def test_generated_python_client_sends_and_follows_a_notification(
         route="fallback",
         subject="From Python",
         text="Sent by a client generated from openapi.yaml",
-        severity=models.NotificationCreateSeverity.WARNING,
+        severity=models.Severity.WARNING,
         recipient=models.Recipient(email="ops@example.com"),
     )
     key = f"python-client-{uuid.uuid4()}"
@@ -117,7 +117,7 @@ def test_generated_python_client_sends_and_follows_a_notification(
             time.sleep(0.1)
             notification = get.sync(client=c, notification_id=created.id)
             assert isinstance(notification, models.NotificationDetail), notification
-        assert notification.status == models.NotificationDetailStatus.DELIVERED
+        assert notification.status == models.NotificationStatus.DELIVERED
         assert notification.delivered_via == "backup"
         assert [(h.channel, h.state.value) for h in notification.hops] == [
             ("flaky", "failed"),
@@ -130,7 +130,7 @@ def test_generated_python_client_sends_and_follows_a_notification(
         assert isinstance(attempts, models.AttemptList), attempts
         first, second = attempts.items
         assert (first.channel, first.hop, first.outcome.value) == ("flaky", 0, "failed")
-        assert first.error.class_ == models.ErrorInfoClass.TRANSIENT
+        assert first.error.class_ == models.ErrorClass.TRANSIENT
         assert (first.error.code, first.provider_status) == ("http_500", 500)
         assert (second.channel, second.hop, second.outcome.value) == ("backup", 1, "delivered")
         assert second.error is None

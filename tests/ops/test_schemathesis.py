@@ -18,7 +18,6 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -33,21 +32,6 @@ CHECKS = (
     "content_type_conformance",
 )
 MAX_EXAMPLES = 20
-
-# Deviations of the app from openapi.yaml that were found here and reported to the API's
-# owners: (method, path, status, why). The schemathesis run uses a copy of the spec that
-# documents them, so it keeps guarding against everything else; each one also has a strict
-# xfail test below that starts passing (and so fails, strict) once the app or the spec is fixed:
-# then delete its line here.
-NOT_UTF8 = (
-    "a body that is not UTF-8 (e.g. the single byte 0xff) is answered 400 'There was an error "
-    "parsing the body' (FastAPI's own error), undocumented; malformed JSON that is UTF-8 gets "
-    "the documented 422"
-)
-KNOWN_DEVIATIONS: list[tuple[str, str, str, str]] = [
-    ("post", "/v1/notifications", "400", NOT_UTF8),
-    ("post", "/v1/notifications/batch", "400", NOT_UTF8),
-]
 
 
 def seed_notifications(herald: HeraldProcess) -> list[str]:
@@ -65,25 +49,6 @@ def seed_notifications(herald: HeraldProcess) -> list[str]:
         cancelled = send(client, text="to cancel", send_at=later)
         assert client.post(f"/v1/notifications/{cancelled}/cancel").status_code == 200
     return [*final, *scheduled, cancelled]
-
-
-def spec_with_known_deviations(target: Path) -> Path:
-    spec: dict[str, Any] = yaml.safe_load((ROOT / "openapi.yaml").read_text())
-    for method, path, status, why in KNOWN_DEVIATIONS:
-        if path not in spec["paths"]:
-            continue
-        responses = spec["paths"][path][method]["responses"]
-        responses.setdefault(
-            status,
-            {
-                "description": f"known deviation, reported: {why}",
-                "content": {
-                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-                },
-            },
-        )
-    target.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-    return target
 
 
 def toml_list(values: list[str]) -> str:
@@ -116,7 +81,7 @@ def test_schemathesis_finds_no_server_error_and_no_spec_violation(
         "--config-file",
         str(config),
         "run",
-        str(spec_with_known_deviations(tmp_path / "openapi.yaml")),
+        str(ROOT / "openapi.yaml"),
         "--url",
         herald_process.base_url,
         "--header",
@@ -149,12 +114,6 @@ def test_schemathesis_finds_no_server_error_and_no_spec_violation(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: POST /v1/notifications and /v1/notifications/batch answer a non-UTF-8 "
-    "body with an undocumented 400 (document 400 in openapi.yaml, or answer 422 like other "
-    "unparseable JSON); when fixed, drop the entries from KNOWN_DEVIATIONS and this mark",
-)
 @pytest.mark.parametrize("path", ["/v1/notifications", "/v1/notifications/batch"])
 def test_a_body_that_is_not_utf8_gets_a_documented_status(
     herald_process: HeraldProcess, path: str
