@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from app.durations import parse_duration
+from app.security.redaction import redact
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -98,6 +99,16 @@ class DeliveryResult:
         return cls.failed(ErrorClass.SKIPPED, code, message)
 
 
+def redact_result(result: DeliveryResult, secrets: list[str]) -> DeliveryResult:
+    """``result`` with ``secrets`` masked in its error message and its excerpt."""
+    if result.error is not None:
+        error = replace(result.error, message=redact(result.error.message, secrets))
+        result = replace(result, error=error)
+    if result.response_excerpt:
+        result = replace(result, response_excerpt=redact(result.response_excerpt, secrets))
+    return result
+
+
 def excerpt(text: str | None) -> str | None:
     """At most ``EXCERPT_LIMIT`` bytes of UTF-8, cut on a character boundary."""
     if text is None:
@@ -117,6 +128,35 @@ def check_http_url(value: str) -> None:
         httpx.URL(value)
     except httpx.InvalidURL as exc:
         raise ValueError(f"not a valid URL: {exc}") from None
+
+
+def check_http_setting(value: str, field: str) -> str:
+    """``value`` stripped, when it is an http(s) URL with a host; errors never echo it."""
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{field} is empty (is its environment variable set?)")
+    if not value.startswith(("http://", "https://")):
+        # Never echo the value: for a webhook URL it is the credential.
+        raise ValueError(f"{field} must start with http:// or https://")
+    try:
+        host = httpx.URL(value).host
+    except httpx.InvalidURL:
+        raise ValueError(f"{field} is not a valid URL") from None
+    if not host:
+        raise ValueError(f"{field} has no host")
+    return value
+
+
+def api_base_setting(value: str) -> str:
+    """An ``api_base`` setting as ``check_http_setting`` accepts it, without a trailing slash."""
+    return check_http_setting(value, "api_base").rstrip("/")
+
+
+def check_secret_set(value: SecretStr, field: str) -> SecretStr:
+    """Refuse a secret that is empty or blank, as an unset environment variable leaves it."""
+    if not value.get_secret_value().strip():
+        raise ValueError(f"{field} is empty (is its environment variable set?)")
+    return value
 
 
 class Recipient(BaseModel):

@@ -52,10 +52,18 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, ErrorClass, Message
-from app.channels.http_errors import classify_status, failure_from_transport, retry_after_seconds
+from app.channels.base import (
+    ChannelConfig,
+    ChannelType,
+    DeliveryResult,
+    ErrorClass,
+    Message,
+    api_base_setting,
+    check_http_setting,
+    redact_result,
+)
+from app.channels.http_errors import classify_status, json_object, post_once, retry_after_seconds
 from app.channels.text import split_text
-from app.security.redaction import redact
 
 CONTENT_LIMIT = 2000
 """Discord's limit on ``content``, in characters."""
@@ -87,22 +95,6 @@ def parts_of(content: str, max_messages: int) -> list[str]:
     return parts
 
 
-def _http_url(value: str, field: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError(f"{field} is empty (is its environment variable set?)")
-    if not value.startswith(("http://", "https://")):
-        # Never echo the value: for webhook_url it is the credential.
-        raise ValueError(f"{field} must start with http:// or https://")
-    try:
-        host = httpx.URL(value).host
-    except httpx.InvalidURL:
-        raise ValueError(f"{field} is not a valid URL") from None
-    if not host:
-        raise ValueError(f"{field} has no host")
-    return value
-
-
 class DiscordConfig(ChannelConfig):
     type: Literal["discord"]
     webhook_url: SecretStr
@@ -119,17 +111,17 @@ class DiscordConfig(ChannelConfig):
     @field_validator("webhook_url")
     @classmethod
     def _valid_webhook_url(cls, value: SecretStr) -> SecretStr:
-        return SecretStr(_http_url(value.get_secret_value(), "webhook_url"))
+        return SecretStr(check_http_setting(value.get_secret_value(), "webhook_url"))
 
     @field_validator("avatar_url")
     @classmethod
     def _valid_avatar_url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value, "avatar_url")
+        return None if value is None else check_http_setting(value, "avatar_url")
 
     @field_validator("api_base")
     @classmethod
     def _valid_api_base(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value, "api_base").rstrip("/")
+        return None if value is None else api_base_setting(value)
 
     def target(self) -> httpx.URL:
         """Where to POST: ``webhook_url`` (host replaced by ``api_base``) with ``wait=true``."""
@@ -192,16 +184,15 @@ class DiscordChannel(ChannelType):
                     "timeout",
                     f"no time left within {self.config.timeout:g}s",
                 )
-            try:
-                response = await self.context.http.post(
-                    url,
-                    content=body,
-                    headers={"content-type": "application/json"},
-                    timeout=min(self.config.timeout, remaining),
-                    follow_redirects=False,
-                )
-            except httpx.HTTPError as exc:
-                return failure_from_transport(exc)
+            response = await post_once(
+                self.context.http,
+                url,
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=min(self.config.timeout, remaining),
+            )
+            if isinstance(response, DeliveryResult):
+                return response
             result = _result(response)
             wait = result.retry_after
             if (
@@ -219,24 +210,12 @@ class DiscordChannel(ChannelType):
             return result
 
     def _scrub(self, result: DeliveryResult) -> DeliveryResult:
-        secrets = self.config.secrets()
-        if result.error is not None:
-            result = replace(
-                result, error=replace(result.error, message=redact(result.error.message, secrets))
-            )
-        if result.response_excerpt:
-            result = replace(result, response_excerpt=redact(result.response_excerpt, secrets))
-        return result
+        return redact_result(result, self.config.secrets())
 
 
 def _result(response: httpx.Response) -> DeliveryResult:
     status = response.status_code
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
+    body = json_object(response) or {}
     if response.is_success:
         message_id = body.get("id")
         return DeliveryResult.ok(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
@@ -46,6 +48,25 @@ def classify_status(status: int) -> ErrorClass | None:
     return ErrorClass.PERMANENT
 
 
+def answer_failure(
+    response: httpx.Response, error_class: ErrorClass, code: str, message: str
+) -> DeliveryResult:
+    """A failed ``DeliveryResult`` that carries the answer: its status, its body as the excerpt
+    and, when ``rate_limited``, the wait its ``Retry-After`` header asks for."""
+    return DeliveryResult.failed(
+        error_class,
+        code,
+        message,
+        provider_status=response.status_code,
+        response_excerpt=response.text,
+        retry_after=(
+            retry_after_seconds(response.headers.get("retry-after"))
+            if error_class is ErrorClass.RATE_LIMITED
+            else None
+        ),
+    )
+
+
 def failure_from_response(response: httpx.Response, message: str | None = None) -> DeliveryResult:
     """A failed ``DeliveryResult`` for a non-2xx answer."""
     status = response.status_code
@@ -55,17 +76,51 @@ def failure_from_response(response: httpx.Response, message: str | None = None) 
         if 300 <= status < 400:
             location = response.headers.get("location")
             message += f" (redirect to {location!r} not followed)" if location else ""
-    return DeliveryResult.failed(
-        error_class,
-        f"http_{status}",
-        message,
-        provider_status=status,
+    return answer_failure(response, error_class, f"http_{status}", message)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's body when it is a JSON object; ``None`` for any other body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def json_int(value: object) -> int | None:
+    """``value`` when it is a JSON integer (``true`` and ``false`` are not)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def post_once(
+    http: httpx.AsyncClient, url: httpx.URL | str, **request: Any
+) -> httpx.Response | DeliveryResult:
+    """One POST that never follows a redirect: the answer, or the failure for a transport error."""
+    try:
+        return await http.post(url, follow_redirects=False, **request)
+    except httpx.HTTPError as exc:
+        return failure_from_transport(exc)
+
+
+async def post_and_classify(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    failure: Callable[[httpx.Response], DeliveryResult] = failure_from_response,
+    message_id: Callable[[httpx.Response], str | None] = lambda response: None,
+    **request: Any,
+) -> DeliveryResult:
+    """``post_once``, then ``failure`` for a non-2xx answer, else a delivery with ``message_id``."""
+    response = await post_once(http, url, **request)
+    if isinstance(response, DeliveryResult):
+        return response
+    if not response.is_success:
+        return failure(response)
+    return DeliveryResult.ok(
+        provider_status=response.status_code,
+        provider_message_id=message_id(response),
         response_excerpt=response.text,
-        retry_after=(
-            retry_after_seconds(response.headers.get("retry-after"))
-            if error_class is ErrorClass.RATE_LIMITED
-            else None
-        ),
     )
 
 

@@ -43,7 +43,13 @@ from app.channels.base import (
     ErrorClass,
     Message,
 )
-from app.channels.http_errors import classify_status, failure_from_transport, retry_after_seconds
+from app.channels.http_errors import (
+    answer_failure,
+    classify_status,
+    json_int,
+    json_object,
+    post_and_classify,
+)
 
 TOPIC_PATTERN = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 """ntfy's own topic rule (server/server.go ``topicRegex``)."""
@@ -158,22 +164,14 @@ def payload(config: NtfyConfig, message: Message) -> dict[str, Any]:
     return body
 
 
-def _error_body(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def failure(response: httpx.Response) -> DeliveryResult:
     """A failed result for a non-2xx answer, read from ntfy's error body when there is one."""
     status = response.status_code
     error_class = classify_status(status) or ErrorClass.PERMANENT
-    body = _error_body(response) or {}
-    ntfy_code = body.get("code")
+    body = json_object(response) or {}
+    ntfy_code = json_int(body.get("code"))
     text = body.get("error")
-    if isinstance(ntfy_code, int) and not isinstance(ntfy_code, bool):
+    if ntfy_code is not None:
         code = f"ntfy_{ntfy_code}"
         if ntfy_code in CONFIG_CODES:
             error_class = ErrorClass.CONFIG
@@ -186,18 +184,13 @@ def failure(response: httpx.Response) -> DeliveryResult:
         message += f" {response.reason_phrase}"
     if 300 <= status < 400 and response.headers.get("location"):
         message += f" (redirect to {response.headers['location']!r} not followed)"
-    return DeliveryResult.failed(
-        error_class,
-        code,
-        message,
-        provider_status=status,
-        response_excerpt=response.text,
-        retry_after=(
-            retry_after_seconds(response.headers.get("retry-after"))
-            if error_class is ErrorClass.RATE_LIMITED
-            else None
-        ),
-    )
+    return answer_failure(response, error_class, code, message)
+
+
+def message_id(response: httpx.Response) -> str | None:
+    """The ``id`` of the message ntfy stored, when it answered with one."""
+    found = (json_object(response) or {}).get("id")
+    return found if isinstance(found, str) and found else None
 
 
 class NtfyChannel(ChannelType):
@@ -217,22 +210,12 @@ class NtfyChannel(ChannelType):
 
     async def send(self, message: Message) -> DeliveryResult:
         body = json.dumps(payload(self.config, message), ensure_ascii=False).encode("utf-8")
-        try:
-            response = await self.context.http.post(
-                f"{self.config.api_base}/",
-                content=body,
-                headers=self._headers(),
-                timeout=self.config.timeout,
-                follow_redirects=False,
-            )
-        except httpx.HTTPError as exc:
-            return failure_from_transport(exc)
-        if not response.is_success:
-            return failure(response)
-        data = _error_body(response) or {}
-        message_id = data.get("id")
-        return DeliveryResult.ok(
-            provider_status=response.status_code,
-            provider_message_id=message_id if isinstance(message_id, str) and message_id else None,
-            response_excerpt=response.text,
+        return await post_and_classify(
+            self.context.http,
+            f"{self.config.api_base}/",
+            failure=failure,
+            message_id=message_id,
+            content=body,
+            headers=self._headers(),
+            timeout=self.config.timeout,
         )

@@ -75,6 +75,16 @@ def message_body(message: Message, limit: int) -> str:
     return truncate(body, limit)
 
 
+def number_and_body(message: Message, limit: int) -> tuple[str, str] | DeliveryResult:
+    """The recipient's E.164 number and the body to send, or the failure that stops the send
+    before any provider call (``no_address``, ``empty_body``)."""
+    number = recipient_number(message)
+    if isinstance(number, DeliveryResult):
+        return number
+    body = message_body(message, limit)
+    return (number, body) if body else empty_body()
+
+
 def http_base(value: str) -> str:
     """An ``api_base`` setting: http(s) only, stored without a trailing slash."""
     value = value.strip()

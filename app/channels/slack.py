@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from typing import Any, Literal
 
 import httpx
@@ -69,14 +68,17 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    api_base_setting,
+    check_http_setting,
+    redact_result,
 )
 from app.channels.http_errors import (
+    answer_failure,
     classify_status,
     failure_from_response,
-    failure_from_transport,
-    retry_after_seconds,
+    json_object,
+    post_once,
 )
-from app.security.redaction import redact
 
 TEXT_LIMIT = 40_000
 """Slack truncates ``text`` past this many characters; Herald cuts it first, with an ellipsis."""
@@ -183,22 +185,6 @@ def compose(message: Message) -> str:
     return truncate("\n".join(lines))
 
 
-def _http_url(value: str, field: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError(f"{field} is empty (is its environment variable set?)")
-    if not value.startswith(("http://", "https://")):
-        # Never echo the value: for webhook_url it is the credential.
-        raise ValueError(f"{field} must start with http:// or https://")
-    try:
-        host = httpx.URL(value).host
-    except httpx.InvalidURL:
-        raise ValueError(f"{field} is not a valid URL") from None
-    if not host:
-        raise ValueError(f"{field} has no host")
-    return value
-
-
 def _url_secrets(url: str) -> list[str]:
     """The URL, its path and its last path segment (the token part of a webhook URL)."""
     parsed = httpx.URL(url)
@@ -225,14 +211,14 @@ class SlackConfig(ChannelConfig):
     @field_validator("api_base")
     @classmethod
     def _valid_api_base(cls, value: str) -> str:
-        return _http_url(value, "api_base").rstrip("/")
+        return api_base_setting(value)
 
     @field_validator("webhook_url")
     @classmethod
     def _valid_webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        return SecretStr(_http_url(value.get_secret_value(), "webhook_url"))
+        return SecretStr(check_http_setting(value.get_secret_value(), "webhook_url"))
 
     @field_validator("token")
     @classmethod
@@ -308,16 +294,15 @@ class SlackChannel(ChannelType):
                 "content-type": "application/json; charset=utf-8",
                 "authorization": f"Bearer {self.config.token.get_secret_value()}",
             }
-        try:
-            response = await self.context.http.post(
-                url,
-                content=json.dumps(payload, ensure_ascii=False).encode(),
-                headers=headers,
-                timeout=self.config.timeout,
-                follow_redirects=False,
-            )
-        except httpx.HTTPError as exc:
-            return self._scrub(failure_from_transport(exc))
+        response = await post_once(
+            self.context.http,
+            url,
+            content=json.dumps(payload, ensure_ascii=False).encode(),
+            headers=headers,
+            timeout=self.config.timeout,
+        )
+        if isinstance(response, DeliveryResult):
+            return self._scrub(response)
         if self.config.mode == "webhook":
             result = self._webhook_result(response)
         else:
@@ -334,11 +319,8 @@ class SlackChannel(ChannelType):
         return _failure(response, error)
 
     def _api_result(self, response: httpx.Response) -> DeliveryResult:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
+        body = json_object(response)
+        if body is None or not isinstance(body.get("ok"), bool):
             if response.is_success:
                 return DeliveryResult.failed(
                     ErrorClass.TRANSIENT,
@@ -365,17 +347,7 @@ class SlackChannel(ChannelType):
         return _failure(response, error)
 
     def _scrub(self, result: DeliveryResult) -> DeliveryResult:
-        return scrub(result, self.config.secrets())
-
-
-def scrub(result: DeliveryResult, secrets: list[str]) -> DeliveryResult:
-    """``result`` with ``secrets`` masked in its error message and excerpt."""
-    if result.error is not None:
-        error = replace(result.error, message=redact(result.error.message, secrets))
-        result = replace(result, error=error)
-    if result.response_excerpt:
-        result = replace(result, response_excerpt=redact(result.response_excerpt, secrets))
-    return result
+        return redact_result(result, self.config.secrets())
 
 
 def _code_for(error: str) -> str:
@@ -401,15 +373,4 @@ def _failure(response: httpx.Response, error: str | None) -> DeliveryResult:
     text = f"Slack error {code.removeprefix('slack_')} (HTTP {status})"
     if description:
         text += f": {description}"
-    return DeliveryResult.failed(
-        error_class,
-        code,
-        text,
-        provider_status=status,
-        response_excerpt=response.text,
-        retry_after=(
-            retry_after_seconds(response.headers.get("retry-after"))
-            if error_class is ErrorClass.RATE_LIMITED
-            else None
-        ),
-    )
+    return answer_failure(response, error_class, code, text)

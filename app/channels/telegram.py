@@ -31,7 +31,6 @@ those loggers masks its token as well.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import re
 import time
@@ -57,6 +56,7 @@ from app.channels.http_errors import (
     classify_status,
     failure_from_response,
     failure_from_transport,
+    json_object,
     retry_after_seconds,
 )
 from app.channels.text import split_text
@@ -493,11 +493,8 @@ def _unwatch_token(token: str) -> None:
 
 def _body(response: httpx.Response) -> dict[str, Any] | None:
     """Telegram's JSON answer, or ``None`` when the body is not one."""
-    try:
-        data = json.loads(response.content)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("ok"), bool) else None
+    data = json_object(response)
+    return data if data is not None and isinstance(data.get("ok"), bool) else None
 
 
 def _int(value: object) -> int | None:

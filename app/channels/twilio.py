@@ -40,21 +40,17 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    check_secret_set,
 )
 from app.channels.http_errors import (
+    answer_failure,
     classify_status,
     failure_from_response,
-    failure_from_transport,
-    retry_after_seconds,
+    json_int,
+    json_object,
+    post_and_classify,
 )
-from app.channels.phone import (
-    E164_HINT,
-    empty_body,
-    http_base,
-    message_body,
-    normalize_e164,
-    recipient_number,
-)
+from app.channels.phone import E164_HINT, http_base, normalize_e164, number_and_body
 
 BODY_LIMIT = 1600
 """Twilio's limit on ``Body`` (characters); longer bodies are cut with an ellipsis."""
@@ -86,9 +82,7 @@ class TwilioConfig(ChannelConfig):
     @field_validator("auth_token")
     @classmethod
     def _token_set(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("auth_token is empty (is its environment variable set?)")
-        return value
+        return check_secret_set(value, "auth_token")
 
     @field_validator("from_number")
     @classmethod
@@ -145,14 +139,9 @@ _CODES: dict[int, tuple[ErrorClass, str]] = {
 
 def twilio_error(response: httpx.Response) -> tuple[int, str] | None:
     """``(code, message)`` of a Twilio error body, if the answer is one."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    code = data.get("code")
-    if not isinstance(code, int) or isinstance(code, bool):
+    data = json_object(response) or {}
+    code = json_int(data.get("code"))
+    if code is None:
         return None
     message = data.get("message")
     return code, message if isinstance(message, str) else ""
@@ -171,18 +160,13 @@ def failure(response: httpx.Response) -> DeliveryResult:
         message += f": {text}"
     if hint:
         message += f" [{hint}]"
-    return DeliveryResult.failed(
-        error_class,
-        f"twilio_{code}",
-        message,
-        provider_status=status,
-        response_excerpt=response.text,
-        retry_after=(
-            retry_after_seconds(response.headers.get("retry-after"))
-            if error_class is ErrorClass.RATE_LIMITED
-            else None
-        ),
-    )
+    return answer_failure(response, error_class, f"twilio_{code}", message)
+
+
+def message_sid(response: httpx.Response) -> str | None:
+    """The ``sid`` of the Message resource Twilio answered with."""
+    sid = (json_object(response) or {}).get("sid")
+    return sid if isinstance(sid, str) else None
 
 
 class TwilioChannel(ChannelType):
@@ -197,40 +181,23 @@ class TwilioChannel(ChannelType):
         return f"{cfg.api_base}/2010-04-01/Accounts/{cfg.account_sid}/Messages.json"
 
     async def send(self, message: Message) -> DeliveryResult:
-        to = recipient_number(message)
-        if isinstance(to, DeliveryResult):
-            return to
-        body = message_body(message, BODY_LIMIT)
-        if not body:
-            return empty_body()
+        prepared = number_and_body(message, BODY_LIMIT)
+        if isinstance(prepared, DeliveryResult):
+            return prepared
+        to, body = prepared
         cfg = self.config
         form: dict[str, Any] = {"To": to, "Body": body}
         if cfg.messaging_service_sid is not None:
             form["MessagingServiceSid"] = cfg.messaging_service_sid
         else:
             form["From"] = cfg.from_number
-        try:
-            response = await self.context.http.post(
-                self.messages_url,
-                data=form,
-                auth=(cfg.account_sid, cfg.auth_token.get_secret_value()),
-                headers={"accept": "application/json"},
-                timeout=cfg.timeout,
-                follow_redirects=False,
-            )
-        except httpx.HTTPError as exc:
-            return failure_from_transport(exc)
-        if not response.is_success:
-            return failure(response)
-        sid = None
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("sid"), str):
-            sid = data["sid"]
-        return DeliveryResult.ok(
-            provider_status=response.status_code,
-            provider_message_id=sid,
-            response_excerpt=response.text,
+        return await post_and_classify(
+            self.context.http,
+            self.messages_url,
+            failure=failure,
+            message_id=message_sid,
+            data=form,
+            auth=(cfg.account_sid, cfg.auth_token.get_secret_value()),
+            headers={"accept": "application/json"},
+            timeout=cfg.timeout,
         )

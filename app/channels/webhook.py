@@ -13,7 +13,6 @@ import json
 import time
 from typing import Any, Literal
 
-import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from app.channels.base import (
@@ -23,7 +22,7 @@ from app.channels.base import (
     Message,
     check_http_url,
 )
-from app.channels.http_errors import failure_from_response, failure_from_transport
+from app.channels.http_errors import post_and_classify
 
 
 class WebhookConfig(ChannelConfig):
@@ -112,20 +111,11 @@ class WebhookChannel(ChannelType):
         }
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, str(message.id), timestamp, body)
-        try:
-            response = await self.context.http.post(
-                url,
-                content=body,
-                headers=headers,
-                timeout=self.config.timeout,
-                follow_redirects=False,
-            )
-        except httpx.HTTPError as exc:
-            return failure_from_transport(exc)
-        if response.is_success:
-            return DeliveryResult.ok(
-                provider_status=response.status_code,
-                provider_message_id=response.headers.get("x-message-id"),
-                response_excerpt=response.text,
-            )
-        return failure_from_response(response)
+        return await post_and_classify(
+            self.context.http,
+            url,
+            message_id=lambda response: response.headers.get("x-message-id"),
+            content=body,
+            headers=headers,
+            timeout=self.config.timeout,
+        )

@@ -44,14 +44,23 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr, field_validator
 
-from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, ErrorClass, Message
+from app.channels.base import (
+    ChannelConfig,
+    ChannelType,
+    DeliveryResult,
+    ErrorClass,
+    Message,
+    check_secret_set,
+)
 from app.channels.http_errors import (
+    answer_failure,
     classify_status,
     failure_from_response,
-    failure_from_transport,
-    retry_after_seconds,
+    json_int,
+    json_object,
+    post_and_classify,
 )
-from app.channels.phone import empty_body, http_base, message_body, recipient_number
+from app.channels.phone import http_base, number_and_body
 
 BODY_LIMIT = 4096
 """Meta's limit on ``text.body`` (characters); longer bodies are cut with an ellipsis."""
@@ -77,9 +86,7 @@ class WhatsAppConfig(ChannelConfig):
     @field_validator("access_token")
     @classmethod
     def _token_set(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("access_token is empty (is its environment variable set?)")
-        return value
+        return check_secret_set(value, "access_token")
 
     @field_validator("phone_number_id")
     @classmethod
@@ -152,15 +159,8 @@ UNKNOWN_OBJECT_SUBCODE = 33
 
 def graph_error(response: httpx.Response) -> dict[str, Any] | None:
     """The ``error`` object of a Graph API error body, if the answer is one."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return None
-    code = error.get("code")
-    if not isinstance(code, int) or isinstance(code, bool):
+    error = (json_object(response) or {}).get("error")
+    if not isinstance(error, dict) or json_int(error.get("code")) is None:
         return None
     return error
 
@@ -189,27 +189,12 @@ def failure(response: httpx.Response) -> DeliveryResult:
         message += f" - {details}"
     if hint:
         message += f" [{hint}]"
-    return DeliveryResult.failed(
-        error_class,
-        error_code,
-        message,
-        provider_status=status,
-        response_excerpt=response.text,
-        retry_after=(
-            retry_after_seconds(response.headers.get("retry-after"))
-            if error_class is ErrorClass.RATE_LIMITED
-            else None
-        ),
-    )
+    return answer_failure(response, error_class, error_code, message)
 
 
 def message_id(response: httpx.Response) -> str | None:
     """``messages[0].id`` of a send answer."""
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    messages = data.get("messages") if isinstance(data, dict) else None
+    messages = (json_object(response) or {}).get("messages")
     if isinstance(messages, list) and messages and isinstance(messages[0], dict):
         found = messages[0].get("id")
         return found if isinstance(found, str) else None
@@ -228,12 +213,10 @@ class WhatsAppChannel(ChannelType):
         return f"{cfg.api_base}/{cfg.api_version}/{cfg.phone_number_id}/messages"
 
     async def send(self, message: Message) -> DeliveryResult:
-        to = recipient_number(message)
-        if isinstance(to, DeliveryResult):
-            return to
-        body = message_body(message, BODY_LIMIT)
-        if not body:
-            return empty_body()
+        prepared = number_and_body(message, BODY_LIMIT)
+        if isinstance(prepared, DeliveryResult):
+            return prepared
+        to, body = prepared
         cfg = self.config
         payload = {
             "messaging_product": "whatsapp",
@@ -242,20 +225,12 @@ class WhatsAppChannel(ChannelType):
             "type": "text",
             "text": {"preview_url": cfg.preview_url, "body": body},
         }
-        try:
-            response = await self.context.http.post(
-                self.messages_url,
-                json=payload,
-                headers={"authorization": f"Bearer {cfg.access_token.get_secret_value()}"},
-                timeout=cfg.timeout,
-                follow_redirects=False,
-            )
-        except httpx.HTTPError as exc:
-            return failure_from_transport(exc)
-        if not response.is_success:
-            return failure(response)
-        return DeliveryResult.ok(
-            provider_status=response.status_code,
-            provider_message_id=message_id(response),
-            response_excerpt=response.text,
+        return await post_and_classify(
+            self.context.http,
+            self.messages_url,
+            failure=failure,
+            message_id=message_id,
+            json=payload,
+            headers={"authorization": f"Bearer {cfg.access_token.get_secret_value()}"},
+            timeout=cfg.timeout,
         )

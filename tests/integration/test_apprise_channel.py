@@ -17,18 +17,14 @@ import base64
 import logging
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import apprise
-import httpx
 import pytest
 import trustme
-import uvicorn
 from pydantic import ValidationError
 
 from app.channels.apprise import (
@@ -37,11 +33,23 @@ from app.channels.apprise import (
     AppriseConfig,
     url_fragments,
 )
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
-from app.channels.registry import default_registry
+from app.channels.base import ChannelContext, ErrorClass
+from tests.support import channels
+from tests.support.channels import (
+    alone,
+    assert_delivered_by,
+    assert_failed,
+    assert_fell_through,
+    log_after,
+    make_message,
+    registry_with,
+    run_through_herald,
+)
 from tests.support.harness import herald
 from tests.support.http_server import HttpServer, serve_http
 from tests.support.smtp_server import HOST, free_port
+
+pytest_plugins = ["tests.support.channels"]  # the context and srv fixtures
 
 USER = "apprise-user"
 PASSWORD = "Appr1se-s3cret-pw"
@@ -56,18 +64,6 @@ def json_url(srv: HttpServer, path: str = "/hook", scheme: str = "json") -> str:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[HttpServer]:
-    async with serve_http() as server:
-        yield server
-
-
 @asynccontextmanager
 async def serve_https(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[HttpServer]:
     """``HttpServer`` behind TLS, with a certificate for 127.0.0.1 issued by ``ca``."""
@@ -76,30 +72,8 @@ async def serve_https(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[HttpServe
     cert.private_key_pem.write_to_path(str(key_file))
     for index, pem in enumerate(cert.cert_chain_pems):
         pem.write_to_path(str(cert_file), append=index > 0)
-    app = HttpServer()
-    config = uvicorn.Config(
-        app,
-        host=HOST,
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        ssl_certfile=str(cert_file),
-        ssl_keyfile=str(key_file),
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    app.port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield app
-    finally:
-        app._closing.set()
-        server.should_exit = True
-        await task
+    async with serve_http(ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)) as server:
+        yield server
 
 
 def make_channel(context: ChannelContext, *urls: str, **settings: Any) -> AppriseChannel:
@@ -107,33 +81,8 @@ def make_channel(context: ChannelContext, *urls: str, **settings: Any) -> Appris
     return AppriseChannel("ops-apprise", AppriseConfig.model_validate(raw), context)
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {"host": "db-1"},
-        "created_at": datetime(2026, 11, 23, 18, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
-
-
-def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
-
-
 def assert_no_secret(*things: object, urls: tuple[str, ...] = ()) -> None:
-    for thing in things:
-        text = thing if isinstance(thing, str) else repr(thing)
-        for secret in (PASSWORD, BASIC.split()[1], QUERY_TOKEN, *urls):
-            assert secret not in text, f"{secret!r} leaked into {text[:300]!r}"
+    channels.assert_no_secret(*things, secrets=(PASSWORD, BASIC.split()[1], QUERY_TOKEN, *urls))
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -422,88 +371,43 @@ async def test_apprise_logs_no_credentials_at_info_and_no_password_at_debug(
 # -- end to end -------------------------------------------------------------------------------
 
 
-def registry_with_apprise() -> Any:
-    registry = default_registry()
-    registry.register(AppriseChannel)
-    return registry
-
-
-async def test_end_to_end_delivered(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_end_to_end_delivered(
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
-    async with serve_http() as srv:
-        url = json_url(srv)
-        config = {
-            "channels": {"ops-apprise": {"type": "apprise", "urls": [url], "timeout": "5s"}},
-            "routes": {"default": {"channels": ["ops-apprise"]}},
-        }
-        async with herald(db_url, config, registry=registry_with_apprise()) as h:
-            created = await h.send(subject="Disk almost full", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).json()
-
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "ops-apprise"
-    [attempt] = attempts
-    assert (attempt["channel"], attempt["channel_type"], attempt["outcome"]) == (
-        "ops-apprise",
-        "apprise",
-        "delivered",
+    url = json_url(srv)
+    config = alone("ops-apprise", {"type": "apprise", "urls": [url], "timeout": "5s"})
+    run = await run_through_herald(
+        db_url, config, AppriseChannel, subject="Disk almost full", text="db-1: / at 93%"
     )
-    assert (attempt["error"], attempt["provider_status"], attempt["provider_message_id"]) == (
-        None,
-        None,
-        None,
+
+    assert_delivered_by(
+        run, "ops-apprise", "apprise", provider_status=None, provider_message_id=None
     )
     [request] = srv.received
     assert request.json()["title"] == "Disk almost full"
     assert request.json()["type"] == "info"
+    channels = run.channels.json()
     [listed] = channels["items"]
     assert listed["ready"] is True
-    assert_no_secret(body, attempts, channels, caplog.text, urls=(url,))
+    assert_no_secret(run.body, run.attempts, channels, caplog.text, urls=(url,))
 
 
 async def test_end_to_end_failure_falls_through_to_log(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with serve_http() as srv:
-        srv.script("/hook", (500, {}, "internal error"))
-        url = json_url(srv)
-        config = {
-            "channels": {
-                "ops-apprise": {"type": "apprise", "urls": [url], "timeout": "5s"},
-                "fallback": {"type": "log"},
-            },
-            "routes": {"alerts": {"channels": ["ops-apprise", "fallback"]}},
-        }
-        async with herald(db_url, config, registry=registry_with_apprise()) as h:
-            created = await h.send(route="alerts", subject="Disk", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
+    srv.script("/hook", (500, {}, "internal error"))
+    url = json_url(srv)
+    config = log_after("ops-apprise", {"type": "apprise", "urls": [url], "timeout": "5s"})
+    run = await run_through_herald(
+        db_url, config, AppriseChannel, route="alerts", subject="Disk", text="db-1: / at 93%"
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "fallback"
-    assert [
-        (
-            a["channel"],
-            a["outcome"],
-            a["error"] and a["error"]["class"],
-            a["error"] and a["error"]["code"],
-            a["provider_status"],
-            a["provider_message_id"],
-        )
-        for a in attempts
-    ] == [
-        ("ops-apprise", "failed", "transient", "apprise_failed", None, None),
-        ("fallback", "delivered", None, None, None, created["id"]),
-    ]
-    assert "error=500" in attempts[0]["error"]["message"]
+    assert_fell_through(run, ("ops-apprise", "failed", "transient", "apprise_failed", None, None))
+    assert "error=500" in run.attempts[0]["error"]["message"]
     assert len(srv.requests_to("/hook")) == 1
-    assert_no_secret(body, attempts, channels, caplog.text, urls=(url,))
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text, urls=(url,))
 
 
 async def test_end_to_end_without_apprise_starts_and_falls_through(
@@ -519,7 +423,7 @@ async def test_end_to_end_without_apprise_starts_and_falls_through(
         },
         "routes": {"alerts": {"channels": ["ops-apprise", "fallback"]}},
     }
-    async with herald(db_url, config, registry=registry_with_apprise()) as h:
+    async with herald(db_url, config, registry=registry_with(AppriseChannel)) as h:
         channels = (await h.client.get("/v1/channels")).json()
         created = await h.send(route="alerts", text="db-1: / at 93%")
         await h.run_worker()

@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import itertools
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
+from app.channels.base import ChannelContext, DeliveryResult, ErrorClass
 from app.channels.discord import DiscordChannel, DiscordConfig
-from app.channels.registry import default_registry
-from tests.support.harness import herald
-from tests.support.http_server import Answer, HttpServer, serve_http
+from tests.support import channels
+from tests.support.channels import (
+    alone,
+    assert_delivered_by,
+    assert_fell_through,
+    log_after,
+    make_message,
+    run_through_herald,
+)
+from tests.support.http_server import Answer, HttpServer
+
+pytest_plugins = ["tests.support.channels"]  # the context and srv fixtures
 
 WEBHOOK_ID = "1234567890123456789"
 TOKEN = "tokSECRET-3xR9qLm2Vb7Kd1Zp8Ws4Hn6Jc0Tf5Yg"
@@ -69,18 +74,6 @@ RATE_LIMITED = {"message": "You are being rate limited.", "retry_after": 1.234, 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[HttpServer]:
-    async with serve_http() as server:
-        yield server
-
-
 def make_channel(context: ChannelContext, url: str, **settings: Any) -> DiscordChannel:
     config = DiscordConfig.model_validate(
         {"type": "discord", "webhook_url": url, "timeout": "5s", **settings}
@@ -88,35 +81,13 @@ def make_channel(context: ChannelContext, url: str, **settings: Any) -> DiscordC
     return DiscordChannel("ops-discord", config, context)
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {},
-        "created_at": datetime(2026, 11, 23, 18, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
-
-
 def assert_no_secret(*things: object) -> None:
-    for thing in things:
-        text = repr(thing)
-        assert TOKEN not in text, f"webhook token leaked into {text}"
-        assert HOOK not in text, f"webhook path leaked into {text}"
+    channels.assert_no_secret(*things, secrets=(TOKEN, HOOK))
 
 
 def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
+    channels.assert_failed(result, cls, code, secrets=(TOKEN, HOOK))
     assert result.provider_message_id is None
-    assert_no_secret(result)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -519,83 +490,39 @@ def test_config_defaults_target_and_secrets() -> None:
 # -- end to end -------------------------------------------------------------------------------
 
 
-def discord_registry() -> Any:
-    registry = default_registry()
-    registry.register(DiscordChannel)
-    return registry
-
-
-async def test_end_to_end_delivered(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_end_to_end_delivered(
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     answer = message_object()
-    async with serve_http() as srv:
-        srv.script(HOOK, (200, {}, answer))
-        config = {
-            "channels": {"ops-discord": {"type": "discord", "webhook_url": srv.url(HOOK)}},
-            "routes": {"default": {"channels": ["ops-discord"]}},
-        }
-        async with herald(db_url, config, registry=discord_registry()) as h:
-            created = await h.send(subject="Disk almost full", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
-
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "ops-discord"
-    [attempt] = attempts
-    assert (attempt["channel"], attempt["channel_type"], attempt["outcome"]) == (
-        "ops-discord",
-        "discord",
-        "delivered",
+    srv.script(HOOK, (200, {}, answer))
+    config = alone("ops-discord", {"type": "discord", "webhook_url": srv.url(HOOK)})
+    run = await run_through_herald(
+        db_url, config, DiscordChannel, subject="Disk almost full", text="db-1: / at 93%"
     )
-    assert attempt["error"] is None
-    assert attempt["provider_status"] == 200
-    assert attempt["provider_message_id"] == answer["id"]
+
+    assert_delivered_by(
+        run, "ops-discord", "discord", provider_status=200, provider_message_id=answer["id"]
+    )
     [request] = srv.received
     assert request.query == "wait=true"
     assert request.json()["content"] == "**Disk almost full**\ndb-1: / at 93%"
-    assert_no_secret(body, attempts, channels, caplog.text)
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text)
 
 
 async def test_end_to_end_deleted_webhook_falls_through_to_log(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with serve_http() as srv:
-        srv.script(HOOK, (404, {}, {"message": "Unknown Webhook", "code": 10015}))
-        config = {
-            "channels": {
-                "ops-discord": {"type": "discord", "webhook_url": srv.url(HOOK)},
-                "fallback": {"type": "log"},
-            },
-            "routes": {"alerts": {"channels": ["ops-discord", "fallback"]}},
-        }
-        async with herald(db_url, config, registry=discord_registry()) as h:
-            created = await h.send(route="alerts", subject="Disk", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
+    srv.script(HOOK, (404, {}, {"message": "Unknown Webhook", "code": 10015}))
+    config = log_after("ops-discord", {"type": "discord", "webhook_url": srv.url(HOOK)})
+    run = await run_through_herald(
+        db_url, config, DiscordChannel, route="alerts", subject="Disk", text="db-1: / at 93%"
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "fallback"
-    assert [hop["state"] for hop in body["hops"]] == ["failed", "delivered"]
-    assert [
-        (
-            a["channel"],
-            a["outcome"],
-            a["error"] and a["error"]["class"],
-            a["error"] and a["error"]["code"],
-            a["provider_status"],
-            a["provider_message_id"],
-        )
-        for a in attempts
-    ] == [
-        ("ops-discord", "failed", "config", "discord_10015", 404, None),
-        ("fallback", "delivered", None, None, None, created["id"]),
-    ]
-    assert attempts[0]["error"]["message"] == "Discord HTTP 404: Unknown Webhook (code 10015)"
-    assert f"notification {created['id']}" in caplog.text  # the log channel's line was captured
+    assert_fell_through(run, ("ops-discord", "failed", "config", "discord_10015", 404, None))
+    assert [hop["state"] for hop in run.body["hops"]] == ["failed", "delivered"]
+    assert run.attempts[0]["error"]["message"] == "Discord HTTP 404: Unknown Webhook (code 10015)"
+    assert f"notification {run.created['id']}" in caplog.text  # the log channel's line was captured
     assert len(srv.requests_to(HOOK)) == 1
-    assert_no_secret(body, attempts, channels, caplog.text)
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support.channels import attempt_rows, run_through_herald
 from tests.support.harness import herald
 from tests.support.http_server import serve_http
 from tests.support.smtp_server import HOST, PASSWORD, USER, Handler
@@ -31,37 +32,29 @@ async def test_down_then_500_then_smtp_over_starttls_with_auth(
             },
             "routes": {"alerts": {"channels": ["down", "flaky", "email"]}},
         }
-        async with herald(db_url, config) as h:
-            created = await h.send(
-                route="alerts",
-                recipient={"email": "ops@example.test"},
-                subject="Disk almost full",
-                text="db-1: / at 93%",
-                html="<p>db-1: / at <b>93%</b></p>",
-            )
-            await h.run_worker()
-            body = await h.get(created["id"])
-            assert body["status"] == "delivered"
-            assert body["delivered_via"] == "email"
-            assert [hop["state"] for hop in body["hops"]] == ["failed", "failed", "delivered"]
-            attempts = await h.attempts(created["id"])
-            assert [
-                (
-                    a["channel"],
-                    a["channel_type"],
-                    a["hop"],
-                    a["outcome"],
-                    a["error"] and a["error"]["code"],
-                )
-                for a in attempts
-            ] == [
-                ("down", "webhook", 0, "failed", "connection_error"),
-                ("flaky", "webhook", 1, "failed", "http_500"),
-                ("email", "smtp", 2, "delivered", None),
-            ]
-            assert {a["error"]["class"] for a in attempts[:2]} == {"transient"}
-            assert attempts[2]["provider_status"] == 250
-            assert attempts[2]["provider_message_id"]
+        run = await run_through_herald(
+            db_url,
+            config,
+            route="alerts",
+            recipient={"email": "ops@example.test"},
+            subject="Disk almost full",
+            text="db-1: / at 93%",
+            html="<p>db-1: / at <b>93%</b></p>",
+        )
+        assert run.body["status"] == "delivered"
+        assert run.body["delivered_via"] == "email"
+        assert [hop["state"] for hop in run.body["hops"]] == ["failed", "failed", "delivered"]
+        attempts = run.attempts
+        assert attempt_rows(
+            attempts, "channel", "channel_type", "hop", "outcome", "error.code"
+        ) == [
+            ("down", "webhook", 0, "failed", "connection_error"),
+            ("flaky", "webhook", 1, "failed", "http_500"),
+            ("email", "smtp", 2, "delivered", None),
+        ]
+        assert {a["error"]["class"] for a in attempts[:2]} == {"transient"}
+        assert attempts[2]["provider_status"] == 250
+        assert attempts[2]["provider_message_id"]
 
         (mail,) = handler.received
         assert mail.rcpt_tos == ["ops@example.test"]
@@ -152,7 +145,7 @@ async def test_telegram_then_smtp_then_twilio_falls_through(
             ]
         assert body["status"] == "delivered"
         assert body["delivered_via"] == "sms"
-        assert [(a["channel"], a["error"] and a["error"]["class"]) for a in attempts] == [
+        assert attempt_rows(attempts, "channel", "error.class") == [
             ("tg", "permanent"),
             ("email", "permanent"),
             ("sms", None),

@@ -11,21 +11,27 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
+from app.channels.base import ChannelContext, ErrorClass
 from app.channels.ntfy import MESSAGE_LIMIT, TITLE_LIMIT, NtfyChannel, NtfyConfig, cut_utf8
-from app.channels.registry import default_registry
-from tests.support.harness import herald
-from tests.support.http_server import HttpServer, serve_http
+from tests.support import channels
+from tests.support.channels import (
+    alone,
+    assert_delivered_by,
+    assert_failed,
+    assert_fell_through,
+    log_after,
+    make_message,
+    run_through_herald,
+)
+from tests.support.http_server import HttpServer
 from tests.support.smtp_server import free_port
+
+pytest_plugins = ["tests.support.channels"]  # the context and srv fixtures
 
 TOKEN = "tk_AgQdq7mVBoFD37zQVN29RhuMzNIz2"
 USER = "herald-publisher"
@@ -58,50 +64,13 @@ def ntfy_error(code: int, http: int, error: str, link: str | None = None) -> dic
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[HttpServer]:
-    async with serve_http() as server:
-        yield server
-
-
 def make_channel(context: ChannelContext, api_base: str, **settings: Any) -> NtfyChannel:
     raw = {"type": "ntfy", "topic": TOPIC, "api_base": api_base, "timeout": "5s", **settings}
     return NtfyChannel("ops-ntfy", NtfyConfig.model_validate(raw), context)
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {"host": "db-1"},
-        "created_at": datetime(2026, 11, 23, 18, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
-
-
-def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
-
-
 def assert_no_secret(*things: object) -> None:
-    for thing in things:
-        text = repr(thing) if not isinstance(thing, str) else thing
-        for secret in (TOKEN, PASSWORD, BASIC.split()[1]):
-            assert secret not in text, f"{secret!r} leaked into {text[:200]!r}"
+    channels.assert_no_secret(*things, secrets=(TOKEN, PASSWORD, BASIC.split()[1]))
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -437,96 +406,51 @@ def test_ready_with_only_a_topic(context: ChannelContext) -> None:
 # -- end to end -------------------------------------------------------------------------------
 
 
-def registry_with_ntfy() -> Any:
-    registry = default_registry()
-    registry.register(NtfyChannel)
-    return registry
-
-
-async def test_end_to_end_delivered(db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_end_to_end_delivered(
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
-    async with serve_http() as srv:
-        srv.script("/", (200, {}, published()))
-        config = {
-            "channels": {
-                "ops-ntfy": {
-                    "type": "ntfy",
-                    "topic": TOPIC,
-                    "token": TOKEN,
-                    "api_base": srv.base_url,
-                },
-            },
-            "routes": {"default": {"channels": ["ops-ntfy"]}},
-        }
-        async with herald(db_url, config, registry=registry_with_ntfy()) as h:
-            created = await h.send(subject="Disk almost full", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
-
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "ops-ntfy"
-    [attempt] = attempts
-    assert (attempt["channel"], attempt["channel_type"], attempt["outcome"]) == (
-        "ops-ntfy",
-        "ntfy",
-        "delivered",
+    srv.script("/", (200, {}, published()))
+    settings = {"type": "ntfy", "topic": TOPIC, "token": TOKEN, "api_base": srv.base_url}
+    config = alone("ops-ntfy", settings)
+    run = await run_through_herald(
+        db_url, config, NtfyChannel, subject="Disk almost full", text="db-1: / at 93%"
     )
-    assert attempt["error"] is None
-    assert attempt["provider_status"] == 200
-    assert attempt["provider_message_id"] == MESSAGE_ID
+
+    assert_delivered_by(
+        run, "ops-ntfy", "ntfy", provider_status=200, provider_message_id=MESSAGE_ID
+    )
     [request] = srv.received
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     assert request.json()["title"] == "Disk almost full"
     assert request.json()["priority"] == 3
-    assert '"ready":true' in channels.replace(" ", "")
-    assert_no_secret(body, attempts, channels, caplog.text)
+    assert '"ready":true' in run.channels.text.replace(" ", "")
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text)
 
 
 async def test_end_to_end_forbidden_falls_through_to_log(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with serve_http() as srv:
-        srv.script("/", (403, {}, ntfy_error(40301, 403, "forbidden", AUTH_LINK)))
-        config = {
-            "channels": {
-                "ops-ntfy": {
-                    "type": "ntfy",
-                    "topic": TOPIC,
-                    "username": USER,
-                    "password": PASSWORD,
-                    "api_base": srv.base_url,
-                },
-                "fallback": {"type": "log"},
-            },
-            "routes": {"alerts": {"channels": ["ops-ntfy", "fallback"]}},
-        }
-        async with herald(db_url, config, registry=registry_with_ntfy()) as h:
-            created = await h.send(route="alerts", subject="Disk", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
+    srv.script("/", (403, {}, ntfy_error(40301, 403, "forbidden", AUTH_LINK)))
+    settings = {
+        "type": "ntfy",
+        "topic": TOPIC,
+        "username": USER,
+        "password": PASSWORD,
+        "api_base": srv.base_url,
+    }
+    run = await run_through_herald(
+        db_url,
+        log_after("ops-ntfy", settings),
+        NtfyChannel,
+        route="alerts",
+        subject="Disk",
+        text="db-1: / at 93%",
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "fallback"
-    assert [
-        (
-            a["channel"],
-            a["outcome"],
-            a["error"] and a["error"]["class"],
-            a["error"] and a["error"]["code"],
-            a["provider_status"],
-            a["provider_message_id"],
-        )
-        for a in attempts
-    ] == [
-        ("ops-ntfy", "failed", "config", "ntfy_40301", 403, None),
-        ("fallback", "delivered", None, None, None, created["id"]),
-    ]
-    assert attempts[0]["error"]["message"] == "ntfy answered HTTP 403: forbidden"
-    assert json.loads(attempts[0]["response_excerpt"])["code"] == 40301
+    assert_fell_through(run, ("ops-ntfy", "failed", "config", "ntfy_40301", 403, None))
+    assert run.attempts[0]["error"]["message"] == "ntfy answered HTTP 403: forbidden"
+    assert json.loads(run.attempts[0]["response_excerpt"])["code"] == 40301
     assert srv.received[0].headers["authorization"] == BASIC
-    assert_no_secret(body, attempts, channels, caplog.text)
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text)

@@ -9,20 +9,25 @@ error string with a 4xx/5xx status.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
-from app.channels.registry import default_registry
+from app.channels.base import ChannelContext, DeliveryResult, ErrorClass
 from app.channels.slack import SlackChannel, SlackConfig, truncate
-from tests.support.harness import herald
-from tests.support.http_server import HttpServer, serve_http
+from tests.support import channels
+from tests.support.channels import (
+    alone,
+    assert_delivered_by,
+    assert_fell_through,
+    log_after,
+    make_message,
+    run_through_herald,
+)
+from tests.support.http_server import HttpServer
+
+pytest_plugins = ["tests.support.channels"]  # the context and srv fixtures
 
 HOOK_PATH = "/services/T0HERALD1/B0HERALD2/hookSECRETxK4qJm9Zt2Lw"
 HOOK_TOKEN = HOOK_PATH.rsplit("/", 1)[-1]
@@ -51,18 +56,6 @@ POSTED = {
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
-async def srv() -> AsyncIterator[HttpServer]:
-    async with serve_http() as server:
-        yield server
-
-
 def webhook_channel(context: ChannelContext, url: str, **settings: Any) -> SlackChannel:
     config = SlackConfig.model_validate(
         {"type": "slack", "webhook_url": url, "timeout": "5s", **settings}
@@ -84,34 +77,15 @@ def bot_channel(context: ChannelContext, api_base: str, **settings: Any) -> Slac
     return SlackChannel("ops-slack", config, context)
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {},
-        "created_at": datetime(2026, 11, 23, 18, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
+SECRETS = (HOOK_PATH, HOOK_TOKEN, TOKEN)
 
 
 def assert_no_secret(*things: object) -> None:
-    for thing in things:
-        text = repr(thing)
-        for secret in (HOOK_PATH, HOOK_TOKEN, TOKEN):
-            assert secret not in text, f"secret leaked into {text}"
+    channels.assert_no_secret(*things, secrets=SECRETS)
 
 
 def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
-    assert_no_secret(result)
+    channels.assert_failed(result, cls, code, secrets=SECRETS)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -475,88 +449,36 @@ def test_readiness(context: ChannelContext) -> None:
 
 
 async def test_end_to_end_delivered_through_chat_post_message(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    registry = default_registry()
-    registry.register(SlackChannel)
-    async with serve_http() as srv:
-        srv.script(API, (200, {}, POSTED))
-        config = {
-            "channels": {
-                "ops-slack": {
-                    "type": "slack",
-                    "token": TOKEN,
-                    "channel": CHANNEL_ID,
-                    "api_base": srv.url("/api"),
-                },
-            },
-            "routes": {"default": {"channels": ["ops-slack"]}},
-        }
-        async with herald(db_url, config, registry=registry) as h:
-            created = await h.send(subject="Disk almost full", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
-
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "ops-slack"
-    [attempt] = attempts
-    assert (attempt["channel"], attempt["channel_type"], attempt["outcome"]) == (
-        "ops-slack",
-        "slack",
-        "delivered",
+    srv.script(API, (200, {}, POSTED))
+    settings = {"type": "slack", "token": TOKEN, "channel": CHANNEL_ID, "api_base": srv.url("/api")}
+    config = alone("ops-slack", settings)
+    run = await run_through_herald(
+        db_url, config, SlackChannel, subject="Disk almost full", text="db-1: / at 93%"
     )
-    assert attempt["error"] is None
-    assert attempt["provider_status"] == 200
-    assert attempt["provider_message_id"] == TS
+
+    assert_delivered_by(run, "ops-slack", "slack", provider_status=200, provider_message_id=TS)
     [request] = srv.received
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
     assert request.json()["text"] == "*Disk almost full*\ndb-1: / at 93%"
-    assert_no_secret(body, attempts, channels, caplog.text)
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text)
 
 
 async def test_end_to_end_revoked_webhook_falls_through_to_log(
-    db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    registry = default_registry()
-    registry.register(SlackChannel)
-    async with serve_http() as srv:
-        srv.script(HOOK_PATH, (404, {"content-type": "text/html"}, "no_service"))
-        config = {
-            "channels": {
-                "ops-slack": {"type": "slack", "webhook_url": srv.url(HOOK_PATH)},
-                "fallback": {"type": "log"},
-            },
-            "routes": {"alerts": {"channels": ["ops-slack", "fallback"]}},
-        }
-        async with herald(db_url, config, registry=registry) as h:
-            created = await h.send(route="alerts", subject="Disk", text="db-1: / at 93%")
-            await h.run_worker()
-            body = await h.get(created["id"])
-            attempts = await h.attempts(created["id"])
-            channels = (await h.client.get("/v1/channels")).text
+    srv.script(HOOK_PATH, (404, {"content-type": "text/html"}, "no_service"))
+    config = log_after("ops-slack", {"type": "slack", "webhook_url": srv.url(HOOK_PATH)})
+    run = await run_through_herald(
+        db_url, config, SlackChannel, route="alerts", subject="Disk", text="db-1: / at 93%"
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "fallback"
-    assert [hop["state"] for hop in body["hops"]] == ["failed", "delivered"]
-    assert [
-        (
-            a["channel"],
-            a["outcome"],
-            a["error"] and a["error"]["class"],
-            a["error"] and a["error"]["code"],
-            a["provider_status"],
-            a["provider_message_id"],
-        )
-        for a in attempts
-    ] == [
-        ("ops-slack", "failed", "config", "slack_no_service", 404, None),
-        ("fallback", "delivered", None, None, None, created["id"]),
-    ]
-    assert attempts[0]["response_excerpt"] == "no_service"
-    assert f"notification {created['id']}" in caplog.text  # the log channel's line was captured
+    assert_fell_through(run, ("ops-slack", "failed", "config", "slack_no_service", 404, None))
+    assert [hop["state"] for hop in run.body["hops"]] == ["failed", "delivered"]
+    assert run.attempts[0]["response_excerpt"] == "no_service"
+    assert f"notification {run.created['id']}" in caplog.text  # the log channel's line was captured
     assert len(srv.requests_to(HOOK_PATH)) == 1
-    assert_no_secret(body, attempts, channels, caplog.text)
+    assert_no_secret(run.body, run.attempts, run.channels.text, caplog.text)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
+from app.channels.base import ChannelContext, ErrorClass, Recipient
 from app.channels.smtp import SmtpChannel, SmtpConfig
+from tests.support import channels
+from tests.support.channels import assert_failed
 from tests.support.smtp_server import HOST, PASSWORD, USER, Handler, free_port
+
+pytest_plugins = ["tests.support.channels"]  # the context fixture
 
 FROM = "Herald Alerts <alerts@herald.test>"
 TO = "ops@example.test"
@@ -69,12 +71,6 @@ async def scripted_greeting(greeting: bytes) -> asyncio.Server:
 
 
 @pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient() as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
 def make_channel(context: ChannelContext) -> Any:
     def make(port: int, **settings: Any) -> SmtpChannel:
         config = SmtpConfig.model_validate(
@@ -85,26 +81,7 @@ def make_channel(context: ChannelContext) -> Any:
     return make
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(email=TO),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {"host": "db-1"},
-        "created_at": datetime(2026, 11, 23, 18, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
-
-
-def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
+make_message = partial(channels.make_message, recipient=Recipient(email=TO))
 
 
 # -- delivery -------------------------------------------------------------------------------

@@ -18,12 +18,10 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from app.channels.base import ChannelContext, ErrorClass, Message, Recipient
-from app.channels.registry import default_registry
 from app.channels.telegram import (
     MAX_TEXT,
     TelegramChannel,
@@ -32,8 +30,11 @@ from app.channels.telegram import (
     telegram_length,
 )
 from app.config import ConfigError
+from tests.support.channels import assert_delivered_by, registry_with, run_through_herald
 from tests.support.harness import config_from, herald
 from tests.support.http_server import Answer, HttpServer, serve_http
+
+pytest_plugins = ["tests.support.channels"]  # the context fixture
 
 TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 PATH = f"/bot{TOKEN}/sendMessage"
@@ -94,12 +95,6 @@ def no_token(*things: object) -> None:
     for thing in things:
         assert TOKEN not in str(thing)
         assert TOKEN.split(":")[1] not in str(thing)
-
-
-@pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
 
 
 @pytest.fixture
@@ -630,7 +625,7 @@ def test_config_invalid_settings(settings: dict[str, Any], field: str) -> None:
 def test_herald_config_names_the_bad_field_without_the_value() -> None:
     raw = {"channels": {"tg": {"type": "telegram", "token": "123:has space", "api_base": "x"}}}
     with pytest.raises(ConfigError) as caught:
-        config_from(raw, registry_with_telegram())
+        config_from(raw, registry_with(TelegramChannel))
     assert "channels.tg.token" in str(caught.value)
     assert "channels.tg.api_base" in str(caught.value)
     assert "has space" not in str(caught.value)
@@ -745,41 +740,22 @@ def e2e_config(server: HttpServer, *chain: str) -> dict[str, Any]:
     }
 
 
-def registry_with_telegram() -> Any:
-    registry = default_registry()
-    registry.register(TelegramChannel)
-    return registry
-
-
 async def test_end_to_end_delivered(
     db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     srv.script(PATH, ok(message_id=9001))
-    config = e2e_config(srv, "tg", "fallback")
-    async with herald(db_url, config, registry=registry_with_telegram()) as h:
-        created = await h.send(
-            recipient={"telegram_chat_id": "-1009"},
-            subject="Disk almost full",
-            text="db-1: / at 93%",
-            html="<p>db-1: / at <b>93%</b></p>",
-        )
-        await h.run_worker()
-        body = await h.get(created["id"])
-        attempts = await h.attempts(created["id"])
-        channels = (await h.client.get("/v1/channels")).json()
-
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "tg"
-    assert [hop["state"] for hop in body["hops"]] == ["delivered", "unused"]
-    (attempt,) = attempts
-    assert (attempt["channel"], attempt["channel_type"], attempt["outcome"]) == (
-        "tg",
-        "telegram",
-        "delivered",
+    run = await run_through_herald(
+        db_url,
+        e2e_config(srv, "tg", "fallback"),
+        TelegramChannel,
+        recipient={"telegram_chat_id": "-1009"},
+        subject="Disk almost full",
+        text="db-1: / at 93%",
+        html="<p>db-1: / at <b>93%</b></p>",
     )
-    assert attempt["error"] is None
-    assert attempt["provider_status"] == 200
-    assert attempt["provider_message_id"] == "9001"
+
+    assert_delivered_by(run, "tg", "telegram", provider_status=200, provider_message_id="9001")
+    assert [hop["state"] for hop in run.body["hops"]] == ["delivered", "unused"]
     (request,) = srv.requests_to(PATH)
     assert request.json() == {
         "chat_id": "-1009",
@@ -787,7 +763,7 @@ async def test_end_to_end_delivered(
         "parse_mode": "HTML",
         "disable_web_page_preview": True,
     }
-    no_token(body, attempts, channels, caplog.text)
+    no_token(run.body, run.attempts, run.channels.json(), caplog.text)
 
 
 async def test_end_to_end_blocked_bot_falls_through_to_log(
@@ -795,7 +771,7 @@ async def test_end_to_end_blocked_bot_falls_through_to_log(
 ) -> None:
     srv.script(PATH, error(403, "Forbidden: bot was blocked by the user"))
     config = e2e_config(srv, "tg", "fallback")
-    async with herald(db_url, config, registry=registry_with_telegram()) as h:
+    async with herald(db_url, config, registry=registry_with(TelegramChannel)) as h:
         created = await h.send(recipient={"telegram_chat_id": "777"}, text="hello")
         await h.run_worker()
         body = await h.get(created["id"])
@@ -826,7 +802,7 @@ async def test_end_to_end_flood_control_waits_for_retry_after(
 ) -> None:
     srv.script(PATH, error(429, "Too Many Requests: retry after 30", retry_after=30), ok(5))
     config = e2e_config(srv, "tg")
-    async with herald(db_url, config, registry=registry_with_telegram()) as h:
+    async with herald(db_url, config, registry=registry_with(TelegramChannel)) as h:
         created = await h.send(text="hello")
         await h.run_worker()
         first = await h.get(created["id"])

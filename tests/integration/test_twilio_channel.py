@@ -9,25 +9,31 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
-import pytest_asyncio
 from pydantic import ValidationError
 
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
+from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
 from app.channels.phone import normalize_e164, utf16_len
-from app.channels.registry import default_registry
 from app.channels.twilio import BODY_LIMIT, TwilioChannel, TwilioConfig
 from app.config import ConfigError
-from tests.support.harness import config_from, herald
+from tests.support import channels
+from tests.support.channels import (
+    assert_delivered_by,
+    attempt_rows,
+    registry_with,
+    run_through_herald,
+)
+from tests.support.harness import config_from
 from tests.support.http_server import HttpServer, serve_http
 from tests.support.smtp_server import free_port
+
+pytest_plugins = ["tests.support.channels"]  # the context and shared_srv fixtures
 
 SID = "AC" + "0123456789abcdef" * 2
 TOKEN = "twilio-auth-token-5f2b9c7e1d"
@@ -79,22 +85,9 @@ def twilio_error(status: int, code: int, message: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
 async def srv() -> AsyncIterator[HttpServer]:
     async with serve_http() as server:
         server.default = (201, {}, created())
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_srv() -> AsyncIterator[HttpServer]:
-    """One server for the long error table (starting one per case costs ~0.3 s each)."""
-    async with serve_http() as server:
         yield server
 
 
@@ -117,21 +110,7 @@ def channel(context: ChannelContext, api_base: str, **overrides: Any) -> TwilioC
     )
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(phone=TO),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {"host": "db-1"},
-        "created_at": datetime(2026, 11, 26, 11, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
+make_message = partial(channels.make_message, recipient=Recipient(phone=TO))
 
 
 def form_of(srv: HttpServer) -> dict[str, str]:
@@ -141,15 +120,15 @@ def form_of(srv: HttpServer) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items()}
 
 
+SECRETS = (TOKEN, BASIC.split()[1])
+
+
 def assert_no_secret(result: DeliveryResult) -> None:
-    assert TOKEN not in repr(result)
-    assert BASIC.split()[1] not in repr(result)
+    channels.assert_no_secret(result, secrets=SECRETS)
 
 
 def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
-    assert_no_secret(result)
+    channels.assert_failed(result, cls, code, secrets=SECRETS)
 
 
 # -- E.164 ----------------------------------------------------------------------------------
@@ -548,14 +527,12 @@ def test_invalid_settings_are_refused(overrides: dict[str, Any], problem: str) -
 
 
 def test_config_file_errors_name_the_field() -> None:
-    registry = default_registry()
-    registry.register(TwilioChannel)
     raw = {
         "channels": {"sms": {"type": "twilio", "account_sid": "nope", "from_number": FROM}},
         "routes": {"default": {"channels": ["sms"]}},
     }
     with pytest.raises(ConfigError) as caught:
-        config_from(raw, registry)
+        config_from(raw, registry_with(TwilioChannel))
     assert "channels.sms.account_sid: account_sid must be AC followed by 32 hex digits" in (
         caught.value.problems
     )
@@ -579,36 +556,26 @@ def herald_config(api_base: str, chain: list[str]) -> dict[str, Any]:
 
 def assert_no_secret_anywhere(*documents: Any, logs: str) -> None:
     assert "Messages.json" in logs  # the HTTP client's request lines were captured
-    for text in [json.dumps(doc) for doc in documents] + [logs]:
-        assert TOKEN not in text
-        assert BASIC.split()[1] not in text
+    channels.assert_no_secret(*[json.dumps(doc) for doc in documents], logs, secrets=SECRETS)
 
 
 async def test_end_to_end_delivered_over_sms(
     db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    registry = default_registry()
-    registry.register(TwilioChannel)
-    async with herald(db_url, herald_config(srv.base_url, ["sms"]), registry=registry) as h:
-        caplog.set_level(logging.DEBUG, logger="httpx")  # the runtime quiets it; be strict
-        created_ = await h.send(
-            recipient={"phone": "+1 415 555 0100"}, subject="Disk almost full", text="93%"
-        )
-        await h.run_worker()
-        body = await h.get(created_["id"])
-        attempts = await h.attempts(created_["id"])
+    run = await run_through_herald(
+        db_url,
+        herald_config(srv.base_url, ["sms"]),
+        TwilioChannel,
+        strict_httpx_logs=caplog,
+        recipient={"phone": "+1 415 555 0100"},
+        subject="Disk almost full",
+        text="93%",
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "sms"
-    [attempt] = attempts
-    assert attempt["channel_type"] == "twilio"
-    assert attempt["outcome"] == "delivered"
-    assert attempt["error"] is None
-    assert attempt["provider_status"] == 201
-    assert attempt["provider_message_id"] == MESSAGE_SID
+    assert_delivered_by(run, "sms", "twilio", provider_status=201, provider_message_id=MESSAGE_SID)
     assert form_of(srv) == {"To": TO, "From": FROM, "Body": "Disk almost full\n93%"}
-    assert_no_secret_anywhere(body, attempts, logs=caplog.text)
+    assert_no_secret_anywhere(run.body, run.attempts, logs=caplog.text)
 
 
 @pytest.mark.parametrize(
@@ -628,34 +595,22 @@ async def test_end_to_end_falls_through_to_log_after_a_twilio_failure(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     srv.script(PATH, (status, {}, twilio_error(status, code, "refused")))
-    registry = default_registry()
-    registry.register(TwilioChannel)
-    config = herald_config(srv.base_url, ["sms", "fallback-log"])
-    async with herald(db_url, config, registry=registry) as h:
-        caplog.set_level(logging.DEBUG, logger="httpx")
-        created_ = await h.send(recipient={"phone": TO}, subject="Disk almost full", text="93%")
-        await h.run_worker()
-        body = await h.get(created_["id"])
-        attempts = await h.attempts(created_["id"])
+    run = await run_through_herald(
+        db_url,
+        herald_config(srv.base_url, ["sms", "fallback-log"]),
+        TwilioChannel,
+        strict_httpx_logs=caplog,
+        recipient={"phone": TO},
+        subject="Disk almost full",
+        text="93%",
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "fallback-log"
-    assert [
-        (
-            a["channel"],
-            a["channel_type"],
-            a["hop"],
-            a["outcome"],
-            a["error"] and a["error"]["class"],
-            a["error"] and a["error"]["code"],
-            a["provider_status"],
-            a["provider_message_id"],
-        )
-        for a in attempts
-    ] == [
+    assert run.body["status"] == "delivered"
+    assert run.body["delivered_via"] == "fallback-log"
+    assert attempt_rows(run.attempts) == [
         ("sms", "twilio", 0, "failed", cls, f"twilio_{code}", status, None),
-        ("fallback-log", "log", 1, "delivered", None, None, None, created_["id"]),
+        ("fallback-log", "log", 1, "delivered", None, None, None, run.created["id"]),
     ]
-    assert f'"code": {code}' in attempts[0]["response_excerpt"]
+    assert f'"code": {code}' in run.attempts[0]["response_excerpt"]
     assert len(srv.requests_to(PATH)) == 1
-    assert_no_secret_anywhere(body, attempts, logs=caplog.text)
+    assert_no_secret_anywhere(run.body, run.attempts, logs=caplog.text)

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 from pydantic import ValidationError
 
-from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Message, Recipient
+from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
 from app.channels.phone import utf16_len
-from app.channels.registry import default_registry
 from app.channels.whatsapp import BODY_LIMIT, WhatsAppChannel, WhatsAppConfig
-from tests.support.harness import herald
+from tests.support import channels
+from tests.support.channels import assert_delivered_by, attempt_rows, run_through_herald
 from tests.support.http_server import HttpServer, serve_http
 from tests.support.smtp_server import free_port
+
+pytest_plugins = ["tests.support.channels"]  # the context and shared_srv fixtures
 
 TOKEN = "EAAGm0PX4ZCpsBAwhatsapp-secret-token-7c1d"
 PHONE_NUMBER_ID = "106540352242922"
@@ -65,22 +65,9 @@ def graph_error(
 
 
 @pytest.fixture
-async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
-        yield ChannelContext(http=http)
-
-
-@pytest.fixture
 async def srv() -> AsyncIterator[HttpServer]:
     async with serve_http() as server:
         server.default = (200, {}, sent())
-        yield server
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_srv() -> AsyncIterator[HttpServer]:
-    """One server for the long error table (starting one per case costs ~0.3 s each)."""
-    async with serve_http() as server:
         yield server
 
 
@@ -101,21 +88,7 @@ def channel(context: ChannelContext, api_base: str, **overrides: Any) -> WhatsAp
     return WhatsAppChannel("wa", config, context)
 
 
-def make_message(**overrides: Any) -> Message:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "route": "alerts",
-        "recipient": Recipient(phone=TO),
-        "subject": "Disk almost full",
-        "text": "db-1: / at 93%",
-        "html": None,
-        "severity": "warning",
-        "source": "monitoring",
-        "metadata": {"host": "db-1"},
-        "created_at": datetime(2026, 11, 26, 11, 0, tzinfo=UTC),
-    }
-    fields.update(overrides)
-    return Message(**fields)
+make_message = partial(channels.make_message, recipient=Recipient(phone=TO))
 
 
 def payload_of(srv: HttpServer) -> Any:
@@ -124,9 +97,7 @@ def payload_of(srv: HttpServer) -> Any:
 
 
 def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
-    assert result.error is not None, result
-    assert (result.error.cls, result.error.code) == (cls, code), result
-    assert TOKEN not in repr(result)
+    channels.assert_failed(result, cls, code, secrets=[TOKEN])
 
 
 # -- delivery -------------------------------------------------------------------------------
@@ -479,33 +450,26 @@ def herald_config(api_base: str, chain: list[str]) -> dict[str, Any]:
 
 def assert_no_secret_anywhere(*documents: Any, logs: str) -> None:
     assert "/messages" in logs  # the HTTP client's request lines were captured
-    for text in [json.dumps(doc) for doc in documents] + [logs]:
-        assert TOKEN not in text
+    channels.assert_no_secret(*[json.dumps(doc) for doc in documents], logs, secrets=[TOKEN])
 
 
 async def test_end_to_end_delivered_over_whatsapp(
     db_url: str, srv: HttpServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    registry = default_registry()
-    registry.register(WhatsAppChannel)
-    async with herald(db_url, herald_config(srv.base_url, ["wa"]), registry=registry) as h:
-        caplog.set_level(logging.DEBUG, logger="httpx")  # the runtime quiets it; be strict
-        created = await h.send(recipient={"phone": TO}, subject="Disk almost full", text="93%")
-        await h.run_worker()
-        body = await h.get(created["id"])
-        attempts = await h.attempts(created["id"])
+    run = await run_through_herald(
+        db_url,
+        herald_config(srv.base_url, ["wa"]),
+        WhatsAppChannel,
+        strict_httpx_logs=caplog,
+        recipient={"phone": TO},
+        subject="Disk almost full",
+        text="93%",
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "wa"
-    [attempt] = attempts
-    assert attempt["channel_type"] == "whatsapp"
-    assert attempt["outcome"] == "delivered"
-    assert attempt["error"] is None
-    assert attempt["provider_status"] == 200
-    assert attempt["provider_message_id"] == WAMID
+    assert_delivered_by(run, "wa", "whatsapp", provider_status=200, provider_message_id=WAMID)
     assert payload_of(srv)["text"]["body"] == "Disk almost full\n93%"
-    assert_no_secret_anywhere(body, attempts, logs=caplog.text)
+    assert_no_secret_anywhere(run.body, run.attempts, logs=caplog.text)
 
 
 @pytest.mark.parametrize(
@@ -525,34 +489,22 @@ async def test_end_to_end_falls_through_to_log_after_a_whatsapp_failure(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     srv.script(PATH, (status, {}, graph_error(code, f"(#{code}) refused")))
-    registry = default_registry()
-    registry.register(WhatsAppChannel)
-    config = herald_config(srv.base_url, ["wa", "fallback-log"])
-    async with herald(db_url, config, registry=registry) as h:
-        caplog.set_level(logging.DEBUG, logger="httpx")
-        created = await h.send(recipient={"phone": TO}, subject="Disk almost full", text="93%")
-        await h.run_worker()
-        body = await h.get(created["id"])
-        attempts = await h.attempts(created["id"])
+    run = await run_through_herald(
+        db_url,
+        herald_config(srv.base_url, ["wa", "fallback-log"]),
+        WhatsAppChannel,
+        strict_httpx_logs=caplog,
+        recipient={"phone": TO},
+        subject="Disk almost full",
+        text="93%",
+    )
 
-    assert body["status"] == "delivered"
-    assert body["delivered_via"] == "fallback-log"
-    assert [
-        (
-            a["channel"],
-            a["channel_type"],
-            a["hop"],
-            a["outcome"],
-            a["error"] and a["error"]["class"],
-            a["error"] and a["error"]["code"],
-            a["provider_status"],
-            a["provider_message_id"],
-        )
-        for a in attempts
-    ] == [
+    assert run.body["status"] == "delivered"
+    assert run.body["delivered_via"] == "fallback-log"
+    assert attempt_rows(run.attempts) == [
         ("wa", "whatsapp", 0, "failed", cls, f"whatsapp_{code}", status, None),
-        ("fallback-log", "log", 1, "delivered", None, None, None, created["id"]),
+        ("fallback-log", "log", 1, "delivered", None, None, None, run.created["id"]),
     ]
-    assert f'"code": {code}' in attempts[0]["response_excerpt"]
+    assert f'"code": {code}' in run.attempts[0]["response_excerpt"]
     assert len(srv.requests_to(PATH)) == 1
-    assert_no_secret_anywhere(body, attempts, logs=caplog.text)
+    assert_no_secret_anywhere(run.body, run.attempts, logs=caplog.text)

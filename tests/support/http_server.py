@@ -94,11 +94,18 @@ class HttpServer:
 
 
 @asynccontextmanager
-async def serve_http(server: HttpServer | None = None) -> AsyncIterator[HttpServer]:
-    """Run ``server`` on a free loopback port until the block ends."""
+async def serve_http(server: HttpServer | None = None, **options: Any) -> AsyncIterator[HttpServer]:
+    """Run ``server`` on a free loopback port until the block ends; ``options`` go to
+    ``uvicorn.Config`` (``ssl_certfile`` and ``ssl_keyfile`` for TLS)."""
     app = server or HttpServer()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        **options,
     )
     uv = uvicorn.Server(config)
     task = asyncio.create_task(uv.serve())
