@@ -58,3 +58,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = template.clone()
     yield url
     template.drop(url)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-full",
+        action="store_true",
+        default=False,
+        help="run the full chaos scenarios (marked chaos_full; make chaos), not only the short",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chaos_full: the long chaos scenarios, deselected unless --chaos-full"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--chaos-full"):
+        return
+    full = [item for item in items if item.get_closest_marker("chaos_full")]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = [item for item in items if not item.get_closest_marker("chaos_full")]

@@ -142,13 +142,18 @@ class Worker:
                 name="herald-listener",
             )
         )
+        renewal = asyncio.create_task(self._keep_leases(), name="herald-leases")
         try:
-            await self._loop(stop)
+            try:
+                await self._loop(stop)
+            finally:
+                listener_stop.set()
+                if listener is not None:
+                    await listener
+            await self._shutdown()
         finally:
-            listener_stop.set()
-            if listener is not None:
-                await listener
-        await self._shutdown()
+            renewal.cancel()  # a renewal stuck on an unreachable database must not hold us
+            await asyncio.wait([renewal])
 
     async def _loop(self, stop: asyncio.Event) -> None:
         backoff = 0.0
@@ -219,6 +224,28 @@ class Worker:
                 await self.release(ids)
         logger.info("worker %s stopped", self.worker_id)
 
+    async def _keep_leases(self) -> None:
+        """Renew the lease of every notification in flight here, every third of a lease, until
+        cancelled (after the shutdown grace period).
+
+        A round can outlast the lease (a slow provider, a long chain of timeouts, a rate
+        limiter's wait): without renewal another worker's sweep would take the notification
+        over while this one is still sending it, and the provider would get it twice.
+        """
+        every = max(0.05, self.settings.lease / 3)
+        while True:
+            await asyncio.sleep(every)
+            ids = list(self._in_flight.values())
+            if not ids:
+                continue
+            try:
+                await self.renew(ids)
+            except Exception as exc:
+                if unavailable_reason(exc) is None:
+                    logger.exception("renewing %d leases failed", len(ids))
+                else:
+                    logger.warning("renewing %d leases: %s", len(ids), _brief(exc))
+
     # --- steps ---------------------------------------------------------------------------
 
     async def claim(self, limit: int) -> list[Notification]:
@@ -231,6 +258,16 @@ class Worker:
                 limit=limit,
             )
         return list(claimed)
+
+    async def renew(self, ids: list[uuid.UUID]) -> int:
+        """Extend this worker's leases on ``ids`` (those it still holds); how many."""
+        now = self.clock()
+        async with self.runtime.sessions() as session, session.begin():
+            return await NotificationRepository(session).extend_leases(
+                ids,
+                worker_id=self.worker_id,
+                lease_until=now + timedelta(seconds=self.settings.lease),
+            )
 
     async def release(self, ids: list[uuid.UUID]) -> int:
         async with self.runtime.sessions() as session, session.begin():

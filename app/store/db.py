@@ -55,6 +55,11 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 _MISSING_TABLE = ("does not exist", "no such table")
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+"""PostgreSQL states that mean "not now" rather than "wrong query": connection exceptions
+(class 08), the server shutting down, crashed or starting up (57P01-57P03: asyncpg raises
+``CannotConnectNowError`` while a restart is under way, which SQLAlchemy wraps in a bare
+``DBAPIError``), too many connections (53300)."""
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
@@ -67,4 +72,24 @@ def unavailable_reason(exc: BaseException) -> str | None:
         return "the database is unreachable; try again shortly"
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return "the database is unreachable; try again shortly"
+    if any(state.startswith(_UNAVAILABLE_SQLSTATES) for state in _sqlstates(exc)):
+        return "the database is unreachable; try again shortly"
     return None
+
+
+def _sqlstates(exc: BaseException) -> list[str]:
+    """The SQLSTATE codes along ``exc``'s causes (driver errors wrapped by SQLAlchemy)."""
+    states: list[str] = []
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str):
+            states.append(state)
+        if isinstance(current, BaseException):
+            pending += [getattr(current, "orig", None), current.__cause__]
+    return states

@@ -164,6 +164,25 @@ class NotificationRepository:
         await self.session.flush()
         return True
 
+    async def extend_leases(
+        self, ids: Sequence[uuid.UUID], *, worker_id: str, lease_until: datetime
+    ) -> int:
+        """Move this worker's leases on ``ids`` to ``lease_until`` (rounds still running)."""
+        if not ids:
+            return 0
+        stmt = (
+            update(Notification)
+            .where(
+                Notification.id.in_(ids),
+                Notification.status == "delivering",
+                Notification.claimed_by == worker_id,
+            )
+            .values(lease_expires_at=lease_until)
+            .execution_options(synchronize_session=False)
+        )
+        result = await self.session.execute(stmt)
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     async def release(self, ids: Sequence[uuid.UUID], *, worker_id: str, now: datetime) -> int:
         """Give claimed notifications back untried (shutdown), without counting an attempt."""
         if not ids:
