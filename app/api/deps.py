@@ -1,5 +1,8 @@
 """Request dependencies as ``Annotated`` aliases.
 
+Every dependency here is ``async``: FastAPI runs plain ``def`` dependencies in a thread pool,
+which costs more than the work they do.
+
 Authorization: every operation under ``/v1`` takes one of ``SendScope``, ``ReadScope`` or
 ``AdminScope``. Each authenticates the request once (``authenticate``: 401 without a known
 key, 429 over the key's rate), then checks the scope (403) and gives the route the
@@ -25,7 +28,7 @@ from app.runtime import Runtime
 from app.security.auth import ApiKeys, Principal
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -42,7 +45,7 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_api_keys(runtime: RuntimeDep) -> ApiKeys:
+async def get_api_keys(runtime: RuntimeDep) -> ApiKeys:
     """The process's key ring (built with the runtime, so rate windows live as long)."""
     return runtime.api_keys
 
@@ -59,7 +62,7 @@ api_key_scheme = APIKeyHeader(
 )
 
 
-def presented_key(
+async def presented_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> str | None:
@@ -76,7 +79,7 @@ UNKNOWN_KEY = "the API key is not valid"
 _AUTHENTICATED = "herald_principal"
 
 
-def authenticate(request: Request, key: PresentedKey, keys: ApiKeysDep) -> Principal | None:
+async def authenticate(request: Request, key: PresentedKey, keys: ApiKeysDep) -> Principal | None:
     """Who is calling (``None`` when auth is off); counts the request against the key's rate.
 
     Runs once per request even if an operation asks for several scopes.
@@ -99,7 +102,7 @@ def authenticate(request: Request, key: PresentedKey, keys: ApiKeysDep) -> Princ
     return principal
 
 
-def authorize(
+async def authorize(
     security_scopes: SecurityScopes,
     principal: Annotated[Principal | None, Depends(authenticate)],
 ) -> Principal | None:
@@ -132,7 +135,7 @@ def owner_filter(principal: Principal | None) -> str | None:
     return principal.owner_filter if principal is not None else None
 
 
-def metrics_access(request: Request, key: PresentedKey, keys: ApiKeysDep) -> None:
+async def metrics_access(request: Request, key: PresentedKey, keys: ApiKeysDep) -> None:
     """``/metrics`` is open unless ``auth.metrics_key`` is set; then it needs that key, or an
     API key with the ``admin`` scope (which counts against that key's rate)."""
     if not keys.metrics_protected:

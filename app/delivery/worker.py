@@ -164,10 +164,11 @@ class Worker:
                     await self.sweep()
                     self._last_sweep = loop.time()
                 self.runtime.wakeup.clear()
-                free = self.settings.worker_concurrency - len(self._in_flight)
-                claimed = (
-                    await self.claim(min(free, self.settings.worker_batch_size)) if free else []
+                limit = min(
+                    self.settings.worker_concurrency - len(self._in_flight),
+                    self.settings.worker_batch_size,
                 )
+                claimed = await self.claim(limit) if limit > 0 else []
                 backoff = 0.0
             except Exception as exc:
                 if unavailable_reason(exc) is None:
@@ -180,12 +181,13 @@ class Worker:
                 task = asyncio.create_task(self._deliver_guarded(notification))
                 self._in_flight[task] = notification.id
                 task.add_done_callback(self._done)
-            if claimed and len(claimed) == self.settings.worker_batch_size:
-                continue
-            if not free:
+            if limit <= 0:
+                # Every slot is busy: claim again as soon as one frees up.
                 await _wait_first(list(self._in_flight), stop)
-                continue
-            await _wait_any(stop, self.runtime.wakeup, self.settings.poll_interval)
+            elif len(claimed) < limit:
+                # Nothing more is due: sleep until woken, or until the poll finds retries.
+                await _wait_any(stop, self.runtime.wakeup, self.settings.poll_interval)
+            # A full claim means more may be due: go round at once.
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it to the end; the number claimed. For tests and tools."""
