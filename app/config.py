@@ -26,8 +26,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, Duration, _parse_rate
+from app.channels.base import ChannelConfig, Duration
 from app.channels.registry import ChannelRegistry
+from app.ratelimit import parse_rate
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0)
@@ -104,13 +105,13 @@ class ApiKeyConfig(BaseModel):
     @field_validator("rate_limit")
     @classmethod
     def _valid_rate(cls, value: str | None) -> str | None:
-        _parse_rate(value)
+        parse_rate(value)
         return value
 
     @property
     def rate(self) -> tuple[int, float] | None:
         """``(requests, per_seconds)`` parsed from ``rate_limit``, as channels parse theirs."""
-        return _parse_rate(self.rate_limit)
+        return parse_rate(self.rate_limit)
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeyConfig:

@@ -16,11 +16,12 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics
-from app.channels.base import ChannelContext, ChannelType, RateLimiter
+from app.channels.base import ChannelContext, ChannelType
 from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from app.delivery.orchestrator import Link
+from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
 from app.store.db import create_engine, session_factory

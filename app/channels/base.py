@@ -8,10 +8,7 @@ so a broken adapter cannot lose a notification.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -23,6 +20,7 @@ import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from app.durations import parse_duration
+from app.ratelimit import parse_rate
 from app.security.redaction import redact
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -201,18 +199,6 @@ class Message:
         return html_to_text(self.html or "")
 
 
-def _parse_rate(value: object) -> tuple[int, float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or "/" not in value:
-        raise ValueError("rate_limit must look like 30/s, 100/m or 1000/h")
-    count, _, unit = value.partition("/")
-    per = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip())
-    if not count.strip().isdigit() or int(count) < 1 or per is None:
-        raise ValueError("rate_limit must look like 30/s, 100/m or 1000/h")
-    return int(count), per
-
-
 class CircuitConfig(BaseModel):
     """When a channel's circuit opens, and for how long."""
 
@@ -246,13 +232,13 @@ class ChannelConfig(BaseModel):
     @field_validator("rate_limit")
     @classmethod
     def _valid_rate(cls, value: str | None) -> str | None:
-        _parse_rate(value)
+        parse_rate(value)
         return value
 
     @property
     def rate(self) -> tuple[int, float] | None:
         """``(tokens, per_seconds)`` parsed from ``rate_limit``."""
-        return _parse_rate(self.rate_limit)
+        return parse_rate(self.rate_limit)
 
     def secrets(self) -> list[str]:
         """Every secret string in these settings (nested ones too), for redaction."""
@@ -307,33 +293,3 @@ class ChannelType:
 
     async def aclose(self) -> None:
         """Release what the channel holds; most hold nothing of their own."""
-
-
-class RateLimiter:
-    """At most ``count`` sends in any window of ``per_seconds``, for one channel in one process.
-
-    A sliding-window log rather than a refilling bucket: a bucket of size N lets up to 2N
-    through in some windows of one period, which providers that count per window (Telegram,
-    Twilio) answer with 429. Every delivery through the channel shares one limiter.
-    """
-
-    def __init__(self, count: int, per_seconds: float) -> None:
-        self.count = count
-        self.per_seconds = per_seconds
-        self._starts: deque[float] = deque()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self, deadline: float) -> bool:
-        """Wait for a slot until ``deadline`` (monotonic); ``False`` if none came in time."""
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                while self._starts and self._starts[0] <= now - self.per_seconds:
-                    self._starts.popleft()
-                if len(self._starts) < self.count:
-                    self._starts.append(now)
-                    return True
-                free_at = self._starts[0] + self.per_seconds
-                if free_at > deadline:
-                    return False
-                await asyncio.sleep(free_at - now)

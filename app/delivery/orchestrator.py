@@ -32,10 +32,10 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
-    RateLimiter,
 )
 from app.delivery.circuit import CircuitBreaker
 from app.delivery.retry import next_round_at, rounds_allowed
+from app.ratelimit import RateLimiter
 from app.security.redaction import redact
 
 logger = logging.getLogger("herald.delivery")

@@ -16,11 +16,11 @@ import hashlib
 import hmac
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import ApiKeyConfig, AuthConfig, Scope
+from app.ratelimit import SlidingWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,32 +38,6 @@ class Principal:
     def owner_filter(self) -> str | None:
         """Whose notifications this key sees: its own, or (``admin``) everyone's (``None``)."""
         return None if "admin" in self.scopes else self.name
-
-
-class SlidingWindow:
-    """At most ``count`` admissions in any window of ``per_seconds``; never waits.
-
-    The same sliding-window log as the channels' ``RateLimiter``, so ``100/m`` means the same
-    thing for a key as for a channel, but ``try_acquire`` answers at once instead of sleeping.
-    """
-
-    def __init__(
-        self, count: int, per_seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.count = count
-        self.per_seconds = per_seconds
-        self._clock = clock
-        self._admitted: deque[float] = deque()
-
-    def try_acquire(self) -> float | None:
-        """Take a slot and return ``None``, or return the seconds until one frees up."""
-        now = self._clock()
-        while self._admitted and self._admitted[0] <= now - self.per_seconds:
-            self._admitted.popleft()
-        if len(self._admitted) < self.count:
-            self._admitted.append(now)
-            return None
-        return self._admitted[0] + self.per_seconds - now
 
 
 @dataclass(frozen=True, slots=True)

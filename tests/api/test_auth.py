@@ -20,8 +20,9 @@ from sqlalchemy import select
 from app.channels.registry import default_registry
 from app.cli import bind_refusal, is_loopback, main
 from app.config import AuthConfig, ConfigError, HeraldConfig, parse_config
+from app.ratelimit import SlidingWindow
 from app.security import auth
-from app.security.auth import ApiKeys, SlidingWindow
+from app.security.auth import ApiKeys
 from app.store.models import Notification
 from tests.api.conftest import BASIC_CONFIG, assert_problem, metric_value
 from tests.support.harness import Harness, herald

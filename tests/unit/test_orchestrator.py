@@ -15,10 +15,10 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
-    RateLimiter,
     Recipient,
 )
 from app.delivery.orchestrator import HopState, Link, Orchestrator, Plan, fresh_hops
+from app.ratelimit import RateLimiter
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SCHEDULE = (5.0, 60.0, 300.0)

@@ -1,0 +1,70 @@
+"""Rate limits: ``30/s``, ``100/m``, ``1000/h``, as a sliding window.
+
+One sliding-window log serves both users: API keys (``SlidingWindow.try_acquire`` answers at
+once: 429 with Retry-After) and channels (``RateLimiter.acquire`` waits for a slot up to the
+attempt's deadline). A sliding window rather than a refilling bucket: a bucket of size N lets up
+to 2N through some windows of one period, which providers that count per window (Telegram,
+Twilio) answer with 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_FORMS = "rate_limit must look like 30/s, 100/m or 1000/h"
+
+
+def parse_rate(value: object) -> tuple[int, float] | None:
+    """``(count, per_seconds)`` from ``"30/s"``; ``None`` for no limit; ``ValueError`` else."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError(_FORMS)
+    count, _, unit = value.partition("/")
+    per = _UNITS.get(unit.strip())
+    if not count.strip().isdigit() or int(count) < 1 or per is None:
+        raise ValueError(_FORMS)
+    return int(count), per
+
+
+class SlidingWindow:
+    """At most ``count`` admissions in any window of ``per_seconds``; never waits."""
+
+    def __init__(
+        self, count: int, per_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.count = count
+        self.per_seconds = per_seconds
+        self._clock = clock
+        self._admitted: deque[float] = deque()
+
+    def try_acquire(self) -> float | None:
+        """Take a slot and return ``None``, or return the seconds until one frees up."""
+        now = self._clock()
+        while self._admitted and self._admitted[0] <= now - self.per_seconds:
+            self._admitted.popleft()
+        if len(self._admitted) < self.count:
+            self._admitted.append(now)
+            return None
+        return self._admitted[0] + self.per_seconds - now
+
+
+class RateLimiter:
+    """A window shared by every delivery through one channel in this process; waits for a slot."""
+
+    def __init__(self, count: int, per_seconds: float) -> None:
+        self._window = SlidingWindow(count, per_seconds)
+        self._lock = asyncio.Lock()
+
+    async def acquire(self, deadline: float) -> bool:
+        """Wait for a slot until ``deadline`` (monotonic); ``False`` if none came in time."""
+        async with self._lock:
+            while (wait := self._window.try_acquire()) is not None:
+                if time.monotonic() + wait > deadline:
+                    return False
+                await asyncio.sleep(wait)
+            return True
