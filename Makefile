@@ -68,3 +68,18 @@ clean: clean-ops
 
 clean-ops:
 	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/generated $(TS_CLIENT)/dist
+
+# --- performance (bench/): Herald against minimal baselines, about 12 minutes -----------------
+# Needs PostgreSQL at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres; it
+# creates and drops its own database) and wrk (apt-get install -y wrk; without it a Python load
+# generator stands in). Writes bench/results/latest.json and latest.md.
+# Profiles: make bench BENCH_ARGS=--profile (needs py-spy; bench/results/profiles/).
+.PHONY: bench
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# docs/dashboard.png: the Grafana dashboard's panels drawn from a real run's Prometheus data
+# (a webhook sink, herald serve and Debian's prometheus on loopback, ~3 minutes of traffic).
+.PHONY: dashboard-png
+dashboard-png: $(BIN)/.installed
+	$(BIN)/python deploy/render_dashboard.py --demo --out docs/dashboard.png

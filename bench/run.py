@@ -1,0 +1,1568 @@
+"""``make bench``: Herald against minimal baselines on PostgreSQL (and SQLite), on this machine.
+
+Starts a local webhook sink, PostgreSQL-backed Herald (``herald serve --no-worker`` and one
+``herald worker``), the baselines in bench/, and runs each scenario ``--runs`` times (medians are
+reported, the individual runs kept), then writes bench/results/latest.json and latest.md.
+
+    .venv/bin/python bench/run.py                 # everything (about 10-13 minutes)
+    .venv/bin/python bench/run.py --only ingest,deliver --runs 3
+    .venv/bin/python bench/run.py --profile       # py-spy profiles only (bench/results/profiles)
+
+Scenarios (every loop below is bounded in count and time):
+
+ingest    wrk, 64 connections, --ingest-seconds per run, POST /v1/notifications on Herald's API
+          (worker stopped, table truncated) and on bench/baseline_ingest.py. ingest_ratio.
+deliver   a 20,000-row due backlog (copied by one INSERT … SELECT generate_series from a row
+          Herald itself accepted), then Herald's worker, or bench/baseline_deliver.py, is started
+          and delivers to the sink. Rate = delivered / (last save − first attempt), from the
+          rows' own timestamps; each run is cut after --deliver-window seconds. deliver_ratio.
+latency   accept→delivered (sink receive time − created_at) p50/p99 with an open-loop client at
+          a quarter of Herald's median ingest rate, and one at a time on an idle service.
+backlog   the worker's claim-and-deliver rate over its first 1,000 deliveries with 1,000 due
+          rows in the table and with 1,000,000 (filled by one INSERT … SELECT generate_series,
+          then VACUUM ANALYZE). backlog_ratio = rate(1M) / rate(1k). Also times the claim query.
+sqlite    the embedded default: one ``herald serve`` (API and worker) on SQLite: ingest as above
+          (worker on), deliver from a 20,000-row backlog.
+rss       VmRSS of a fresh ``herald serve --no-worker`` after 100,000 accepted notifications
+          (--ingest-seconds of single POSTs with wrk, the rest through POST …/batch, 500 each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+BIN = Path(sys.executable).parent
+PYTHON = str(Path(sys.executable))
+HERALD = str(BIN / "herald")
+ADMIN_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+GOALS = {
+    "ingest_ratio": (">=", 0.7),
+    "deliver_ratio": (">=", 0.7),
+    "backlog_ratio": (">=", 0.8),
+    "idle_p50_ms": ("<=", 15.0),
+    "rss_mb": ("<=", 150.0),
+}
+BACKLOG = 20_000
+BIG_BACKLOG = 1_000_000
+SMALL_BACKLOG = 1_000
+RSS_TOTAL = 100_000
+BATCH = 500
+
+LATENCY_KEYS = (
+    "p50_ms",
+    "p99_ms",
+    "db_p50_ms",
+    "db_p99_ms",
+    "accept_to_send_p50_ms",
+    "send_to_sink_p50_ms",
+)
+
+NOTIFICATION_COLUMNS = (
+    "status, route, strategy, channels, chain_key, recipient, subject, text, html, severity, "
+    "source, metadata, retry_schedule, retry_jitter, round, round_base, trigger, attempt_count, "
+    "delivered_via, delivered_at, last_error, hops, send_at, expires_at, claimed_by, "
+    "lease_expires_at, owner"
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu(self.pid)
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def system_busy_seconds() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[Proc] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        path = self.logs / f"{name}.log"
+        handle = path.open("ab")
+        popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        handle.close()
+        proc = Proc(name, popen, path)
+        self.running.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        if proc in self.running:
+            self.running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.running):
+            proc.stop(timeout=10)
+        self.running.clear()
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def wait_log(proc: Proc, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
+        if text in proc.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} did not log {text!r} within {timeout:.0f}s")
+
+
+def http_json(url: str, method: str = "GET", body: bytes | None = None) -> Any:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+# --- database --------------------------------------------------------------------------------
+
+
+class Pg:
+    """A blocking facade over one asyncpg connection, on a private event loop."""
+
+    def __init__(self, dsn: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.conn: asyncpg.Connection = self.loop.run_until_complete(asyncpg.connect(dsn))
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def execute(self, sql: str, *args: Any) -> str:
+        return str(self.run(self.conn.execute(sql, *args)))
+
+    def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        return list(self.run(self.conn.fetch(sql, *args)))
+
+    def val(self, sql: str, *args: Any) -> Any:
+        return self.run(self.conn.fetchval(sql, *args))
+
+    def close(self) -> None:
+        self.run(self.conn.close())
+        self.loop.close()
+
+
+def pg_dsn(database: str) -> str:
+    return ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    return "postgresql+asyncpg://" + dsn.split("://", 1)[1]
+
+
+@dataclass
+class Window:
+    """CPU accounting over one measured run: how busy the machine was with others' work."""
+
+    ours: list[Proc]
+    pg: Pg | None
+    database: str | None
+    began: float = field(default_factory=time.monotonic)
+    busy0: float = field(default_factory=system_busy_seconds)
+    cpu0: float = 0.0
+    children0: float = 0.0
+
+    main0: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.cpu0 = self._ours()
+        self.main0 = self.ours[0].cpu_seconds() if self.ours else 0.0
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.children0 = usage.ru_utime + usage.ru_stime
+
+    def _backends(self) -> list[int]:
+        if self.pg is None or self.database is None:
+            return []
+        rows = self.pg.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database)
+        return [r["pid"] for r in rows]
+
+    def _ours(self) -> float:
+        pids = [p.pid for p in self.ours] + self._backends() + [os.getpid()]
+        return sum(proc_cpu(pid) for pid in pids)
+
+    def close(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.began
+        busy = system_busy_seconds() - self.busy0
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = usage.ru_utime + usage.ru_stime - self.children0
+        ours = self._ours() - self.cpu0 + children
+        return {
+            "process_cpu_s": round(self.ours[0].cpu_seconds() - self.main0, 3)
+            if self.ours
+            else 0.0,
+            "seconds": round(elapsed, 2),
+            "machine_busy_cores": round(busy / elapsed, 2) if elapsed else 0.0,
+            "bench_cores": round(ours / elapsed, 2) if elapsed else 0.0,
+            "other_cores": round(max(0.0, busy - ours) / elapsed, 2) if elapsed else 0.0,
+        }
+
+
+# --- the bench -------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="herald-bench-"))
+        self.procs = Processes(self.tmp)
+        self.database = f"herald_bench_{os.getpid()}"
+        self.dsn = pg_dsn(self.database)
+        self.sink_port = free_port()
+        self.sink_url = f"http://127.0.0.1:{self.sink_port}"
+        self.results: dict[str, Any] = {}
+        self.pg: Pg | None = None
+        self.sink: Proc | None = None
+        self.serve: Proc | None = None
+        self.serve_port = 0
+        self.config = self.tmp / "herald.yaml"
+        self.snapshot = self.tmp / "snapshot"
+        self.template_ready = False
+
+    # --- environment ---
+
+    def herald_env(self, database_url: str) -> dict[str, str]:
+        env = {
+            "HERALD_DATABASE_URL": database_url,
+            "HERALD_CONFIG": str(self.config),
+            "HERALD_LOG_LEVEL": "warning",
+        }
+        # Herald runs from a copy of app/ (and migrations/) taken when the bench started, or from
+        # --app-dir: it shadows the editable install, so edits made to the work tree while the
+        # bench runs cannot mix two versions (or catch a half-written change)
+        env["PYTHONPATH"] = str(self.args.app_dir or self.snapshot)
+        env["HERALD_MIGRATIONS_DIR"] = str(self.snapshot / "migrations")
+        return env
+
+    def take_snapshot(self) -> None:
+        self.snapshot.mkdir(parents=True, exist_ok=True)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        if not self.args.app_dir:
+            shutil.copytree(ROOT / "app", self.snapshot / "app", ignore=ignore)
+        shutil.copytree(ROOT / "migrations", self.snapshot / "migrations", ignore=ignore)
+
+    def write_config(self) -> None:
+        self.config.write_text(
+            "# written by bench/run.py\n"
+            "network:\n"
+            '  allowed_networks: ["127.0.0.0/8"]\n'
+            "channels:\n"
+            "  hooks:\n"
+            "    type: webhook\n"
+            f"    url: {self.sink_url}/hook\n"
+            "routes:\n"
+            "  default:\n"
+            "    channels: [hooks]\n"
+        )
+
+    def setup(self) -> None:
+        if shutil.which("wrk") is None:
+            log("wrk not found (apt-get install -y wrk): ingest falls back to bench/loadgen.py")
+        self.take_snapshot()
+        self.write_config()
+        admin = Pg(ADMIN_DSN)
+        admin.execute(f'DROP DATABASE IF EXISTS "{self.database}"')
+        admin.execute(f'CREATE DATABASE "{self.database}"')
+        admin.close()
+        self.migrate(sqlalchemy_url(self.dsn))
+        self.pg = Pg(self.dsn)
+        self.sink = self.procs.start(
+            "sink", [PYTHON, str(BENCH / "sink.py"), "--port", str(self.sink_port)]
+        )
+        wait_http(f"{self.sink_url}/_stats", proc=self.sink)
+        self.make_template()
+
+    def migrate(self, database_url: str) -> None:
+        subprocess.run(
+            [HERALD, "migrate"],
+            cwd=ROOT,
+            env={**os.environ, **self.herald_env(database_url)},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def teardown(self, failed: bool = False) -> None:
+        self.procs.stop_all()
+        if self.pg is not None:
+            self.pg.close()
+        if failed:
+            for path in sorted(self.tmp.glob("*.log")):
+                tail = path.read_text(errors="replace").splitlines()[-15:]
+                if tail:
+                    log(f"last lines of {path.name}:\n    " + "\n    ".join(tail))
+        if not self.args.keep:
+            admin = Pg(ADMIN_DSN)
+            admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            admin.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            log(f"kept database {self.database} and {self.tmp}")
+
+    # --- Herald processes ---
+
+    def start_serve(self, database_url: str, *, worker: bool = False, name: str = "serve") -> Proc:
+        self.serve_port = free_port()
+        args = [HERALD, "serve", "--port", str(self.serve_port)]
+        if not worker:
+            args.append("--no-worker")
+        proc = self.procs.start(name, args, self.herald_env(database_url))
+        wait_http(f"http://127.0.0.1:{self.serve_port}/readyz", proc=proc)
+        return proc
+
+    def start_worker(self) -> Proc:
+        proc = self.procs.start(
+            "worker", [HERALD, "worker"], self.herald_env(sqlalchemy_url(self.dsn))
+        )
+        self.wait_listening(proc)
+        return proc
+
+    def wait_listening(self, proc: Proc, timeout: float = 30.0) -> None:
+        """Until the worker's LISTEN connection is up (it claims right after start)."""
+        assert self.pg is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
+            listening = self.pg.val(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+                self.database,
+            )
+            if listening:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the worker did not LISTEN within 30s")
+
+    def api(self, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.serve_port}/v1/notifications"
+
+    # --- load ---
+
+    def wrk(self, url: str, seconds: float, connections: int = 64) -> dict[str, Any]:
+        if shutil.which("wrk") is None:
+            out = self.loadgen(
+                [
+                    "closed",
+                    "--url",
+                    url,
+                    "--duration",
+                    str(seconds),
+                    "--connections",
+                    str(connections),
+                ]
+            )
+        else:
+            done = subprocess.run(
+                [
+                    "wrk",
+                    "-t1",
+                    f"-c{connections}",
+                    f"-d{max(1, round(seconds))}s",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(BENCH / "post.lua"),
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 30,
+                check=True,
+            )
+            line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON "))
+            out = json.loads(line.removeprefix("BENCH_JSON "))
+        seconds_run = out["duration_us"] / 1e6
+        errors = sum(out["errors"].values())
+        return {
+            "rps": round((out["requests"] - out["errors"]["status"]) / seconds_run, 1),
+            "p50_ms": round(out["latency_us"]["p50"] / 1000, 2),
+            "p99_ms": round(out["latency_us"]["p99"] / 1000, 2),
+            "requests": out["requests"],
+            "errors": errors,
+        }
+
+    def loadgen(self, args: list[str], timeout: float = 180) -> dict[str, Any]:
+        done = subprocess.run(
+            [PYTHON, str(BENCH / "loadgen.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    # --- table helpers ---
+
+    def truncate(self) -> None:
+        assert self.pg is not None
+        self.pg.execute("TRUNCATE notifications, attempts, idempotency_keys")
+
+    def make_template(self) -> None:
+        """One notification accepted by Herald's own API: the model every backlog row copies."""
+        assert self.pg is not None
+        if self.template_ready:
+            return
+        serve = self.start_serve(sqlalchemy_url(self.dsn))
+        out = self.loadgen(["idle", "--url", self.api(), "--count", "1", "--gap", "0"])
+        self.procs.stop(serve)
+        template_id = out["requests"][0][0]
+        self.pg.execute("DROP TABLE IF EXISTS bench_template")
+        self.pg.execute(
+            "CREATE TABLE bench_template AS SELECT * FROM notifications WHERE id = $1::uuid",
+            template_id,
+        )
+        assert self.pg.val("SELECT count(*) FROM bench_template") == 1
+        self.pg.execute("DELETE FROM notifications WHERE id = $1::uuid", template_id)
+        self.template_ready = True
+
+    def fill(self, count: int, *, notify: bool = False) -> float:
+        """``count`` due rows in one INSERT … SELECT generate_series; seconds it took."""
+        assert self.pg is not None
+        self.make_template()
+        began = time.monotonic()
+        sql = f"""
+            INSERT INTO notifications (id, next_attempt_at, created_at, updated_at,
+                                       {NOTIFICATION_COLUMNS})
+            SELECT (lpad(to_hex(g), 12, '0') || '7' || substr(md5(random()::text), 1, 3)
+                    || '8' || substr(md5(random()::text), 1, 15))::uuid,
+                   now() - make_interval(secs => ($1 - g) / 1e6), now(), now(),
+                   {NOTIFICATION_COLUMNS}
+              FROM bench_template, generate_series(1, $1::int) AS g
+        """
+        self.pg.execute("BEGIN")
+        self.pg.execute(sql, count)
+        if notify:
+            self.pg.execute("SELECT pg_notify('herald_due', '')")
+        self.pg.execute("COMMIT")
+        return time.monotonic() - began
+
+    def delivered_stats(self, since: datetime | None = None) -> dict[str, Any]:
+        """Delivered count and rate from the rows' own timestamps (first attempt → last save)."""
+        assert self.pg is not None
+        since = since or datetime(1970, 1, 1, tzinfo=UTC)
+        row = self.pg.fetch(
+            """
+            SELECT count(*) AS delivered, max(n.updated_at) AS last_save,
+                   (SELECT min(started_at) FROM attempts WHERE started_at >= $1) AS first_attempt,
+                   (SELECT count(*) FROM attempts WHERE started_at >= $1) AS attempts
+              FROM notifications n
+             WHERE n.status = 'delivered' AND n.updated_at >= $1
+            """,
+            since,
+        )[0]
+        span = (
+            (row["last_save"] - row["first_attempt"]).total_seconds()
+            if row["delivered"] and row["first_attempt"]
+            else 0.0
+        )
+        return {
+            "delivered": row["delivered"],
+            "attempts": row["attempts"],
+            "span_s": round(span, 3),
+            "rate": round(row["delivered"] / span, 1) if span > 0 else None,
+        }
+
+    def wait_delivered(
+        self, target: int, window: float, count: Callable[[], int], proc: Proc | None = None
+    ) -> tuple[int, float]:
+        began = time.monotonic()
+        done = count()
+        while done < target and time.monotonic() - began < window:
+            if proc is not None and proc.popen.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
+            time.sleep(0.1)
+            done = count()
+        return done, time.monotonic() - began
+
+    def count_delivered(self) -> int:
+        assert self.pg is not None
+        return int(self.pg.val("SELECT count(*) FROM notifications WHERE status = 'delivered'"))
+
+    # --- scenarios ---
+
+    def sink_capacity(self) -> None:
+        runs = []
+        for _ in range(self.args.runs):
+            runs.append(self.wrk(f"{self.sink_url}/hook", 3))
+        http_json(f"{self.sink_url}/_reset", "POST", b"")
+        self.results["sink"] = {
+            "rps": median([r["rps"] for r in runs]),
+            "runs": runs,
+            "note": "wrk -t1 -c64, 3 s each, POST of the ingest body",
+        }
+        log(f"sink capacity: {self.results['sink']['rps']:.0f} requests/s")
+
+    def ingest(self) -> None:
+        assert self.pg is not None
+        baseline_port = free_port()
+        serve = self.start_serve(sqlalchemy_url(self.dsn))
+        baseline = self.procs.start(
+            "baseline_ingest",
+            [PYTHON, str(BENCH / "baseline_ingest.py"), "--port", str(baseline_port)],
+            {"BENCH_DSN": self.dsn},
+        )
+        wait_http(f"http://127.0.0.1:{baseline_port}/docs", proc=baseline)
+        # warm up both (connections, caches), then truncate before each measured run
+        self.wrk(self.api(), 2)
+        self.wrk(self.api(baseline_port), 2)
+        herald_runs, baseline_runs = [], []
+        for run in range(self.args.runs):
+            for label, port, proc, runs in (
+                ("herald", self.serve_port, serve, herald_runs),
+                ("baseline", baseline_port, baseline, baseline_runs),
+            ):
+                self.truncate()
+                window = Window([proc], self.pg, self.database)
+                result = self.wrk(self.api(port), self.args.ingest_seconds)
+                result["cpu"] = window.close()
+                result["rows"] = self.pg.val("SELECT count(*) FROM notifications")
+                result["cpu_ms_per_request"] = (
+                    round(1000 * result["cpu"]["process_cpu_s"] / result["rows"], 3)
+                    if result["rows"]
+                    else None
+                )
+                runs.append(result)
+                log(
+                    f"ingest run {run + 1} {label}: {result['rps']:.0f}/s p50 "
+                    f"{result['p50_ms']} ms p99 {result['p99_ms']} ms {result['cpu']}"
+                )
+        self.procs.stop(baseline)
+        self.procs.stop(serve)
+        self.truncate()
+        keys = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request")
+        herald = summarise(herald_runs, keys)
+        base = summarise(baseline_runs, keys)
+        self.results["ingest"] = {
+            "herald": herald,
+            "baseline_ingest": base,
+            "ingest_ratio": paired_ratio(herald_runs, baseline_runs, "rps"),
+            "ratio_of_medians": ratio(herald["rps"], base["rps"]),
+            "ratio_runs": [
+                ratio(h["rps"], b["rps"]) for h, b in zip(herald_runs, baseline_runs, strict=True)
+            ],
+            "setup": f"wrk -t1 -c64 -d{self.args.ingest_seconds:g}s, worker stopped, "
+            "table truncated before each run",
+        }
+
+    def deliver(self) -> None:
+        assert self.pg is not None
+        herald_runs, baseline_runs, fastpoll_runs = [], [], []
+        variants = [("herald", herald_runs), ("baseline", baseline_runs)]
+        if not self.args.no_fastpoll:
+            variants.append(("herald_poll_10ms", fastpoll_runs))
+        for run in range(self.args.runs):
+            for label, runs in variants:
+                self.truncate()
+                http_json(f"{self.sink_url}/_reset", "POST", b"")
+                # start the deliverer idle, then make the backlog due at once (with NOTIFY):
+                # process start-up stays out of the CPU figures
+                if label.startswith("herald"):
+                    env = self.herald_env(sqlalchemy_url(self.dsn))
+                    if label == "herald_poll_10ms":
+                        env["HERALD_POLL_INTERVAL"] = "10ms"
+                    proc = self.procs.start("worker", [HERALD, "worker"], env)
+                    self.wait_listening(proc)
+                else:
+                    proc = self.procs.start(
+                        "baseline_deliver",
+                        [
+                            PYTHON,
+                            str(BENCH / "baseline_deliver.py"),
+                            "--url",
+                            f"{self.sink_url}/hook",
+                        ],
+                        {"BENCH_DSN": self.dsn},
+                    )
+                    wait_log(proc, "baseline_deliver ready")
+                window = Window([proc, self.sink] if self.sink else [proc], self.pg, self.database)
+                self.fill(BACKLOG, notify=True)
+                _, waited = self.wait_delivered(
+                    BACKLOG, self.args.deliver_window, self.count_delivered, proc
+                )
+                cpu = window.close()
+                self.procs.stop(proc)
+                stats = self.delivered_stats()
+                stats |= {
+                    "backlog": BACKLOG,
+                    "completed": stats["delivered"] >= BACKLOG,
+                    "waited_s": round(waited, 2),
+                    "sink_received": http_json(f"{self.sink_url}/_stats")["count"],
+                    "cpu": cpu,
+                    "cpu_ms_per_notification": (
+                        round(1000 * cpu["process_cpu_s"] / stats["delivered"], 3)
+                        if stats["delivered"]
+                        else None
+                    ),
+                }
+                runs.append(stats)
+                log(f"deliver run {run + 1} {label}: {stats}")
+        self.truncate()
+        keys = ("rate", "cpu_ms_per_notification")
+        herald = summarise(herald_runs, keys)
+        base = summarise(baseline_runs, keys)
+        self.results["deliver"] = {
+            "herald": herald,
+            "baseline_deliver": base,
+            "herald_poll_10ms": summarise(fastpoll_runs, keys) if fastpoll_runs else None,
+            "deliver_ratio": paired_ratio(herald_runs, baseline_runs, "rate"),
+            "ratio_of_medians": ratio(herald["rate"], base["rate"]),
+            "ratio_runs": [
+                ratio(h["rate"], b["rate"]) for h, b in zip(herald_runs, baseline_runs, strict=True)
+            ],
+            "setup": f"{BACKLOG} due rows, one worker process (concurrency 32, batch 64) or "
+            f"baseline_deliver (32 senders), cut after {self.args.deliver_window:g} s. "
+            "herald_poll_10ms (not in the ratio): the same worker with HERALD_POLL_INTERVAL=10ms, "
+            "which sidesteps the loop's wait for a wake-up after each claim",
+        }
+
+    def latency(self) -> None:
+        assert self.pg is not None
+        ingest = self.results.get("ingest", {}).get("herald", {}).get("rps")
+        rate = max(5.0, (ingest or 400.0) / 4)
+        serve = self.start_serve(sqlalchemy_url(self.dsn))
+        worker = self.start_worker()
+        # warm-up: a few deliveries through both processes
+        self.loadgen(["idle", "--url", self.api(), "--count", "5", "--gap", "0.05"])
+        time.sleep(0.5)
+        loaded, idle = [], []
+        for run in range(self.args.runs):
+            self.truncate()
+            http_json(f"{self.sink_url}/_reset", "POST", b"")
+            window = Window([serve, worker], self.pg, self.database)
+            out = self.loadgen(
+                [
+                    "rate",
+                    "--url",
+                    self.api(),
+                    "--rate",
+                    f"{rate:.1f}",
+                    "--duration",
+                    str(self.args.latency_seconds),
+                    "--connections",
+                    "64",
+                ]
+            )
+            result = self.latencies(out["requests"], wait=20)
+            result |= {
+                "target_rate": round(rate, 1),
+                "achieved_rate": round(out["achieved_rate"], 1),
+                "cpu": window.close(),
+            }
+            loaded.append(result)
+            log(f"latency run {run + 1} at {rate:.0f}/s: {result}")
+            self.truncate()
+            http_json(f"{self.sink_url}/_reset", "POST", b"")
+            out = self.loadgen(
+                ["idle", "--url", self.api(), "--count", str(self.args.idle_count), "--gap", "0.1"]
+            )
+            result = self.latencies(out["requests"], wait=5)
+            idle.append(result)
+            log(f"idle latency run {run + 1}: {result}")
+        self.procs.stop(worker)
+        self.procs.stop(serve)
+        self.truncate()
+        self.results["latency"] = {
+            "loaded": summarise(loaded, LATENCY_KEYS),
+            "idle": summarise(idle, LATENCY_KEYS),
+            "rate": round(rate, 1),
+            "setup": "accept→delivered = sink receive time − created_at (same clock); db_* = "
+            "Herald's delivered_at − created_at. Loaded: open-loop client at a quarter of "
+            f"Herald's median ingest rate for {self.args.latency_seconds:g} s; idle: "
+            f"{self.args.idle_count} requests one at a time, 100 ms apart",
+        }
+
+    def latencies(self, requests: list[list[Any]], wait: float) -> dict[str, Any]:
+        assert self.pg is not None
+        ids = [r[0] for r in requests if r[0] and r[3] == 202]
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if http_json(f"{self.sink_url}/_stats")["recorded"] >= len(ids):
+                break
+            time.sleep(0.1)
+        received = {i: t for i, t in http_json(f"{self.sink_url}/_dump")["ids"]}
+        rows = self.pg.fetch(
+            "SELECT n.id::text AS id, extract(epoch FROM n.created_at)::float8 AS created, "
+            "extract(epoch FROM n.delivered_at)::float8 AS delivered, "
+            "(SELECT extract(epoch FROM min(a.started_at))::float8 FROM attempts a "
+            "  WHERE a.notification_id = n.id) AS started "
+            "FROM notifications n WHERE n.id = ANY($1::uuid[])",
+            ids,
+        )
+        sink_ms = [1000 * (received[r["id"]] - r["created"]) for r in rows if r["id"] in received]
+        db_ms = [1000 * (r["delivered"] - r["created"]) for r in rows if r["delivered"]]
+        # where the time goes: accept → the worker starts the POST, and the POST → the sink
+        to_send_ms = [1000 * (r["started"] - r["created"]) for r in rows if r["started"]]
+        http_ms = [
+            1000 * (received[r["id"]] - r["started"])
+            for r in rows
+            if r["started"] and r["id"] in received
+        ]
+        return {
+            "accept_to_send_p50_ms": rnd(percentile(to_send_ms, 50)),
+            "send_to_sink_p50_ms": rnd(percentile(http_ms, 50)),
+            "sent": len(requests),
+            "accepted": len(ids),
+            "delivered": len(sink_ms),
+            "p50_ms": rnd(percentile(sink_ms, 50)),
+            "p99_ms": rnd(percentile(sink_ms, 99)),
+            "db_p50_ms": rnd(percentile(db_ms, 50)),
+            "db_p99_ms": rnd(percentile(db_ms, 99)),
+        }
+
+    def backlog(self) -> None:
+        assert self.pg is not None
+        results: dict[str, Any] = {}
+        for size in (SMALL_BACKLOG, BIG_BACKLOG):
+            self.truncate()
+            fill_s = self.fill(size)
+            cold_claim_ms = self.claim_query_ms()  # before any statistics exist
+            began = time.monotonic()
+            self.pg.execute("VACUUM ANALYZE notifications")
+            vacuum_s = time.monotonic() - began
+            claim_ms = self.claim_query_ms()
+            runs = []
+            for run in range(self.args.runs):
+                if size == SMALL_BACKLOG and run:
+                    self.truncate()
+                    self.fill(size)
+                    self.pg.execute("VACUUM ANALYZE notifications")
+                since = datetime.now(UTC)
+                before = self.count_delivered()
+                proc = self.procs.start(
+                    "worker", [HERALD, "worker"], self.herald_env(sqlalchemy_url(self.dsn))
+                )
+                _, waited = self.wait_delivered(
+                    before + SMALL_BACKLOG,
+                    self.args.deliver_window,
+                    self.count_delivered,
+                    proc,
+                )
+                self.procs.stop(proc)
+                stats = self.first_n_rate(since, SMALL_BACKLOG)
+                stats["waited_s"] = round(waited, 2)
+                runs.append(stats)
+                log(f"backlog {size} run {run + 1}: {stats}")
+            results[str(size)] = summarise(runs, ("rate",)) | {
+                "fill_s": round(fill_s, 1),
+                "vacuum_analyze_s": round(vacuum_s, 1),
+                "claim_query_ms": claim_ms,
+                "claim_query_ms_before_analyze": cold_claim_ms,
+            }
+        self.truncate()
+        self.pg.execute("VACUUM notifications")
+        self.results["backlog"] = {
+            "small": results[str(SMALL_BACKLOG)],
+            "big": results[str(BIG_BACKLOG)],
+            "backlog_ratio": paired_ratio(
+                results[str(BIG_BACKLOG)]["runs"], results[str(SMALL_BACKLOG)]["runs"], "rate"
+            ),
+            "setup": f"rate over the first {SMALL_BACKLOG} deliveries of a freshly started worker "
+            f"(first attempt → {SMALL_BACKLOG}th save), {SMALL_BACKLOG} vs {BIG_BACKLOG} due rows "
+            f"(filled by one INSERT … SELECT generate_series, then VACUUM ANALYZE); each run cut "
+            f"after {self.args.deliver_window:g} s. claim_query_ms: EXPLAIN ANALYZE of Herald's "
+            "claim SELECT (LIMIT 32 FOR UPDATE SKIP LOCKED), median of 5, rolled back",
+        }
+
+    def first_n_rate(self, since: datetime, n: int) -> dict[str, Any]:
+        assert self.pg is not None
+        rows = self.pg.fetch(
+            """
+            SELECT n.updated_at FROM notifications n
+             WHERE n.status = 'delivered' AND n.updated_at >= $1
+             ORDER BY n.updated_at LIMIT $2
+            """,
+            since,
+            n,
+        )
+        first = self.pg.val("SELECT min(started_at) FROM attempts WHERE started_at >= $1", since)
+        if not rows or first is None:
+            return {"delivered": 0, "rate": None}
+        span = (rows[-1]["updated_at"] - first).total_seconds()
+        return {
+            "delivered": len(rows),
+            "span_s": round(span, 3),
+            "rate": round(len(rows) / span, 1) if span > 0 else None,
+        }
+
+    def claim_query_ms(self) -> float | None:
+        assert self.pg is not None
+        timings = []
+        for _ in range(5):
+            self.pg.execute("BEGIN")
+            plan = self.pg.val(
+                """
+                EXPLAIN (ANALYZE, FORMAT JSON)
+                SELECT id FROM notifications
+                 WHERE status = 'pending' AND next_attempt_at <= now()
+                 ORDER BY next_attempt_at LIMIT 32 FOR UPDATE SKIP LOCKED
+                """
+            )
+            self.pg.execute("ROLLBACK")
+            timings.append(json.loads(plan)[0]["Execution Time"])
+        return rnd(median(timings), 3)
+
+    def rss(self) -> None:
+        assert self.pg is not None
+        batch_file = self.tmp / "batch.json"
+        item = json.loads(
+            b'{"subject":"Disk almost full","text":"db-1: / at 93%","severity":"warning",'
+            b'"source":"bench","metadata":{"host":"db-1","check":"disk"}}'
+        )
+        batch_file.write_text(json.dumps({"items": [item] * BATCH}, separators=(",", ":")))
+        runs = []
+        for run in range(self.args.runs):
+            self.truncate()
+            serve = self.start_serve(sqlalchemy_url(self.dsn), name="serve-rss")
+            start_kb = serve.rss_kb()
+            self.wrk(self.api(), self.args.ingest_seconds)
+            singles = int(self.pg.val("SELECT count(*) FROM notifications"))
+            batches = max(0, -(-(RSS_TOTAL - singles) // BATCH))
+            seconds = 0.0
+            half_kb = 0
+            for part in (batches // 2, batches - batches // 2):
+                out = self.loadgen(
+                    [
+                        "count",
+                        "--url",
+                        self.api() + "/batch",
+                        "--count",
+                        str(part),
+                        "--connections",
+                        "4",
+                        "--body-file",
+                        str(batch_file),
+                    ],
+                    timeout=600,
+                )
+                seconds += out["seconds"]
+                half_kb = half_kb or serve.rss_kb()
+            total = int(self.pg.val("SELECT count(*) FROM notifications"))
+            result = {
+                "rss_mb": round(serve.rss_kb() / 1024, 1),
+                "start_rss_mb": round(start_kb / 1024, 1),
+                "half_rss_mb": round(half_kb / 1024, 1),
+                "accepted": total,
+                "single_posts": singles,
+                "batch_requests": batches,
+                "batch_seconds": round(seconds, 1),
+                "batch_rate": round((total - singles) / seconds, 1) if seconds else None,
+            }
+            self.procs.stop(serve)
+            runs.append(result)
+            log(f"rss run {run + 1}: {result}")
+        self.truncate()
+        self.pg.execute("VACUUM notifications")
+        self.results["rss"] = summarise(
+            runs, ("rss_mb", "start_rss_mb", "half_rss_mb", "batch_rate")
+        ) | {
+            "setup": f"fresh herald serve --no-worker; {self.args.ingest_seconds:g} s of single "
+            f"POSTs (wrk -c64), then POST /v1/notifications/batch ({BATCH} items, 4 connections) "
+            f"up to {RSS_TOTAL} accepted; VmRSS after (and half-way through the batches)",
+        }
+
+    def sqlite(self) -> None:
+        directory = self.tmp / "sqlite"
+        directory.mkdir(exist_ok=True)
+        path = directory / "herald.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        self.migrate(url)
+        # the template: one row accepted by Herald's API with the worker off
+        serve = self.start_serve(url, name="sqlite-serve")
+        out = self.loadgen(["idle", "--url", self.api(), "--count", "1", "--gap", "0"])
+        self.procs.stop(serve)
+        db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=60000")
+        template_id = out["requests"][0][0].replace("-", "")
+        db.execute("DROP TABLE IF EXISTS bench_template")
+        db.execute(
+            "CREATE TABLE bench_template AS SELECT * FROM notifications WHERE id = ?",
+            (template_id,),
+        )
+        if db.execute("SELECT count(*) FROM bench_template").fetchone()[0] != 1:
+            raise RuntimeError("could not copy the SQLite template row (id format changed?)")
+
+        def clear() -> None:
+            db.execute("DELETE FROM attempts")
+            db.execute("DELETE FROM idempotency_keys")
+            db.execute("DELETE FROM notifications")
+
+        def delivered() -> int:
+            return int(
+                db.execute(
+                    "SELECT count(*) FROM notifications WHERE status = 'delivered'"
+                ).fetchone()[0]
+            )
+
+        ingest_runs, deliver_runs = [], []
+        serve = self.start_serve(url, worker=True, name="sqlite-serve")
+        self.wrk(self.api(), 2)
+        for run in range(self.args.runs):
+            clear()
+            window = Window([serve], None, None)
+            result = self.wrk(self.api(), self.args.ingest_seconds)
+            result["cpu"] = window.close()
+            ingest_runs.append(result)
+            log(f"sqlite ingest run {run + 1}: {result}")
+        self.procs.stop(serve)
+        for run in range(self.args.runs):
+            clear()
+            columns = NOTIFICATION_COLUMNS
+            db.execute(
+                f"""
+                WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?)
+                INSERT INTO notifications (id, next_attempt_at, created_at, updated_at, {columns})
+                SELECT printf('%012x', n) || lower(hex(randomblob(10))), next_attempt_at,
+                       created_at, updated_at, {columns}
+                  FROM bench_template, g
+                """,
+                (BACKLOG,),
+            )
+            serve = self.start_serve(url, worker=True, name="sqlite-serve")
+            window = Window([serve], None, None)
+            _, waited = self.wait_delivered(BACKLOG, self.args.deliver_window, delivered, serve)
+            cpu = window.close()
+            self.procs.stop(serve)
+            first, last = db.execute(
+                "SELECT (SELECT min(started_at) FROM attempts), max(updated_at) FROM notifications "
+                "WHERE status = 'delivered'"
+            ).fetchone()
+            count = delivered()
+            span = (
+                (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+                if first and last
+                else 0.0
+            )
+            result = {
+                "delivered": count,
+                "completed": count >= BACKLOG,
+                "span_s": round(span, 3),
+                "rate": round(count / span, 1) if span > 0 else None,
+                "waited_s": round(waited, 2),
+                "cpu": cpu,
+            }
+            deliver_runs.append(result)
+            log(f"sqlite deliver run {run + 1}: {result}")
+        db.close()
+        self.results["sqlite"] = {
+            "ingest": summarise(ingest_runs, ("rps", "p50_ms", "p99_ms")),
+            "deliver": summarise(deliver_runs, ("rate",)),
+            "setup": "one herald serve (API and worker) on SQLite; ingest: wrk -t1 -c64 "
+            f"-d{self.args.ingest_seconds:g}s with the worker delivering alongside; deliver: "
+            f"{BACKLOG}-row backlog, cut after {self.args.deliver_window:g} s",
+        }
+
+    # --- profiles ---
+
+    def profile(self) -> None:
+        """py-spy on the API process during ingest and on the worker during deliver.
+
+        Each target is recorded twice, one after the other (never two samplers at once): a raw
+        (collapsed stacks) profile summarised into NAME.txt, and a flame graph NAME.svg. The API
+        is sampled with --gil (the thread holding the GIL: where Python CPU goes; the anyio
+        threadpool's idle threads drop out). The worker runs with HERALD_POLL_INTERVAL=10ms so
+        it is busy delivering instead of waiting out the poll after each claim.
+        """
+        assert self.pg is not None
+        py_spy = shutil.which("py-spy") or os.environ.get("BENCH_PY_SPY")
+        if not py_spy:
+            raise SystemExit("py-spy not found: pip install py-spy (or set BENCH_PY_SPY)")
+        out = RESULTS / "profiles"
+        out.mkdir(parents=True, exist_ok=True)
+        seconds = int(self.args.ingest_seconds)
+        url = sqlalchemy_url(self.dsn)
+
+        def spy(proc: Proc, name: str, fmt: str) -> subprocess.Popen[bytes]:
+            suffix = {"raw": "raw", "flamegraph": "svg"}[fmt]
+            return subprocess.Popen(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--duration",
+                    str(seconds - 2),
+                    "--rate",
+                    "100" if fmt == "raw" else "50",
+                    "--format",
+                    fmt,
+                    "--gil",
+                    "--nonblocking",
+                    "--output",
+                    str(out / f"{name}.{suffix}"),
+                ]
+                + (["--nolineno"] if fmt == "flamegraph" else []),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+        serve = self.start_serve(url)
+        self.wrk(self.api(), 2)
+        for fmt in ("raw", "flamegraph"):
+            self.truncate()
+            window = Window([serve], self.pg, self.database)
+            sampler = spy(serve, "serve-ingest", fmt)
+            result = self.wrk(self.api(), seconds)
+            sampler.wait(60)
+            cpu = window.close()
+            log(f"ingest with py-spy ({fmt}) attached: {result} {cpu}")
+        self.procs.stop(serve)
+
+        for fmt in ("raw", "flamegraph"):
+            self.truncate()
+            self.fill(BACKLOG)
+            env = self.herald_env(url) | {"HERALD_POLL_INTERVAL": "10ms"}
+            worker = self.procs.start("worker", [HERALD, "worker"], env)
+            self.wait_listening(worker)
+            sampler = spy(worker, "worker-deliver", fmt)
+            sampler.wait(60)
+            self.procs.stop(worker)
+            log(f"deliver with py-spy ({fmt}) attached: {self.delivered_stats()}")
+        self.truncate()
+        self.pyinstrument(out)
+        for name in ("serve-ingest", "worker-deliver"):
+            raw = out / f"{name}.raw"
+            if raw.exists():
+                summary = subprocess.run(
+                    [PYTHON, str(BENCH / "profile_summary.py"), str(raw), "--top", "25"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                (out / f"{name}.txt").write_text(summary)
+                (out / f"{name}.raw.gz").write_bytes(gzip.compress(raw.read_bytes()))
+                raw.unlink()
+        log(f"profiles written to {out}")
+
+    def pyinstrument(self, out: Path) -> None:
+        """The same two runs under pyinstrument (wall-clock, async-aware), when it is available.
+
+        BENCH_PYINSTRUMENT_PATH names a directory holding the pyinstrument package (e.g. from
+        ``pip install --target DIR pyinstrument``) when it is not installed in the venv.
+        """
+        extra = os.environ.get("BENCH_PYINSTRUMENT_PATH")
+        env_path = {"PYTHONPATH": extra} if extra else {}
+        check = subprocess.run(
+            [PYTHON, "-c", "import pyinstrument"],
+            env={**os.environ, **env_path},
+            capture_output=True,
+            check=False,
+        )
+        if check.returncode:
+            log("pyinstrument not importable: skipped (set BENCH_PYINSTRUMENT_PATH)")
+            return
+        url = sqlalchemy_url(self.dsn)
+        seconds = self.args.ingest_seconds
+        self.truncate()
+        self.serve_port = free_port()
+        serve = self.procs.start(
+            "serve-pyinstrument",
+            [
+                PYTHON,
+                "-m",
+                "pyinstrument",
+                "-r",
+                "text",
+                "-o",
+                str(out / "serve-ingest.pyinstrument.txt"),
+                "-m",
+                "app.cli",
+                "serve",
+                "--no-worker",
+                "--port",
+                str(self.serve_port),
+            ],
+            self.herald_env(url) | env_path,
+        )
+        wait_http(f"http://127.0.0.1:{self.serve_port}/readyz", proc=serve)
+        result = self.wrk(self.api(), seconds)
+        log(f"pyinstrument ingest: {result}")
+        self.procs.stop(serve)
+        self.truncate()
+        self.fill(BACKLOG)
+        worker = self.procs.start(
+            "worker-pyinstrument",
+            [
+                PYTHON,
+                "-m",
+                "pyinstrument",
+                "-r",
+                "text",
+                "-o",
+                str(out / "worker-deliver.pyinstrument.txt"),
+                "-m",
+                "app.cli",
+                "worker",
+            ],
+            self.herald_env(url) | env_path | {"HERALD_POLL_INTERVAL": "10ms"},
+        )
+        time.sleep(seconds)
+        self.procs.stop(worker)
+        log(f"pyinstrument deliver: {self.delivered_stats()}")
+        self.truncate()
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+
+def rnd(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def paired_ratio(
+    runs: list[dict[str, Any]], against: list[dict[str, Any]], key: str
+) -> float | None:
+    """The median of the per-run ratios (run i of one against run i of the other, measured
+    back to back), which cancels most of what other work on the machine does to both."""
+    return rnd(
+        median([ratio(a.get(key), b.get(key)) for a, b in zip(runs, against, strict=False)]), 3
+    )
+
+
+def summarise(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {key: rnd(median([r.get(key) for r in runs])) for key in keys}
+    out["runs"] = runs
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    return {
+        "hostname": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def versions(pg: Pg | None) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"python": platform.python_version()}
+    for package in (
+        "herald",
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "sqlalchemy",
+        "asyncpg",
+        "aiosqlite",
+        "httpx",
+        "httpcore",
+        "pydantic",
+    ):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    if pg is not None:
+        out["postgresql"] = pg.val("SHOW server_version")
+        out["postgresql_settings"] = {
+            r["name"]: r["setting"]
+            for r in pg.fetch(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('shared_buffers', "
+                "'synchronous_commit', 'fsync', 'autovacuum', 'max_connections', 'work_mem')"
+            )
+        }
+    out["sqlite"] = sqlite3.sqlite_version
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["wrk"] = (
+            subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+            .stdout.split("\n")[0]
+            .strip()
+        )
+    return out
+
+
+def git_info() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    status = git("status", "--porcelain", "--", "app", "migrations", "pyproject.toml")
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "describe": git("describe", "--always", "--dirty"),
+        "app_dirty": bool(status),
+        "app_changes": status.splitlines()[:50],
+        "app_sha256": digest.hexdigest()[:16],
+    }
+
+
+def goals(results: dict[str, Any]) -> dict[str, Any]:
+    values = {
+        "ingest_ratio": results.get("ingest", {}).get("ingest_ratio"),
+        "deliver_ratio": results.get("deliver", {}).get("deliver_ratio"),
+        "backlog_ratio": results.get("backlog", {}).get("backlog_ratio"),
+        "idle_p50_ms": results.get("latency", {}).get("idle", {}).get("p50_ms"),
+        "rss_mb": results.get("rss", {}).get("rss_mb"),
+    }
+    out = {}
+    for name, (op, target) in GOALS.items():
+        value = values[name]
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        out[name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
+    return out
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float | int):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def runs_of(section: dict[str, Any], key: str, digits: int = 0) -> str:
+    return " / ".join(fmt(r.get(key), digits) for r in section.get("runs", []))
+
+
+def markdown(report: dict[str, Any]) -> str:
+    r = report["results"]
+    rows: list[tuple[str, str, str]] = []
+
+    def row(name: str, section: dict[str, Any] | None, key: str, digits: int = 0) -> None:
+        if section:
+            rows.append((name, fmt(section.get(key), digits), runs_of(section, key, digits)))
+
+    if "sink" in r:
+        row("sink capacity (requests/s)", r["sink"], "rps")
+    if "ingest" in r:
+        i = r["ingest"]
+        row("ingest: Herald requests/s", i["herald"], "rps")
+        row("ingest: Herald p50 ms", i["herald"], "p50_ms", 1)
+        row("ingest: Herald p99 ms", i["herald"], "p99_ms", 1)
+        row("ingest: Herald serve CPU ms per request", i["herald"], "cpu_ms_per_request", 2)
+        row("baseline_ingest requests/s", i["baseline_ingest"], "rps")
+        row("baseline_ingest p50 ms", i["baseline_ingest"], "p50_ms", 1)
+        row("baseline_ingest p99 ms", i["baseline_ingest"], "p99_ms", 1)
+        row("baseline_ingest CPU ms per request", i["baseline_ingest"], "cpu_ms_per_request", 2)
+        rows.append(
+            (
+                "**ingest_ratio**",
+                fmt(i["ingest_ratio"], 2),
+                " / ".join(fmt(x, 2) for x in i["ratio_runs"]),
+            )
+        )
+    if "deliver" in r:
+        d = r["deliver"]
+        row("deliver: Herald notifications/s", d["herald"], "rate")
+        row(
+            "deliver: Herald worker CPU ms per notification",
+            d["herald"],
+            "cpu_ms_per_notification",
+            2,
+        )
+        row("baseline_deliver notifications/s", d["baseline_deliver"], "rate")
+        row(
+            "baseline_deliver CPU ms per notification",
+            d["baseline_deliver"],
+            "cpu_ms_per_notification",
+            2,
+        )
+        if d.get("herald_poll_10ms"):
+            row(
+                "(info) Herald with HERALD_POLL_INTERVAL=10ms, notifications/s",
+                d["herald_poll_10ms"],
+                "rate",
+            )
+        rows.append(
+            (
+                "**deliver_ratio**",
+                fmt(d["deliver_ratio"], 2),
+                " / ".join(fmt(x, 2) for x in d["ratio_runs"]),
+            )
+        )
+    if "latency" in r:
+        lat = r["latency"]
+        row(f"latency at {fmt(lat['rate'])}/s: p50 ms", lat["loaded"], "p50_ms", 1)
+        row(f"latency at {fmt(lat['rate'])}/s: p99 ms", lat["loaded"], "p99_ms", 1)
+        row("latency idle: p50 ms", lat["idle"], "p50_ms", 1)
+        row("latency idle: p99 ms", lat["idle"], "p99_ms", 1)
+        row(
+            "latency idle: accept → worker starts the POST, p50 ms",
+            lat["idle"],
+            "accept_to_send_p50_ms",
+            1,
+        )
+        row(
+            "latency idle: POST start → sink receives, p50 ms",
+            lat["idle"],
+            "send_to_sink_p50_ms",
+            1,
+        )
+    if "backlog" in r:
+        b = r["backlog"]
+        row(f"backlog {SMALL_BACKLOG:,} due: deliveries/s", b["small"], "rate")
+        row(f"backlog {BIG_BACKLOG:,} due: deliveries/s", b["big"], "rate")
+        rows.append(
+            (
+                "**backlog_ratio**",
+                fmt(b["backlog_ratio"], 2),
+                " / ".join(
+                    fmt(ratio(x.get("rate"), y.get("rate")), 2)
+                    for x, y in zip(b["big"]["runs"], b["small"]["runs"], strict=False)
+                ),
+            )
+        )
+        rows.append(
+            (
+                "claim query ms (1k / 1M due)",
+                f"{fmt(b['small']['claim_query_ms'], 2)} / {fmt(b['big']['claim_query_ms'], 2)}",
+                "",
+            )
+        )
+    if "sqlite" in r:
+        s = r["sqlite"]
+        row("sqlite ingest requests/s", s["ingest"], "rps")
+        row("sqlite ingest p99 ms", s["ingest"], "p99_ms", 1)
+        row("sqlite deliver notifications/s", s["deliver"], "rate")
+    if "rss" in r:
+        row("rss_mb of serve at start", r["rss"], "start_rss_mb", 1)
+        row("rss_mb of serve half-way", r["rss"], "half_rss_mb", 1)
+        row("rss_mb after 100,000 (serve)", r["rss"], "rss_mb", 1)
+    lines = [
+        "| metric | median | runs |",
+        "|---|---:|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        "| goal | value | target | met |",
+        "|---|---:|---|---|",
+    ]
+    for name, goal in report["goals"].items():
+        met = {True: "yes", False: "**no**", None: "–"}[goal["met"]]
+        lines.append(f"| {name} | {fmt(goal['value'], 2)} | {goal['goal']} | {met} |")
+    m, v, g = report["machine"], report["versions"], report["git"]
+    lines += [
+        "",
+        f"{m['cpus']} × {m['cpu_model']}, {m['memory_gib']} GiB; Python {v['python']}, "
+        f"PostgreSQL {v.get('postgresql')}, SQLite {v['sqlite']}; commit {g['describe']}; "
+        f"{report['runs']} runs per figure; {report['finished_at']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SCENARIOS = ("sink", "ingest", "deliver", "latency", "backlog", "sqlite", "rss")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--ingest-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--deliver-window",
+        type=float,
+        default=12.0,
+        help="cut each deliver/backlog run after this many seconds",
+    )
+    parser.add_argument("--latency-seconds", type=float, default=8.0)
+    parser.add_argument("--idle-count", type=int, default=30)
+    parser.add_argument("--profile", action="store_true", help="only record py-spy profiles")
+    parser.add_argument(
+        "--no-fastpoll",
+        action="store_true",
+        help="skip the informative HERALD_POLL_INTERVAL=10ms deliver variant",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the database and temp files")
+    parser.add_argument(
+        "--app-dir",
+        type=Path,
+        help="run Herald from DIR/app instead of the installed tree (A/B a candidate change)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args()
+    if args.runs < 1 or args.runs > 10:
+        raise SystemExit("--runs must be 1..10")
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "runs": args.runs,
+        "machine": machine(),
+        "git": git_info(),
+        "app_dir": str(args.app_dir) if args.app_dir else None,
+    }
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        bench.setup()
+        report["versions"] = versions(bench.pg)
+        if args.profile:
+            bench.profile()
+        for name in SCENARIOS:
+            if name in only and not args.profile:
+                log(f"--- {name}")
+                getattr(bench, {"sink": "sink_capacity"}.get(name, name))()
+                report["results"] = bench.results
+                report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+                report["goals"] = goals(bench.results)
+                report["elapsed_s"] = round(time.monotonic() - started, 1)
+                args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    except BaseException:
+        bench.teardown(failed=True)
+        raise
+    else:
+        bench.teardown()
+    if args.profile:
+        return
+    report["git_after"] = git_info()
+    if report["git_after"]["app_sha256"] != report["git"]["app_sha256"]:
+        report["note"] = (
+            "app/ changed in the work tree while the benchmark ran; every figure is of the "
+            "snapshot taken at the start (git.app_sha256)"
+        )
+        log(report["note"])
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    args.output.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md = markdown(report)
+    args.output.with_suffix(".md").write_text(md)
+    print(md)
+    log(f"wrote {args.output} and {args.output.with_suffix('.md')} in {report['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
