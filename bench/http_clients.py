@@ -13,6 +13,7 @@ Variants:
     httpx            httpx.AsyncClient with Herald's pool limits (200 / 50 keep-alive)
     httpx-guarded    the same behind Herald's GuardedTransport (needs the app package)
     httpx-pool32     httpx with max_keepalive_connections=32 (no more idle sockets than tasks)
+    httpx-sharded4   four httpx clients, requests spread round-robin (shorter pool scans)
     aiohttp          aiohttp.ClientSession, TCPConnector(limit=200)
     raw              hand-written HTTP/1.1 on asyncio streams (a floor, not a candidate)
 each on asyncio and on uvloop. Run once with and once without ``sniffio`` installed: httpcore
@@ -75,6 +76,33 @@ async def run_httpx(url: str, n: int, c: int, variant: str) -> None:
 
     keepalive = 32 if variant == "httpx-pool32" else 50
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=keepalive)
+    if variant == "httpx-sharded4":
+        # four clients, each with a quarter of the pool: httpcore's per-request scan of its
+        # connections is quadratic in the connections in use
+        shards = [
+            httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(
+                    limits=httpx.Limits(max_connections=50, max_keepalive_connections=13)
+                ),
+                follow_redirects=False,
+                trust_env=False,
+            )
+            for _ in range(4)
+        ]
+        turn = 0
+
+        async def post_sharded() -> int:
+            nonlocal turn
+            turn += 1
+            client = shards[turn % 4]
+            response = await client.post(url, content=BODY, headers=HEADERS, timeout=10.0)
+            _ = response.text
+            return response.status_code
+
+        await drive(post_sharded, n, c)
+        for client in shards:
+            await client.aclose()
+        return
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
     if variant == "httpx-guarded":
         from app.security.guard import AddressGuard, GuardedTransport
@@ -141,10 +169,17 @@ CLIENTS = {
     "httpx": run_httpx,
     "httpx-guarded": run_httpx,
     "httpx-pool32": run_httpx,
+    "httpx-sharded4": run_httpx,
     "aiohttp": run_aiohttp,
     "raw": run_raw,
 }
-MODULES = {"httpx": "httpx", "httpx-guarded": "app", "httpx-pool32": "httpx", "aiohttp": "aiohttp"}
+MODULES = {
+    "httpx": "httpx",
+    "httpx-guarded": "app",
+    "httpx-pool32": "httpx",
+    "httpx-sharded4": "httpx",
+    "aiohttp": "aiohttp",
+}
 
 
 def child(args: argparse.Namespace) -> None:

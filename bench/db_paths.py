@@ -1,0 +1,312 @@
+"""CPU and round trips of the database step alone: Herald's ORM path against leaner ways.
+
+One process, one connection at a time, sequential: the figures are this process's CPU time per
+operation (``time.process_time``) and the wall time per operation, each the median of
+--rounds interleaved rounds of --ops operations. No HTTP, no FastAPI: only what the accept
+step and the worker's save step cost in SQLAlchemy/asyncpg.
+
+    .venv/bin/python bench/db_paths.py            # creates and drops its own database
+
+accept paths (one notification stored and announced):
+    orm            Herald today: session.add + flush, SELECT pg_notify, commit (pool_pre_ping on)
+    orm_noping     the same with pool_pre_ping off
+    core           Core INSERT of the row + pg_notify in one transaction, no pre-ping
+    core_one       one statement in autocommit: INSERT … in a CTE with pg_notify, no pre-ping
+    asyncpg        one INSERT on a raw asyncpg connection (what baseline_ingest does)
+
+save paths (a delivered round written: new state + one attempt, lease checked):
+    orm_each       Herald today: a session per notification, UPDATE … WHERE claimed_by, add the
+                   attempt, commit (pre-ping on)
+    core_batch32   32 notifications per transaction: one UPDATE … FROM unnest RETURNING, one
+                   INSERT of the attempts (Core over the same engine, no pre-ping)
+    asyncpg_batch32  the same two statements as one CTE on raw asyncpg (baseline_deliver)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy import bindparam, insert, inspect, text, update
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as bench
+from app.api.schemas import NotificationCreate
+from app.config import RetryPolicy
+from app.ids import uuid7
+from app.runtime import ResolvedRoute
+from app.service import new_notification
+from app.store.db import create_engine, session_factory
+from app.store.models import Attempt, Notification
+from app.store.repositories import NotificationRepository
+
+ROUTE = ResolvedRoute("default", ["hooks"], "fallback", RetryPolicy(), None)
+REQUEST = NotificationCreate.model_validate(
+    {
+        "subject": "Disk almost full",
+        "text": "db-1: / at 93%",
+        "severity": "warning",
+        "source": "bench",
+        "metadata": {"host": "db-1", "check": "disk"},
+    }
+)
+COLUMNS = [(prop.columns[0].name, prop.key) for prop in inspect(Notification).column_attrs]
+
+
+def row_of(notification: Notification) -> dict[str, Any]:
+    return {name: getattr(notification, key) for name, key in COLUMNS}
+
+
+async def measure(ops: int, step: Callable[[int], Awaitable[None]]) -> tuple[float, float]:
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(ops):
+        await step(i)
+    return (
+        1000 * (time.process_time() - cpu0) / ops,
+        1000 * (time.perf_counter() - wall0) / ops,
+    )
+
+
+async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+    url = bench.sqlalchemy_url(dsn)
+    ping = create_engine(url)
+    noping = create_engine(url)
+    noping.pool._pre_ping = False  # the same engine settings, pre-ping off
+    sessions, sessions_noping = session_factory(ping), session_factory(noping)
+    raw = await asyncpg.connect(dsn)
+    table = Notification.__table__
+    core_one = text(
+        "WITH n AS (INSERT INTO notifications ({cols}) VALUES ({vals}) RETURNING 1) "
+        "SELECT pg_notify('herald_due', '') FROM n".format(
+            cols=", ".join(f'"{name}"' for name, _ in COLUMNS),
+            vals=", ".join(f":{name}" for name, _ in COLUMNS),
+        )
+    ).bindparams(*[bindparam(c.name, type_=c.type) for c in table.c])  # typed binds
+
+    def fresh() -> Notification:
+        return new_notification(REQUEST, ROUTE, now=datetime.now(UTC), owner=None)
+
+    async def orm(_: int, factory: Any = sessions) -> None:
+        async with factory() as session:
+            repository = NotificationRepository(session)
+            await repository.add(fresh())
+            await repository.announce_due()
+            await session.commit()
+
+    async def orm_noping(i: int) -> None:
+        await orm(i, sessions_noping)
+
+    async def core(_: int) -> None:
+        async with noping.begin() as conn:
+            await conn.execute(insert(table), row_of(fresh()))
+            await conn.execute(text("SELECT pg_notify('herald_due', '')"))
+
+    async def core_single(_: int) -> None:
+        async with noping.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(core_one, row_of(fresh()))
+
+    insert_sql = (
+        f"INSERT INTO notifications ({', '.join(name for name, _ in COLUMNS)}) VALUES "
+        f"({', '.join(f'${i + 1}' for i in range(len(COLUMNS)))})"
+    )
+    json_columns = {
+        "channels",
+        "recipient",
+        "metadata",
+        "retry_schedule",
+        "delivered_via",
+        "last_error",
+        "hops",
+    }
+
+    async def raw_insert(_: int) -> None:
+        row = row_of(fresh())
+        values = [
+            json.dumps(row[name]) if name in json_columns else row[name] for name, _ in COLUMNS
+        ]
+        await raw.execute(insert_sql, *values)
+
+    accept_paths = {
+        "orm": orm,
+        "orm_noping": orm_noping,
+        "core": core,
+        "core_one": core_single,
+        "asyncpg": raw_insert,
+    }
+    results: dict[str, Any] = {"accept": {}, "save": {}}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in accept_paths}
+    for _ in range(args.rounds):
+        for name, step in accept_paths.items():
+            samples[name].append(await measure(args.ops, step))
+    for name, values in samples.items():
+        results["accept"][name] = {
+            "cpu_ms": round(statistics.median(v[0] for v in values), 3),
+            "wall_ms": round(statistics.median(v[1] for v in values), 3),
+        }
+        print(f"accept {name}: {results['accept'][name]}", flush=True)
+
+    # --- the worker's save ---------------------------------------------------------------
+    worker_id = "bench-worker"
+
+    async def claimed_ids(count: int) -> list[uuid.UUID]:
+        rows = []
+        for _ in range(count):
+            n = fresh()
+            n.status, n.claimed_by = "delivering", worker_id
+            n.lease_expires_at = datetime.now(UTC) + timedelta(seconds=60)
+            rows.append(row_of(n))
+        async with noping.begin() as conn:
+            await conn.execute(insert(table), rows)
+        return [r["id"] for r in rows]
+
+    def values_for() -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {
+            "status": "delivered",
+            "hops": [{"channel": "hooks", "state": "delivered", "attempts": 1, "last_error": None}],
+            "next_attempt_at": None,
+            "updated_at": now,
+            "round": 1,
+            "trigger": "scheduled",
+            "attempt_count": 1,
+            "delivered_via": "hooks",
+            "delivered_at": now,
+        }
+
+    def attempt_for(notification_id: uuid.UUID) -> Attempt:
+        return Attempt(
+            id=uuid7(),
+            notification_id=notification_id,
+            channel="hooks",
+            channel_type="webhook",
+            round=1,
+            hop=0,
+            trigger="scheduled",
+            outcome="delivered",
+            error_class=None,
+            error_code=None,
+            error_message=None,
+            provider_status=200,
+            provider_message_id=None,
+            response_excerpt="{}",
+            started_at=datetime.now(UTC),
+            duration_ms=1,
+        )
+
+    attempt_columns = [c.name for c in Attempt.__table__.c]
+
+    async def orm_each(ids: list[uuid.UUID]) -> None:
+        for notification_id in ids:
+            async with sessions() as session, session.begin():
+                await NotificationRepository(session).save_round(
+                    notification_id,
+                    worker_id=worker_id,
+                    attempts=[attempt_for(notification_id)],
+                    values=values_for(),
+                )
+
+    async def core_batch(ids: list[uuid.UUID]) -> None:
+        values = values_for()
+        async with noping.begin() as conn:
+            done = await conn.execute(
+                update(table)
+                .where(
+                    table.c.id.in_(ids),
+                    table.c.status == "delivering",
+                    table.c.claimed_by == worker_id,
+                )
+                .values(**values, claimed_by=None, lease_expires_at=None)
+                .returning(table.c.id)
+            )
+            kept = {r[0] for r in done}
+            attempts = [attempt_for(i) for i in ids if i in kept]
+            await conn.execute(
+                insert(Attempt.__table__),
+                [{c: getattr(a, c) for c in attempt_columns} for a in attempts],
+            )
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from baseline_deliver import HOPS_DELIVERED, SAVE
+
+    async def raw_batch(ids: list[uuid.UUID]) -> None:
+        now = datetime.now(UTC)
+        await raw.execute(
+            SAVE,
+            ids,
+            [uuid7() for _ in ids],
+            ["delivered"] * len(ids),
+            [200] * len(ids),
+            ["{}"] * len(ids),
+            [now] * len(ids),
+            [1] * len(ids),
+            [HOPS_DELIVERED] * len(ids),
+            now,
+            worker_id,
+        )
+
+    save_paths = {"orm_each": orm_each, "core_batch32": core_batch, "asyncpg_batch32": raw_batch}
+    save_samples: dict[str, list[tuple[float, float]]] = {name: [] for name in save_paths}
+    batches = max(1, args.ops // 32)
+    for _ in range(args.rounds):
+        for name, step in save_paths.items():
+            groups = [await claimed_ids(32) for _ in range(batches)]
+
+            async def one(i: int, groups: list[list[uuid.UUID]] = groups, step: Any = step) -> None:
+                await step(groups[i])
+
+            cpu, wall = await measure(batches, one)
+            save_samples[name].append((cpu / 32, wall / 32))
+    for name, values in save_samples.items():
+        results["save"][name] = {
+            "cpu_ms": round(statistics.median(v[0] for v in values), 3),
+            "wall_ms": round(statistics.median(v[1] for v in values), 3),
+        }
+        print(f"save {name} (per notification): {results['save'][name]}", flush=True)
+    await raw.close()
+    await ping.dispose()
+    await noping.dispose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    if args.ops > 5000 or args.rounds > 20:
+        raise SystemExit("bounded: --ops ≤ 5000, --rounds ≤ 20")
+    database = f"herald_dbpaths_{__import__('os').getpid()}"
+    admin = bench.Pg(bench.ADMIN_DSN)
+    admin.execute(f'CREATE DATABASE "{database}"')
+    dsn = bench.pg_dsn(database)
+    try:
+        import subprocess
+
+        subprocess.run(
+            [bench.HERALD, "migrate"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            env={**__import__("os").environ, "HERALD_DATABASE_URL": bench.sqlalchemy_url(dsn)},
+        )
+        results = asyncio.run(main_async(args, dsn))
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
