@@ -11,9 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from app import __version__
 from app.api import channels, health, notifications, problems
+from app.api.deps import security_of, security_schemes
 from app.api.middleware import BodyLimit, HttpMetrics, RequestId
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
@@ -45,8 +47,21 @@ def openapi_spec(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
             tags=app.openapi_tags,
         )
-        for operations in spec.get("paths", {}).values():
-            for operation in operations.values():
+        security = {
+            (route.path_format, method.lower()): security_of(route.dependant)
+            for route in iter_route_contexts(app.routes)
+            if isinstance(route.original_route, APIRoute)
+            for method in route.methods or ()
+        }
+        for path, operations in spec.get("paths", {}).items():
+            for method, operation in operations.items():
+                ours = security.get((path, method))
+                if ours and "security" in operation:  # openapi_extra's come after ours
+                    operation["security"] = ours + operation["security"]
+                elif ours:
+                    _insert_before(
+                        operation, ("parameters", "requestBody", "responses"), "security", ours
+                    )
                 operation["responses"].setdefault("500", copy.deepcopy(INTERNAL_ERROR))
                 for parameter in operation.get("parameters", []):
                     parameter["schema"] = _not_null(parameter["schema"])
@@ -54,8 +69,21 @@ def openapi_spec(app: FastAPI) -> dict[str, Any]:
                     content = response.get("content", {})
                     if status[0] in "45" and PROBLEM_JSON in content:
                         content.pop("application/json", None)
+        if any(security.values()):
+            spec["components"]["securitySchemes"] = security_schemes()
         app.openapi_schema = spec
     return app.openapi_schema
+
+
+def _insert_before(
+    mapping: dict[str, Any], successors: tuple[str, ...], key: str, value: Any
+) -> None:
+    """Set ``mapping[key]`` ahead of the first of ``successors`` (FastAPI's key order)."""
+    items = list(mapping.items())
+    at = next((i for i, (k, _) in enumerate(items) if k in successors), len(items))
+    items.insert(at, (key, value))
+    mapping.clear()
+    mapping.update(items)
 
 
 def _not_null(schema: dict[str, Any]) -> dict[str, Any]:

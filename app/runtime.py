@@ -11,12 +11,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics
 from app.channels.base import ChannelContext, ChannelType
+from app.channels.http_pool import ShardedTransport
 from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState
@@ -25,6 +27,7 @@ from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
 from app.store.db import create_engine, session_factory
+from app.store.repositories import Intake
 
 HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
 
@@ -53,6 +56,11 @@ class Runtime:
     channels: dict[str, ChannelType]
     links: dict[str, Link]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @cached_property
+    def intake(self) -> Intake:
+        """Where the API stores accepted notifications (the hot path, outside the ORM)."""
+        return Intake(self.engine)
 
     def wake_worker(self) -> None:
         """Tell an in-process worker that something is due now."""
@@ -99,7 +107,7 @@ async def open_runtime(
         allowed=config.network.allowed_networks,
     )
     http = httpx.AsyncClient(
-        transport=GuardedTransport(guard, httpx.AsyncHTTPTransport(limits=HTTP_LIMITS)),
+        transport=GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)),
         follow_redirects=False,
         trust_env=False,
     )

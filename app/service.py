@@ -12,7 +12,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
@@ -30,8 +29,13 @@ from app.errors import (
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
-from app.store.models import IdempotencyKey, Notification
-from app.store.repositories import IdempotencyRepository, NotificationRepository
+from app.store.models import Notification
+from app.store.repositories import (
+    DuplicateKey,
+    IdempotencyRepository,
+    NotificationRepository,
+    Row,
+)
 
 logger = logging.getLogger("herald.api")
 
@@ -84,18 +88,17 @@ def admit(runtime: Runtime, request: NotificationCreate, loc: Loc = ("body",)) -
 
 async def accept_batch(
     runtime: Runtime,
-    session: AsyncSession,
     items: Sequence[NotificationCreate | HeraldError],
     *,
     owner: str | None = None,
-) -> list[Notification | HeraldError]:
+) -> list[Row | HeraldError]:
     """Store every acceptable item in one transaction; each item's notification or error.
 
     Items arrive already parsed (a parse failure is passed in as its error), so one bad item
     costs only its own place in the batch.
     """
     now = utcnow()
-    results: list[Notification | HeraldError] = []
+    results: list[Row | HeraldError] = []
     for index, item in enumerate(items):
         if isinstance(item, HeraldError):
             results.append(item)
@@ -105,17 +108,13 @@ async def accept_batch(
             results.append(new_notification(item, route, now=now, owner=owner))
         except HeraldError as exc:
             results.append(exc)
-    accepted = [r for r in results if isinstance(r, Notification)]
+    accepted = [r for r in results if not isinstance(r, HeraldError)]
     if not accepted:
         return results
-    repository = NotificationRepository(session)
-    await repository.add_all(accepted)
-    due = any(n.next_attempt_at is not None and n.next_attempt_at <= now for n in accepted)
-    if due:
-        await repository.announce_due()
-    await session.commit()
-    for notification in accepted:
-        metrics.notifications_received.labels(metrics.route_label(notification.route)).inc()
+    due = any(_due(row, now) for row in accepted)
+    await runtime.intake.add_many(accepted, announce=due)
+    for row in accepted:
+        metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
     if due:
         runtime.wake_worker()
     return results
@@ -130,7 +129,8 @@ def request_hash(request: NotificationCreate) -> str:
 
 def new_notification(
     request: NotificationCreate, route: ResolvedRoute, *, now: datetime, owner: str | None
-) -> Notification:
+) -> Row:
+    """The ``notifications`` row of a newly accepted request."""
     expires_at = request.expires_at
     if expires_at is None and route.ttl is not None:
         try:
@@ -141,106 +141,102 @@ def new_notification(
                 errors=[{"loc": ["body", "send_at"], "msg": "too far ahead for the route's ttl"}],
             ) from None
     due = max(now, request.send_at) if request.send_at else now
-    return Notification(
-        id=uuid7(),
-        status="pending",
-        route=route.name,
-        strategy=route.strategy,
-        channels=route.channels,
-        chain_key="," + ",".join(route.channels) + ",",
-        recipient=request.recipient.model_dump(exclude_none=True),
-        subject=request.subject,
-        text=request.text,
-        html=request.html,
-        severity=request.severity,
-        source=request.source,
-        metadata_=request.metadata,
-        retry_schedule=list(route.retry.schedule),
-        retry_jitter=route.retry.jitter,
-        round=0,
-        round_base=0,
-        trigger="scheduled",
-        attempt_count=0,
-        delivered_via=None,
-        delivered_at=None,
-        next_attempt_at=min(due, expires_at) if expires_at else due,
-        last_error=None,
-        hops=[hop.as_dict() for hop in fresh_hops(route.channels)],
-        send_at=request.send_at,
-        expires_at=expires_at,
-        claimed_by=None,
-        lease_expires_at=None,
-        owner=owner,
-        created_at=now,
-        updated_at=now,
-    )
+    return {
+        "id": uuid7(),
+        "status": "pending",
+        "route": route.name,
+        "strategy": route.strategy,
+        "channels": route.channels,
+        "chain_key": "," + ",".join(route.channels) + ",",
+        "recipient": request.recipient.model_dump(exclude_none=True),
+        "subject": request.subject,
+        "text": request.text,
+        "html": request.html,
+        "severity": request.severity,
+        "source": request.source,
+        "metadata": request.metadata,
+        "retry_schedule": list(route.retry.schedule),
+        "retry_jitter": route.retry.jitter,
+        "round": 0,
+        "round_base": 0,
+        "trigger": "scheduled",
+        "attempt_count": 0,
+        "delivered_via": None,
+        "delivered_at": None,
+        "next_attempt_at": min(due, expires_at) if expires_at else due,
+        "last_error": None,
+        "hops": [hop.as_dict() for hop in fresh_hops(route.channels)],
+        "send_at": request.send_at,
+        "expires_at": expires_at,
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "owner": owner,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _due(row: Row, now: datetime) -> bool:
+    return row["next_attempt_at"] is not None and row["next_attempt_at"] <= now
 
 
 async def accept(
     runtime: Runtime,
-    session: AsyncSession,
     request: NotificationCreate,
     *,
     idempotency_key: str | None,
     owner: str | None = None,
-) -> tuple[Notification, bool]:
-    """Store a notification; ``(notification, replayed)``. A replay returns the original."""
+) -> tuple[Row | Notification, bool]:
+    """Store a notification: ``(its row, False)``, or ``(the original, True)`` for a replay."""
     route = admit(runtime, request)
     digest = request_hash(request) if idempotency_key else ""
     scope = owner or ""
     if idempotency_key:
-        replay = await _replay(session, scope, idempotency_key, digest)
+        replay = await _replay(runtime, scope, idempotency_key, digest)
         if replay is not None:
             return replay, True
     now = utcnow()
-    notification = new_notification(request, route, now=now, owner=owner)
-    repository = NotificationRepository(session)
+    row = new_notification(request, route, now=now, owner=owner)
+    key = None
+    if idempotency_key:
+        key = {
+            "scope": scope,
+            "key": idempotency_key,
+            "request_hash": digest,
+            "notification_id": row["id"],
+            "created_at": now,
+        }
+    due = _due(row, now)
     try:
-        await repository.add(notification)
-        if idempotency_key:
-            await IdempotencyRepository(session).add(
-                IdempotencyKey(
-                    scope=scope,
-                    key=idempotency_key,
-                    request_hash=digest,
-                    notification_id=notification.id,
-                    created_at=now,
-                )
-            )
-        if notification.next_attempt_at is not None and notification.next_attempt_at <= now:
-            await repository.announce_due()
-        await session.commit()
-    except IntegrityError:
+        await runtime.intake.add(row, key=key, announce=due)
+    except DuplicateKey:
         # Another request with the same key committed first: answer with its notification.
-        await session.rollback()
-        if not idempotency_key:
-            raise
-        replay = await _replay(session, scope, idempotency_key, digest)
+        assert idempotency_key is not None
+        replay = await _replay(runtime, scope, idempotency_key, digest)
         if replay is None:
             raise
         return replay, True
     metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
     logger.info(
         "accepted notification %s route=%s",
-        notification.id,
+        row["id"],
         route.name,
-        extra={"notification_id": str(notification.id), "route": route.name},
+        extra={"notification_id": str(row["id"]), "route": route.name},
     )
-    if notification.next_attempt_at is not None and notification.next_attempt_at <= now:
+    if due:
         runtime.wake_worker()
-    return notification, False
+    return row, False
 
 
-async def _replay(session: AsyncSession, scope: str, key: str, digest: str) -> Notification | None:
-    record = await IdempotencyRepository(session).get(scope, key)
-    if record is None:
-        return None
-    if record.request_hash != digest:
-        raise IdempotencyMismatch()
-    notification = await NotificationRepository(session).get(record.notification_id)
-    if notification is None:  # the notification was removed; the key means nothing now
-        return None
-    return notification
+async def _replay(runtime: Runtime, scope: str, key: str, digest: str) -> Notification | None:
+    async with runtime.sessions() as session:
+        record = await IdempotencyRepository(session).get(scope, key)
+        if record is None:
+            return None
+        if record.request_hash != digest:
+            raise IdempotencyMismatch()
+        # None when the notification was removed: the key means nothing now.
+        return await NotificationRepository(session).get(record.notification_id)
 
 
 async def get(

@@ -3,10 +3,11 @@
 A claimer takes due rows in batches (the same ``UPDATE … WHERE id IN (SELECT … ORDER BY
 next_attempt_at LIMIT n FOR UPDATE SKIP LOCKED) RETURNING`` under a lease that Herald uses);
 ``--concurrency`` senders (Herald's worker default, 32) POST each as the same Standard Webhooks
-JSON payload with the same HTTP client (``httpx.AsyncClient``, Herald's pool limits, no proxy
-from the environment); one writer records, in a single statement per group of finished
-deliveries, an attempt row each and the notification's new state (delivered, hops, attempt
-count, lease cleared) only while the lease is still held. No ORM, no orchestrator, no circuit
+JSON payload with the same HTTP client (``httpx.AsyncClient`` on Herald's sharded connection
+pool, ``app.channels.http_pool``, with Herald's limits; no proxy from the environment; only
+Herald's outbound address guard is left out); one writer records, in a single statement per
+group of finished deliveries, an attempt row each and the notification's new state (delivered,
+hops, attempt count, lease cleared) only while the lease is still held. No ORM, no orchestrator, no circuit
 breaker, no metrics.
 
     BENCH_DSN=postgresql://postgres@127.0.0.1:5432/herald_bench \\
@@ -29,6 +30,9 @@ from typing import Any
 
 import asyncpg
 import httpx
+
+from app.channels.http_pool import ShardedTransport
+from app.runtime import HTTP_LIMITS
 
 LEASE = timedelta(seconds=60)
 IDLE_SLEEP = 0.01
@@ -205,7 +209,7 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     pool = await asyncpg.create_pool(os.environ["BENCH_DSN"], min_size=2, max_size=4)
     http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        transport=ShardedTransport(HTTP_LIMITS),
         follow_redirects=False,
         trust_env=False,
     )

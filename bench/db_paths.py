@@ -1,4 +1,4 @@
-"""CPU and round trips of the database step alone: Herald's ORM path against leaner ways.
+"""CPU and round trips of the database step alone: Herald's paths against leaner ways.
 
 One process, one connection at a time, sequential: the figures are this process's CPU time per
 operation (``time.process_time``) and the wall time per operation, each the median of
@@ -8,18 +8,22 @@ step and the worker's save step cost in SQLAlchemy/asyncpg.
     .venv/bin/python bench/db_paths.py            # creates and drops its own database
 
 accept paths (one notification stored and announced):
-    orm            Herald today: session.add + flush, SELECT pg_notify, commit (pool_pre_ping on)
-    orm_noping     the same with pool_pre_ping off
-    core           Core INSERT of the row + pg_notify in one transaction, no pre-ping
-    core_one       one statement in autocommit: INSERT … in a CTE with pg_notify, no pre-ping
+    orm            Herald before its Intake: session.add + flush, SELECT pg_notify, commit
+    core           Core INSERT of the row + pg_notify in one transaction
+    core_one       one statement in autocommit: INSERT … in a CTE with pg_notify
+    intake         Herald now (app.store.repositories.Intake.add): the CTE statement on the
+                   pooled driver connection
     asyncpg        one INSERT on a raw asyncpg connection (what baseline_ingest does)
 
 save paths (a delivered round written: new state + one attempt, lease checked):
-    orm_each       Herald today: a session per notification, UPDATE … WHERE claimed_by, add the
-                   attempt, commit (pre-ping on)
-    core_batch32   32 notifications per transaction: one UPDATE … FROM unnest RETURNING, one
-                   INSERT of the attempts (Core over the same engine, no pre-ping)
+    rounds_each    Herald's save_rounds with one round per transaction (an idle worker)
+    rounds_batch32 Herald's save_rounds with 32 rounds per transaction (group commit under load)
+    core_batch32   32 notifications per transaction: one UPDATE … RETURNING, one INSERT of the
+                   attempts (Core over the same engine)
     asyncpg_batch32  the same two statements as one CTE on raw asyncpg (baseline_deliver)
+
+(bench/results/db_paths.json was recorded before the Intake and group commit existed, when
+Herald's paths were ``orm`` and an ORM save per round: 1.23 and 1.66 ms of CPU.)
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from app.runtime import ResolvedRoute
 from app.service import new_notification
 from app.store.db import create_engine, session_factory
 from app.store.models import Attempt, Notification
-from app.store.repositories import NotificationRepository
+from app.store.repositories import FinishedRound, Intake, NotificationRepository
 
 ROUTE = ResolvedRoute("default", ["hooks"], "fallback", RetryPolicy(), None)
 REQUEST = NotificationCreate.model_validate(
@@ -79,10 +83,9 @@ async def measure(ops: int, step: Callable[[int], Awaitable[None]]) -> tuple[flo
 
 async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     url = bench.sqlalchemy_url(dsn)
-    ping = create_engine(url)
-    noping = create_engine(url)
-    noping.pool._pre_ping = False  # the same engine settings, pre-ping off
-    sessions, sessions_noping = session_factory(ping), session_factory(noping)
+    engine = create_engine(url)
+    intake = Intake(engine)
+    sessions = session_factory(engine)
     raw = await asyncpg.connect(dsn)
     table = Notification.__table__
     core_one = text(
@@ -94,25 +97,28 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     ).bindparams(*[bindparam(c.name, type_=c.type) for c in table.c])  # typed binds
 
     def fresh() -> Notification:
-        return new_notification(REQUEST, ROUTE, now=datetime.now(UTC), owner=None)
+        row = new_notification(REQUEST, ROUTE, now=datetime.now(UTC), owner=None)
+        return Notification(**{key: row[name] for name, key in COLUMNS})
 
-    async def orm(_: int, factory: Any = sessions) -> None:
-        async with factory() as session:
-            repository = NotificationRepository(session)
-            await repository.add(fresh())
-            await repository.announce_due()
+    async def orm(_: int) -> None:
+        async with sessions() as session:
+            session.add(fresh())
+            await session.flush()
+            await NotificationRepository(session).announce_due()
             await session.commit()
 
-    async def orm_noping(i: int) -> None:
-        await orm(i, sessions_noping)
+    async def intake_add(_: int) -> None:
+        await intake.add(
+            new_notification(REQUEST, ROUTE, now=datetime.now(UTC), owner=None), announce=True
+        )
 
     async def core(_: int) -> None:
-        async with noping.begin() as conn:
+        async with engine.begin() as conn:
             await conn.execute(insert(table), row_of(fresh()))
             await conn.execute(text("SELECT pg_notify('herald_due', '')"))
 
     async def core_single(_: int) -> None:
-        async with noping.connect() as conn:
+        async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(core_one, row_of(fresh()))
 
@@ -139,9 +145,9 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
     accept_paths = {
         "orm": orm,
-        "orm_noping": orm_noping,
         "core": core,
         "core_one": core_single,
+        "intake": intake_add,
         "asyncpg": raw_insert,
     }
     results: dict[str, Any] = {"accept": {}, "save": {}}
@@ -166,7 +172,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             n.status, n.claimed_by = "delivering", worker_id
             n.lease_expires_at = datetime.now(UTC) + timedelta(seconds=60)
             rows.append(row_of(n))
-        async with noping.begin() as conn:
+        async with engine.begin() as conn:
             await conn.execute(insert(table), rows)
         return [r["id"] for r in rows]
 
@@ -206,19 +212,21 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
     attempt_columns = [c.name for c in Attempt.__table__.c]
 
-    async def orm_each(ids: list[uuid.UUID]) -> None:
-        for notification_id in ids:
+    def finished(ids: list[uuid.UUID]) -> list[FinishedRound]:
+        return [FinishedRound(i, values_for(), [attempt_for(i)]) for i in ids]
+
+    async def rounds_each(ids: list[uuid.UUID]) -> None:
+        for one in finished(ids):
             async with sessions() as session, session.begin():
-                await NotificationRepository(session).save_round(
-                    notification_id,
-                    worker_id=worker_id,
-                    attempts=[attempt_for(notification_id)],
-                    values=values_for(),
-                )
+                await NotificationRepository(session).save_rounds([one], worker_id=worker_id)
+
+    async def rounds_batch(ids: list[uuid.UUID]) -> None:
+        async with sessions() as session, session.begin():
+            await NotificationRepository(session).save_rounds(finished(ids), worker_id=worker_id)
 
     async def core_batch(ids: list[uuid.UUID]) -> None:
         values = values_for()
-        async with noping.begin() as conn:
+        async with engine.begin() as conn:
             done = await conn.execute(
                 update(table)
                 .where(
@@ -255,7 +263,12 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             worker_id,
         )
 
-    save_paths = {"orm_each": orm_each, "core_batch32": core_batch, "asyncpg_batch32": raw_batch}
+    save_paths = {
+        "rounds_each": rounds_each,
+        "rounds_batch32": rounds_batch,
+        "core_batch32": core_batch,
+        "asyncpg_batch32": raw_batch,
+    }
     save_samples: dict[str, list[tuple[float, float]]] = {name: [] for name in save_paths}
     batches = max(1, args.ops // 32)
     for _ in range(args.rounds):
@@ -274,8 +287,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         }
         print(f"save {name} (per notification): {results['save'][name]}", flush=True)
     await raw.close()
-    await ping.dispose()
-    await noping.dispose()
+    await engine.dispose()
     return results
 
 

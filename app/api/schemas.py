@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from app.channels.base import ErrorClass, Recipient
 from app.delivery.circuit import CircuitState
@@ -212,8 +220,9 @@ class NotificationOut(Output):
     subject: str | None
     severity: Severity
     source: str | None
-    metadata: dict[str, Any] = Field(validation_alias="metadata_")
-    """Read from the model's ``metadata_`` (``metadata`` is SQLAlchemy's on a model)."""
+    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    """Read from the model's ``metadata_`` (``metadata`` is SQLAlchemy's on a model) or from
+    a row's ``metadata``."""
     round: int
     attempt_count: int
     delivered_via: str | list[str] | None = Field(

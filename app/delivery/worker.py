@@ -1,9 +1,10 @@
 """The delivery loop: claim due notifications under a lease, run a round each, persist it.
 
 A claim is one short transaction; the provider calls happen outside any transaction; each
-notification's attempts and new state are then written together in one transaction that also
-checks the lease is still ours. A worker that dies mid-round leaves no attempt behind: its lease
-runs out, the sweep returns the notification to ``pending``, and another try is made.
+notification's attempts and new state are then written together, in one transaction that also
+checks the lease is still ours (shared with the other rounds that finished meanwhile: see
+saves.py). A worker that dies mid-round leaves no attempt behind: its lease runs out, the sweep
+returns the notification to ``pending``, and another try is made.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from app.delivery.orchestrator import (
     Plan,
     utcnow,
 )
+from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.runtime import Runtime
 from app.store.db import is_sqlite, unavailable_reason
 from app.store.models import Attempt, Notification
 from app.store.repositories import (
     IDEMPOTENCY_RETENTION,
+    FinishedRound,
     IdempotencyRepository,
     NotificationRepository,
 )
@@ -46,6 +49,8 @@ T = TypeVar("T")
 SWEEP_EVERY = 5.0
 PURGE_EVERY = 600.0
 MAX_BACKOFF = 30.0
+SAVE_GRACE = 5.0
+"""At shutdown, how long rounds that finished but are not yet written may take to be saved."""
 
 
 class _UnconfiguredConfig(ChannelConfig):
@@ -125,6 +130,7 @@ class Worker:
         self.clock = clock
         self.orchestrator = orchestrator or Orchestrator(clock=clock)
         self._in_flight: dict[asyncio.Task[None], uuid.UUID] = {}
+        self._saves = RoundSaver(runtime.sessions, self.worker_id)
         self._last_sweep = float("-inf")
         self._last_purge = float("-inf")
 
@@ -223,8 +229,16 @@ class Worker:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                # A cancelled round that had finished is still written if it was queued; only
+                # then can release tell which claims are really unfinished.
+                await self._drain_saves()
                 await self.release(ids)
+        await self._drain_saves()
         logger.info("worker %s stopped", self.worker_id)
+
+    async def _drain_saves(self) -> None:
+        if not await self._saves.drain(SAVE_GRACE):
+            logger.warning("gave up on saving rounds still queued after %.0fs", SAVE_GRACE)
 
     async def _keep_leases(self) -> None:
         """Renew the lease of every notification in flight here, every third of a lease, until
@@ -354,13 +368,8 @@ class Worker:
     async def _save_rows(
         self, notification: Notification, rows: list[Attempt], values: dict[str, Any]
     ) -> bool:
-        async with self.runtime.sessions() as session, session.begin():
-            saved = await NotificationRepository(session).save_round(
-                notification.id, worker_id=self.worker_id, attempts=rows, values=values
-            )
-            if not saved:
-                await session.rollback()
-        return saved
+        """Queue the round for the next group commit and wait until it is written."""
+        return await self._saves.save(FinishedRound(notification.id, values, rows))
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run a database step, retrying while the database is unreachable.

@@ -6,14 +6,132 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, false, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    false,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util import greenlet_spawn
 
+from app.store.db import unavailable_reason
 from app.store.models import Attempt, IdempotencyKey, Notification
 
 DUE_CHANNEL = "herald_due"
+
+NOTIFICATIONS = cast(Table, Notification.__table__)
+IDEMPOTENCY_KEYS = cast(Table, IdempotencyKey.__table__)
+
+Row = dict[str, Any]
+"""A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
+
+
+class DuplicateKey(Exception):
+    """The idempotency key is already taken: another request stored it first."""
+
+
+class Intake:
+    """Stores newly accepted notifications: the API's hot path, so no ORM unit of work.
+
+    On PostgreSQL one notification is one statement in autocommit on the pooled driver
+    connection: the row, its idempotency key and the ``NOTIFY`` to listening workers in one
+    CTE, so one round trip and no ``BEGIN``/``COMMIT`` (bench/results/db_paths.json: 0.2 ms of
+    CPU against 1.2 ms through the ORM). Values pass through the same SQLAlchemy bind
+    processors the ORM applies, so rows read back identically. SQLite and batches take Core
+    INSERTs in one transaction.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.postgresql = engine.dialect.name == "postgresql"
+        self._notifications = _PreparedInsert(NOTIFICATIONS, engine.dialect)
+        self._keys = _PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
+
+    async def add(self, row: Row, *, key: Row | None = None, announce: bool = False) -> None:
+        """Store one notification (and its idempotency key); ``DuplicateKey`` if that is taken."""
+        if not self.postgresql:
+            await self.add_many([row], key=key, announce=announce)
+            return
+        parts = [f"n AS ({self._notifications.sql(1)})"]
+        args = self._notifications.args(row)
+        if key is not None:
+            parts.append(f"k AS ({self._keys.sql(len(args) + 1)})")
+            args += self._keys.args(key)
+        main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
+        sql = f"WITH {', '.join(parts)} {main}"
+        pooled = await self.engine.raw_connection()
+        try:
+            await pooled.driver_connection.execute(sql, *args)  # type: ignore[union-attr]
+        except Exception as exc:
+            if key is not None and getattr(exc, "sqlstate", None) == "23505":
+                raise DuplicateKey() from exc
+            lost = unavailable_reason(exc) is not None
+            if lost:  # the pool must not hand out a broken connection again
+                await greenlet_spawn(pooled.invalidate)
+            # Wrapped as SQLAlchemy wraps driver errors, so callers see one kind.
+            raise DBAPIError(
+                sql, None, exc, hide_parameters=True, connection_invalidated=lost
+            ) from exc
+        finally:
+            await greenlet_spawn(pooled.close)
+
+    async def add_many(
+        self, rows: Sequence[Row], *, key: Row | None = None, announce: bool = False
+    ) -> None:
+        """Store notifications in one transaction (workers hear of them on commit)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(NOTIFICATIONS), list(rows))
+                if key is not None:
+                    await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
+                if announce:
+                    await _announce(conn, conn.dialect)
+        except IntegrityError as exc:
+            if key is None:
+                raise
+            raise DuplicateKey() from exc
+
+
+class _PreparedInsert:
+    """``INSERT INTO table (…) VALUES ($n, …)`` and the driver-level values for one row."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.table = table
+        self.columns = [column.name for column in table.columns]
+        self.processors = [
+            column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns
+        ]
+
+    def sql(self, first: int) -> str:
+        places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
+        return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
+
+    def args(self, row: Row) -> list[Any]:
+        return [
+            value if process is None else process(value)
+            for process, value in zip(
+                self.processors, (row[name] for name in self.columns), strict=True
+            )
+        ]
+
+
+async def _announce(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:
+    if dialect.name == "postgresql":
+        await executor.execute(text("SELECT pg_notify(:channel, '')"), {"channel": DUE_CHANNEL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +147,6 @@ class ListFilter:
 class NotificationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def add(self, notification: Notification) -> None:
-        self.session.add(notification)
-        await self.session.flush()
-
-    async def add_all(self, notifications: Sequence[Notification]) -> None:
-        self.session.add_all(notifications)
-        await self.session.flush()
 
     async def get(
         self, notification_id: uuid.UUID, *, owner: str | None = None
@@ -142,27 +252,60 @@ class NotificationRepository:
         attempts: Sequence[Attempt],
         values: dict[str, Any],
     ) -> bool:
-        """Write a round's attempts and the notification's new state, if we still hold it.
-
-        ``False`` when the lease was lost (another worker took the notification over): the
-        caller rolls back, so the round is neither recorded nor counted twice.
-        """
-        stmt = (
-            update(Notification)
-            .where(
-                Notification.id == notification_id,
-                Notification.status == "delivering",
-                Notification.claimed_by == worker_id,
-            )
-            .values(**values, claimed_by=None, lease_expires_at=None)
-            .execution_options(synchronize_session=False)
+        """``save_rounds`` for one round: ``False``, and nothing written, if the lease was lost."""
+        saved = await self.save_rounds(
+            [FinishedRound(notification_id, values, attempts)], worker_id=worker_id
         )
-        result = await self.session.execute(stmt)
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            return False
-        self.session.add_all(attempts)
-        await self.session.flush()
-        return True
+        return notification_id in saved
+
+    async def save_rounds(
+        self, rounds: Sequence[FinishedRound], *, worker_id: str
+    ) -> set[uuid.UUID]:
+        """Write finished rounds (new state and attempts together) whose lease is still ours.
+
+        Returns the ids that were saved. A round whose notification this worker no longer holds
+        (the lease ran out and another worker took it over, or it was released) is skipped
+        whole: neither its attempts nor its state are written, so it is not counted twice.
+
+        Three statements whatever the number of rounds: lock the rows still ours (in id order,
+        so two transactions locking several rows cannot deadlock), UPDATE them (one
+        executemany per set of changed columns), INSERT all their attempts in one statement.
+        Core, not the unit of work: no identity map, no per-object flush bookkeeping
+        (bench/results/db_paths.json: 0.1 ms of CPU for 32 rounds against 1.7 ms for each).
+        ``values`` are keyed by model attribute, as ``update(Notification).values`` takes them.
+        """
+        if not rounds:
+            return set()
+        held = _held_by(worker_id, [finished.notification_id for finished in rounds])
+        ours = set(
+            (await self.session.scalars(held.order_by(Notification.id).with_for_update())).all()
+        )
+        if not ours:
+            return ours
+        by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for finished in rounds:
+            if finished.notification_id in ours:
+                params = {_COLUMN_OF[key]: value for key, value in finished.values.items()}
+                params |= {"claimed_by": None, "lease_expires_at": None}
+                by_columns.setdefault(frozenset(params), []).append(
+                    params | {"b_id": finished.notification_id}
+                )
+        # The SET clause comes from the parameters' keys: one executemany per set of columns.
+        update_held = update(Notification).where(
+            Notification.id == bindparam("b_id"), *_held(worker_id)
+        )
+        connection = await self.session.connection()
+        for group in by_columns.values():
+            await connection.execute(update_held, group)
+        attempt_rows = [
+            _attempt_values(attempt)
+            for finished in rounds
+            if finished.notification_id in ours
+            for attempt in finished.attempts
+        ]
+        if attempt_rows:
+            await connection.execute(insert(Attempt), attempt_rows)
+        return ours
 
     async def extend_leases(
         self, ids: Sequence[uuid.UUID], *, worker_id: str, lease_until: datetime
@@ -172,11 +315,8 @@ class NotificationRepository:
             return 0
         stmt = (
             update(Notification)
-            .where(
-                Notification.id.in_(ids),
-                Notification.status == "delivering",
-                Notification.claimed_by == worker_id,
-            )
+            .where(Notification.id.in_(_locked_in_order(_held_by(worker_id, ids))))
+            .where(*_held(worker_id))
             .values(lease_expires_at=lease_until)
             .execution_options(synchronize_session=False)
         )
@@ -189,11 +329,8 @@ class NotificationRepository:
             return 0
         stmt = (
             update(Notification)
-            .where(
-                Notification.id.in_(ids),
-                Notification.status == "delivering",
-                Notification.claimed_by == worker_id,
-            )
+            .where(Notification.id.in_(_locked_in_order(_held_by(worker_id, ids))))
+            .where(*_held(worker_id))
             .values(status="pending", claimed_by=None, lease_expires_at=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -202,9 +339,11 @@ class NotificationRepository:
 
     async def recover_expired_leases(self, now: datetime) -> int:
         """Return notifications whose worker died mid-delivery to ``pending``, due at once."""
+        expired = (Notification.status == "delivering", Notification.lease_expires_at < now)
         stmt = (
             update(Notification)
-            .where(Notification.status == "delivering", Notification.lease_expires_at < now)
+            .where(Notification.id.in_(_locked_in_order(select(Notification.id).where(*expired))))
+            .where(*expired)
             .values(
                 status="pending",
                 claimed_by=None,
@@ -219,10 +358,7 @@ class NotificationRepository:
 
     async def announce_due(self) -> None:
         """Tell listening workers (PostgreSQL ``NOTIFY``, sent on commit) that work is due."""
-        if self.session.get_bind().dialect.name == "postgresql":
-            await self.session.execute(
-                text("SELECT pg_notify(:channel, '')"), {"channel": DUE_CHANNEL}
-            )
+        await _announce(self.session, self.session.get_bind().dialect)
 
     async def oldest_due(self) -> datetime | None:
         """The earliest ``next_attempt_at`` among pending notifications."""
@@ -252,6 +388,43 @@ class IdempotencyRepository:
             delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRound:
+    """What one round changes: the notification's new column values and its attempt rows."""
+
+    notification_id: uuid.UUID
+    values: dict[str, Any]
+    attempts: Sequence[Attempt]
+
+
+def _held(worker_id: str) -> tuple[ColumnElement[bool], ...]:
+    """A notification this worker holds under its lease."""
+    return (Notification.status == "delivering", Notification.claimed_by == worker_id)
+
+
+def _held_by(worker_id: str, ids: Sequence[uuid.UUID]) -> Select[uuid.UUID]:
+    return select(Notification.id).where(Notification.id.in_(ids), *_held(worker_id))
+
+
+def _locked_in_order(ids: Select[uuid.UUID]) -> ScalarSelect[uuid.UUID]:
+    """``ids``' rows locked in id order (PostgreSQL; SQLite has one writer at a time).
+
+    Every statement that locks several notification rows in one transaction (saving a batch of
+    rounds, renewing, releasing, sweeping leases) takes them in the same order, so two of them
+    cannot deadlock on each other.
+    """
+    return ids.order_by(Notification.id).with_for_update().scalar_subquery()
+
+
+def _attempt_values(attempt: Attempt) -> dict[str, Any]:
+    return {column: getattr(attempt, key) for key, column in _ATTEMPT_COLUMNS}
+
+
+_ATTEMPT_COLUMNS = tuple((attr.key, attr.columns[0].key) for attr in inspect(Attempt).column_attrs)
+_COLUMN_OF = {attr.key: attr.columns[0].key for attr in inspect(Notification).column_attrs}
+"""Model attribute → column name (``metadata_`` → ``metadata``)."""
 
 
 def _like_escape(value: str) -> str:
