@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+import sniffio
+
 from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
 from app.delivery.listener import listen
@@ -428,6 +430,11 @@ class Worker:
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
     """Run the delivery loop until ``stop``; a crash is logged and the loop starts again."""
+    # httpcore and anyio ask sniffio which async library runs several times per request. Told
+    # once through sniffio's own context variable (inherited by every task started from here),
+    # it answers without probing asyncio (bench/ab.py, with the pool in 8 shards instead of 4:
+    # 16% less worker CPU per delivery).
+    sniffio.current_async_library_cvar.set("asyncio")
     while not stop.is_set():
         try:
             await worker.run(stop)

@@ -60,19 +60,21 @@ class Intake:
         self.postgresql = engine.dialect.name == "postgresql"
         self._notifications = _PreparedInsert(NOTIFICATIONS, engine.dialect)
         self._keys = _PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
+        self._statements = {
+            (with_key, announce): self._statement(with_key, announce)
+            for with_key in (False, True)
+            for announce in (False, True)
+        }
 
     async def add(self, row: Row, *, key: Row | None = None, announce: bool = False) -> None:
         """Store one notification (and its idempotency key); ``DuplicateKey`` if that is taken."""
         if not self.postgresql:
             await self.add_many([row], key=key, announce=announce)
             return
-        parts = [f"n AS ({self._notifications.sql(1)})"]
         args = self._notifications.args(row)
         if key is not None:
-            parts.append(f"k AS ({self._keys.sql(len(args) + 1)})")
             args += self._keys.args(key)
-        main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
-        sql = f"WITH {', '.join(parts)} {main}"
+        sql = self._statements[key is not None, announce]
         pooled = await self.engine.raw_connection()
         try:
             await pooled.driver_connection.execute(sql, *args)  # type: ignore[union-attr]
@@ -88,6 +90,13 @@ class Intake:
             ) from exc
         finally:
             await greenlet_spawn(pooled.close)
+
+    def _statement(self, with_key: bool, announce: bool) -> str:
+        parts = [f"n AS ({self._notifications.sql(1)})"]
+        if with_key:
+            parts.append(f"k AS ({self._keys.sql(len(self._notifications.columns) + 1)})")
+        main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
+        return f"WITH {', '.join(parts)} {main}"
 
     async def add_many(
         self, rows: Sequence[Row], *, key: Row | None = None, announce: bool = False

@@ -26,7 +26,8 @@ class PeerRecorder(HttpServer):
 async def test_requests_go_round_the_shards_each_keeping_its_connection() -> None:
     async with serve_http(PeerRecorder()) as server:
         assert isinstance(server, PeerRecorder)
-        transport = ShardedTransport(httpx.Limits(max_connections=8, max_keepalive_connections=4))
+        limits = httpx.Limits(max_connections=8, max_keepalive_connections=4)
+        transport = ShardedTransport(limits, shards=4)
         async with httpx.AsyncClient(transport=transport, trust_env=False) as client:
             for i in range(8):
                 response = await client.post(server.url("/a"), content=f"{i}")

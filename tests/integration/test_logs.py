@@ -23,7 +23,7 @@ def json_lines() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     previous = root.level
     root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG)  # the accepted-notification line is at DEBUG
     yield stream
     root.removeHandler(handler)
     root.setLevel(previous)
