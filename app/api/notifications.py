@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.types import Message, Receive, Scope, Send
 
 from app import service
 from app.api.deps import (
     AdminScope,
+    Authorizer,
     ReadScope,
     RuntimeDep,
     SendScope,
@@ -34,16 +38,19 @@ from app.api.schemas import (
     NotificationStatus,
 )
 from app.errors import HeraldError, Unprocessable
+from app.security.auth import Principal
 from app.store.models import Notification
 from app.store.repositories import ListFilter, NotificationRepository, Row
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
+IDEMPOTENCY_KEY_LIMIT = 255
+
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        max_length=255,
+        max_length=IDEMPOTENCY_KEY_LIMIT,
         description="Same key and same body within 24 h return the original notification.",
     ),
 ]
@@ -76,8 +83,15 @@ async def create_notification(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """It belongs to the calling API key, which also scopes its Idempotency-Key."""
-    # The runtime from the request, not RuntimeDep: each dependency costs FastAPI more than
-    # the lookup, and this is the hottest operation.
+    return await _accept(request, body, principal, idempotency_key)
+
+
+async def _accept(
+    request: Request,
+    body: NotificationCreate,
+    principal: Principal | None,
+    idempotency_key: str | None,
+) -> Response:
     stored, replayed = await service.accept(
         runtime_of(request),
         body,
@@ -94,6 +108,66 @@ async def create_notification(
         headers=headers,
         media_type="application/json",
     )
+
+
+class FastAccept:
+    """``POST /v1/notifications`` by a shorter road than FastAPI's, for requests that are fine.
+
+    FastAPI's routing, dependency solving and response handling cost about a third of the API's
+    CPU per accept (bench/). This plain Starlette route sits in front of ``create_notification``
+    and serves a request only when it is one FastAPI would accept: a JSON body
+    (``application/json``) that ``NotificationCreate`` validates and an ``Idempotency-Key`` of
+    at most 255 characters. It checks them in FastAPI's order (the body is parsed before the
+    caller is authorized, and validated after), and anything else is handed, body and all, to
+    ``create_notification``'s FastAPI route, which answers exactly as it always did. The work
+    itself is ``_accept``, shared by both roads.
+    """
+
+    def __init__(self) -> None:
+        self.route = next(
+            route
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.endpoint is create_notification
+        )
+        self.authorize = Authorizer("send")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["route"] = self.route  # as FastAPI sets it: the path template for metrics
+        request = Request(scope, receive)
+        raw = await request.body()
+        body = _valid_body(request, raw)
+        if body is not None:
+            principal = await self.authorize(request)
+            key = request.headers.get("idempotency-key")
+            if key is None or len(key) <= IDEMPOTENCY_KEY_LIMIT:
+                response = await _accept(request, body, principal, key)
+                await response(scope, receive, send)
+                return
+        await self.route.handle(scope, _replay(raw, receive), send)
+
+
+def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        return None
+    try:
+        return NotificationCreate.model_validate(json.loads(raw))
+    except (ValueError, ValidationError):  # JSON and UTF-8 errors are ValueErrors too
+        return None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for a request whose body was read already: the body, then the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 @router.post(

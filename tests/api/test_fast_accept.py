@@ -1,0 +1,120 @@
+"""``FastAccept``: plain JSON requests skip FastAPI's machinery; every other request is answered
+by the FastAPI route, exactly as before, and in FastAPI's order of checks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from app.api.notifications import FastAccept, create_notification, router
+from app.channels.registry import default_registry
+from app.config import parse_config
+from tests.api.conftest import BASIC_CONFIG, assert_problem
+from tests.support.harness import Harness, herald
+
+KEY = "sk-sender-0123456789abcdef0123456789ab"
+BODY = {"route": "alerts", "text": "x", "send_at": "2099-01-01T00:00:00Z"}
+
+
+@pytest.fixture
+def fallbacks(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The requests FastAccept handed to the FastAPI route (their content types)."""
+    route = FastAccept().route
+    handle = route.handle
+    seen: list[str] = []
+
+    async def counting(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        seen.append(headers.get(b"content-type", b"").decode())
+        await handle(scope, receive, send)
+
+    monkeypatch.setattr(route, "handle", counting)
+    yield seen
+
+
+def test_the_fallback_is_the_documented_route() -> None:
+    route = FastAccept().route
+    assert route in router.routes
+    assert route.endpoint is create_notification
+    assert route.path == "/v1/notifications" and route.methods == {"POST"}
+
+
+async def test_a_plain_json_request_takes_the_short_road(h: Harness, fallbacks: list[str]) -> None:
+    response = await h.client.post(
+        "/v1/notifications", json=BODY, headers={"Idempotency-Key": "k" * 255}
+    )
+    assert response.status_code == 202, response.text
+    assert fallbacks == []
+    assert response.headers["content-type"] == "application/json"
+    created = response.json()
+    assert response.headers["location"] == f"/v1/notifications/{created['id']}"
+    assert created == await h.get(created["id"])
+    replay = await h.client.post(
+        "/v1/notifications", json=BODY, headers={"Idempotency-Key": "k" * 255}
+    )
+    assert (replay.status_code, replay.json()["id"]) == (200, created["id"])
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert fallbacks == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "headers", "status", "loc"),
+    [
+        ("application/cloudevents+json", json.dumps(BODY).encode(), {}, 202, None),
+        ("application/json", b'{"text": "x",', {}, 422, ["body", 13]),
+        ("application/json", b"\xff\xfe{}", {}, 422, ["body", 0]),
+        ("application/json", b'["x"]', {}, 422, ["body"]),
+        ("application/json", json.dumps({"text": "x", "nope": 1}).encode(), {}, 422, None),
+        ("application/json", json.dumps(BODY).encode(), {"Idempotency-Key": "k" * 256}, 422,
+         ["header", "Idempotency-Key"]),
+        ("text/plain", json.dumps(BODY).encode(), {}, 422, ["body"]),
+    ],
+    ids=["plus-json", "broken-json", "not-utf8", "not-an-object", "unknown-field",
+         "long-key", "text-plain"],
+)  # fmt: skip
+async def test_anything_else_is_answered_by_the_fastapi_route(
+    h: Harness,
+    fallbacks: list[str],
+    content_type: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    loc: list[Any] | None,
+) -> None:
+    response = await h.client.post(
+        "/v1/notifications", content=body, headers={"Content-Type": content_type, **headers}
+    )
+    assert response.status_code == status, response.text
+    assert fallbacks == [content_type]
+    if status == 422:
+        problem = assert_problem(response, 422)
+        if loc is not None:
+            assert problem["errors"][0]["loc"] == loc
+
+
+async def test_with_keys_the_checks_keep_fastapis_order(db_url: str, fallbacks: list[str]) -> None:
+    raw = {**BASIC_CONFIG, "auth": {"api_keys": [{"name": "s", "key": KEY, "scopes": ["send"]}]}}
+    config = parse_config(raw, default_registry(), source="test")
+    async with herald(db_url, config) as h:
+        url, bearer = "/v1/notifications", {"Authorization": f"Bearer {KEY}"}
+        # The body is parsed before the caller is authorized ...
+        broken = await h.client.post(
+            url, content=b"{", headers={"Content-Type": "application/json"}
+        )
+        assert_problem(broken, 422)
+        # ... and validated after.
+        invalid = await h.client.post(url, json={"text": 1})
+        assert_problem(invalid, 401, slug="unauthorized")
+        assert fallbacks == ["application/json"] * 2
+        assert_problem(await h.client.post(url, json=BODY), 401, slug="unauthorized")
+        unknown_key = await h.client.post(url, json=BODY, headers={"X-API-Key": "sk-nope"})
+        assert_problem(unknown_key, 401, slug="unauthorized")
+        assert len(fallbacks) == 2, "a well-formed body is refused by the short road itself"
+        accepted = await h.client.post(url, json=BODY, headers=bearer)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["id"]
+        assert len(fallbacks) == 2
