@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from http.cookiejar import CookieJar
+from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -67,6 +69,15 @@ class Runtime:
         self.wakeup.set()
 
 
+class NoCookies(CookieJar):
+    """A cookie jar that keeps nothing. A provider's cookie has no business in the next call:
+    it could carry one tenant's session into another's request, and parsing every response's
+    cookies was 3% of the worker's CPU samples in a delivery profile."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
 def _export_circuit(channel: str, state: CircuitState) -> None:
     metrics.channel_circuit_state.labels(channel).set(STATE_VALUES[state])
 
@@ -110,6 +121,7 @@ async def open_runtime(
         transport=GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)),
         follow_redirects=False,
         trust_env=False,
+        cookies=NoCookies(),
     )
     channels, links = build_channels(config, registry, ChannelContext(http=http))
     runtime = Runtime(

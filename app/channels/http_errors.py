@@ -105,7 +105,7 @@ async def post_once(
 
 async def post_and_classify(
     http: httpx.AsyncClient,
-    url: str,
+    url: httpx.URL | str,
     *,
     failure: Callable[[httpx.Response], DeliveryResult] = failure_from_response,
     message_id: Callable[[httpx.Response], str | None] = lambda response: None,

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any, Literal
 
+import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from app.channels.base import (
@@ -96,9 +97,11 @@ class WebhookChannel(ChannelType):
         super().__init__(*args, **kwargs)
         secret = self.config.secret
         self._key = secret_key(secret.get_secret_value()) if secret else None
+        # Parsed once: httpx parses a string URL again on every request.
+        self._url = httpx.URL(self.config.url) if self.config.url else None
 
     async def send(self, message: Message) -> DeliveryResult:
-        url = self.config.url or message.recipient.webhook_url
+        url = self._url or message.recipient.webhook_url
         if not url:
             return DeliveryResult.skipped("no_address", "recipient has no webhook_url")
         timestamp = int(time.time())

@@ -132,6 +132,9 @@ class Worker:
         self.clock = clock
         self.orchestrator = orchestrator or Orchestrator(clock=clock)
         self._in_flight: dict[asyncio.Task[None], uuid.UUID] = {}
+        self._saving: set[asyncio.Task[None]] = set()
+        """Tasks in ``_in_flight`` whose provider calls are over, waiting for their save."""
+        self._slot_free = asyncio.Event()
         self._saves = RoundSaver(runtime.sessions, self.worker_id)
         self._last_sweep = float("-inf")
         self._last_purge = float("-inf")
@@ -172,10 +175,8 @@ class Worker:
                     await self.sweep()
                     self._last_sweep = loop.time()
                 self.runtime.wakeup.clear()
-                limit = min(
-                    self.settings.worker_concurrency - len(self._in_flight),
-                    self.settings.worker_batch_size,
-                )
+                self._slot_free.clear()
+                limit = self._room()
                 claimed = await self.claim(limit) if limit > 0 else []
                 backoff = 0.0
             except Exception as exc:
@@ -191,7 +192,7 @@ class Worker:
                 task.add_done_callback(self._done)
             if limit <= 0:
                 # Every slot is busy: claim again as soon as one frees up.
-                await _wait_first(list(self._in_flight), stop)
+                await _wait_any(stop, self._slot_free, None)
             elif len(claimed) < limit:
                 # Nothing more is due: sleep until woken, or until the poll finds retries.
                 await _wait_any(stop, self.runtime.wakeup, self.settings.poll_interval)
@@ -203,8 +204,26 @@ class Worker:
         await asyncio.gather(*(self.deliver(n) for n in claimed))
         return len(claimed)
 
+    def _room(self) -> int:
+        """How many notifications to claim now.
+
+        ``worker_concurrency`` bounds the rounds talking to providers; a round whose calls are
+        over frees its slot while its save is written (a save waits for the next group commit),
+        so the slot is not idle meanwhile. At most twice the concurrency is held in all, so
+        slow saves cannot pile up claims.
+        """
+        concurrency = self.settings.worker_concurrency
+        sending = len(self._in_flight) - len(self._saving)
+        return min(
+            concurrency - sending,
+            2 * concurrency - len(self._in_flight),
+            self.settings.worker_batch_size,
+        )
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
+        self._saving.discard(task)
+        self._slot_free.set()
 
     async def _deliver_guarded(self, notification: Notification) -> None:
         try:
@@ -328,6 +347,10 @@ class Worker:
                 expires_at=expires_at,
             )
             outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
+        task = asyncio.current_task()
+        if task in self._in_flight:  # done with providers: its slot may take the next one
+            self._saving.add(task)
+            self._slot_free.set()
         saved = await self._save(notification, outcome)
         self._observe(notification, outcome, saved)
         return outcome
@@ -449,8 +472,10 @@ def _brief(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event | None, seconds: float) -> None:
-    """Sleep until ``stop`` or ``wakeup`` is set, or ``seconds`` pass."""
+async def _wait_any(
+    stop: asyncio.Event, wakeup: asyncio.Event | None, seconds: float | None
+) -> None:
+    """Sleep until ``stop`` or ``wakeup`` is set, or ``seconds`` pass (``None``: no limit)."""
     waiters = [asyncio.ensure_future(stop.wait())]
     if wakeup is not None:
         waiters.append(asyncio.ensure_future(wakeup.wait()))
@@ -459,11 +484,3 @@ async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event | None, seconds: 
     finally:
         for waiter in waiters:
             waiter.cancel()
-
-
-async def _wait_first(tasks: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
