@@ -17,7 +17,7 @@ from starlette.routing import Route
 from app import __version__
 from app.api import channels, health, notifications, problems
 from app.api.deps import security_of, security_schemes
-from app.api.middleware import BodyLimit, HttpMetrics, RequestId
+from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
@@ -152,7 +152,5 @@ def create_app(
     # In front of the FastAPI route it falls back to (which also documents the operation).
     fast = notifications.FastAccept()
     app.router.routes.insert(0, Route("/v1/notifications", fast, methods=["POST"]))
-    app.add_middleware(BodyLimit)
-    app.add_middleware(HttpMetrics)
-    app.add_middleware(RequestId)
+    app.add_middleware(Edge)
     return app

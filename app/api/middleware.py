@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the body-size limit and the HTTP metrics."""
+"""Pure ASGI middleware: request ids, the body-size limit and the HTTP metrics."""
 
 from __future__ import annotations
 
@@ -31,11 +31,19 @@ def _too_large(limit: int) -> str:
     return f"request body is larger than {limit} bytes"
 
 
-class BodyLimit:
-    """Refuses a body over ``MAX_BODY`` with 413 before anything parses it.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-    A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted
-    as it streams and refused when it passes the limit.
+
+class Edge:
+    """What every request passes through, in one layer instead of three (each layer wraps
+    ``send`` and ``receive`` once more; together they were 8% of the API's CPU per accept):
+
+    - the request id: ``X-Request-ID`` (or a new one; an id that is too long or has odd
+      characters is replaced) on every log line of the request and echoed in the response;
+    - the body limit: a body over ``limit`` is refused with 413 before anything parses it, at
+      once for a declared ``Content-Length``, as it streams for a chunked one;
+    - the HTTP metrics: requests counted and timed by method, route template and status (never
+      the raw path).
     """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
@@ -46,12 +54,30 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        began = time.perf_counter()
+        given = b""
+        declared_too_large = False
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await self._refuse(scope, receive, send)
-                return
-        seen = 0
+            if name == b"x-request-id" and not given:  # the first, as before
+                given = value
+            elif name == b"content-length":
+                declared_too_large = not value.isdigit() or int(value) > self.limit
+        rid = given.decode("latin-1")
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        status = 500
         started = False
+        seen = 0
+
+        async def edge_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", rid.encode("latin-1")),
+                ]
+            await send(message)
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -62,81 +88,24 @@ class BodyLimit:
                     raise _TooLarge(self.limit)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(413, _too_large(self.limit), headers={"Connection": "close"})
-        await response(scope, receive, send)
-
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class RequestId:
-    """Takes ``X-Request-ID`` (or makes one), puts it on every log line of the request and
-    echoes it in the response. An id that is too long or has odd characters is replaced."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode(
-            "latin-1"
-        )
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-
-        async def with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", rid.encode("latin-1")),
-                ]
-            await send(message)
-
         token = logs.request_id.set(rid)
         try:
-            await self.app(scope, receive, with_id)
+            if declared_too_large:
+                await self._refuse(scope, receive, edge_send)
+            else:
+                try:
+                    await self.app(scope, limited_receive, edge_send)
+                except _TooLarge:
+                    if not started:
+                        await self._refuse(scope, receive, edge_send)
         finally:
             logs.request_id.reset(token)
-
-
-class HttpMetrics:
-    """Counts and times requests by method, route template and status (never the raw path)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "(unmatched)"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             metrics.http_requests.labels(method, path, str(status)).inc()
             metrics.http_request_duration.labels(method, path).observe(time.perf_counter() - began)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem_response(413, _too_large(self.limit), headers={"Connection": "close"})
+        await response(scope, receive, send)
