@@ -141,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.delivery.worker import Worker, supervise_worker
-    from app.runtime import open_runtime
+    from app.runtime import open_runtime, settle_heap
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -172,6 +172,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
+            settle_heap()
             await supervise_worker(Worker(runtime), stop)
 
     asyncio.run(run())

@@ -22,7 +22,7 @@ from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
 from app.delivery.worker import Worker, supervise_worker
-from app.runtime import Runtime, open_runtime
+from app.runtime import Runtime, open_runtime, settle_heap
 
 logger = logging.getLogger("herald")
 
@@ -118,6 +118,7 @@ def create_app(
             raise RuntimeError("create_app needs settings and config to serve")
         async with open_runtime(settings, config, registry or default_registry()) as opened:
             app.state.runtime = opened
+            settle_heap()
             stop = asyncio.Event()
             task = (
                 asyncio.create_task(supervise_worker(Worker(opened), stop), name="herald-worker")

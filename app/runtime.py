@@ -7,6 +7,7 @@ three run the same objects: engine, sessions, HTTP client, channel instances, th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -76,6 +77,20 @@ class NoCookies(CookieJar):
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         return None
+
+
+def settle_heap() -> None:
+    """Take what start-up built out of the cyclic garbage collector's sight (``gc.freeze``).
+
+    A server keeps the objects made at start-up (SQLAlchemy's mappers and caches, pydantic's
+    validators, FastAPI's routes) for its whole life; while they are tracked, every full
+    collection walks all of them again, stalling every request in flight. bench/ab.py
+    (ingest, 3 pairs): 1.1x requests/s, 0.91x CPU per request, p99 171-222 -> 109-143 ms; the
+    worker's deliveries/s did not move. For long-running processes only (``herald serve``,
+    ``herald worker``): frozen objects are never collected.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _export_circuit(channel: str, state: CircuitState) -> None:

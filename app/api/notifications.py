@@ -152,7 +152,7 @@ def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:
         return None
     try:
         return NotificationCreate.model_validate(json.loads(raw))
-    except (ValueError, ValidationError):  # JSON and UTF-8 errors are ValueErrors too
+    except ValueError:  # broken JSON, bad UTF-8 and pydantic's ValidationError alike
         return None
 
 

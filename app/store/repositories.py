@@ -253,20 +253,6 @@ class NotificationRepository:
         )
         return (await self.session.scalars(stmt)).all()
 
-    async def save_round(
-        self,
-        notification_id: uuid.UUID,
-        *,
-        worker_id: str,
-        attempts: Sequence[Attempt],
-        values: dict[str, Any],
-    ) -> bool:
-        """``save_rounds`` for one round: ``False``, and nothing written, if the lease was lost."""
-        saved = await self.save_rounds(
-            [FinishedRound(notification_id, values, attempts)], worker_id=worker_id
-        )
-        return notification_id in saved
-
     async def save_rounds(
         self, rounds: Sequence[FinishedRound], *, worker_id: str
     ) -> set[uuid.UUID]:
@@ -387,10 +373,6 @@ class IdempotencyRepository:
 
     async def get(self, scope: str, key: str) -> IdempotencyKey | None:
         return await self.session.get(IdempotencyKey, (scope, key))
-
-    async def add(self, record: IdempotencyKey) -> None:
-        self.session.add(record)
-        await self.session.flush()
 
     async def purge_older_than(self, cutoff: datetime) -> int:
         result = await self.session.execute(
