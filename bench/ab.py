@@ -88,13 +88,7 @@ def main() -> None:
                     b.truncate()
                     window = bench.Window([proc], b.pg, b.database)
                     result = b.wrk(b.api(port), args.seconds)
-                    cpu = window.close()
-                    rows = b.pg.val("SELECT count(*) FROM notifications")
-                    result |= {
-                        "cpu_ms_per_op": round(1000 * cpu["process_cpu_s"] / rows, 3),
-                        "other_cores": cpu["other_cores"],
-                        "rate": result["rps"],
-                    }
+                    result = ingest_result(b, result, window.close())
                     results[side].append(result)
                     bench.log(f"ingest {side}: {result}")
         else:
@@ -108,13 +102,7 @@ def main() -> None:
                     time.sleep(args.seconds)
                     cpu = window.close()
                     b.procs.stop(proc)
-                    stats = b.delivered_stats()
-                    stats |= {
-                        "cpu_ms_per_op": round(1000 * cpu["process_cpu_s"] / stats["delivered"], 3)
-                        if stats["delivered"]
-                        else None,
-                        "other_cores": cpu["other_cores"],
-                    }
+                    stats = deliver_result(b, cpu)
                     results[side].append(stats)
                     bench.log(f"deliver {side}: {stats}")
     except BaseException:
@@ -183,14 +171,7 @@ def together(args: argparse.Namespace) -> None:
                     )
                 )
                 for side, one in benches.items():
-                    cpu = windows[side].close()
-                    assert one.pg is not None
-                    rows = one.pg.val("SELECT count(*) FROM notifications")
-                    result = outs[side] | {
-                        "rate": outs[side]["rps"],
-                        "cpu_ms_per_op": round(1000 * cpu["process_cpu_s"] / rows, 3),
-                        "other_cores": cpu["other_cores"],
-                    }
+                    result = ingest_result(one, outs[side], windows[side].close())
                     results[side].append(result)
                     bench.log(f"ingest {side}: {result}")
         else:
@@ -211,13 +192,7 @@ def together(args: argparse.Namespace) -> None:
                 for side, one in benches.items():
                     cpu = windows[side].close()
                     one.procs.stop(procs[side])
-                    stats = one.delivered_stats()
-                    stats |= {
-                        "cpu_ms_per_op": round(1000 * cpu["process_cpu_s"] / stats["delivered"], 3)
-                        if stats["delivered"]
-                        else None,
-                        "other_cores": cpu["other_cores"],
-                    }
+                    stats = deliver_result(one, cpu)
                     results[side].append(stats)
                     bench.log(f"deliver {side}: {stats}")
     except BaseException:
@@ -228,6 +203,27 @@ def together(args: argparse.Namespace) -> None:
         for one in benches.values():
             one.teardown()
     report(args, results, extra_b)
+
+
+def ingest_result(one: bench.Bench, wrk: dict[str, Any], cpu: dict[str, Any]) -> dict[str, Any]:
+    """wrk's figures plus the serve process's CPU per stored notification."""
+    assert one.pg is not None
+    rows = one.pg.val("SELECT count(*) FROM notifications")
+    return wrk | {
+        "rate": wrk["rps"],
+        "cpu_ms_per_op": round(1000 * cpu["process_cpu_s"] / rows, 3),
+        "other_cores": cpu["other_cores"],
+    }
+
+
+def deliver_result(one: bench.Bench, cpu: dict[str, Any]) -> dict[str, Any]:
+    """The delivery figures plus the worker's CPU per delivered notification."""
+    stats = one.delivered_stats()
+    delivered = stats["delivered"]
+    return stats | {
+        "cpu_ms_per_op": round(1000 * cpu["process_cpu_s"] / delivered, 3) if delivered else None,
+        "other_cores": cpu["other_cores"],
+    }
 
 
 def report(

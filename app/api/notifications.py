@@ -143,7 +143,7 @@ class FastAccept:
                 response = await _accept(request, body, principal, key)
                 await response(scope, receive, send)
                 return
-        await self.route.handle(scope, _replay(raw, receive), send)
+        await self.route.handle(scope, _body_first(raw, receive), send)
 
 
 def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:
@@ -156,7 +156,7 @@ def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:
         return None
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _body_first(body: bytes, receive: Receive) -> Receive:
     """``receive`` for a request whose body was read already: the body, then the real one."""
     sent = False
 
