@@ -190,27 +190,25 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             "delivered_at": now,
         }
 
-    def attempt_for(notification_id: uuid.UUID) -> Attempt:
-        return Attempt(
-            id=uuid7(),
-            notification_id=notification_id,
-            channel="hooks",
-            channel_type="webhook",
-            round=1,
-            hop=0,
-            trigger="scheduled",
-            outcome="delivered",
-            error_class=None,
-            error_code=None,
-            error_message=None,
-            provider_status=200,
-            provider_message_id=None,
-            response_excerpt="{}",
-            started_at=datetime.now(UTC),
-            duration_ms=1,
-        )
-
-    attempt_columns = [c.name for c in Attempt.__table__.c]
+    def attempt_for(notification_id: uuid.UUID) -> dict[str, Any]:
+        return {
+            "id": uuid7(),
+            "notification_id": notification_id,
+            "channel": "hooks",
+            "channel_type": "webhook",
+            "round": 1,
+            "hop": 0,
+            "trigger": "scheduled",
+            "outcome": "delivered",
+            "error_class": None,
+            "error_code": None,
+            "error_message": None,
+            "provider_status": 200,
+            "provider_message_id": None,
+            "response_excerpt": "{}",
+            "started_at": datetime.now(UTC),
+            "duration_ms": 1,
+        }
 
     def finished(ids: list[uuid.UUID]) -> list[FinishedRound]:
         return [FinishedRound(i, values_for(), [attempt_for(i)]) for i in ids]
@@ -239,10 +237,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             )
             kept = {r[0] for r in done}
             attempts = [attempt_for(i) for i in ids if i in kept]
-            await conn.execute(
-                insert(Attempt.__table__),
-                [{c: getattr(a, c) for c in attempt_columns} for a in attempts],
-            )
+            await conn.execute(insert(Attempt.__table__), attempts)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from baseline_deliver import HOPS_DELIVERED, SAVE

@@ -37,12 +37,13 @@ from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.runtime import Runtime
 from app.store.db import is_sqlite, unavailable_reason
-from app.store.models import Attempt, Notification
+from app.store.models import Notification
 from app.store.repositories import (
     IDEMPOTENCY_RETENTION,
     FinishedRound,
     IdempotencyRepository,
     NotificationRepository,
+    Row,
 )
 
 logger = logging.getLogger("herald.worker")
@@ -95,26 +96,27 @@ def message_of(notification: Notification) -> Message:
     )
 
 
-def attempt_row(notification_id: uuid.UUID, record: AttemptRecord) -> Attempt:
+def attempt_row(notification_id: uuid.UUID, record: AttemptRecord) -> Row:
+    """The ``attempts`` row of one try (a plain row: it is only ever inserted)."""
     error = record.result.error
-    return Attempt(
-        id=uuid7(),
-        notification_id=notification_id,
-        channel=record.channel,
-        channel_type=record.channel_type,
-        round=record.round,
-        hop=record.hop,
-        trigger=record.trigger,
-        outcome=record.outcome,
-        error_class=str(error.cls) if error else None,
-        error_code=error.code if error else None,
-        error_message=error.message if error else None,
-        provider_status=record.result.provider_status,
-        provider_message_id=record.result.provider_message_id,
-        response_excerpt=record.result.response_excerpt,
-        started_at=record.started_at,
-        duration_ms=record.duration_ms,
-    )
+    return {
+        "id": uuid7(),
+        "notification_id": notification_id,
+        "channel": record.channel,
+        "channel_type": record.channel_type,
+        "round": record.round,
+        "hop": record.hop,
+        "trigger": record.trigger,
+        "outcome": record.outcome,
+        "error_class": str(error.cls) if error else None,
+        "error_code": error.code if error else None,
+        "error_message": error.message if error else None,
+        "provider_status": record.result.provider_status,
+        "provider_message_id": record.result.provider_message_id,
+        "response_excerpt": record.result.response_excerpt,
+        "started_at": record.started_at,
+        "duration_ms": record.duration_ms,
+    }
 
 
 class Worker:
@@ -391,7 +393,7 @@ class Worker:
         return saved
 
     async def _save_rows(
-        self, notification: Notification, rows: list[Attempt], values: dict[str, Any]
+        self, notification: Notification, rows: list[Row], values: dict[str, Any]
     ) -> bool:
         """Queue the round for the next group commit and wait until it is written."""
         return await self._saves.save(FinishedRound(notification.id, values, rows))

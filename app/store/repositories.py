@@ -291,7 +291,7 @@ class NotificationRepository:
         for group in by_columns.values():
             await connection.execute(update_held, group)
         attempt_rows = [
-            _attempt_values(attempt)
+            attempt
             for finished in rounds
             if finished.notification_id in ours
             for attempt in finished.attempts
@@ -381,11 +381,12 @@ class IdempotencyRepository:
 
 @dataclass(frozen=True, slots=True)
 class FinishedRound:
-    """What one round changes: the notification's new column values and its attempt rows."""
+    """What one round changes: the notification's new values (by model attribute) and its
+    ``attempts`` rows."""
 
     notification_id: uuid.UUID
     values: dict[str, Any]
-    attempts: Sequence[Attempt]
+    attempts: Sequence[Row]
 
 
 def _held(worker_id: str) -> tuple[ColumnElement[bool], ...]:
@@ -412,11 +413,6 @@ def _locked_in_order(ids: Select[uuid.UUID]) -> ScalarSelect[uuid.UUID]:
     return _in_lock_order(ids).scalar_subquery()
 
 
-def _attempt_values(attempt: Attempt) -> dict[str, Any]:
-    return {column: getattr(attempt, key) for key, column in _ATTEMPT_COLUMNS}
-
-
-_ATTEMPT_COLUMNS = tuple((attr.key, attr.columns[0].key) for attr in inspect(Attempt).column_attrs)
 _COLUMN_OF = {attr.key: attr.columns[0].key for attr in inspect(Notification).column_attrs}
 """Model attribute → column name (``metadata_`` → ``metadata``)."""
 

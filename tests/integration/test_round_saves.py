@@ -17,7 +17,7 @@ from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.store.db import create_engine, is_sqlite
 from app.store.models import Attempt, Notification
-from app.store.repositories import FinishedRound, NotificationRepository
+from app.store.repositories import FinishedRound, NotificationRepository, Row
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import HttpServer, serve_http
 
@@ -29,19 +29,20 @@ def hook_config(sink: HttpServer) -> dict[str, Any]:
     }
 
 
-def attempt_of(h: Harness, notification: Notification, **fields: Any) -> Attempt:
-    return Attempt(
-        id=uuid7(),
-        notification_id=notification.id,
-        channel="hook",
-        channel_type="webhook",
-        round=notification.round + 1,
-        hop=0,
-        trigger="scheduled",
-        started_at=h.clock(),
-        duration_ms=3,
+def attempt_of(h: Harness, notification: Notification, **fields: Any) -> Row:
+    """An ``attempts`` row, every column given (None unless set), as the worker makes them."""
+    return {column.name: None for column in Attempt.__table__.columns} | {
+        "id": uuid7(),
+        "notification_id": notification.id,
+        "channel": "hook",
+        "channel_type": "webhook",
+        "round": notification.round + 1,
+        "hop": 0,
+        "trigger": "scheduled",
+        "started_at": h.clock(),
+        "duration_ms": 3,
         **fields,
-    )
+    }
 
 
 def delivered_round(h: Harness, notification: Notification, **extra: Any) -> FinishedRound:
