@@ -14,6 +14,9 @@ Variants:
     httpx-guarded    the same behind Herald's GuardedTransport (needs the app package)
     httpx-pool32     httpx with max_keepalive_connections=32 (no more idle sockets than tasks)
     httpx-sharded4   four httpx clients, requests spread round-robin (shorter pool scans)
+    herald-client    httpx.AsyncClient on Herald's transport (guarded, 8 shards), as before
+                     app/channels/outbound.py
+    herald-outbound  Herald's Outbound on the same transport (what the worker uses now)
     aiohttp          aiohttp.ClientSession, TCPConnector(limit=200)
     raw              hand-written HTTP/1.1 on asyncio streams (a floor, not a candidate)
 each on asyncio and on uvloop. Run once with and once without ``sniffio`` installed: httpcore
@@ -103,6 +106,9 @@ async def run_httpx(url: str, n: int, c: int, variant: str) -> None:
         for client in shards:
             await client.aclose()
         return
+    if variant.startswith("herald-"):
+        await run_herald(url, n, c, variant)
+        return
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
     if variant == "httpx-guarded":
         from app.security.guard import AddressGuard, GuardedTransport
@@ -119,6 +125,39 @@ async def run_httpx(url: str, n: int, c: int, variant: str) -> None:
             return response.status_code
 
         await drive(post, n, c)
+
+
+async def run_herald(url: str, n: int, c: int, variant: str) -> None:
+    import ipaddress
+
+    import httpx
+
+    from app.channels.http_pool import ShardedTransport
+    from app.channels.outbound import Outbound
+    from app.runtime import HTTP_LIMITS
+    from app.security.guard import AddressGuard, GuardedTransport
+
+    guard = AddressGuard(allowed=[ipaddress.ip_network("127.0.0.0/8")])
+    transport = GuardedTransport(guard, ShardedTransport(HTTP_LIMITS))
+    if variant == "herald-outbound":
+        outbound = Outbound(transport)
+
+        async def post() -> int:
+            response = await outbound.post(url, content=BODY, headers=HEADERS, timeout=10.0)
+            return response.status_code
+
+        await drive(post, n, c)
+        await outbound.aclose()
+        return
+    async with httpx.AsyncClient(
+        transport=transport, follow_redirects=False, trust_env=False
+    ) as client:
+
+        async def post_client() -> int:
+            response = await client.post(url, content=BODY, headers=HEADERS, timeout=10.0)
+            return response.status_code
+
+        await drive(post_client, n, c)
 
 
 async def run_aiohttp(url: str, n: int, c: int, variant: str) -> None:
@@ -170,6 +209,8 @@ CLIENTS = {
     "httpx-guarded": run_httpx,
     "httpx-pool32": run_httpx,
     "httpx-sharded4": run_httpx,
+    "herald-client": run_httpx,
+    "herald-outbound": run_httpx,
     "aiohttp": run_aiohttp,
     "raw": run_raw,
 }
@@ -178,6 +219,8 @@ MODULES = {
     "httpx-guarded": "app",
     "httpx-pool32": "httpx",
     "httpx-sharded4": "httpx",
+    "herald-client": "app",
+    "herald-outbound": "app",
     "aiohttp": "aiohttp",
 }
 
@@ -219,8 +262,8 @@ def main() -> None:
     if args.client:
         child(args)
         return
-    results = []
     sniffio = importlib.util.find_spec("sniffio") is not None
+    variants = []
     for client in args.clients.split(","):
         module = MODULES.get(client)
         if module and importlib.util.find_spec(module) is None:
@@ -229,39 +272,46 @@ def main() -> None:
         for loop in args.loops.split(","):
             if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
                 continue
-            runs = []
-            for _ in range(args.runs):
-                done = subprocess.run(
-                    [
-                        sys.executable,
-                        __file__,
-                        "--client",
-                        client,
-                        "--loop",
-                        loop,
-                        "--url",
-                        args.url,
-                        "--requests",
-                        str(args.requests),
-                        "--concurrency",
-                        str(args.concurrency),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=True,
-                )
-                runs.append(json.loads(done.stdout))
-            row = {
-                "client": client,
-                "loop": loop,
-                "sniffio_installed": sniffio,
-                "rps": round(statistics.median(r["rps"] for r in runs)),
-                "cpu_ms_per_1k": round(statistics.median(r["cpu_ms_per_1k"] for r in runs)),
-                "runs_rps": [round(r["rps"]) for r in runs],
-            }
-            results.append(row)
-            print(json.dumps(row), flush=True)
+            variants.append((client, loop))
+    # Runs interleaved (every variant once, then again) so that a noisy spell on the machine
+    # falls on all of them rather than on one.
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {v: [] for v in variants}
+    for _ in range(args.runs):
+        for client, loop in variants:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--client",
+                    client,
+                    "--loop",
+                    loop,
+                    "--url",
+                    args.url,
+                    "--requests",
+                    str(args.requests),
+                    "--concurrency",
+                    str(args.concurrency),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
+            runs[client, loop].append(json.loads(done.stdout))
+    results = []
+    for (client, loop), done_runs in runs.items():
+        row = {
+            "client": client,
+            "loop": loop,
+            "sniffio_installed": sniffio,
+            "rps": round(statistics.median(r["rps"] for r in done_runs)),
+            "cpu_ms_per_1k": round(statistics.median(r["cpu_ms_per_1k"] for r in done_runs)),
+            "runs_rps": [round(r["rps"]) for r in done_runs],
+            "runs_cpu_ms_per_1k": [round(r["cpu_ms_per_1k"]) for r in done_runs],
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
     if args.output:
         with open(args.output, "w") as handle:
             json.dump(results, handle, indent=2)

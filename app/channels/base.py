@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
+from app.channels.outbound import Outbound
 from app.durations import parse_duration
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
@@ -264,7 +265,7 @@ class ChannelConfig(BaseModel):
 class ChannelContext:
     """Process-wide resources a channel may use; built once in the app's lifespan."""
 
-    http: httpx.AsyncClient
+    http: Outbound
 
 
 class ChannelType:

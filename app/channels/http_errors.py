@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from app.channels.base import DeliveryResult, ErrorClass
+from app.channels.outbound import Outbound
 from app.security.guard import BlockedAddress
 
 
@@ -94,17 +95,17 @@ def json_int(value: object) -> int | None:
 
 
 async def post_once(
-    http: httpx.AsyncClient, url: httpx.URL | str, **request: Any
+    http: Outbound, url: httpx.URL | str, **request: Any
 ) -> httpx.Response | DeliveryResult:
-    """One POST that never follows a redirect: the answer, or the failure for a transport error."""
+    """One POST (redirects are never followed): the answer, or the failure for a transport error."""
     try:
-        return await http.post(url, follow_redirects=False, **request)
+        return await http.post(url, **request)
     except httpx.HTTPError as exc:
         return failure_from_transport(exc)
 
 
 async def post_and_classify(
-    http: httpx.AsyncClient,
+    http: Outbound,
     url: httpx.URL | str,
     *,
     failure: Callable[[httpx.Response], DeliveryResult] = failure_from_response,

@@ -22,10 +22,10 @@ later round starts again from part 1, so a multi-part message that failed half-w
 first parts.
 
 Secrets. The bot token is part of the URL path. It never appears in a result: every message and
-excerpt this channel returns has it masked, transport errors included. httpx logs each request URL
-at INFO (``HTTP Request: POST https://…/bot<token>/sendMessage``) and httpcore logs response
-headers at DEBUG; Herald keeps both loggers at WARNING, and while a channel is alive a filter on
-those loggers masks its token as well.
+excerpt this channel returns has it masked, transport errors included. httpcore logs response
+headers at DEBUG (a header may echo the URL), and httpx's client logs each request URL at INFO
+(Herald's own sends pass its client by, see outbound.py); Herald keeps both loggers at WARNING,
+and while a channel is alive a filter on those loggers masks its token as well.
 """
 
 from __future__ import annotations
@@ -679,9 +679,7 @@ class TelegramChannel(ChannelType):
         if self.config.disable_web_page_preview:
             payload["disable_web_page_preview"] = True
         try:
-            response = await self.context.http.post(
-                self._url, json=payload, timeout=remaining, follow_redirects=False
-            )
+            response = await self.context.http.post(self._url, json=payload, timeout=remaining)
         except httpx.InvalidURL:
             # Not an httpx.HTTPError; its text may quote the URL, so none of it is kept.
             return DeliveryResult.failed(

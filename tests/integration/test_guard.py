@@ -50,7 +50,7 @@ async def test_loopback_channel_urls_are_blocked_at_delivery(db_url: str, target
             "routes": {"default": {"channels": ["hook", "log"]}},
         }
         async with herald(db_url, guarded(config, {})) as h:
-            transport = h.runtime.http._transport  # the guard wraps the real transport
+            transport = h.runtime.http.transport  # the guard wraps the real transport
             transport.inner = LoopbackOnly(transport.inner)  # type: ignore[attr-defined]
             created = await h.send(text="x")
             await h.run_worker()
@@ -102,7 +102,7 @@ async def test_allowed_networks_connect_to_the_checked_address(db_url: str) -> N
             "routes": {"default": {"channels": ["hook"]}},
         }
         async with herald(db_url, guarded(config, {"allowed_networks": ["127.0.0.1/32"]})) as h:
-            transport = h.runtime.http._transport
+            transport = h.runtime.http.transport
             spy = LoopbackOnly(transport.inner)  # type: ignore[attr-defined]
             transport.inner = spy  # type: ignore[attr-defined]
             created = await h.send(text="x")
@@ -120,7 +120,7 @@ async def test_a_redirect_toward_a_private_address_is_not_followed(db_url: str) 
             "routes": {"default": {"channels": ["hook"]}},
         }
         async with herald(db_url, guarded(config, {"allowed_networks": ["127.0.0.1/32"]})) as h:
-            transport = h.runtime.http._transport
+            transport = h.runtime.http.transport
             spy = LoopbackOnly(transport.inner)  # type: ignore[attr-defined]
             transport.inner = spy  # type: ignore[attr-defined]
             created = await h.send(text="x")

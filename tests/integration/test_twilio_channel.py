@@ -19,6 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
+from app.channels.outbound import Outbound
 from app.channels.phone import normalize_e164, utf16_len
 from app.channels.twilio import BODY_LIMIT, TwilioChannel, TwilioConfig
 from app.config import ConfigError
@@ -389,7 +390,7 @@ async def test_documented_twilio_errors_are_classified(
 ) -> None:
     shared_srv.received.clear()
     shared_srv.script(PATH, (status, {}, twilio_error(status, code, text)))
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
+    async with Outbound(httpx.AsyncHTTPTransport()) as http:
         result = await channel(ChannelContext(http=http), shared_srv.base_url).send(make_message())
 
     assert len(shared_srv.received) == 1
@@ -555,7 +556,7 @@ def herald_config(api_base: str, chain: list[str]) -> dict[str, Any]:
 
 
 def assert_no_secret_anywhere(*documents: Any, logs: str) -> None:
-    assert "Messages.json" in logs  # the HTTP client's request lines were captured
+    assert "send_request_headers" in logs  # the HTTP stack's DEBUG traces were captured
     channels.assert_no_secret(*[json.dumps(doc) for doc in documents], logs, secrets=SECRETS)
 
 

@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
+from app.channels.outbound import Outbound
 from app.channels.phone import utf16_len
 from app.channels.whatsapp import BODY_LIMIT, WhatsAppChannel, WhatsAppConfig
 from tests.support import channels
@@ -290,7 +291,7 @@ async def test_documented_graph_errors_are_classified(
 ) -> None:
     shared_srv.received.clear()
     shared_srv.script(PATH, (status, {}, graph_error(code, text, details)))
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
+    async with Outbound(httpx.AsyncHTTPTransport()) as http:
         wa = channel(ChannelContext(http=http), shared_srv.base_url)
         result = await wa.send(make_message())
 
@@ -449,7 +450,7 @@ def herald_config(api_base: str, chain: list[str]) -> dict[str, Any]:
 
 
 def assert_no_secret_anywhere(*documents: Any, logs: str) -> None:
-    assert "/messages" in logs  # the HTTP client's request lines were captured
+    assert "send_request_headers" in logs  # the HTTP stack's DEBUG traces were captured
     channels.assert_no_secret(*[json.dumps(doc) for doc in documents], logs, secrets=[TOKEN])
 
 

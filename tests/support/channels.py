@@ -33,6 +33,7 @@ from app.channels.base import (
     Message,
     Recipient,
 )
+from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry, default_registry
 from tests.support.harness import herald
 from tests.support.http_server import HttpServer, serve_http
@@ -42,7 +43,7 @@ from tests.support.http_server import HttpServer, serve_http
 
 @pytest.fixture
 async def context() -> AsyncIterator[ChannelContext]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
+    async with Outbound(httpx.AsyncHTTPTransport()) as http:
         yield ChannelContext(http=http)
 
 
@@ -148,13 +149,14 @@ async def run_through_herald(
     """Start Herald with ``config`` (and ``channel_type`` registered), send ``notification``
     through the API, run the worker until nothing is due and read back what it recorded.
 
-    With ``strict_httpx_logs``, httpx logs at DEBUG into that capture once Herald runs (the
-    runtime quiets it), so that a secret in a request line would show.
+    With ``strict_httpx_logs``, httpx and httpcore log at DEBUG into that capture once Herald
+    runs (the runtime quiets httpx), so that a secret in a request or header line would show.
     """
     registry = default_registry() if channel_type is None else registry_with(channel_type)
     async with herald(db_url, config, registry=registry) as h:
         if strict_httpx_logs is not None:
-            strict_httpx_logs.set_level(logging.DEBUG, logger="httpx")
+            for name in ("httpx", "httpcore"):
+                strict_httpx_logs.set_level(logging.DEBUG, logger=name)
         created = await h.send(**notification)
         await h.run_worker()
         body = await h.get(created["id"])

@@ -1,0 +1,83 @@
+"""Herald's outbound client against a real local server: on the wire it is httpx's client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.channels.outbound import Outbound
+from tests.support.http_server import HttpServer, serve_http
+
+
+@pytest.fixture
+async def outbound() -> AsyncIterator[Outbound]:
+    async with Outbound(httpx.AsyncHTTPTransport()) as client:
+        yield client
+
+
+def comparable(headers: dict[str, str]) -> dict[str, str]:
+    # multipart boundaries are random; everything else must match exactly
+    return {k: v for k, v in headers.items() if not v.startswith("multipart/")}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"content": b'{"a":1}', "headers": {"content-type": "application/json", "x-id": "7"}},
+        {"json": {"text": "héllo"}},
+        {"data": {"To": "+14155550100", "Body": "hi"}, "auth": ("AC123", "s3cret")},
+    ],
+    ids=["content", "json", "form+auth"],
+)
+async def test_the_request_on_the_wire_is_what_httpx_client_sends(
+    outbound: Outbound, body: dict[str, Any]
+) -> None:
+    async with serve_http() as server:
+        response = await outbound.post(server.url("/a"), timeout=5.0, **body)
+        async with httpx.AsyncClient(trust_env=False) as client:
+            await client.post(server.url("/a"), timeout=5.0, **body)
+    ours, theirs = server.received
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert (ours.method, ours.path, ours.body) == (theirs.method, theirs.path, theirs.body)
+    assert comparable(ours.headers) == comparable(theirs.headers)
+
+
+async def test_caller_headers_replace_the_defaults_whatever_their_case(
+    outbound: Outbound,
+) -> None:
+    async with serve_http() as server:
+        await outbound.post(server.url("/a"), timeout=5.0, headers={"User-Agent": "herald-test"})
+    (received,) = server.received
+    assert received.headers["user-agent"] == "herald-test"
+
+
+async def test_a_redirect_is_returned_with_its_body_not_followed(outbound: Outbound) -> None:
+    async with serve_http() as server:
+        server.script("/a", (307, {"location": server.url("/b")}, "moved"))
+        response = await outbound.post(server.url("/a"), timeout=5.0, content=b"x")
+    assert response.status_code == 307
+    assert response.headers["location"].endswith("/b")
+    assert response.text == "moved"
+    assert response.request.url.path == "/a"
+    assert [r.path for r in server.received] == ["/a"]
+
+
+async def test_the_timeout_bounds_the_wait_for_an_answer(outbound: Outbound) -> None:
+    async with serve_http() as server:
+        server.delay("/slow", 2.0)
+        with pytest.raises(httpx.ReadTimeout):
+            await outbound.post(server.url("/slow"), timeout=0.2, content=b"x")
+
+
+async def test_transport_errors_are_httpx_errors(outbound: Outbound) -> None:
+    server = HttpServer()
+    async with serve_http(server):
+        port = server.port
+    with pytest.raises(httpx.ConnectError):  # the server is gone: nothing listens there now
+        await outbound.post(f"http://127.0.0.1:{port}/a", timeout=2.0, content=b"x")
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await outbound.post("ftp://127.0.0.1/a", timeout=2.0, content=b"x")
