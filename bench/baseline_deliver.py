@@ -3,12 +3,12 @@
 A claimer takes due rows in batches (the same ``UPDATE … WHERE id IN (SELECT … ORDER BY
 next_attempt_at LIMIT n FOR UPDATE SKIP LOCKED) RETURNING`` under a lease that Herald uses);
 ``--concurrency`` senders (Herald's worker default, 32) POST each as the same Standard Webhooks
-JSON payload with the same HTTP client (``httpx.AsyncClient`` on Herald's sharded connection
-pool, ``app.channels.http_pool``, with Herald's limits; no proxy from the environment; only
+JSON payload with the same HTTP client (Herald's ``Outbound``, httpx requests handed straight to
+Herald's sharded connection pool, ``app.channels.http_pool``, with Herald's limits; only
 Herald's outbound address guard is left out); one writer records, in a single statement per
 group of finished deliveries, an attempt row each and the notification's new state (delivered,
-hops, attempt count, lease cleared) only while the lease is still held. No ORM, no orchestrator, no circuit
-breaker, no metrics.
+hops, attempt count, lease cleared) only while the lease is still held. No ORM, no
+orchestrator, no circuit breaker, no metrics.
 
     BENCH_DSN=postgresql://postgres@127.0.0.1:5432/herald_bench \\
         .venv/bin/python bench/baseline_deliver.py --url http://127.0.0.1:9100/hook
@@ -32,6 +32,7 @@ import asyncpg
 import httpx
 
 from app.channels.http_pool import ShardedTransport
+from app.channels.outbound import Outbound
 from app.runtime import HTTP_LIMITS
 
 LEASE = timedelta(seconds=60)
@@ -103,7 +104,7 @@ def uuid7() -> uuid.UUID:
 
 
 class Deliverer:
-    def __init__(self, pool: asyncpg.Pool, http: httpx.AsyncClient, args: argparse.Namespace):
+    def __init__(self, pool: asyncpg.Pool, http: Outbound, args: argparse.Namespace):
         self.pool = pool
         self.http = http
         self.url = args.url
@@ -208,11 +209,7 @@ async def run(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     pool = await asyncpg.create_pool(os.environ["BENCH_DSN"], min_size=2, max_size=4)
-    http = httpx.AsyncClient(
-        transport=ShardedTransport(HTTP_LIMITS),
-        follow_redirects=False,
-        trust_env=False,
-    )
+    http = Outbound(ShardedTransport(HTTP_LIMITS))
     deliverer = Deliverer(pool, http, args)
     senders = [asyncio.create_task(deliverer.sender()) for _ in range(args.concurrency)]
     writer = asyncio.create_task(deliverer.writer(stop))
