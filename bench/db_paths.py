@@ -16,14 +16,24 @@ accept paths (one notification stored and announced):
     asyncpg        one INSERT on a raw asyncpg connection (what baseline_ingest does)
 
 save paths (a delivered round written: new state + one attempt, lease checked):
-    rounds_each    Herald's save_rounds with one round per transaction (an idle worker)
-    rounds_batch32 Herald's save_rounds with 32 rounds per transaction (group commit under load)
+    rounds_each    NotificationRepository.save_rounds, one round per transaction
+    rounds_batch32 NotificationRepository.save_rounds, 32 rounds per transaction (SQLAlchemy
+                   Core in a session: Herald's path on SQLite, and on PostgreSQL before
+                   app.store.delivery)
+    store_batch32  Herald's worker on PostgreSQL now (DeliveryStore.save_rounds: the same
+                   statements as plain SQL on the pooled driver connection)
     core_batch32   32 notifications per transaction: one UPDATE … RETURNING, one INSERT of the
                    attempts (Core over the same engine)
     asyncpg_batch32  the same two statements as one CTE on raw asyncpg (baseline_deliver)
 
-(bench/results/db_paths.json was recorded before the Intake and group commit existed, when
-Herald's paths were ``orm`` and an ORM save per round: 1.23 and 1.66 ms of CPU.)
+claim paths (32 due notifications claimed under a lease, per notification):
+    session_batch32  NotificationRepository.claim_due in a session (SQLite's path)
+    store_batch32    DeliveryStore.claim: one statement in autocommit on the driver connection
+    asyncpg_batch32  baseline_deliver's claim on raw asyncpg
+
+(bench/results/db_paths.json: --rounds 5 on the 2-core bench machine, with app.store.delivery.
+Recorded before the Intake and group commit existed, Herald's paths were ``orm`` and an ORM save
+per round: 1.23 and 1.66 ms of CPU.)
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from app.ids import uuid7
 from app.runtime import ResolvedRoute
 from app.service import new_notification
 from app.store.db import create_engine, session_factory
+from app.store.delivery import DeliveryStore
 from app.store.models import Attempt, Notification
 from app.store.repositories import FinishedRound, Intake, NotificationRepository
 
@@ -222,6 +233,11 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         async with sessions() as session, session.begin():
             await NotificationRepository(session).save_rounds(finished(ids), worker_id=worker_id)
 
+    store = DeliveryStore(engine, sessions)
+
+    async def store_batch(ids: list[uuid.UUID]) -> None:
+        await store.save_rounds(finished(ids), worker_id=worker_id)
+
     async def core_batch(ids: list[uuid.UUID]) -> None:
         values = values_for()
         async with engine.begin() as conn:
@@ -261,6 +277,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
     save_paths = {
         "rounds_each": rounds_each,
         "rounds_batch32": rounds_batch,
+        "store_batch32": store_batch,
         "core_batch32": core_batch,
         "asyncpg_batch32": raw_batch,
     }
@@ -281,6 +298,58 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             "wall_ms": round(statistics.median(v[1] for v in values), 3),
         }
         print(f"save {name} (per notification): {results['save'][name]}", flush=True)
+
+    # --- the worker's claim --------------------------------------------------------------
+    from baseline_deliver import CLAIM
+
+    async def pending(count: int) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(insert(table), [row_of(fresh()) for _ in range(count)])
+
+    def lease() -> tuple[datetime, datetime]:
+        now = datetime.now(UTC)
+        return now, now + timedelta(seconds=60)
+
+    async def claim_session(limit: int) -> int:
+        now, until = lease()
+        async with sessions() as session, session.begin():
+            claimed = await NotificationRepository(session).claim_due(
+                worker_id=worker_id, now=now, lease_until=until, limit=limit
+            )
+        return len(claimed)
+
+    async def claim_store(limit: int) -> int:
+        now, until = lease()
+        claimed = await store.claim(worker_id=worker_id, now=now, lease_until=until, limit=limit)
+        return len(claimed)
+
+    async def claim_raw(limit: int) -> int:
+        now, until = lease()
+        return len(await raw.fetch(CLAIM, worker_id, until, now, limit))
+
+    claim_paths = {
+        "session_batch32": claim_session,
+        "store_batch32": claim_store,
+        "asyncpg_batch32": claim_raw,
+    }
+    claim_samples: dict[str, list[tuple[float, float]]] = {name: [] for name in claim_paths}
+    for _ in range(args.rounds):
+        for name, claim in claim_paths.items():
+            await pending(32 * batches)
+
+            async def take(_: int, claim: Any = claim) -> None:
+                if await claim(32) != 32:
+                    raise RuntimeError("claimed fewer than 32")
+
+            cpu, wall = await measure(batches, take)
+            claim_samples[name].append((cpu / 32, wall / 32))
+    results["claim"] = {}
+    for name, values in claim_samples.items():
+        results["claim"][name] = {
+            "cpu_ms": round(statistics.median(v[0] for v in values), 3),
+            "wall_ms": round(statistics.median(v[1] for v in values), 3),
+        }
+        print(f"claim {name} (per notification): {results['claim'][name]}", flush=True)
     await raw.close()
     await engine.dispose()
     return results

@@ -21,10 +21,9 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from app.store.db import unavailable_reason
-from app.store.repositories import FinishedRound, NotificationRepository
+from app.store.delivery import DeliveryStore
+from app.store.repositories import FinishedRound
 
 logger = logging.getLogger("herald.worker")
 
@@ -37,12 +36,12 @@ class RoundSaver:
 
     def __init__(
         self,
-        sessions: async_sessionmaker[AsyncSession],
+        store: DeliveryStore,
         worker_id: str,
         *,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        self.sessions = sessions
+        self.store = store
         self.worker_id = worker_id
         self.max_batch = max_batch
         self._queue: deque[tuple[FinishedRound, asyncio.Future[bool]]] = deque()
@@ -111,10 +110,7 @@ class RoundSaver:
             _settle(future, finished.notification_id in saved)
 
     async def _transaction(self, rounds: Sequence[FinishedRound]) -> set[uuid.UUID]:
-        async with self.sessions() as session, session.begin():
-            return await NotificationRepository(session).save_rounds(
-                rounds, worker_id=self.worker_id
-            )
+        return await self.store.save_rounds(rounds, worker_id=self.worker_id)
 
 
 def _settle(future: asyncio.Future[bool], outcome: bool | Exception) -> None:

@@ -37,9 +37,10 @@ from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.runtime import Runtime
 from app.store.db import is_sqlite, unavailable_reason
-from app.store.models import Notification
+from app.store.delivery import DeliveryStore
 from app.store.repositories import (
     IDEMPOTENCY_RETENTION,
+    Claimed,
     FinishedRound,
     IdempotencyRepository,
     NotificationRepository,
@@ -81,7 +82,7 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def message_of(notification: Notification) -> Message:
+def message_of(notification: Claimed) -> Message:
     return Message(
         id=notification.id,
         route=notification.route,
@@ -91,7 +92,7 @@ def message_of(notification: Notification) -> Message:
         html=notification.html,
         severity=notification.severity,
         source=notification.source,
-        metadata=notification.metadata_,
+        metadata=notification.metadata,
         created_at=notification.created_at,
     )
 
@@ -137,7 +138,8 @@ class Worker:
         self._saving: set[asyncio.Task[None]] = set()
         """Tasks in ``_in_flight`` whose provider calls are over, waiting for their save."""
         self._slot_free = asyncio.Event()
-        self._saves = RoundSaver(runtime.sessions, self.worker_id)
+        self.store = DeliveryStore(runtime.engine, runtime.sessions)
+        self._saves = RoundSaver(self.store, self.worker_id)
         self._last_sweep = float("-inf")
         self._last_purge = float("-inf")
 
@@ -227,7 +229,7 @@ class Worker:
         self._saving.discard(task)
         self._slot_free.set()
 
-    async def _deliver_guarded(self, notification: Notification) -> None:
+    async def _deliver_guarded(self, notification: Claimed) -> None:
         try:
             await self.deliver(notification)
         except asyncio.CancelledError:
@@ -287,16 +289,14 @@ class Worker:
 
     # --- steps ---------------------------------------------------------------------------
 
-    async def claim(self, limit: int) -> list[Notification]:
+    async def claim(self, limit: int) -> list[Claimed]:
         now = self.clock()
-        async with self.runtime.sessions() as session, session.begin():
-            claimed = await NotificationRepository(session).claim_due(
-                worker_id=self.worker_id,
-                now=now,
-                lease_until=now + timedelta(seconds=self.settings.lease),
-                limit=limit,
-            )
-        return list(claimed)
+        return await self.store.claim(
+            worker_id=self.worker_id,
+            now=now,
+            lease_until=now + timedelta(seconds=self.settings.lease),
+            limit=limit,
+        )
 
     async def renew(self, ids: list[uuid.UUID]) -> int:
         """Extend this worker's leases on ``ids`` (those it still holds); how many."""
@@ -331,7 +331,7 @@ class Worker:
             self.runtime.wake_worker()
         return recovered
 
-    async def deliver(self, notification: Notification) -> Outcome:
+    async def deliver(self, notification: Claimed) -> Outcome:
         """Run one round (or expire) and save it; returns what was decided."""
         hops = [HopState.from_dict(hop) for hop in notification.hops]
         expires_at = notification.expires_at
@@ -361,7 +361,7 @@ class Worker:
         link = self.runtime.links.get(name)
         return link if link is not None else Link(channel=UnconfiguredChannel(name))
 
-    async def _save(self, notification: Notification, outcome: Outcome) -> bool:
+    async def _save(self, notification: Claimed, outcome: Outcome) -> bool:
         values: dict[str, Any] = {
             "status": outcome.status,
             "hops": [hop.as_dict() for hop in outcome.hops],
@@ -393,7 +393,7 @@ class Worker:
         return saved
 
     async def _save_rows(
-        self, notification: Notification, rows: list[Row], values: dict[str, Any]
+        self, notification: Claimed, rows: list[Row], values: dict[str, Any]
     ) -> bool:
         """Queue the round for the next group commit and wait until it is written."""
         return await self._saves.save(FinishedRound(notification.id, values, rows))
@@ -418,7 +418,7 @@ class Worker:
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
 
-    def _observe(self, notification: Notification, outcome: Outcome, saved: bool) -> None:
+    def _observe(self, notification: Claimed, outcome: Outcome, saved: bool) -> None:
         route = metrics.route_label(notification.route)
         for record in outcome.attempts:
             error = record.result.error

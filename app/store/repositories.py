@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import (
     ColumnElement,
     ScalarSelect,
@@ -35,6 +37,7 @@ DUE_CHANNEL = "herald_due"
 
 NOTIFICATIONS = cast(Table, Notification.__table__)
 IDEMPOTENCY_KEYS = cast(Table, IdempotencyKey.__table__)
+ATTEMPTS = cast(Table, Attempt.__table__)
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
@@ -58,8 +61,8 @@ class Intake:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.postgresql = engine.dialect.name == "postgresql"
-        self._notifications = _PreparedInsert(NOTIFICATIONS, engine.dialect)
-        self._keys = _PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
+        self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
+        self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
         self._statements = {
             (with_key, announce): self._statement(with_key, announce)
             for with_key in (False, True)
@@ -75,21 +78,13 @@ class Intake:
         if key is not None:
             args += self._keys.args(key)
         sql = self._statements[key is not None, announce]
-        pooled = await self.engine.raw_connection()
         try:
-            await pooled.driver_connection.execute(sql, *args)  # type: ignore[union-attr]
-        except Exception as exc:
-            if key is not None and getattr(exc, "sqlstate", None) == "23505":
+            async with driver_connection(self.engine, sql) as conn:
+                await conn.execute(sql, *args)
+        except IntegrityError as exc:
+            if key is not None and getattr(exc.orig, "sqlstate", None) == "23505":
                 raise DuplicateKey() from exc
-            lost = unavailable_reason(exc) is not None
-            if lost:  # the pool must not hand out a broken connection again
-                await greenlet_spawn(pooled.invalidate)
-            # Wrapped as SQLAlchemy wraps driver errors, so callers see one kind.
-            raise DBAPIError(
-                sql, None, exc, hide_parameters=True, connection_invalidated=lost
-            ) from exc
-        finally:
-            await greenlet_spawn(pooled.close)
+            raise
 
     def _statement(self, with_key: bool, announce: bool) -> str:
         parts = [f"n AS ({self._notifications.sql(1)})"]
@@ -115,7 +110,48 @@ class Intake:
             raise DuplicateKey() from exc
 
 
-class _PreparedInsert:
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]:
+    """A pooled connection's driver (asyncpg) connection, for plain SQL on a hot path.
+
+    Driver and socket errors come out wrapped as SQLAlchemy wraps them (``IntegrityError`` for a
+    constraint, ``DBAPIError`` otherwise, ``sql`` as the statement), so callers see one kind;
+    a connection lost on the way, or left by a cancelled task, is invalidated, so the pool does
+    not hand it out again.
+    """
+    pooled = await engine.raw_connection()
+    driver: Any = pooled.driver_connection
+    try:
+        yield driver
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+    ) as exc:
+        # A closed connection ("connection is closed" after a server restart) is lost whatever
+        # the error, as in SQLAlchemy's own check; so is one whose protocol state is broken
+        # (InternalClientError, seen on BEGIN right after the server went down).
+        lost = (
+            driver.is_closed()
+            or isinstance(exc, asyncpg.InternalClientError)
+            or unavailable_reason(exc) is not None
+        )
+        if lost:
+            await greenlet_spawn(pooled.invalidate)
+        constraint = str(getattr(exc, "sqlstate", "")).startswith("23")
+        wrapper = IntegrityError if constraint else DBAPIError
+        raise wrapper(sql, None, exc, hide_parameters=True, connection_invalidated=lost) from exc
+    except BaseException:
+        # Anything else (a cancelled task, a bug of ours) mid-statement or mid-transaction:
+        # what state the connection is in is unknown.
+        await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+class PreparedInsert:
     """``INSERT INTO table (…) VALUES ($n, …)`` and the driver-level values for one row."""
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
@@ -226,32 +262,34 @@ class NotificationRepository:
 
     async def claim_due(
         self, *, worker_id: str, now: datetime, lease_until: datetime, limit: int
-    ) -> Sequence[Notification]:
+    ) -> Sequence[Claimed]:
         """Mark up to ``limit`` due notifications ``delivering`` under this worker's lease.
 
         ``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets many workers claim side by side without
         waiting on each other; SQLite ignores it and serialises writers (``BEGIN IMMEDIATE``).
+        (The worker on PostgreSQL sends this statement as plain SQL: ``app.store.delivery``.)
         """
+        table = NOTIFICATIONS
         due = (
-            select(Notification.id)
-            .where(Notification.status == "pending", Notification.next_attempt_at <= now)
-            .order_by(Notification.next_attempt_at)
+            select(table.c.id)
+            .where(table.c.status == "pending", table.c.next_attempt_at <= now)
+            .order_by(table.c.next_attempt_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         stmt = (
-            update(Notification)
-            .where(Notification.id.in_(due.scalar_subquery()))
+            update(table)
+            .where(table.c.id.in_(due.scalar_subquery()))
             .values(
                 status="delivering",
                 claimed_by=worker_id,
                 lease_expires_at=lease_until,
                 updated_at=now,
             )
-            .returning(Notification)
-            .execution_options(synchronize_session=False, populate_existing=True)
+            .returning(*(table.c[name] for name in CLAIMED_COLUMNS))
         )
-        return (await self.session.scalars(stmt)).all()
+        connection = await self.session.connection()
+        return [Claimed(*row) for row in await connection.execute(stmt)]
 
     async def save_rounds(
         self, rounds: Sequence[FinishedRound], *, worker_id: str
@@ -275,27 +313,21 @@ class NotificationRepository:
         ours = set((await self.session.scalars(_in_lock_order(held))).all())
         if not ours:
             return ours
-        by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
-        for finished in rounds:
-            if finished.notification_id in ours:
-                params = {_COLUMN_OF[key]: value for key, value in finished.values.items()}
-                params |= {"claimed_by": None, "lease_expires_at": None}
-                by_columns.setdefault(frozenset(params), []).append(
-                    params | {"b_id": finished.notification_id}
-                )
+        kept = [finished for finished in rounds if finished.notification_id in ours]
         # The SET clause comes from the parameters' keys: one executemany per set of columns.
         update_held = update(Notification).where(
             Notification.id == bindparam("b_id"), *_held(worker_id)
         )
         connection = await self.session.connection()
-        for group in by_columns.values():
-            await connection.execute(update_held, group)
-        attempt_rows = [
-            attempt
-            for finished in rounds
-            if finished.notification_id in ours
-            for attempt in finished.attempts
-        ]
+        for group in group_by_columns(kept).values():
+            await connection.execute(
+                update_held,
+                [
+                    params | {"b_id": notification_id, "claimed_by": None, "lease_expires_at": None}
+                    for notification_id, params in group
+                ],
+            )
+        attempt_rows = [attempt for finished in kept for attempt in finished.attempts]
         if attempt_rows:
             await connection.execute(insert(Attempt), attempt_rows)
         return ours
@@ -380,6 +412,36 @@ class IdempotencyRepository:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """What the worker reads of a notification it claimed (columns by name, ``metadata``)."""
+
+    id: uuid.UUID
+    route: str | None
+    strategy: str
+    channels: list[str]
+    recipient: dict[str, Any]
+    subject: str | None
+    text: str | None
+    html: str | None
+    severity: str
+    source: str | None
+    metadata: dict[str, Any]
+    retry_schedule: list[float]
+    retry_jitter: float
+    round: int
+    round_base: int
+    trigger: str
+    attempt_count: int
+    hops: list[dict[str, Any]]
+    expires_at: datetime | None
+    created_at: datetime
+
+
+CLAIMED_COLUMNS = tuple(Claimed.__dataclass_fields__)
+"""The columns a claim returns, in ``Claimed``'s order."""
+
+
+@dataclass(frozen=True, slots=True)
 class FinishedRound:
     """What one round changes: the notification's new values (by model attribute) and its
     ``attempts`` rows."""
@@ -387,6 +449,18 @@ class FinishedRound:
     notification_id: uuid.UUID
     values: dict[str, Any]
     attempts: Sequence[Row]
+
+
+def group_by_columns(
+    rounds: Sequence[FinishedRound],
+) -> dict[tuple[str, ...], list[tuple[uuid.UUID, Row]]]:
+    """Each round's new values by column name, grouped by the columns they change (one
+    executemany ``UPDATE`` a group), with the notification's id."""
+    groups: dict[tuple[str, ...], list[tuple[uuid.UUID, Row]]] = {}
+    for finished in rounds:
+        params = {_COLUMN_OF[key]: value for key, value in finished.values.items()}
+        groups.setdefault(tuple(sorted(params)), []).append((finished.notification_id, params))
+    return groups
 
 
 def _held(worker_id: str) -> tuple[ColumnElement[bool], ...]:

@@ -10,14 +10,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.store.db import create_engine, is_sqlite
 from app.store.models import Attempt, Notification
-from app.store.repositories import FinishedRound, NotificationRepository, Row
+from app.store.repositories import Claimed, FinishedRound, Row
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import HttpServer, serve_http
 
@@ -29,7 +29,7 @@ def hook_config(sink: HttpServer) -> dict[str, Any]:
     }
 
 
-def attempt_of(h: Harness, notification: Notification, **fields: Any) -> Row:
+def attempt_of(h: Harness, notification: Claimed, **fields: Any) -> Row:
     """An ``attempts`` row, every column given (None unless set), as the worker makes them."""
     return {column.name: None for column in Attempt.__table__.columns} | {
         "id": uuid7(),
@@ -45,7 +45,7 @@ def attempt_of(h: Harness, notification: Notification, **fields: Any) -> Row:
     }
 
 
-def delivered_round(h: Harness, notification: Notification, **extra: Any) -> FinishedRound:
+def delivered_round(h: Harness, notification: Claimed, **extra: Any) -> FinishedRound:
     now = h.clock()
     attempt = attempt_of(h, notification, outcome="delivered", provider_status=200)
     values = {
@@ -63,7 +63,7 @@ def delivered_round(h: Harness, notification: Notification, **extra: Any) -> Fin
     return FinishedRound(notification.id, values, [attempt])
 
 
-def failed_round(h: Harness, notification: Notification) -> FinishedRound:
+def failed_round(h: Harness, notification: Claimed) -> FinishedRound:
     now = h.clock()
     attempt = attempt_of(
         h,
@@ -88,7 +88,7 @@ def failed_round(h: Harness, notification: Notification) -> FinishedRound:
     return FinishedRound(notification.id, values, [attempt])
 
 
-async def claimed(h: Harness, count: int) -> list[Notification]:
+async def claimed(h: Harness, count: int) -> list[Claimed]:
     for i in range(count):
         await h.send(text=f"n{i}")
     notifications = await h.worker.claim(count)
@@ -115,16 +115,19 @@ async def write_lock(db_url: str) -> AsyncIterator[None]:
         await engine.dispose()
 
 
-def count_attempt_inserts(h: Harness) -> list[int]:
-    """A one-element list that counts the INSERTs into ``attempts`` the runtime's engine runs."""
-    seen = [0]
+def count_saves(h: Harness) -> list[int]:
+    """A list that gets, as each save transaction of the worker's store ends, its rounds."""
+    sizes: list[int] = []
+    store = h.worker.store
+    save_rounds = store.save_rounds
 
-    @event.listens_for(h.runtime.engine.sync_engine, "before_cursor_execute")
-    def _count(*args: Any) -> None:
-        if args[2].lstrip().upper().startswith("INSERT INTO ATTEMPTS"):
-            seen[0] += 1
+    async def counted(rounds: Any, *, worker_id: str) -> Any:
+        saved = await save_rounds(rounds, worker_id=worker_id)
+        sizes.append(len(rounds))
+        return saved
 
-    return seen
+    store.save_rounds = counted  # type: ignore[method-assign]
+    return sizes
 
 
 async def test_save_rounds_writes_several_notifications_and_skips_a_lost_lease(
@@ -138,10 +141,7 @@ async def test_save_rounds_writes_several_notifications_and_skips_a_lost_lease(
             delivered_round(h, lost),
             failed_round(h, third),  # other columns change: a second UPDATE group
         ]
-        async with h.runtime.sessions() as session, session.begin():
-            saved = await NotificationRepository(session).save_rounds(
-                rounds, worker_id=h.worker.worker_id
-            )
+        saved = await h.worker.store.save_rounds(rounds, worker_id=h.worker.worker_id)
         assert saved == {first.id, third.id}
 
         body = await h.get(str(first.id))
@@ -172,13 +172,13 @@ async def test_save_rounds_writes_several_notifications_and_skips_a_lost_lease(
 async def test_rounds_saved_together_share_one_transaction(db_url: str) -> None:
     async with serve_http() as sink, herald(db_url, hook_config(sink)) as h:
         first, second, third = await claimed(h, 3)
-        inserts = count_attempt_inserts(h)
-        saver = RoundSaver(h.runtime.sessions, h.worker.worker_id)
+        saves = count_saves(h)
+        saver = RoundSaver(h.worker.store, h.worker.worker_id)
         results = await asyncio.gather(
             *(saver.save(delivered_round(h, n)) for n in (first, second, third))
         )
         assert results == [True, True, True]
-        assert inserts == [1], "one INSERT of the three rounds' attempts"
+        assert saves == [3], "one transaction for the three rounds"
         for notification in (first, second, third):
             assert (await h.get(str(notification.id)))["status"] == "delivered"
 
@@ -190,7 +190,7 @@ async def test_a_bad_round_fails_alone_and_the_others_of_its_batch_are_saved(
         good, bad, other = await claimed(h, 3)
         broken = delivered_round(h, bad)
         twice = [broken.attempts[0], broken.attempts[0]]  # the same attempt id twice
-        saver = RoundSaver(h.runtime.sessions, h.worker.worker_id)
+        saver = RoundSaver(h.worker.store, h.worker.worker_id)
         results = await asyncio.gather(
             saver.save(delivered_round(h, good)),
             saver.save(FinishedRound(bad.id, broken.values, twice)),
@@ -211,14 +211,15 @@ async def test_rounds_finishing_during_a_save_go_in_the_next_transaction(db_url:
     async with serve_http() as sink, herald(db_url, hook_config(sink)) as h:
         ids = [(await h.send(text=f"n{i}"))["id"] for i in range(8)]
         sink.delay("/a", 0.3)
-        inserts = count_attempt_inserts(h)
+        saves = count_saves(h)
         run = asyncio.create_task(h.worker.run_once())
         await _until(lambda: len(sink.requests_to("/a")) == 8)
         async with write_lock(db_url):
             await asyncio.sleep(0.6)  # every round has finished; their saves wait on the lock
-            assert inserts == [0]
+            assert saves == []
         assert await asyncio.wait_for(run, timeout=10) == 8
-        assert 1 <= inserts[0] <= 2, "the saves queued behind one transaction went together"
+        assert sum(saves) == 8
+        assert 1 <= len(saves) <= 2, "the saves queued behind one transaction went together"
         for notification_id in ids:
             body = await h.get(notification_id)
             assert (body["status"], body["attempt_count"]) == ("delivered", 1)
