@@ -106,9 +106,6 @@ async def run_httpx(url: str, n: int, c: int, variant: str) -> None:
         for client in shards:
             await client.aclose()
         return
-    if variant.startswith("herald-"):
-        await run_herald(url, n, c, variant)
-        return
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(limits=limits)
     if variant == "httpx-guarded":
         from app.security.guard import AddressGuard, GuardedTransport
@@ -209,8 +206,8 @@ CLIENTS = {
     "httpx-guarded": run_httpx,
     "httpx-pool32": run_httpx,
     "httpx-sharded4": run_httpx,
-    "herald-client": run_httpx,
-    "herald-outbound": run_httpx,
+    "herald-client": run_herald,
+    "herald-outbound": run_herald,
     "aiohttp": run_aiohttp,
     "raw": run_raw,
 }

@@ -28,11 +28,14 @@ from app.store.repositories import (
     FinishedRound,
     NotificationRepository,
     PreparedInsert,
+    bind_processors,
     driver_connection,
     group_by_columns,
 )
 
 _HELD = "status = 'delivering' AND claimed_by = $2"
+"""Held by this worker under its lease (``_held``); every statement using it passes the worker
+id as ``$2``."""
 
 CLAIM = f"""
 UPDATE notifications SET status = 'delivering', claimed_by = $1, lease_expires_at = $2,
@@ -58,11 +61,7 @@ class DeliveryStore:
         self.postgresql = engine.dialect.name == "postgresql"
         self._attempts = PreparedInsert(ATTEMPTS, engine.dialect)
         self._attempts_sql = self._attempts.sql(1)
-        dialect = engine.dialect
-        self._processors = {
-            column.name: column.type.dialect_impl(dialect).bind_processor(dialect)
-            for column in NOTIFICATIONS.columns
-        }
+        self._processors = bind_processors(NOTIFICATIONS, engine.dialect)
         self._updates: dict[tuple[str, ...], str] = {}
 
     async def claim(
@@ -129,7 +128,6 @@ class DeliveryStore:
     def _args(self, columns: tuple[str, ...], params: dict[str, object]) -> list[object]:
         processors = self._processors
         return [
-            value if (process := processors[name]) is None else process(value)
+            params[name] if processors[name] is None else processors[name](params[name])
             for name in columns
-            for value in (params[name],)
         ]

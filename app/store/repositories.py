@@ -151,15 +151,21 @@ async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]
         await greenlet_spawn(pooled.close)
 
 
+def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
+    """Column name → SQLAlchemy's bind processor for it (``None``: the value goes as it is)."""
+    return {
+        column.name: column.type.dialect_impl(dialect).bind_processor(dialect)
+        for column in table.columns
+    }
+
+
 class PreparedInsert:
     """``INSERT INTO table (…) VALUES ($n, …)`` and the driver-level values for one row."""
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
         self.table = table
         self.columns = [column.name for column in table.columns]
-        self.processors = [
-            column.type.dialect_impl(dialect).bind_processor(dialect) for column in table.columns
-        ]
+        self.processors = list(bind_processors(table, dialect).values())
 
     def sql(self, first: int) -> str:
         places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
