@@ -2,24 +2,37 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-CONFIG ?= examples/herald.yaml
-export HERALD_DATABASE_URL ?= sqlite+aiosqlite:///./herald.db
+PIP_INSTALL = $(BIN)/python -m pip install --quiet -c requirements/constraints.txt
 
 .PHONY: run test lint unit openapi clean
 
-# The virtualenv is rebuilt when the dependency pins or the project metadata change.
-$(BIN)/.installed: pyproject.toml requirements/constraints.txt
+# Two stamps in one virtualenv: $(RUNTIME) has what serving needs (`make run`), $(DEV) adds the
+# dev extras on top (tests, linters, matplotlib…). Each is redone when the dependency pins or the
+# project metadata change; going back and forth between `make run` and `make test` installs
+# nothing again.
+RUNTIME := $(BIN)/.installed-runtime
+DEV := $(BIN)/.installed-dev
+
+$(RUNTIME): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(PIP_INSTALL) -e .
 	touch $@
 
-run: $(BIN)/.installed
-	$(BIN)/herald migrate
-	$(BIN)/herald serve --config $(CONFIG) --host 127.0.0.1 --port 8000
+$(DEV): $(RUNTIME)
+	$(PIP_INSTALL) -e '.[dev]'
+	touch $@
 
-lint: $(BIN)/.installed
+# Herald's settings come from the environment when set there (`HERALD_PORT=9000 make run`):
+# `herald serve` reads HERALD_HOST and HERALD_PORT itself (default 127.0.0.1:8000).
+run: export HERALD_CONFIG ?= examples/herald.yaml
+run: export HERALD_DATABASE_URL ?= sqlite+aiosqlite:///./herald.db
+run: $(RUNTIME)
+	$(BIN)/herald migrate
+	$(BIN)/herald serve
+
+lint: $(DEV)
 	$(BIN)/ruff check app tests migrations
 	$(BIN)/ruff format --check app tests migrations
 	$(BIN)/mypy
@@ -27,16 +40,16 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest -q
 
-unit: $(BIN)/.installed
+unit: $(DEV)
 	$(BIN)/pytest -q tests/unit
 
 # The full chaos suite (tests/chaos: needs the PostgreSQL server binaries; a few minutes). make test
 # runs its short version.
 .PHONY: chaos
-chaos: $(BIN)/.installed
+chaos: $(DEV)
 	$(BIN)/pytest -s -q --chaos-full -m chaos_full tests/chaos
 
-openapi: $(BIN)/.installed
+openapi: $(RUNTIME)
 	$(BIN)/herald openapi > openapi.yaml
 
 clean:
@@ -61,7 +74,7 @@ ops-deps: $(TS_CLIENT)/node_modules/.package-lock.json
 
 test: ops-deps
 
-ops: $(BIN)/.installed ops-deps
+ops: $(DEV) ops-deps
 	$(BIN)/pytest -q tests/ops
 
 clean: clean-ops
@@ -75,11 +88,11 @@ clean-ops:
 # generator stands in). Writes bench/results/latest.json and latest.md.
 # Profiles: make bench BENCH_ARGS=--profile (needs py-spy; bench/results/profiles/).
 .PHONY: bench
-bench: $(BIN)/.installed
+bench: $(DEV)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # docs/dashboard.png: the Grafana dashboard's panels drawn from a real run's Prometheus data
 # (a webhook sink, herald serve and Debian's prometheus on loopback, ~3 minutes of traffic).
 .PHONY: dashboard-png
-dashboard-png: $(BIN)/.installed
+dashboard-png: $(DEV)
 	$(BIN)/python deploy/render_dashboard.py --demo --out docs/dashboard.png
