@@ -17,8 +17,10 @@ COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
 RUN python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; extras = [e.strip() for e in sys.argv[1].split(",") if e.strip()]; print("\n".join(p["dependencies"] + [d for e in extras for d in p["optional-dependencies"][e]]))' "$HERALD_EXTRAS" > /tmp/requirements.txt
 RUN /opt/herald/bin/pip install -c requirements/constraints.txt -r /tmp/requirements.txt
-# Then Herald itself, as a regular (non-editable) install into the same venv.
+# Then Herald itself, as a regular (non-editable) install into the same venv; the wheel carries
+# migrations/ as app.migrations (pyproject.toml), so `herald migrate` needs nothing else.
 COPY app/ app/
+COPY migrations/ migrations/
 RUN /opt/herald/bin/pip install --no-deps . \
     && /opt/herald/bin/herald --version
 
@@ -33,9 +35,8 @@ RUN groupadd --system --gid 10001 herald \
     && chown herald:herald /var/lib/herald
 COPY --from=builder /opt/herald /opt/herald
 WORKDIR /app
-# app/ lives in the venv (installed above); the migrations and the example config are data
-# that the installed package finds through HERALD_MIGRATIONS_DIR and --config/HERALD_CONFIG.
-COPY migrations/ /app/migrations/
+# app/ and its migrations live in the venv (installed above); the example config is data,
+# found through --config/HERALD_CONFIG.
 COPY examples/ /app/examples/
 ENV PATH=/opt/herald/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -43,7 +44,6 @@ ENV PATH=/opt/herald/bin:$PATH \
     HERALD_HOST=0.0.0.0 \
     HERALD_PORT=8000 \
     HERALD_CONFIG=/etc/herald/herald.yaml \
-    HERALD_MIGRATIONS_DIR=/app/migrations \
     HERALD_DATABASE_URL=sqlite+aiosqlite:////var/lib/herald/herald.db \
     HERALD_LOG_FORMAT=json
 VOLUME ["/var/lib/herald"]

@@ -14,10 +14,20 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+_PACKAGED = Path(__file__).resolve().parents[1] / "migrations"
+"""Where an installed Herald (wheel, ``pip install .``) has its migrations: pyproject.toml ships
+the top-level ``migrations/`` folder as ``app.migrations``."""
+_CHECKOUT = Path(__file__).resolve().parents[2] / "migrations"
+"""The source of truth, in a checkout (and in an editable install)."""
+
 
 def migrations_dir() -> Path:
+    """The Alembic script directory: ``HERALD_MIGRATIONS_DIR`` if set, else the packaged copy,
+    else the checkout's ``migrations/``."""
     override = os.environ.get("HERALD_MIGRATIONS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "migrations"
+    if override:
+        return Path(override)
+    return _PACKAGED if (_PACKAGED / "env.py").is_file() else _CHECKOUT
 
 
 def alembic_config(database_url: str) -> Config:

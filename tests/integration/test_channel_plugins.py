@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.support.http_server import serve_http
 PLUGIN = """
 from typing import Literal
 
-from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, Message
+from app.plugin import ChannelConfig, ChannelType, DeliveryResult, Message
 
 
 class EchoConfig(ChannelConfig):
@@ -38,14 +39,25 @@ class FakeWebhook(EchoChannel):
 """
 
 
-def install_plugin(root: Path, entry: str) -> None:
+def install_plugin(
+    root: Path, entry: str, package: str = "herald_echo", code: str = PLUGIN
+) -> None:
     """A real installed distribution: a package and its dist-info on sys.path."""
-    (root / "herald_echo").mkdir()
-    (root / "herald_echo" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    info = root / "herald_echo-0.1.dist-info"
+    (root / package).mkdir()
+    (root / package / "__init__.py").write_text(textwrap.dedent(code))
+    info = root / f"{package}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: herald-echo\nVersion: 0.1\n")
+    name = package.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[herald.channels]\n{entry}\n")
+
+
+def readme_plugin() -> str:
+    """The channel type that README's "Writing a channel type" shows, as written there."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    match = re.search(r"```python\n# herald_pager/__init__.py\n(.*?)```", readme, re.DOTALL)
+    assert match, "README no longer shows herald_pager/__init__.py"
+    return match.group(1)
 
 
 @pytest.fixture
@@ -54,7 +66,7 @@ def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     yield tmp_path
     import sys
 
-    for name in [m for m in sys.modules if m.startswith("herald_echo")]:
+    for name in [m for m in sys.modules if m.startswith(("herald_echo", "herald_pager"))]:
         del sys.modules[name]
 
 
@@ -77,6 +89,31 @@ async def test_an_entry_point_channel_type_delivers(db_url: str, plugin_path: Pa
     channel_type = registry.get("echo")
     assert channel_type is not None
     assert "HEY: plugged in" in channel_type.sent  # type: ignore[attr-defined]
+
+
+async def test_the_readme_plugin_delivers_through_the_documented_import_path(
+    db_url: str, plugin_path: Path
+) -> None:
+    """README's example imports only ``app.plugin``; installed, it pages through a real server."""
+    code = readme_plugin()
+    assert re.findall(r"^from app[.\w]* import", code, re.MULTILINE) == ["from app.plugin import"]
+    install_plugin(plugin_path, "pager = herald_pager:PagerChannel", "herald_pager", code)
+    registry = default_registry()
+    async with serve_http() as pager:
+        pager.script("/v1/pages", (200, {}, {"id": "page-7"}))
+        config = {
+            "channels": {"oncall": {"type": "pager", "api_base": pager.base_url, "token": "t0k"}},
+            "routes": {"default": {"channels": ["oncall"]}},
+        }
+        async with herald(db_url, config, registry=registry) as h:
+            created = await h.send(text="db-1 down", recipient={"phone": "+15551234567"})
+            await h.run_worker()
+            assert (await h.get(created["id"]))["status"] == "delivered"
+            (attempt,) = await h.attempts(created["id"])
+        (request,) = pager.requests_to("/v1/pages")
+    assert attempt["provider_message_id"] == "page-7"
+    assert request.json() == {"to": "+15551234567", "text": "db-1 down"}
+    assert request.headers["authorization"] == "Bearer t0k"
 
 
 def test_an_entry_point_reusing_a_type_name_is_refused(

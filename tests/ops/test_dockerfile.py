@@ -119,8 +119,25 @@ def test_copied_paths_exist_and_are_in_the_build_context(instructions: list[Inst
                     f"COPY {source}: .dockerignore cuts it"
                 )
                 copied.append(source.rstrip("/"))
-    assert {"app", "migrations", "examples", "requirements/constraints.txt"} <= set(copied)
+    assert {"app", "examples", "requirements/constraints.txt"} <= set(copied)
     assert dockerignored(".venv") and dockerignored("tests/ops") and dockerignored("herald.db")
+
+
+def test_the_builder_has_every_source_of_the_package_before_installing_it(
+    instructions: list[Instruction],
+) -> None:
+    builder = [i for i in instructions if i.stage == 0]
+    (install,) = [n for n, i in enumerate(builder) if "pip install --no-deps ." in i.arguments]
+    copied = {
+        source.rstrip("/")
+        for i in builder[:install]
+        if i.keyword == "COPY" and "--from" not in i.arguments
+        for source in shlex.split(i.arguments)[:-1]
+    }
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    sources = {"pyproject.toml", "README.md", "app", *setuptools["package-dir"].values()}
+    assert "migrations" in sources
+    assert sources <= copied, f"pip install . in the builder would miss {sources - copied}"
 
 
 def test_dependencies_are_installed_from_the_pins(instructions: list[Instruction]) -> None:
@@ -175,17 +192,11 @@ def test_environment_names_herald_settings(instructions: list[Instruction]) -> N
             env.update(env_pairs(instruction.arguments))
     settings = set(Settings.model_fields)
     for name in env:
-        if name.startswith("HERALD_") and name != "HERALD_MIGRATIONS_DIR":
+        if name.startswith("HERALD_"):
             assert name.removeprefix("HERALD_").lower() in settings, f"{name} is not a setting"
-    assert "HERALD_MIGRATIONS_DIR" in (ROOT / "app/store/migrate.py").read_text()
+    # the installed package carries its migrations (tests/ops/test_packaging.py)
+    assert "HERALD_MIGRATIONS_DIR" not in env
     assert env["HERALD_HOST"] == "0.0.0.0"
-    copies = {
-        shlex.split(i.arguments)[0].rstrip("/"): shlex.split(i.arguments)[-1].rstrip("/")
-        for i in final_stage(instructions)
-        if i.keyword == "COPY" and "--from" not in i.arguments
-    }
-    # the package is installed into the venv, so it finds its migrations through this variable
-    assert env["HERALD_MIGRATIONS_DIR"] == copies["migrations"]
     assert env["PATH"].startswith("/opt/herald/bin:")
     assert env["HERALD_DATABASE_URL"].startswith("sqlite+aiosqlite:////var/lib/herald/")
 
