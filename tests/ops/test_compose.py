@@ -9,24 +9,37 @@ the services' ports, Grafana's provisioning and the dashboard) must agree.
 
 from __future__ import annotations
 
+import inspect
+import ipaddress
+import itertools
 import json
+import os
 import re
+import subprocess
+import sys
+from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
+from standardwebhooks import Webhook
 
 from app.channels.registry import default_registry
 from app.cli import bind_refusal
-from app.config import Settings, load_config
-from tests.ops.support import ROOT, cli_problems
+from app.config import HeraldConfig, Settings, load_config
+from app.security.guard import AddressGuard
+from app.store.db import create_engine
+from tests.ops.support import ROOT, cli_problems, free_port, wait_until
 
 COMPOSE = ROOT / "docker-compose.yml"
 HERALD_SERVICES = ("migrate", "api", "worker")
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
+REQUIRED = "<required>"
+"""What a ``${VAR:?message}`` (no default: Compose refuses to start without it) becomes here."""
 
 
 def compose_schema() -> dict[str, Any]:
@@ -36,14 +49,19 @@ def compose_schema() -> dict[str, Any]:
 
 
 def interpolate(node: Any) -> Any:
-    """Compose's ``${VAR:-default}`` with an empty environment: every default taken."""
+    """Compose's ``${VAR:-default}`` with an empty environment: every default taken, and
+    ``REQUIRED`` for a ``${VAR:?message}``."""
     if isinstance(node, dict):
         return {key: interpolate(value) for key, value in node.items()}
     if isinstance(node, list):
         return [interpolate(value) for value in node]
     if isinstance(node, str):
-        return _VARIABLE.sub(lambda match: match.group(2) or "", node)
+        return _VARIABLE.sub(_substitute, node)
     return node
+
+
+def _substitute(match: re.Match[str]) -> str:
+    return REQUIRED if match.group(2) == "?" else match.group(3) or ""
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +145,7 @@ def test_every_mounted_file_exists(services: dict[str, dict[str, Any]]) -> None:
         "deploy/alerts.yml",
         "deploy/grafana/provisioning",
         "deploy/grafana/herald.json",
+        "deploy/webhook_receiver.py",
     } <= set(mounted)
 
 
@@ -152,6 +171,8 @@ def test_workers_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
 
 def test_herald_services_share_one_image_and_config(services: dict[str, dict[str, Any]]) -> None:
     settings = set(Settings.model_fields)
+    config_text = (ROOT / "deploy/herald.yaml").read_text()
+    config_variables = {match.group(1) for match in _VARIABLE.finditer(config_text)}
     for name in HERALD_SERVICES:
         service = services[name]
         assert service["image"] == services["api"]["image"]
@@ -160,19 +181,26 @@ def test_herald_services_share_one_image_and_config(services: dict[str, dict[str
         assert "@postgres:5432/" in environment["HERALD_DATABASE_URL"]
         assert "/etc/herald/herald.yaml" in " ".join(service["volumes"])
         for variable in environment:
-            if variable.startswith("HERALD_") and variable != "HERALD_API_KEY":
+            if variable.startswith("HERALD_") and variable not in config_variables:
                 assert variable.removeprefix("HERALD_").lower() in settings, (
-                    f"{name}: {variable} is not a Herald setting"
+                    f"{name}: {variable} is neither a Herald setting nor used in herald.yaml"
                 )
 
 
-def test_deploy_config_is_valid_and_may_bind_beyond_loopback(
+@pytest.fixture
+def deploy_config(
     services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    environment = services["api"]["environment"]
-    for variable, value in environment.items():
+) -> HeraldConfig:
+    """deploy/herald.yaml as the api container reads it."""
+    for variable, value in services["api"]["environment"].items():
         monkeypatch.setenv(variable, str(value))
-    config = load_config(str(ROOT / "deploy/herald.yaml"), default_registry())
+    return load_config(str(ROOT / "deploy/herald.yaml"), default_registry())
+
+
+def test_deploy_config_is_valid_and_may_bind_beyond_loopback(
+    services: dict[str, dict[str, Any]], deploy_config: HeraldConfig
+) -> None:
+    config = deploy_config
     assert config.auth.api_keys, "serving on 0.0.0.0 needs API keys"
     assert bind_refusal("0.0.0.0", config) is None
     assert config.auth.metrics_key is None, (
@@ -221,3 +249,115 @@ def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard(
     dashboard = json.loads((ROOT / "deploy/grafana/herald.json").read_text())
     (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
     assert variable["current"]["value"] == datasource["uid"]
+
+
+def test_every_image_is_pinned_to_a_version(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        if "build" in service:
+            continue  # built from this repository (the Dockerfile's base is checked there)
+        image = service["image"]
+        _, _, tag = image.rpartition("/")[2].partition(":")
+        assert tag and tag != "latest", f"{name}: {image} is not pinned"
+        assert re.match(r"v?\d+\.\d+", tag), f"{name}: {image}: pin a version, not a name"
+
+
+def test_grafana_needs_a_password_and_has_no_anonymous_access(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    environment = services["grafana"]["environment"]
+    assert environment["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED, (
+        "no default admin password: compose must refuse to start without one"
+    )
+    raw = compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert raw.startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert environment.get("GF_AUTH_ANONYMOUS_ENABLED", "false") == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in environment
+    assert environment.get("GF_USERS_ALLOW_SIGN_UP", "false") == "false"
+
+
+def test_postgres_takes_the_connections_of_the_api_and_four_workers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The README's formula, with the engine's real pool size, fits ``max_connections``."""
+    command = services["postgres"]["command"]
+    options = dict(
+        value.split("=", 1) for flag, value in itertools.pairwise(command) if flag == "-c"
+    )
+    pool = inspect.signature(create_engine).parameters["pool_size"].default
+    api = services["api"].get("deploy", {}).get("replicas", 1)
+    workers = 4
+    needed = (api + workers) * pool + workers  # each worker's LISTEN connection
+    migrate = 1
+    reserved = int(options.get("superuser_reserved_connections", 3))
+    assert int(options["max_connections"]) - reserved >= needed + migrate
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"(api processes + workers) \N{MULTIPLICATION SIGN} {pool} + workers" in readme
+
+
+def test_the_webhook_receiver_is_routed_to_and_let_through_the_guard(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], deploy_config: HeraldConfig
+) -> None:
+    receiver = services["webhook-receiver"]
+    command = receiver["command"]
+    port = command[command.index("--port") + 1]
+    channels = [
+        (name, c)
+        for name, c in deploy_config.channels.items()
+        if c.type == "webhook" and getattr(c, "url", None)
+    ]
+    assert [str(c.url) for _, c in channels] == [f"http://webhook-receiver:{port}/herald"]  # type: ignore[attr-defined]
+    ((channel_name, channel),) = channels
+    assert any(channel_name in route.channels for route in deploy_config.routes.values())
+    assert channel.secret.get_secret_value() == receiver["environment"]["WEBHOOK_SECRET"]  # type: ignore[attr-defined]
+    mounts = dict(v.split(":")[:2] for v in receiver["volumes"])
+    assert mounts["./deploy/webhook_receiver.py"] == command[1]
+
+    (ipam,) = compose["networks"]["default"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(ipam["subnet"]), ipaddress.ip_network(ipam["ip_range"])
+    address = ipaddress.ip_address(receiver["networks"]["default"]["ipv4_address"])
+    assert address in subnet and address not in dynamic, "another container could take it"
+    guard = AddressGuard(
+        allow_private=deploy_config.network.allow_private_addresses,
+        allowed=deploy_config.network.allowed_networks,
+    )
+    assert guard.refusal(address) is None
+    other_containers = list(dynamic.hosts())
+    assert all(guard.refusal(a) for a in other_containers), "only the receiver is let through"
+    for name in HERALD_SERVICES:
+        assert "networks" not in services[name], f"{name} must share the default network"
+
+
+def test_the_webhook_receiver_logs_each_request_and_checks_its_signature(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    secret = services["webhook-receiver"]["environment"]["WEBHOOK_SECRET"]
+    port = free_port()
+    receiver = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy/webhook_receiver.py"), "--host", "127.0.0.1",
+         "--port", str(port)],
+        env={**os.environ, "WEBHOOK_SECRET": secret},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/herald"
+        wait_until("the receiver", lambda: httpx.get(url, timeout=1).status_code, within=10)
+        body = json.dumps({"type": "notification", "data": {"text": "hi"}})
+        now = datetime.now(UTC)
+        headers = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(secret).sign("msg_1", now, body),
+        }
+        signed = httpx.post(url, content=body, headers=headers)
+        assert signed.status_code == 200 and signed.json()["id"]
+        forged = httpx.post(url + "?status=503", content=body.replace("hi", "ho"), headers=headers)
+        assert forged.status_code == 503
+    finally:
+        receiver.terminate()
+        _, log = receiver.communicate(timeout=10)
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("method") == "POST"]
+    assert [(r["signature_verified"], r["status"]) for r in requests] == [(True, 200), (False, 503)]
+    assert requests[0]["body"] == {"type": "notification", "data": {"text": "hi"}}
+    assert requests[0]["webhook-id"] == "msg_1"
