@@ -22,6 +22,7 @@ from app.channels.base import (
     DeliveryResult,
     Message,
     check_http_url,
+    origin,
 )
 from app.channels.http_errors import post_and_classify
 
@@ -99,6 +100,14 @@ class WebhookChannel(ChannelType):
         self._key = secret_key(secret.get_secret_value()) if secret else None
         # Parsed once: httpx parses a string URL again on every request.
         self._url = httpx.URL(self.config.url) if self.config.url else None
+
+    @property
+    def recipient_addressed(self) -> bool:
+        return self._url is None
+
+    def destination(self, message: Message) -> str | None:
+        url = message.recipient.webhook_url
+        return origin(url) if self._url is None and url else None
 
     async def send(self, message: Message) -> DeliveryResult:
         url = self._url or message.recipient.webhook_url
