@@ -2,6 +2,10 @@
 
 ``webhook-id`` is the notification id on every try, so a receiver can drop the duplicates that
 at-least-once delivery may bring. Redirects are never followed: a 3xx is a ``permanent`` failure.
+
+Without ``url`` the channel is recipient-addressed: each notification's ``recipient.webhook_url``
+chooses the host, so the orchestrator keeps a circuit per destination (``destination``), never
+one for the whole channel that a single caller's endpoint could open for everyone.
 """
 
 from __future__ import annotations
