@@ -23,7 +23,7 @@ from app.channels.http_pool import ShardedTransport
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
 from app.config import HeraldConfig, RetryPolicy, Settings
-from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState
+from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState, DestinationCircuits
 from app.delivery.orchestrator import Link
 from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
@@ -99,12 +99,19 @@ def build_channels(
         channel = channel_type(name, channel_config, context)
         rate = channel_config.rate
         channels[name] = channel
-        links[name] = Link(
+        link = links[name] = Link(
             channel=channel,
             limiter=RateLimiter(*rate) if rate else None,
-            circuit=CircuitBreaker(name, channel_config.circuit, on_change=_export_circuit),
             secrets=tuple(channel_config.secrets()),
         )
+        # One caller's endpoint must not open the circuit for every caller: when the recipient
+        # names the host, the channel has a circuit per destination and none of its own.
+        if channel.recipient_addressed:
+            link.destinations = DestinationCircuits(
+                name, channel_config.circuit, channel.destination
+            )
+        else:
+            link.circuit = CircuitBreaker(name, channel_config.circuit, on_change=_export_circuit)
         _export_circuit(name, CircuitState.CLOSED)
     return channels, links
 

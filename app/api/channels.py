@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from app.api.deps import RuntimeDep, require
 from app.api.problems import AUTH_ERRORS, error_responses
 from app.api.schemas import (
+    OPEN_DESTINATIONS_SHOWN,
     ChannelHealth,
     ChannelList,
     ChannelOut,
@@ -18,6 +19,7 @@ from app.api.schemas import (
     RouteOut,
 )
 from app.delivery.circuit import CircuitState
+from app.delivery.orchestrator import Link
 from app.durations import format_duration
 from app.security.redaction import redact
 from app.service import DEFAULT_ROUTE
@@ -49,6 +51,20 @@ def _health(reason: str | None, circuit: Circuit) -> ChannelHealth:
     return ChannelHealth.HEALTHY
 
 
+def _circuit(link: Link) -> Circuit:
+    breaker = link.circuit
+    not_closed = link.destinations.not_closed() if link.destinations is not None else []
+    return Circuit(
+        state=breaker.state if breaker else CircuitState.CLOSED,
+        consecutive_failures=breaker.consecutive_failures if breaker else 0,
+        reason=breaker.reason if breaker else None,
+        retry_in_seconds=round(breaker.retry_in(), 3) if breaker else 0.0,
+        per_destination=link.destinations is not None,
+        open_destinations=not_closed[:OPEN_DESTINATIONS_SHOWN],
+        open_destination_count=len(not_closed),
+    )
+
+
 @router.get(
     "/channels",
     operation_id="list_channels",
@@ -66,13 +82,7 @@ async def list_channels(runtime: RuntimeDep) -> ChannelList:
         settings = masked(
             config.model_dump(mode="json", by_alias=True, exclude={"type", "enabled"})
         )
-        breaker = runtime.links[name].circuit
-        circuit = Circuit(
-            state=breaker.state if breaker else CircuitState.CLOSED,
-            consecutive_failures=breaker.consecutive_failures if breaker else 0,
-            reason=breaker.reason if breaker else None,
-            retry_in_seconds=round(breaker.retry_in(), 3) if breaker else 0.0,
-        )
+        circuit = _circuit(runtime.links[name])
         items.append(
             ChannelOut(
                 name=name,

@@ -271,6 +271,9 @@ class AttemptList(Output):
     items: list[AttemptOut]
 
 
+OPEN_DESTINATIONS_SHOWN = 20
+
+
 class Circuit(Output):
     """This process's circuit breaker for the channel."""
 
@@ -278,6 +281,18 @@ class Circuit(Output):
     consecutive_failures: int
     reason: str | None = Field(description="Why the circuit opened, while it is not closed.")
     retry_in_seconds: float = Field(description="Time left before a trial delivery (open only).")
+    per_destination: bool = Field(
+        description="The recipient names the host (a webhook without url): each destination "
+        "has its own circuit, so one failing endpoint never stops the channel for the others; "
+        "the fields above then describe no destination and stay closed."
+    )
+    open_destinations: list[str] = Field(
+        description="Destinations (scheme://host:port) whose own circuit is open or half-open, "
+        f"most recent first, at most {OPEN_DESTINATIONS_SHOWN}."
+    )
+    open_destination_count: int = Field(
+        description="How many destinations have an open or half-open circuit."
+    )
 
 
 class ChannelOut(Output):

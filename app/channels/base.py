@@ -129,6 +129,20 @@ def check_http_url(value: str) -> None:
         raise ValueError(f"not a valid URL: {exc}") from None
 
 
+def origin(url: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URL (the port always given), or ``None`` if it has
+    none. Only the origin: no credentials, path or query, so it may be shown and logged."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    return f"{parsed.scheme}://{host}:{port}"
+
+
 def check_http_setting(value: str, field: str) -> str:
     """``value`` stripped, when it is an http(s) URL with a host; errors never echo it."""
     value = value.strip()
@@ -284,6 +298,17 @@ class ChannelType:
         self.name = name
         self.config = config
         self.context = context
+
+    @property
+    def recipient_addressed(self) -> bool:
+        """Whether the host it sends to comes from the recipient, not from the settings: such a
+        channel keeps a circuit per destination (``destination``), never one for the channel."""
+        return False
+
+    def destination(self, message: Message) -> str | None:
+        """The origin (``scheme://host:port``) ``message`` goes to, for a recipient-addressed
+        channel; ``None`` when the settings fix it or the recipient gives none."""
+        return None
 
     async def send(self, message: Message) -> DeliveryResult:
         raise NotImplementedError

@@ -138,7 +138,10 @@ def failure_from_transport(exc: httpx.HTTPError) -> DeliveryResult:
     """A failed ``DeliveryResult`` for an error before any HTTP answer arrived."""
     chain = _causes(exc)
     if isinstance(exc, BlockedAddress):
-        return DeliveryResult.failed(ErrorClass.CONFIG, "blocked_address", str(exc))
+        # Refused before any packet left: the hop fails for this notification only. Never
+        # ``config``, which would quarantine the channel for every caller (a caller chooses
+        # recipient.webhook_url, and so which address is refused).
+        return DeliveryResult.failed(ErrorClass.PERMANENT, "blocked_address", str(exc))
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain):
         return DeliveryResult.failed(
             ErrorClass.CONFIG, "tls_error", "TLS certificate verification failed"

@@ -2,6 +2,10 @@
 
 ``webhook-id`` is the notification id on every try, so a receiver can drop the duplicates that
 at-least-once delivery may bring. Redirects are never followed: a 3xx is a ``permanent`` failure.
+
+Without ``url`` the channel is recipient-addressed: each notification's ``recipient.webhook_url``
+chooses the host, so the orchestrator keeps a circuit per destination (``destination``), never
+one for the whole channel that a single caller's endpoint could open for everyone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from app.channels.base import (
     DeliveryResult,
     Message,
     check_http_url,
+    origin,
 )
 from app.channels.http_errors import post_and_classify
 
@@ -99,6 +104,14 @@ class WebhookChannel(ChannelType):
         self._key = secret_key(secret.get_secret_value()) if secret else None
         # Parsed once: httpx parses a string URL again on every request.
         self._url = httpx.URL(self.config.url) if self.config.url else None
+
+    @property
+    def recipient_addressed(self) -> bool:
+        return self._url is None
+
+    def destination(self, message: Message) -> str | None:
+        url = message.recipient.webhook_url
+        return origin(url) if self._url is None and url else None
 
     async def send(self, message: Message) -> DeliveryResult:
         url = self._url or message.recipient.webhook_url

@@ -12,16 +12,23 @@ While a circuit is open the orchestrator records ``skipped``/``circuit_open`` wi
 the provider and moves to the next hop at once; the hop stays worth a later round. In half-open
 exactly one delivery is let through as the trial. State is per process: each worker learns a
 channel's health from its own tries (a shared store would add a write per attempt for little).
+
+A channel whose destination comes from the recipient (a ``webhook`` without ``url``) has no
+channel-wide circuit: one caller's failing endpoint must not stop every other caller's. It keeps a
+``DestinationCircuits`` instead, one breaker per destination (``scheme://host:port``), holding
+only destinations with something to remember (a failure, an open circuit, a trial under way) and
+at most ``MAX_DESTINATIONS`` of them, the least recently used dropped first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from enum import StrEnum
 
-from app.channels.base import CircuitConfig, DeliveryResult, ErrorClass
+from app.channels.base import CircuitConfig, DeliveryResult, ErrorClass, Message
 
 logger = logging.getLogger("herald.circuit")
 
@@ -33,6 +40,9 @@ class CircuitState(StrEnum):
 
 
 STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+MAX_DESTINATIONS = 1024
+"""Destinations a recipient-addressed channel keeps per process: callers choose them."""
 
 
 class CircuitBreaker:
@@ -72,6 +82,15 @@ class CircuitBreaker:
             return False
         self._trial_in_flight = True
         return True
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to remember: closed, no failure counted, no trial under way."""
+        return (
+            self.state is CircuitState.CLOSED
+            and self.consecutive_failures == 0
+            and not self._trial_in_flight
+        )
 
     def retry_in(self) -> float:
         """Seconds until the next trial may go (0 when not open)."""
@@ -132,3 +151,57 @@ class CircuitBreaker:
             self.reason = None
         if self.on_change is not None:
             self.on_change(self.channel, state)
+
+
+class DestinationCircuits:
+    """One breaker per destination of a recipient-addressed channel, bounded in memory.
+
+    ``locate`` names a message's destination (``None``: none, so no circuit). ``breaker`` hands out
+    the destination's breaker (a fresh closed one when none is kept); ``keep``, called once the
+    breaker has learnt from a call, stores it while it holds state and forgets it once it holds
+    none. These breakers export no metric: an address is never a label.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        config: CircuitConfig,
+        locate: Callable[[Message], str | None],
+        *,
+        limit: int = MAX_DESTINATIONS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.channel = channel
+        self.locate = locate
+        self.config = config
+        self.limit = limit
+        self.clock = clock
+        self._kept: OrderedDict[str, CircuitBreaker] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def breaker(self, destination: str) -> CircuitBreaker:
+        circuit = self._kept.get(destination)
+        if circuit is None:
+            return CircuitBreaker(f"{self.channel} → {destination}", self.config, clock=self.clock)
+        self._kept.move_to_end(destination)
+        return circuit
+
+    def keep(self, destination: str, circuit: CircuitBreaker) -> None:
+        if circuit.idle:
+            if self._kept.get(destination) is circuit:
+                del self._kept[destination]
+            return
+        self._kept[destination] = circuit
+        self._kept.move_to_end(destination)
+        while len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+    def not_closed(self) -> list[str]:
+        """Destinations whose circuit is open or half-open, most recently used first."""
+        return [
+            destination
+            for destination, circuit in reversed(self._kept.items())
+            if circuit.state is not CircuitState.CLOSED
+        ]

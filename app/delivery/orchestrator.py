@@ -33,7 +33,7 @@ from app.channels.base import (
     ErrorClass,
     Message,
 )
-from app.delivery.circuit import CircuitBreaker
+from app.delivery.circuit import CircuitBreaker, DestinationCircuits
 from app.delivery.retry import next_round_at, rounds_allowed
 from app.ratelimit import RateLimiter
 from app.security.redaction import redact
@@ -43,7 +43,7 @@ logger = logging.getLogger("herald.delivery")
 RETRYABLE_SKIPS = frozenset({"circuit_open"})
 """Skip codes that may clear by the next round; every other skip is final for the hop."""
 
-LOCAL_CODES = frozenset({"local_rate_limit", "no_address"})
+LOCAL_CODES = frozenset({"local_rate_limit", "no_address", "blocked_address"})
 """Failures decided before any provider call: they say nothing of the channel's health."""
 
 TIMEOUT_GRACE = 0.5
@@ -65,12 +65,23 @@ class SendingChannel(Protocol):
 
 @dataclass(slots=True)
 class Link:
-    """One hop of a chain: the channel, its rate limiter, its circuit, the secrets to redact."""
+    """One hop of a chain: the channel, its rate limiter, its circuit (or, for a channel that
+    sends where the recipient says, its circuits per destination), the secrets to redact."""
 
     channel: SendingChannel
     limiter: RateLimiter | None = None
     circuit: CircuitBreaker | None = None
     secrets: Sequence[str] = ()
+    destinations: DestinationCircuits | None = None
+
+    def breaker(self, message: Message) -> tuple[CircuitBreaker | None, str | None]:
+        """The circuit ``message`` goes through, and its destination when it is per destination."""
+        if self.destinations is None:
+            return self.circuit, None
+        destination = self.destinations.locate(message)
+        if destination is None:
+            return self.circuit, None
+        return self.destinations.breaker(destination), destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,11 +273,12 @@ class Orchestrator:
         channel = link.channel
         if not channel.config.enabled:
             return DeliveryResult.skipped("channel_disabled", f"channel {channel.name} is disabled")
-        circuit = link.circuit
+        circuit, destination = link.breaker(message)
         if circuit is not None and not circuit.allow():
+            where = f" for {destination}" if destination else ""
             return DeliveryResult.skipped(
                 "circuit_open",
-                f"circuit open ({circuit.reason}); next trial in {circuit.retry_in():.0f}s",
+                f"circuit open{where} ({circuit.reason}); next trial in {circuit.retry_in():.0f}s",
             )
         result = await self._call(message, link)
         if circuit is not None:
@@ -274,6 +286,8 @@ class Orchestrator:
                 circuit.release()
             else:
                 circuit.record(result)
+            if destination is not None and link.destinations is not None:
+                link.destinations.keep(destination, circuit)
         return result
 
     async def _call(self, message: Message, link: Link) -> DeliveryResult:

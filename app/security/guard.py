@@ -95,11 +95,48 @@ def parse_ip_literal(host: str) -> IPAddress | None:
     return None
 
 
+LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
+LOOPBACK_V6 = ipaddress.IPv6Address("::1")
+LOOPBACK_NAMES: dict[str, tuple[IPAddress, ...]] = {
+    "localhost": (LOOPBACK_V4, LOOPBACK_V6),
+    "localhost.localdomain": (LOOPBACK_V4, LOOPBACK_V6),
+    "localhost4": (LOOPBACK_V4,),
+    "localhost4.localdomain4": (LOOPBACK_V4,),
+    "localhost6": (LOOPBACK_V6,),
+    "localhost6.localdomain6": (LOOPBACK_V6,),
+    "ip6-localhost": (LOOPBACK_V6,),
+    "ip6-loopback": (LOOPBACK_V6,),
+}
+"""Names that resolve to loopback only (the usual /etc/hosts entries), with what they name."""
+
+
+def loopback_name(host: str) -> tuple[IPAddress, ...] | None:
+    """The loopback addresses ``host`` can only resolve to, when it is such a name.
+
+    ``localhost`` and every ``*.localhost`` name are loopback by RFC 6761 (6.3); the others
+    are the names distributions put in /etc/hosts for 127.0.0.1 and ::1.
+    """
+    name = host.lower().rstrip(".")
+    if name.endswith(".localhost"):
+        name = "localhost"
+    return LOOPBACK_NAMES.get(name)
+
+
 def url_refusal(guard: AddressGuard, url: str) -> str | None:
-    """Why a URL whose host is an IP literal is refused (host names are checked on connect)."""
+    """Why a URL is refused before any lookup: its host is an IP literal the guard refuses, or a
+    name that can only mean loopback while the guard refuses loopback. Other host names are
+    checked when the request connects."""
     host = urlsplit(url).hostname
-    literal = parse_ip_literal(host) if host else None
-    return guard.refusal(literal) if literal is not None else None
+    if not host:
+        return None
+    literal = parse_ip_literal(host)
+    if literal is not None:
+        return guard.refusal(literal)
+    for address in loopback_name(host) or ():
+        reason = guard.refusal(address)
+        if reason is not None:
+            return f"{host} always resolves to loopback: {reason}"
+    return None
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):

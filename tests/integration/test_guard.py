@@ -55,9 +55,13 @@ async def test_loopback_channel_urls_are_blocked_at_delivery(db_url: str, target
             created = await h.send(text="x")
             await h.run_worker()
             attempts = await h.attempts(created["id"])
-            assert attempts[0]["error"]["class"] == "config"
+            assert attempts[0]["error"]["class"] == "permanent"
             assert attempts[0]["error"]["code"] == "blocked_address"
             assert attempts[1]["outcome"] == "delivered"
+            assert (await h.get(created["id"]))["hops"][0]["state"] == "failed"
+            channels = (await h.client.get("/v1/channels")).json()["items"]
+            hook = next(c for c in channels if c["name"] == "hook")
+            assert hook["circuit"]["state"] == "closed", "a blocked address quarantines nothing"
         assert sink.received == [], "nothing reached the server"
 
 
@@ -86,6 +90,35 @@ async def test_literal_blocked_webhook_url_is_refused_at_submit(db_url: str, url
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["loc"] == ["body", "recipient", "webhook_url"]
         assert (await h.client.get("/v1/notifications")).json()["items"] == []
+
+
+LOOPBACK_NAMES = [
+    "http://localhost:{port}/x",
+    "http://LOCALHOST./x",
+    "https://tenant.localhost/x",
+    "http://localhost.localdomain/x",
+    "http://ip6-localhost:{port}/x",
+]
+
+
+@pytest.mark.parametrize("url", LOOPBACK_NAMES)
+async def test_loopback_names_are_refused_at_submit(db_url: str, url: str) -> None:
+    config = {
+        "channels": {"hook": {"type": "webhook"}},
+        "routes": {"default": {"channels": ["hook"]}},
+    }
+    body = {"text": "x", "recipient": {"webhook_url": url.format(port=8080)}}
+    async with herald(db_url, guarded(config, {})) as h:
+        response = await h.client.post("/v1/notifications", json=body)
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert problem["errors"][0]["loc"] == ["body", "recipient", "webhook_url"]
+        assert "loopback" in problem["detail"]
+        batch = await h.client.post("/v1/notifications/batch", json={"items": [body]})
+        assert batch.json()["items"][0]["status"] == 422, batch.text
+        assert (await h.client.get("/v1/notifications")).json()["items"] == []
+    async with herald(db_url, config) as h:  # the harness lets loopback through
+        await h.send(**body)
 
 
 def test_a_url_the_client_cannot_parse_is_a_config_error() -> None:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 
 import pytest
 
-from app.channels.base import CircuitConfig, DeliveryResult, ErrorClass
-from app.delivery.circuit import CircuitBreaker, CircuitState
+from app.channels.base import (
+    CircuitConfig,
+    DeliveryResult,
+    ErrorClass,
+    Message,
+    Recipient,
+    origin,
+)
+from app.delivery.circuit import CircuitBreaker, CircuitState, DestinationCircuits
 from app.delivery.orchestrator import Link, Orchestrator, fresh_hops
 from tests.unit.test_orchestrator import BROKEN, DOWN, GONE, NOW, OK, FakeChannel, message, plan
 
@@ -150,3 +158,93 @@ async def test_no_address_does_not_use_up_the_trial() -> None:
     assert circuit.state is CircuitState.HALF_OPEN
     await orch.run_round(message(), chain, fresh_hops(["c"]), plan())
     assert circuit.state is CircuitState.CLOSED
+
+
+BLOCKED = DeliveryResult.failed(ErrorClass.PERMANENT, "blocked_address", "blocked address")
+
+
+def to(url: str) -> Message:
+    return replace(message(), recipient=Recipient(webhook_url=url))
+
+
+def by_destination(failures: int = 2, limit: int = 100) -> DestinationCircuits:
+    return DestinationCircuits(
+        "hook",
+        CircuitConfig(failures=failures, cooldown=60),
+        lambda m: origin(m.recipient.webhook_url or ""),
+        limit=limit,
+        clock=FakeClock(),
+    )
+
+
+def fail_once(circuits: DestinationCircuits, destination: str) -> None:
+    circuit = circuits.breaker(destination)
+    assert circuit.allow()
+    circuit.record(DOWN)
+    circuits.keep(destination, circuit)
+
+
+async def test_one_failing_destination_opens_only_its_own_circuit() -> None:
+    circuits = by_destination(failures=2)
+    hook = FakeChannel("hook", DOWN, DOWN, OK, OK)
+    chain = [Link(channel=hook, destinations=circuits)]
+    orch = Orchestrator(clock=lambda: NOW, rng=random.Random(1))
+    bad, good = "https://bad.example:8443/x", "https://good.example/hook"
+    for _ in range(2):
+        await orch.run_round(to(bad), chain, fresh_hops(["hook"]), plan())
+    skipped = await orch.run_round(to(bad), chain, fresh_hops(["hook"]), plan())
+    error = skipped.attempts[0].result.error
+    assert error is not None and error.code == "circuit_open"
+    assert "https://bad.example:8443" in error.message
+    assert hook.calls == 2, "no call to the open destination"
+    delivered = await orch.run_round(to(good), chain, fresh_hops(["hook"]), plan())
+    assert delivered.status == "delivered" and hook.calls == 3
+    assert circuits.not_closed() == ["https://bad.example:8443"]
+    assert len(circuits) == 1, "the good destination has nothing to remember"
+
+
+def test_destination_circuits_keep_at_most_their_limit() -> None:
+    circuits = by_destination(failures=1, limit=3)
+    for port in range(1, 11):
+        fail_once(circuits, f"http://h:{port}")
+    assert len(circuits) == 3
+    assert circuits.not_closed() == ["http://h:10", "http://h:9", "http://h:8"]
+
+
+def test_a_destination_with_nothing_to_remember_is_dropped() -> None:
+    circuits = by_destination(failures=3)
+    fail_once(circuits, "http://h:80")
+    assert len(circuits) == 1
+    circuit = circuits.breaker("http://h:80")
+    assert circuit.allow()
+    circuit.record(OK)
+    circuits.keep("http://h:80", circuit)
+    assert len(circuits) == 0
+
+
+async def test_a_blocked_address_says_nothing_of_the_channels_health() -> None:
+    """Refused before any packet left: neither a failure nor an answer of the provider."""
+    circuit, _, changes = breaker(failures=3)
+    channel = FakeChannel("c", DOWN, DOWN, BLOCKED, DOWN)
+    orch = Orchestrator(clock=lambda: NOW, rng=random.Random(1))
+    chain = [Link(channel=channel, circuit=circuit)]
+    states = []
+    for _ in range(4):
+        outcome = await orch.run_round(message(), chain, fresh_hops(["c"]), plan())
+        states.append(outcome.hops[0].state)
+    assert states == ["retrying", "retrying", "failed", "retrying"]
+    assert changes == [CircuitState.OPEN], "the blocked try did not reset the count"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://Hooks.Example.com/x?token=s", "https://hooks.example.com:443"),
+        ("http://user:pw@hooks.example.com:8080/x", "http://hooks.example.com:8080"),
+        ("http://[2001:db8::1]/x", "http://[2001:db8::1]:80"),
+        ("ftp://hooks.example.com/x", None),
+        ("http://[::1/x", None),
+    ],
+)
+def test_origin_is_scheme_host_and_port_only(url: str, expected: str | None) -> None:
+    assert origin(url) == expected

@@ -6,6 +6,8 @@ import ipaddress
 
 import pytest
 
+from app.channels.base import ErrorClass
+from app.channels.http_errors import failure_from_transport
 from app.security.guard import AddressGuard, BlockedAddress, parse_ip_literal, url_refusal
 
 REFUSED = [
@@ -84,8 +86,44 @@ def test_literal_urls_are_refused(url: str) -> None:
 
 
 def test_host_names_are_left_to_connect_time() -> None:
-    assert url_refusal(AddressGuard(), "https://localhost/x") is None
     assert url_refusal(AddressGuard(), "https://hooks.example.com/x") is None
+    assert url_refusal(AddressGuard(), "https://localhost.example.com/x") is None
+    assert url_refusal(AddressGuard(), "https://mylocalhost/x") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost/x",
+        "http://LocalHost:8080/x",
+        "http://localhost./x",
+        "http://api.localhost/x",
+        "http://a.b.localhost:1/x",
+        "http://localhost.localdomain/x",
+        "http://ip6-localhost/x",
+        "http://ip6-loopback/x",
+        "http://localhost6/x",
+    ],
+)
+def test_names_that_only_mean_loopback_are_refused(url: str) -> None:
+    refusal = url_refusal(AddressGuard(), url)
+    assert refusal is not None and "loopback" in refusal
+
+
+def test_loopback_names_pass_when_the_guard_lets_loopback_through() -> None:
+    loopback = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+    assert url_refusal(AddressGuard(allowed=loopback), "http://localhost/x") is None
+    assert url_refusal(AddressGuard(allow_private=True), "http://api.localhost/x") is None
+    only_v4 = AddressGuard(allowed=loopback[:1])
+    assert url_refusal(only_v4, "http://localhost4/x") is None
+    assert url_refusal(only_v4, "http://ip6-localhost/x") is not None
+    assert url_refusal(only_v4, "http://localhost/x") is not None, "it may resolve to ::1 too"
+
+
+def test_a_blocked_address_fails_the_hop_not_the_channel() -> None:
+    result = failure_from_transport(BlockedAddress("blocked address: h → 10.0.0.1 …"))
+    assert result.error is not None
+    assert (result.error.cls, result.error.code) == (ErrorClass.PERMANENT, "blocked_address")
 
 
 def test_allowed_networks_and_the_off_switch() -> None:
