@@ -57,7 +57,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     template: PostgresTemplate = request.getfixturevalue("postgres_template")
     url = template.clone()
     yield url
-    template.drop(url)
+    template.release(url)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

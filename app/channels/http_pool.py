@@ -10,8 +10,10 @@ more: each shard keeps its own connections to a provider, so more shards mean mo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import ssl
 
 import httpx
 
@@ -33,7 +35,10 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=_share(limits.max_keepalive_connections, shards),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        self.shards = [httpx.AsyncHTTPTransport(limits=share) for _ in range(shards)]
+        context = verifying_context()
+        self.shards = [
+            httpx.AsyncHTTPTransport(verify=context, limits=share) for _ in range(shards)
+        ]
         self._turn = itertools.cycle(self.shards)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -42,6 +47,16 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self.shards:
             await shard.aclose()
+
+
+@functools.cache
+def verifying_context() -> ssl.SSLContext:
+    """The process's one TLS context that verifies servers against the default CA bundle.
+
+    Loading the CA bundle takes 20-70 ms; each shard building its own made every runtime
+    (a test's, or a process's) pay it eight times. One context serves every connection.
+    """
+    return httpx.create_ssl_context()
 
 
 def _share(total: int | None, shards: int) -> int | None:

@@ -1,7 +1,11 @@
 """Throwaway databases for tests: a migrated template, cloned per test.
 
-PostgreSQL: one template database per test session (migrated once), and ``CREATE DATABASE …
-TEMPLATE`` per test. SQLite: one migrated file per session, copied per test.
+PostgreSQL: one template database per test session (migrated once). A test takes a clone of it
+from a pool; when the test ends its clone is emptied (its sessions ended, every table but
+``alembic_version`` truncated) and goes back to the pool, so a test sees the same empty,
+migrated database a fresh ``CREATE DATABASE … TEMPLATE`` gives, at a tenth of the cost (a clone
+and a drop were 0.3-1 s per test). A clone that cannot be emptied is dropped instead.
+SQLite: one migrated file per session, copied per test.
 """
 
 from __future__ import annotations
@@ -54,10 +58,40 @@ def postgres_reachable(url: str) -> str | None:
     return None
 
 
+RESET = """
+DO $$
+DECLARE tables text;
+BEGIN
+    SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') INTO tables
+    FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version';
+    IF tables IS NOT NULL THEN
+        EXECUTE 'TRUNCATE ' || tables || ' RESTART IDENTITY CASCADE';
+    END IF;
+END $$
+"""
+
+
+async def _reset(url: str, name: str) -> None:
+    """End every other session on database ``name``, then empty its tables."""
+    await _execute(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+    )
+    connection = await asyncpg.connect(_dsn(url, name), timeout=5)
+    try:
+        await connection.execute("SET lock_timeout = '5s'")
+        await connection.execute(RESET)
+    finally:
+        await connection.close()
+
+
 class PostgresTemplate:
     def __init__(self, url: str) -> None:
         self.url = url
         self.name = f"herald_tmpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self.pool: list[str] = []
+        self.clones: set[str] = set()
 
     def create(self) -> None:
         asyncio.run(_execute(self.url, f'DROP DATABASE IF EXISTS "{self.name}"'))
@@ -65,16 +99,34 @@ class PostgresTemplate:
         upgrade(with_database(self.url, self.name))
 
     def clone(self) -> str:
+        """An empty migrated database: one from the pool, or a new clone of the template."""
+        if self.pool:
+            return with_database(self.url, self.pool.pop())
         name = f"herald_t_{uuid.uuid4().hex[:12]}"
         asyncio.run(_execute(self.url, f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"'))
+        self.clones.add(name)
         return with_database(self.url, name)
 
-    def drop(self, url: str) -> None:
+    def release(self, url: str) -> None:
+        """Give back a database ``clone`` gave out: emptied into the pool, or dropped."""
         name = make_url(url).database
-        asyncio.run(_execute(self.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        assert name in self.clones, f"{name} is not a clone of this template"
+        try:
+            asyncio.run(_reset(self.url, name))
+        except (OSError, asyncpg.PostgresError):
+            self._drop(name)
+        else:
+            self.pool.append(name)
 
     def destroy(self) -> None:
+        for name in list(self.clones):
+            self._drop(name)
+        self.pool.clear()
         asyncio.run(_execute(self.url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+
+    def _drop(self, name: str) -> None:
+        asyncio.run(_execute(self.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.clones.discard(name)
 
 
 class SqliteTemplate:
