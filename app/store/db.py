@@ -67,17 +67,23 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+UNREACHABLE = "the database is unreachable; try again shortly"
 _MISSING_TABLE = ("does not exist", "no such table")
-_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+_UNAVAILABLE_SQLSTATES = ("08", "28", "3D000", "53", "57P01", "57P02", "57P03")
 """PostgreSQL states that mean "not now" rather than "wrong query": connection exceptions
-(class 08), the server shutting down, crashed or starting up (57P01-57P03: asyncpg raises
-``CannotConnectNowError`` while a restart is under way, which SQLAlchemy wraps in a bare
-``DBAPIError``), too many connections (53300)."""
+(class 08), a refused login (class 28: 28000 no such role, 28P01 wrong password), a database
+that does not exist (3D000), insufficient resources (class 53: 53300 too many connections, a
+full disk), the server shutting down, crashed or starting up (57P01-57P03: asyncpg raises
+``CannotConnectNowError`` while a restart is under way). SQLAlchemy wraps most of them in a bare
+``DBAPIError``. An operator fixes a wrong database name or password while Herald keeps
+answering 503 and retrying, as in any other outage."""
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
     """Why the database cannot serve us now, or ``None`` when ``exc`` is a bug of ours."""
     states = _sqlstates(exc)
+    if any(state.startswith(_UNAVAILABLE_SQLSTATES) for state in states):
+        return UNREACHABLE  # before the message test: 'database "x" does not exist' is not a table
     if "42P01" in states or (  # undefined_table: PostgreSQL, raw or through SQLAlchemy
         isinstance(exc, ProgrammingError | OperationalError)
         and any(m in str(exc) for m in _MISSING_TABLE)
@@ -86,11 +92,9 @@ def unavailable_reason(exc: BaseException) -> str | None:
     if isinstance(exc, OperationalError | InterfaceError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
-        return "the database is unreachable; try again shortly"
+        return UNREACHABLE
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return "the database is unreachable; try again shortly"
-    if any(state.startswith(_UNAVAILABLE_SQLSTATES) for state in states):
-        return "the database is unreachable; try again shortly"
+        return UNREACHABLE
     return None
 
 

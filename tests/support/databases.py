@@ -64,8 +64,8 @@ class PostgresTemplate:
         asyncio.run(_execute(self.url, f'CREATE DATABASE "{self.name}"'))
         upgrade(with_database(self.url, self.name))
 
-    def clone(self) -> str:
-        name = f"herald_t_{uuid.uuid4().hex[:12]}"
+    def clone(self, name: str | None = None) -> str:
+        name = name or f"herald_t_{uuid.uuid4().hex[:12]}"
         asyncio.run(_execute(self.url, f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"'))
         return with_database(self.url, name)
 
