@@ -12,6 +12,40 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, Program
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
+POSTGRES_DRIVER = "postgresql+asyncpg"
+SQLITE_DRIVER = "sqlite+aiosqlite"
+_DRIVERS = {
+    "postgresql": POSTGRES_DRIVER,
+    "postgres": POSTGRES_DRIVER,
+    POSTGRES_DRIVER: POSTGRES_DRIVER,
+    "sqlite": SQLITE_DRIVER,
+    SQLITE_DRIVER: SQLITE_DRIVER,
+}
+URL_FORMS = "postgresql://USER:PASSWORD@HOST:5432/DATABASE (asyncpg) or sqlite:///PATH/herald.db"
+
+
+def normalize_database_url(url: str) -> str:
+    """``url`` with the driver Herald uses for its database: asyncpg or aiosqlite.
+
+    ``postgresql://`` and ``postgres://`` (as most tools and hosting providers write them) mean
+    asyncpg, ``sqlite://`` means aiosqlite. Any other scheme or driver (``mysql://``,
+    ``postgresql+psycopg2://``) raises ``ValueError`` saying what to write instead; the message
+    never repeats the URL, which may hold a password.
+    """
+    scheme, separator, rest = url.strip().partition("://")
+    if not separator:
+        raise ValueError(f"not a database URL; write {URL_FORMS}")
+    driver = _DRIVERS.get(scheme.lower())
+    if driver is None:
+        backend, _, dbapi = scheme.partition("+")
+        what = (
+            f"driver {dbapi!r} is not supported (Herald uses asyncpg and aiosqlite)"
+            if dbapi and backend.lower() in _DRIVERS
+            else f"unsupported database {scheme!r} (Herald runs on PostgreSQL or SQLite)"
+        )
+        raise ValueError(f"{what}; write {URL_FORMS}")
+    return f"{driver}://{rest}"
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
