@@ -10,14 +10,10 @@ from __future__ import annotations
 import logging
 import time
 
+from app.store.db import brief
+
 MAX_BACKOFF = 30.0
 FIRST_BACKOFF = 0.5
-
-
-def brief(exc: BaseException) -> str:
-    """The first line of the driver's message (SQLAlchemy's wrapper adds a prefix and SQL)."""
-    text = str(getattr(exc, "orig", None) or exc).splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 class Outage:

@@ -33,11 +33,11 @@ from app.delivery.orchestrator import (
     Plan,
     utcnow,
 )
-from app.delivery.outage import MAX_BACKOFF, Outage, brief
+from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.runtime import Runtime
-from app.store.db import is_sqlite, unavailable_reason
+from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.delivery import DeliveryStore
 from app.store.repositories import (
     IDEMPOTENCY_RETENTION,

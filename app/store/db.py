@@ -132,6 +132,12 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
+def brief(exc: BaseException) -> str:
+    """The first line of the driver's message (SQLAlchemy's wrapper adds a prefix and SQL)."""
+    text = str(getattr(exc, "orig", None) or exc).splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def _sqlstates(exc: BaseException) -> list[str]:
     """The SQLSTATE codes along ``exc``'s causes (driver errors wrapped by SQLAlchemy)."""
     states: list[str] = []
