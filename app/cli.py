@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from app import __version__, logs
 from app.channels.registry import ChannelRegistry, DuplicateChannelType, default_registry
-from app.config import ConfigError, HeraldConfig, Settings, load_config
+from app.config import ConfigError, HeraldConfig, Settings, listing, load_config
+from app.store.db import normalize_database_url
 
 logger = logging.getLogger("herald")
 
@@ -32,9 +33,11 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         lines = [
-            f"HERALD_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            f"HERALD_{'_'.join(str(p) for p in e['loc']).upper()}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         ]
-        raise SystemExit(_fail("invalid environment:\n  " + "\n  ".join(lines))) from None
+        raise SystemExit(_fail(listing("invalid environment", lines))) from None
 
 
 def _registry() -> ChannelRegistry:
@@ -44,14 +47,15 @@ def _registry() -> ChannelRegistry:
         raise SystemExit(_fail(str(exc))) from None
 
 
-def _config(path: str | None, settings: Settings, registry: ChannelRegistry) -> HeraldConfig:
-    path = path or settings.config
+def _config(path: str | None, registry: ChannelRegistry, *, code: int = 2) -> HeraldConfig:
+    """The config at ``path`` (the option, else ``HERALD_CONFIG``); its problems end the
+    command, one line each, with exit status ``code``."""
     if not path:
-        raise SystemExit(_fail("no config file: pass --config PATH or set HERALD_CONFIG"))
+        raise SystemExit(_fail("no config file: pass --config PATH or set HERALD_CONFIG", code))
     try:
         return load_config(path, registry)
     except ConfigError as exc:
-        raise SystemExit(_fail(str(exc))) from None
+        raise SystemExit(_fail(str(exc), code)) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -94,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     registry = _registry()
-    config = _config(args.config, settings, registry)
+    config = _config(args.config or settings.config, registry)
     host = args.host or settings.host
     refusal = bind_refusal(host, config)
     if refusal is not None:
@@ -146,7 +150,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
     registry = _registry()
-    config = _config(args.config, settings, registry)
+    config = _config(args.config or settings.config, registry)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -184,7 +188,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
-    url = args.database_url or settings.database_url
+    try:
+        url = normalize_database_url(args.database_url or settings.database_url)
+    except ValueError as exc:
+        return _fail(f"--database-url: {exc}")
     try:
         upgrade(url)
     except Exception as exc:
@@ -195,13 +202,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     registry = _registry()
-    try:
-        config = load_config(args.file, registry)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+    path = args.file or _settings().config
+    config = _config(path, registry, code=1)
     print(
-        f"{args.file}: ok ({len(config.channels)} channels, {len(config.routes)} routes, "
+        f"{path}: ok ({len(config.channels)} channels, {len(config.routes)} routes, "
         f"{len(config.auth.api_keys)} API keys)"
     )
     return 0
@@ -252,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=cmd_migrate)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
-    check.add_argument("file")
+    check.add_argument("file", nargs="?", help="herald.yaml (default: $HERALD_CONFIG)")
     check.set_defaults(func=cmd_check_config)
 
     openapi = commands.add_parser("openapi", help="print the OpenAPI spec (openapi.yaml)")
@@ -262,7 +266,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except SystemExit as exc:  # a refusal already printed (_fail): its status
+        return exc.code if isinstance(exc.code, int) else 1
     return code
 
 

@@ -7,12 +7,13 @@ validates every section and every channel against its type's model, and raises o
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -29,6 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.channels.base import ChannelConfig, Duration
 from app.channels.registry import ChannelRegistry
 from app.ratelimit import parse_rate
+from app.store.db import normalize_database_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0)
@@ -55,6 +57,11 @@ class Settings(BaseSettings):
     lease: Duration = 60.0
     """How long a claim lasts before another worker may take the notification over."""
     shutdown_timeout: Duration = 20.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver(cls, value: str) -> str:
+        return normalize_database_url(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -117,8 +124,7 @@ class ApiKeyConfig(BaseModel):
     def _one_key(self) -> ApiKeyConfig:
         if (self.key is None) == (self.key_sha256 is None):
             raise ValueError("set exactly one of key and key_sha256")
-        if self.key is not None and not self.key.get_secret_value():
-            raise ValueError("key is empty (is its environment variable set?)")
+        _not_empty(self.key, "key")
         return self
 
 
@@ -127,6 +133,19 @@ class AuthConfig(BaseModel):
 
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     metrics_key: SecretStr | None = None
+    """Leave it out for an open ``/metrics``; an empty one is refused, as an empty API key is
+    (a ``${VAR}`` set to nothing would otherwise turn metrics auth off without a word)."""
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _metrics_key(cls, value: SecretStr | None) -> SecretStr | None:
+        _not_empty(value, "metrics_key")
+        return value
+
+
+def _not_empty(secret: SecretStr | None, name: str) -> None:
+    if secret is not None and not secret.get_secret_value():
+        raise ValueError(f"{name} is empty (is its environment variable set?)")
 
 
 class NetworkConfig(BaseModel):
@@ -158,13 +177,32 @@ class HeraldConfig(BaseModel):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
 
 
+TOP_LEVEL = tuple(_FileModel.model_fields)
+EXAMPLE_HINT = "see examples/herald.yaml"
+
+
+def listing(what: str, problems: list[str]) -> str:
+    """One problem on one line; several as their count, then one line each."""
+    if len(problems) == 1:
+        return f"{what}: {problems[0]}"
+    return f"{what}: {len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems)
+
+
 class ConfigError(Exception):
-    """The config file is unusable; ``problems`` lists ``path: message`` lines."""
+    """The config file is unusable; ``problems`` lists ``path: message`` lines, one per cause."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = problems
-        super().__init__(f"invalid config {source}:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = list(dict.fromkeys(problems))
+        super().__init__(listing(f"invalid config {source}", self.problems))
+
+
+def unknown(kind: str, name: object, known: Sequence[str]) -> str:
+    """``unknown section 'route'; did you mean `routes`?`` (or the known names: none is close)."""
+    close = difflib.get_close_matches(str(name), known, n=1) if isinstance(name, str) else []
+    if close:
+        return f"unknown {kind} {name!r}; did you mean `{close[0]}`?"
+    return f"unknown {kind} {name!r} (known: {', '.join(known)})"
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -194,13 +232,49 @@ def _join(path: str, part: str) -> str:
     return f"{path}.{part}" if path else part
 
 
-def _error_lines(exc: ValidationError, prefix: str = "") -> list[str]:
-    lines = []
-    for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{_join(prefix, loc) or '(top level)'}: {message}")
-    return lines
+def _error_lines(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One ``path: message`` line per cause. A misspelt field is one cause: its line says
+    which field was meant, and that field's own "Field required" is left out."""
+    errors = exc.errors()
+    lines: dict[tuple[int | str, ...], str] = {}
+    meant: set[tuple[int | str, ...]] = set()
+    for error in errors:
+        loc = tuple(error["loc"])
+        message = error["msg"].removeprefix("Value error, ").splitlines()[0]
+        known = _fields_at(model, loc[:-1])
+        if error["type"] == "extra_forbidden" and known:
+            message = unknown("field", loc[-1], known)
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            meant.update((*loc[:-1], name) for name in close)
+        lines[loc] = message
+    return [
+        f"{_join(prefix, '.'.join(map(str, loc))) or '(top level)'}: {message}"
+        for loc, message in lines.items()
+        if not (loc in meant and message == "Field required")
+    ]
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[int | str]) -> list[str]:
+    """The field names of the model that ``path`` leads to inside ``model`` (none: unknown)."""
+    for part in path:
+        if isinstance(part, int):
+            continue  # an item of a list: its model is the list's
+        field = model.model_fields.get(part)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
 
 
 def parse_config(
@@ -209,18 +283,29 @@ def parse_config(
     *,
     source: str = "config",
     env: Mapping[str, str] | None = None,
+    require_channels: bool = False,
 ) -> HeraldConfig:
-    """Validate an already-loaded YAML document; raises ``ConfigError`` listing every problem."""
+    """Validate an already-loaded YAML document; raises ``ConfigError`` listing every problem.
+
+    ``require_channels``: a config with no channel is an error (a file to serve from must
+    have one; tests and embedders may build a config without).
+    """
     problems: list[str] = []
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    for section in raw:
+        if section not in TOP_LEVEL:
+            problems.append(f"{section}: {unknown('section', section, TOP_LEVEL)}")
+    raw = {k: v for k, v in raw.items() if k in TOP_LEVEL}
     raw = _interpolate(raw, "", os.environ if env is None else env, problems)
     try:
         shape = _FileModel.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, problems + _error_lines(exc)) from None
+        raise ConfigError(source, problems + _error_lines(exc, _FileModel)) from None
+    if require_channels and not shape.channels:
+        problems.append(f"channels: no channels configured; define at least one ({EXAMPLE_HINT})")
 
     channels: dict[str, ChannelConfig] = {}
     name_re = re.compile(NAME_PATTERN)
@@ -232,17 +317,20 @@ def parse_config(
         type_name = settings.get("type")
         channel_type = registry.get(type_name) if isinstance(type_name, str) else None
         if channel_type is None:
-            known = ", ".join(registry.names())
+            known = registry.names()
             problems.append(
                 f"{path}.type: "
-                + (f"unknown channel type {type_name!r}" if type_name else "missing")
-                + f" (known types: {known})"
+                + (
+                    unknown("channel type", type_name, known)
+                    if type_name
+                    else f"missing (known types: {', '.join(known)})"
+                )
             )
             continue
         try:
             channels[name] = channel_type.config_model.model_validate(settings)
         except ValidationError as exc:
-            problems.extend(_error_lines(exc, path))
+            problems.extend(_error_lines(exc, channel_type.config_model, path))
 
     routes: dict[str, RouteConfig] = {}
     for route_name, settings in shape.routes.items():
@@ -252,13 +340,15 @@ def parse_config(
         try:
             route = routes[route_name] = RouteConfig.model_validate(settings)
         except ValidationError as exc:
-            problems.extend(_error_lines(exc, path))
+            problems.extend(_error_lines(exc, RouteConfig, path))
             continue
         for index, channel_name in enumerate(route.channels):
             if channel_name not in shape.channels:
+                close = difflib.get_close_matches(channel_name, list(shape.channels), n=1)
                 problems.append(
                     f"{path}.channels.{index}: "
                     f"channel {channel_name!r} is not defined under channels"
+                    + (f"; did you mean `{close[0]}`?" if close else "")
                 )
     if problems:
         raise ConfigError(source, problems)
@@ -268,7 +358,8 @@ def parse_config(
 def load_config(
     path: str | Path, registry: ChannelRegistry, env: Mapping[str, str] | None = None
 ) -> HeraldConfig:
-    """Read and validate ``herald.yaml``; raises ``ConfigError``."""
+    """Read and validate ``herald.yaml``; raises ``ConfigError``. An empty file, or one with no
+    channel, is an error: nothing could be delivered."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -281,4 +372,6 @@ def load_config(
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"{where}: YAML syntax error: {problem}"]) from None
-    return parse_config(raw, registry, source=source, env=env)
+    if raw is None:
+        raise ConfigError(source, [f"(file): the file is empty; define channels ({EXAMPLE_HINT})"])
+    return parse_config(raw, registry, source=source, env=env, require_channels=True)

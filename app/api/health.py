@@ -17,6 +17,7 @@ from app import metrics
 from app.api.deps import MetricsAccess, RuntimeDep
 from app.api.problems import error_responses, problem_response
 from app.api.schemas import Health
+from app.store.db import brief
 from app.store.migrate import current_revision, head_revision
 from app.store.repositories import NotificationRepository
 
@@ -44,8 +45,7 @@ async def readyz(runtime: RuntimeDep) -> Response:
     try:
         revision = await current_revision(runtime.engine)
     except (DBAPIError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
-        return problem_response(503, f"not ready: database unreachable: {reason}")
+        return problem_response(503, f"not ready: database unreachable: {brief(exc)}")
     expected = head_revision()
     if revision != expected:
         return problem_response(

@@ -15,7 +15,7 @@ from starlette.routing import Match
 
 from app.api.schemas import Problem
 from app.errors import HeraldError, problem_type
-from app.store.db import unavailable_reason
+from app.store.db import brief, unavailable_reason
 
 logger = logging.getLogger("herald.api")
 
@@ -147,7 +147,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     detail = unavailable_reason(exc)
     if detail is None:
         return await _unexpected(request, exc)
-    logger.warning("database unavailable: %s", str(exc).splitlines()[0][:200] if str(exc) else exc)
+    logger.warning("database unavailable: %s", brief(exc))
     return problem_response(503, detail, headers={"Retry-After": "1"})
 
 

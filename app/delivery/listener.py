@@ -17,9 +17,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from app.delivery.outage import Outage
 from app.store.repositories import DUE_CHANNEL
-
-MAX_BACKOFF = 30.0
 
 logger = logging.getLogger("herald.listener")
 
@@ -32,22 +31,19 @@ def asyncpg_dsn(database_url: str) -> str:
 async def listen(database_url: str, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
     """Set ``wakeup`` on every notification until ``stop``; reconnects on its own."""
     dsn = asyncpg_dsn(database_url)
-    backoff = 0.0
+    # The worker's loop reports the database's outages; this one only its first and last line.
+    outage = Outage(logger, "LISTEN connection", step_level=logging.DEBUG)
     while not stop.is_set():
         lost = asyncio.Event()
         try:
             connection = await asyncpg.connect(dsn, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            backoff = min(MAX_BACKOFF, max(0.5, backoff * 2))
-            logger.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, backoff)
-            await _sleep_until(stop, backoff)
+            await _sleep_until(stop, outage.failed(exc))
             continue
         try:
             connection.add_termination_listener(lambda _, lost=lost: lost.set())
             await connection.add_listener(DUE_CHANNEL, lambda *_: wakeup.set())
-            if backoff:
-                logger.info("LISTEN connection restored")
-            backoff = 0.0
+            outage.recovered()
             wakeup.set()  # work may have become due while we were not listening
             await _first(stop.wait(), lost.wait())
             if lost.is_set() and not stop.is_set():

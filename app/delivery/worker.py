@@ -33,10 +33,11 @@ from app.delivery.orchestrator import (
     Plan,
     utcnow,
 )
+from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.runtime import Runtime
-from app.store.db import is_sqlite, unavailable_reason
+from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.delivery import DeliveryStore
 from app.store.repositories import (
     IDEMPOTENCY_RETENTION,
@@ -52,7 +53,6 @@ T = TypeVar("T")
 
 SWEEP_EVERY = 5.0
 PURGE_EVERY = 600.0
-MAX_BACKOFF = 30.0
 SAVE_GRACE = 5.0
 """At shutdown, how long rounds that finished but are not yet written may take to be saved."""
 
@@ -171,7 +171,7 @@ class Worker:
             await asyncio.wait([renewal])
 
     async def _loop(self, stop: asyncio.Event) -> None:
-        backoff = 0.0
+        outage = Outage(logger)
         loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
@@ -182,13 +182,11 @@ class Worker:
                 self._slot_free.clear()
                 limit = self._room()
                 claimed = await self.claim(limit) if limit > 0 else []
-                backoff = 0.0
+                outage.recovered()
             except Exception as exc:
                 if unavailable_reason(exc) is None:
                     raise
-                backoff = min(MAX_BACKOFF, max(0.5, backoff * 2))
-                logger.warning("database unavailable (%s); retrying in %.1fs", _brief(exc), backoff)
-                await _wait_any(stop, None, backoff)
+                await _wait_any(stop, None, outage.failed(exc))
                 continue
             for notification in claimed:
                 task = asyncio.create_task(self._deliver_guarded(notification))
@@ -285,7 +283,7 @@ class Worker:
                 if unavailable_reason(exc) is None:
                     logger.exception("renewing %d leases failed", len(ids))
                 else:
-                    logger.warning("renewing %d leases: %s", len(ids), _brief(exc))
+                    logger.warning("renewing %d leases: %s", len(ids), brief(exc))
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -414,7 +412,7 @@ class Worker:
                 reason = unavailable_reason(exc)
                 if reason is None or loop.time() + backoff > give_up:
                     raise
-                logger.warning("%s: %s (%s); retrying in %.2fs", what, reason, _brief(exc), backoff)
+                logger.warning("%s: %s (%s); retrying in %.2fs", what, reason, brief(exc), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
 
@@ -454,24 +452,33 @@ class Worker:
 
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
-    """Run the delivery loop until ``stop``; a crash is logged and the loop starts again."""
+    """Run the delivery loop until ``stop``; a crash is logged and the loop starts again, after
+    a pause that doubles with each crash in a row (up to ``MAX_BACKOFF``)."""
     # httpcore and anyio ask sniffio which async library runs several times per request. Told
     # once through sniffio's own context variable (inherited by every task started from here),
     # it answers without probing asyncio (bench/ab.py, with the pool in 8 shards instead of 4:
     # 16% less worker CPU per delivery).
     sniffio.current_async_library_cvar.set("asyncio")
+    loop = asyncio.get_running_loop()
+    pause = 0.0
     while not stop.is_set():
+        began = loop.time()
         try:
             await worker.run(stop)
-        except Exception:
-            logger.exception("delivery loop crashed; restarting in 1s")
+        except Exception as exc:
+            ran_long = loop.time() - began > MAX_BACKOFF
+            pause = 1.0 if ran_long else min(MAX_BACKOFF, max(1.0, pause * 2))
+            if unavailable_reason(exc) is None:
+                logger.exception("delivery loop crashed; restarting in %gs", pause)
+            else:
+                logger.warning(
+                    "delivery loop stopped: database unavailable: %s; restarting in %gs",
+                    brief(exc),
+                    pause,
+                )
+                logger.debug("delivery loop stopped", exc_info=exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).splitlines()
-    return text[0][:200] if text else type(exc).__name__
+                await asyncio.wait_for(stop.wait(), timeout=pause)
 
 
 async def _wait_any(

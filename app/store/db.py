@@ -12,6 +12,40 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, Program
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
+POSTGRES_DRIVER = "postgresql+asyncpg"
+SQLITE_DRIVER = "sqlite+aiosqlite"
+_DRIVERS = {
+    "postgresql": POSTGRES_DRIVER,
+    "postgres": POSTGRES_DRIVER,
+    POSTGRES_DRIVER: POSTGRES_DRIVER,
+    "sqlite": SQLITE_DRIVER,
+    SQLITE_DRIVER: SQLITE_DRIVER,
+}
+URL_FORMS = "postgresql://USER:PASSWORD@HOST:5432/DATABASE (asyncpg) or sqlite:///PATH/herald.db"
+
+
+def normalize_database_url(url: str) -> str:
+    """``url`` with the driver Herald uses for its database: asyncpg or aiosqlite.
+
+    ``postgresql://`` and ``postgres://`` (as most tools and hosting providers write them) mean
+    asyncpg, ``sqlite://`` means aiosqlite. Any other scheme or driver (``mysql://``,
+    ``postgresql+psycopg2://``) raises ``ValueError`` saying what to write instead; the message
+    never repeats the URL, which may hold a password.
+    """
+    scheme, separator, rest = url.strip().partition("://")
+    if not separator:
+        raise ValueError(f"not a database URL; write {URL_FORMS}")
+    driver = _DRIVERS.get(scheme.lower())
+    if driver is None:
+        backend, _, dbapi = scheme.partition("+")
+        what = (
+            f"driver {dbapi!r} is not supported (Herald uses asyncpg and aiosqlite)"
+            if dbapi and backend.lower() in _DRIVERS
+            else f"unsupported database {scheme!r} (Herald runs on PostgreSQL or SQLite)"
+        )
+        raise ValueError(f"{what}; write {URL_FORMS}")
+    return f"{driver}://{rest}"
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -67,17 +101,23 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+UNREACHABLE = "the database is unreachable; try again shortly"
 _MISSING_TABLE = ("does not exist", "no such table")
-_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+_UNAVAILABLE_SQLSTATES = ("08", "28", "3D000", "53", "57P01", "57P02", "57P03")
 """PostgreSQL states that mean "not now" rather than "wrong query": connection exceptions
-(class 08), the server shutting down, crashed or starting up (57P01-57P03: asyncpg raises
-``CannotConnectNowError`` while a restart is under way, which SQLAlchemy wraps in a bare
-``DBAPIError``), too many connections (53300)."""
+(class 08), a refused login (class 28: 28000 no such role, 28P01 wrong password), a database
+that does not exist (3D000), insufficient resources (class 53: 53300 too many connections, a
+full disk), the server shutting down, crashed or starting up (57P01-57P03: asyncpg raises
+``CannotConnectNowError`` while a restart is under way). SQLAlchemy wraps most of them in a bare
+``DBAPIError``. An operator fixes a wrong database name or password while Herald keeps
+answering 503 and retrying, as in any other outage."""
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
     """Why the database cannot serve us now, or ``None`` when ``exc`` is a bug of ours."""
     states = _sqlstates(exc)
+    if any(state.startswith(_UNAVAILABLE_SQLSTATES) for state in states):
+        return UNREACHABLE  # before the message test: 'database "x" does not exist' is not a table
     if "42P01" in states or (  # undefined_table: PostgreSQL, raw or through SQLAlchemy
         isinstance(exc, ProgrammingError | OperationalError)
         and any(m in str(exc) for m in _MISSING_TABLE)
@@ -86,12 +126,16 @@ def unavailable_reason(exc: BaseException) -> str | None:
     if isinstance(exc, OperationalError | InterfaceError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
-        return "the database is unreachable; try again shortly"
+        return UNREACHABLE
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return "the database is unreachable; try again shortly"
-    if any(state.startswith(_UNAVAILABLE_SQLSTATES) for state in states):
-        return "the database is unreachable; try again shortly"
+        return UNREACHABLE
     return None
+
+
+def brief(exc: BaseException) -> str:
+    """The first line of the driver's message (SQLAlchemy's wrapper adds a prefix and SQL)."""
+    text = str(getattr(exc, "orig", None) or exc).splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _sqlstates(exc: BaseException) -> list[str]:

@@ -119,7 +119,7 @@ async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]
     a connection lost on the way, or left by a cancelled task, is invalidated, so the pool does
     not hand it out again.
     """
-    pooled = await engine.raw_connection()
+    pooled = await _raw_connection(engine)
     driver: Any = pooled.driver_connection
     try:
         yield driver
@@ -149,6 +149,25 @@ async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]
         raise
     finally:
         await greenlet_spawn(pooled.close)
+
+
+async def _raw_connection(engine: AsyncEngine) -> Any:
+    """A pooled connection; a refused connect (no such database, wrong password, server
+    starting up) comes out as ``DBAPIError``, as ``engine.connect()`` raises it, not as the
+    driver adapter's bare error, which no handler would recognise."""
+    dialect = engine.dialect
+    try:
+        return await engine.raw_connection()
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            None,
+            None,
+            exc,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=True,
+            dialect=dialect,
+        ) from exc
 
 
 def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:

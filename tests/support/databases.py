@@ -98,11 +98,11 @@ class PostgresTemplate:
         asyncio.run(_execute(self.url, f'CREATE DATABASE "{self.name}"'))
         upgrade(with_database(self.url, self.name))
 
-    def clone(self) -> str:
-        """An empty migrated database: one from the pool, or a new clone of the template."""
-        if self.pool:
+    def clone(self, name: str | None = None) -> str:
+        """An empty migrated database: one from the pool, or a new clone (named ``name``)."""
+        if name is None and self.pool:
             return with_database(self.url, self.pool.pop())
-        name = f"herald_t_{uuid.uuid4().hex[:12]}"
+        name = name or f"herald_t_{uuid.uuid4().hex[:12]}"
         asyncio.run(_execute(self.url, f'CREATE DATABASE "{name}" TEMPLATE "{self.name}"'))
         self.clones.add(name)
         return with_database(self.url, name)
@@ -114,19 +114,21 @@ class PostgresTemplate:
         try:
             asyncio.run(_reset(self.url, name))
         except (OSError, asyncpg.PostgresError):
-            self._drop(name)
+            self.drop(url)
         else:
             self.pool.append(name)
 
-    def destroy(self) -> None:
-        for name in list(self.clones):
-            self._drop(name)
-        self.pool.clear()
-        asyncio.run(_execute(self.url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-
-    def _drop(self, name: str) -> None:
+    def drop(self, url: str) -> None:
+        """Drop the database at ``url`` (a clone or not, existing or not)."""
+        name = make_url(url).database
         asyncio.run(_execute(self.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         self.clones.discard(name)
+
+    def destroy(self) -> None:
+        for name in list(self.clones):
+            self.drop(with_database(self.url, name))
+        self.pool.clear()
+        self.drop(with_database(self.url, self.name))
 
 
 class SqliteTemplate:

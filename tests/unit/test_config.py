@@ -9,6 +9,7 @@ from app.channels.webhook import WebhookChannel
 from app.cli import main
 from app.config import ConfigError, Settings, load_config, parse_config
 from app.durations import format_duration, parse_duration
+from app.store.db import normalize_database_url
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "herald.yaml"
 
@@ -194,3 +195,119 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.database_url == "postgresql+asyncpg://x/y"
     assert settings.port == 9000
     assert settings.poll_interval == 0.25
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u:p%40ss@db:5432/herald", "postgresql+asyncpg://u:p%40ss@db:5432/herald"),
+        ("postgres://u@db/herald?ssl=require", "postgresql+asyncpg://u@db/herald?ssl=require"),
+        ("postgresql+asyncpg://u@db/herald", "postgresql+asyncpg://u@db/herald"),
+        ("sqlite:///./herald.db", "sqlite+aiosqlite:///./herald.db"),
+        ("sqlite+aiosqlite:////var/lib/herald.db", "sqlite+aiosqlite:////var/lib/herald.db"),
+    ],
+)
+def test_database_urls_get_herald_s_drivers(
+    monkeypatch: pytest.MonkeyPatch, given: str, expected: str
+) -> None:
+    # Issue 13: postgresql:// failed with "No module named 'psycopg'".
+    monkeypatch.setenv("HERALD_DATABASE_URL", given)
+    assert Settings().database_url == expected
+    assert normalize_database_url(given) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("mysql://u:s3cret@db/herald", "unsupported database 'mysql'"),
+        ("postgresql+psycopg2://u:s3cret@db/herald", "driver 'psycopg2' is not supported"),
+        ("sqlite+pysqlite:///herald.db", "driver 'pysqlite' is not supported"),
+        ("herald.db", "not a database URL"),
+    ],
+)
+def test_other_database_urls_are_refused_saying_what_to_write(given: str, says: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        normalize_database_url(given)
+    message = str(caught.value)
+    assert says in message
+    assert "write postgresql://" in message and "sqlite:///" in message
+    assert "s3cret" not in message and "\n" not in message
+
+
+def test_an_empty_metrics_key_is_refused_like_an_empty_api_key() -> None:
+    # Issue 13: ${HERALD_METRICS_KEY} set but empty left /metrics open without a word.
+    raw = {"auth": {"metrics_key": "${HERALD_METRICS_KEY}"}, "channels": {"c": {"type": "log"}}}
+    assert problems(raw, env={"HERALD_METRICS_KEY": ""}) == [
+        "auth.metrics_key: metrics_key is empty (is its environment variable set?)"
+    ]
+    assert parse(raw, env={"HERALD_METRICS_KEY": "m"}).auth.metrics_key is not None
+    assert parse({"channels": {"c": {"type": "log"}}}).auth.metrics_key is None
+
+
+@pytest.mark.parametrize(
+    "text", ["", "# nothing yet\n", "routes: {}\n", "auth: {api_keys: []}\nchannels: {}\n"]
+)
+def test_a_file_without_channels_is_an_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "herald.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, default_registry())
+    [problem] = caught.value.problems
+    assert problem.startswith(("(file): the file is empty", "channels: no channels configured"))
+
+
+def test_misspelt_names_get_a_suggestion() -> None:
+    found = problems(
+        {
+            "route": {"r": {"channels": ["console"]}},
+            "channels": {"console": {"type": "log", "timout": "5s"}, "x": {"type": "webhok"}},
+            "routes": {"r": {"channels": ["console"], "stratgy": "all"}},
+        }
+    )
+    assert found == [
+        "route: unknown section 'route'; did you mean `routes`?",
+        "channels.console.timout: unknown field 'timout'; did you mean `timeout`?",
+        "channels.x.type: unknown channel type 'webhok'; did you mean `webhook`?",
+        "routes.r.stratgy: unknown field 'stratgy'; did you mean `strategy`?",
+    ]
+    # One cause, one line: not also "auth.api_keys.0.name: Field required".
+    assert problems({"auth": {"api_keys": [{"nmae": "backend", "key": "k"}]}}) == [
+        "auth.api_keys.0.nmae: unknown field 'nmae'; did you mean `name`?"
+    ]
+    assert problems({"zzz": 1})[0].startswith(
+        "zzz: unknown section 'zzz' (known: auth, network, channels, routes)"
+    )
+    route = problems(
+        {"channels": {"console": {"type": "log"}}, "routes": {"r": {"channels": ["consle"]}}}
+    )
+    assert route == [
+        "routes.r.channels.0: channel 'consle' is not defined under channels; "
+        "did you mean `console`?"
+    ]
+
+
+def test_one_problem_is_one_line_and_several_are_counted() -> None:
+    one = ConfigError("herald.yaml", ["channels.c.port: bad"])
+    assert str(one) == "invalid config herald.yaml: channels.c.port: bad"
+    several = ConfigError("herald.yaml", ["a: x", "b: y", "a: x"])
+    assert str(several).splitlines() == [
+        "invalid config herald.yaml: 2 problems:",
+        "  a: x",
+        "  b: y",
+    ]
+
+
+def test_check_config_reads_herald_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HERALD_CONFIG", str(EXAMPLE))
+    assert main(["check-config"]) == 0
+    assert f"{EXAMPLE}: ok (2 channels" in capsys.readouterr().out
+    empty = tmp_path / "empty.yaml"
+    empty.touch()
+    monkeypatch.setenv("HERALD_CONFIG", str(empty))
+    assert main(["check-config"]) == 1
+    assert capsys.readouterr().err.startswith(f"herald: invalid config {empty}: (file): the file")
+    monkeypatch.delenv("HERALD_CONFIG")
+    assert main(["check-config"]) == 1
+    assert "set HERALD_CONFIG" in capsys.readouterr().err
