@@ -20,7 +20,7 @@ from prometheus_client import (
 
 # A ``_created`` series per counter and histogram doubles what a scrape carries and no panel or
 # alert reads it.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """What every process exports: what it counted itself, and its ``process_*`` and ``python_*``
