@@ -26,8 +26,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, Duration
+from app.channels.base import ChannelConfig
 from app.channels.registry import ChannelRegistry
+from app.durations import Duration
 from app.ratelimit import parse_rate
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -303,7 +303,10 @@ class ChannelOut(Output):
         "recent transient failures; healthy otherwise."
     )
     circuit: Circuit
-    settings: dict[str, Any] = Field(description="The channel's settings, secrets masked.")
+    settings: dict[str, Any] = Field(
+        description="The channel's settings, secrets masked, durations written as in "
+        "herald.yaml and /v1/routes (10s, 500ms, 2m)."
+    )
 
 
 class ChannelList(Output):

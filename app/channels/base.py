@@ -13,18 +13,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.outbound import Outbound
-from app.durations import parse_duration
+from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 EXCERPT_LIMIT = 2048
 
