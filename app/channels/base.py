@@ -1,7 +1,7 @@
 """What every channel type shares: the message it sends, the result it returns, its config.
 
 A channel never returns a bare bool. ``send`` answers a ``DeliveryResult`` that is either a
-delivery or a failure carrying one of design.md's error classes and a stable code. Exceptions
+delivery or a failure carrying an error class (``ErrorClass``) and a stable code. Exceptions
 escaping ``send`` are a bug in the adapter; the orchestrator still records them as ``transient``
 so a broken adapter cannot lose a notification.
 """
@@ -28,7 +28,13 @@ EXCERPT_LIMIT = 2048
 
 
 class ErrorClass(StrEnum):
-    """The one taxonomy of delivery failures (design.md, "Error classes")."""
+    """The one taxonomy of delivery failures (README, "How delivery works").
+
+    transient: worth another try (timeout, connection refused, HTTP 408/5xx); rate_limited: the
+    provider asked to slow down (HTTP 429); permanent: never tried again for this notification
+    (other 4xx, 3xx); config: the channel's own setup is wrong (401/403, TLS), which quarantines
+    it for its cooldown; skipped: no provider call made (no address, disabled, circuit open).
+    """
 
     TRANSIENT = "transient"
     RATE_LIMITED = "rate_limited"
