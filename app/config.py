@@ -27,8 +27,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, Duration
+from app.channels.base import ChannelConfig
 from app.channels.registry import ChannelRegistry
+from app.durations import Duration
 from app.ratelimit import parse_rate
 from app.store.db import normalize_database_url
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import DBAPIError
 
 from app import metrics
@@ -73,7 +73,7 @@ async def readyz(runtime: RuntimeDep) -> Response:
 )
 async def prometheus_metrics(runtime: RuntimeDep) -> Response:
     await refresh_queue_gauges(runtime)
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.api_exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def refresh_queue_gauges(runtime: RuntimeDep) -> None:

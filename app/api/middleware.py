@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs, metrics
-from app.api.problems import problem_response
+from app.api.problems import problem_response, unexpected
 
 MAX_BODY = 1024 * 1024
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -43,7 +43,8 @@ class Edge:
     - the body limit: a body over ``limit`` is refused with 413 before anything parses it, at
       once for a declared ``Content-Length``, as it streams for a chunked one;
     - the HTTP metrics: requests counted and timed by method, route template and status (never
-      the raw path).
+      the raw path);
+    - an error nothing else handled: logged once with the request id, answered 500.
     """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
@@ -98,6 +99,12 @@ class Edge:
                 except _TooLarge:
                     if not started:
                         await self._refuse(scope, receive, edge_send)
+                except Exception as exc:
+                    if started:
+                        raise
+                    # Answered here, not by Starlette's outermost layer: that one would answer
+                    # too, then re-raise for the server to log a second time.
+                    await unexpected(exc)(scope, receive, edge_send)
         finally:
             logs.request_id.reset(token)
             route = scope.get("route")

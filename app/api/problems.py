@@ -151,9 +151,14 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(503, detail, headers={"Retry-After": "1"})
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+def unexpected(exc: Exception) -> JSONResponse:
+    """Log an error nothing else handled (once, with its traceback) and answer 500."""
     logger.exception("unhandled error", exc_info=exc)
     return problem_response(500, "an unexpected error occurred; it has been logged")
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return unexpected(exc)
 
 
 def install(app: FastAPI) -> None:

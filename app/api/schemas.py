@@ -48,12 +48,22 @@ class Strategy(StrEnum):
 
 
 class HopState(StrEnum):
+    """Where one hop of the chain stands.
+
+    ``pending`` not tried yet; ``retrying`` failed, tried again next round; ``delivered``;
+    ``failed`` permanently or out of rounds; ``skipped`` nothing to try (no address, disabled);
+    ``unused`` not needed, an earlier hop delivered; ``cancelled`` and ``expired`` not tried
+    (again) because the notification was cancelled or expired first.
+    """
+
     PENDING = "pending"
     RETRYING = "retrying"
     DELIVERED = "delivered"
     FAILED = "failed"
     SKIPPED = "skipped"
     UNUSED = "unused"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 class AttemptOutcome(StrEnum):
@@ -126,7 +136,9 @@ class NotificationCreate(BaseModel):
         default=None, description="Deliver no sooner than this time."
     )
     expires_at: AwareDatetime | None = Field(
-        default=None, description="Give up (status expired) if not delivered by then."
+        default=None,
+        description="Give up (status expired) if not delivered by then. Without it, the "
+        "route's ttl sets it, counted from send_at when given, else from acceptance.",
     )
 
     @field_validator("text", "html")
@@ -306,7 +318,10 @@ class ChannelOut(Output):
         "recent transient failures; healthy otherwise."
     )
     circuit: Circuit
-    settings: dict[str, Any] = Field(description="The channel's settings, secrets masked.")
+    settings: dict[str, Any] = Field(
+        description="The channel's settings, secrets masked, durations written as in "
+        "herald.yaml and /v1/routes (10s, 500ms, 2m)."
+    )
 
 
 class ChannelList(Output):

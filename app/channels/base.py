@@ -1,7 +1,7 @@
 """What every channel type shares: the message it sends, the result it returns, its config.
 
 A channel never returns a bare bool. ``send`` answers a ``DeliveryResult`` that is either a
-delivery or a failure carrying one of design.md's error classes and a stable code. Exceptions
+delivery or a failure carrying an error class (``ErrorClass``) and a stable code. Exceptions
 escaping ``send`` are a bug in the adapter; the orchestrator still records them as ``transient``
 so a broken adapter cannot lose a notification.
 """
@@ -13,24 +13,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.outbound import Outbound
-from app.durations import parse_duration
+from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 EXCERPT_LIMIT = 2048
 
 
 class ErrorClass(StrEnum):
-    """The one taxonomy of delivery failures (design.md, "Error classes")."""
+    """The one taxonomy of delivery failures (README, "How delivery works").
+
+    transient: worth another try (timeout, connection refused, HTTP 408/5xx); rate_limited: the
+    provider asked to slow down (HTTP 429); permanent: never tried again for this notification
+    (other 4xx, 3xx); config: the channel's own setup is wrong (401/403, TLS), which quarantines
+    it for its cooldown; skipped: no provider call made (no address, disabled, circuit open).
+    """
 
     TRANSIENT = "transient"
     RATE_LIMITED = "rate_limited"

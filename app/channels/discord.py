@@ -20,7 +20,7 @@ dropped. When a later part is rate-limited, the channel waits the ``retry_after`
 for if it fits in the channel's ``timeout``; otherwise the delivery fails ``rate_limited`` and a
 later round posts every part again (at-least-once: the parts already posted then appear twice).
 
-How answers map to design.md's classes (the code is ``discord_<JSON error code>`` when Discord
+How answers map to the error classes (the code is ``discord_<JSON error code>`` when Discord
 sent a non-zero one, else ``http_<status>``):
 
 ==========================================================  ================  ==================

@@ -35,7 +35,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def classify_status(status: int) -> ErrorClass | None:
-    """design.md's class for a provider's HTTP status; ``None`` for success."""
+    """The error class for a provider's HTTP status; ``None`` for success."""
     if 200 <= status < 300:
         return None
     if status == 429:

@@ -20,7 +20,7 @@ past 40,000 characters; Herald cuts the escaped text to 39,999 characters plus `
 splitting an entity. Messages between 4,000 (Slack's recommended size) and 40,000 characters are
 posted whole; Slack shows them folded.
 
-Errors map to design.md's classes; the code is ``slack_<error string>`` whenever Slack named the
+Errors map to the error classes; the code is ``slack_<error string>`` whenever Slack named the
 error, else ``http_<status>``:
 
 ===========================================================  ================  ===================

@@ -7,7 +7,7 @@ server that does not offer STARTTLS when it was asked for is a ``config`` failur
 silent downgrade. Certificates are verified unless ``tls_verify: false``; ``ca_file`` replaces
 the system trust store with a PEM bundle (for a private CA or a self-signed server).
 
-How replies and errors map to design.md's error classes (``provider_status`` is the SMTP reply
+How replies and errors map to the error classes (``provider_status`` is the SMTP reply
 code whenever the server sent one):
 
 =============================================  ================  ======================
@@ -111,7 +111,7 @@ def mailbox(value: str) -> str | None:
 
 
 class SmtpConfig(ChannelConfig):
-    """Settings of an ``smtp`` channel (design.md, "Config file")."""
+    """Settings of an ``smtp`` channel (README, "Configuration reference")."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -528,7 +528,7 @@ def _reply_phase(exc: aiosmtplib.SMTPResponseException, phase: Phase) -> Phase:
 
 
 def classify_reply(code: int, phase: Phase) -> tuple[ErrorClass, str]:
-    """design.md's class and the stable code for an SMTP refusal at ``phase``."""
+    """The error class and the stable code for an SMTP refusal at ``phase``."""
     if code in (421, 450):
         return ErrorClass.RATE_LIMITED, f"smtp_{code}"
     if code == 530 and phase in ("send", "mail", "rcpt", "data"):

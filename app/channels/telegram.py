@@ -524,7 +524,7 @@ _BAD_REQUEST_CODES = (
 def failure_from_answer(
     response: httpx.Response, scrub: Callable[[str], str] = lambda text: text
 ) -> DeliveryResult:
-    """design.md's class and a stable code for a Bot API error answer.
+    """The error class and a stable code for a Bot API error answer.
 
     ``scrub`` masks secrets in the description before it is shortened, so no cut can leave part
     of one behind.

@@ -13,6 +13,8 @@ Hop states::
     failed    permanent failure, or rounds exhausted: never tried again
     skipped   nothing to try (no address for this channel type, channel disabled)
     unused    never tried because an earlier hop delivered (fallback)
+    cancelled not tried (again) because the notification was cancelled
+    expired   not tried (again) because the notification expired first
 """
 
 from __future__ import annotations
@@ -165,6 +167,10 @@ class Outcome:
 
 FINAL_STATUSES = frozenset({"delivered", "failed", "partial", "expired", "cancelled"})
 
+STOPPING_STATUSES = frozenset({"expired", "cancelled"})
+"""Final statuses that end a notification from outside its rounds: a hop still open takes the
+status as its state, so it does not read as if an earlier hop had delivered."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -196,7 +202,9 @@ def settle(hops: Sequence[HopState], status: str) -> list[HopState]:
         return list(hops)
     settled = []
     for hop in hops:
-        if hop.state == "pending":
+        if status in STOPPING_STATUSES and hop.state in ("pending", "retrying"):
+            hop = replace(hop, state=status)
+        elif hop.state == "pending":
             hop = replace(hop, state="unused")
         elif hop.state == "retrying":
             skipped = (hop.last_error or {}).get("class") == ErrorClass.SKIPPED

@@ -20,7 +20,7 @@ async def test_cancel_a_pending_notification(h: Harness) -> None:
     assert body["id"] == created["id"]
     assert body["status"] == "cancelled"
     assert body["next_attempt_at"] is None
-    assert [hop["state"] for hop in body["hops"]] == ["unused", "unused"]
+    assert [hop["state"] for hop in body["hops"]] == ["cancelled", "cancelled"]
     assert body["text"] == "x"
     assert await h.get(created["id"]) == body
 
@@ -29,6 +29,25 @@ async def test_cancel_a_pending_notification(h: Harness) -> None:
     assert await h.run_worker() == 0
     assert (await h.get(created["id"]))["status"] == "cancelled"
     assert await h.attempts(created["id"]) == []
+
+
+async def test_cancel_between_rounds_marks_the_open_hop_cancelled(h: Harness) -> None:
+    async with serve_http() as sink:
+        sink.default = (503, {}, "down")
+        created = await h.send(
+            channels=["hooks"], text="x", recipient={"webhook_url": sink.url("/")}
+        )
+        assert await h.run_worker() == 1
+        waiting = await h.get(created["id"])
+        assert waiting["status"] == "pending"
+        assert waiting["hops"][0]["state"] == "retrying"
+
+        response = await h.client.post(f"/v1/notifications/{created['id']}/cancel")
+        assert response.status_code == 200, response.text
+        (hop,) = response.json()["hops"]
+        assert hop["state"] == "cancelled"
+        assert hop["attempts"] == 1
+        assert hop["last_error"]["code"] == "http_503"
 
 
 async def test_cancel_a_scheduled_notification(h: Harness) -> None:
@@ -153,6 +172,7 @@ async def test_retry_an_expired_notification_moves_its_expiry(h: Harness) -> Non
     assert await h.run_worker() == 1
     expired = await h.get(created["id"])
     assert expired["status"] == "expired"
+    assert [hop["state"] for hop in expired["hops"]] == ["expired", "expired"]
     assert await h.attempts(created["id"]) == []
 
     before = datetime.now(UTC)

@@ -65,7 +65,9 @@ async def test_channels_with_settings_and_secrets_masked(db_url: str) -> None:
             None,
         )
         assert hooks["settings"]["url"] == "https://hooks.example.com/herald"
-        assert hooks["settings"]["timeout"] == 5.0
+        # Durations as /v1/routes and herald.yaml write them, not as numbers of seconds.
+        assert hooks["settings"]["timeout"] == "5s"
+        assert hooks["settings"]["circuit"] == {"failures": 5, "cooldown": "30s"}
         assert hooks["settings"]["secret"] == "**********"
         assert "type" not in hooks["settings"]
         assert "enabled" not in hooks["settings"]
@@ -76,6 +78,7 @@ async def test_channels_with_settings_and_secrets_masked(db_url: str) -> None:
         assert email["settings"]["username"] == "alerts"
         assert email["settings"]["host"] == "smtp.example.com"
         assert email["settings"]["from"] == "Alerts <alerts@example.com>"
+        assert email["settings"]["timeout"] == "10s"
 
         console = items["console"]
         assert (console["type"], console["enabled"], console["ready"]) == ("log", False, False)

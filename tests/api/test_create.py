@@ -101,6 +101,12 @@ async def test_named_route_gives_its_chain_strategy_and_ttl(h: Harness) -> None:
     assert when(created["expires_at"]) == created_at + timedelta(hours=1)
 
 
+async def test_route_ttl_counts_from_send_at(h: Harness) -> None:
+    send_at = datetime(2030, 1, 1, 10, tzinfo=UTC)
+    created = await h.send(route="broadcast", text="x", send_at=send_at.isoformat())
+    assert when(created["expires_at"]) == send_at + timedelta(hours=1)
+
+
 async def test_inline_channels_are_an_ordered_fallback_chain(h: Harness) -> None:
     created = await h.send(channels=["backup", "console"], html="<p>x</p>")
     assert created["route"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def test_every_operation_has_an_id_a_tag_and_typed_errors() -> None:
     assert len(ids) == len(set(ids))
 
 
-def test_design_endpoints_are_all_there() -> None:
+def test_every_documented_endpoint_is_there() -> None:
     spec = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
     found = {(method.upper(), path) for path, method, _ in operations(spec)}
     expected = {
@@ -69,3 +70,17 @@ def test_design_endpoints_are_all_there() -> None:
         ("GET", "/metrics"),
     }
     assert expected <= found
+
+
+def test_docs_cite_only_files_in_the_repository() -> None:
+    """Docstrings (some become openapi.yaml), the spec and the README cite no missing file: a
+    citation is a path from the repository root."""
+    root = SPEC_FILE.parent
+    texts = [SPEC_FILE, root / "README.md", *sorted((root / "app").rglob("*.py"))]
+    missing = [
+        f"{text.relative_to(root)}: {name}"
+        for text in texts
+        for name in re.findall(r"[\w./-]+\.md\b", text.read_text(encoding="utf-8"))
+        if not (root / name).is_file()
+    ]
+    assert missing == []

@@ -234,7 +234,8 @@ async def test_expiry_ends_a_pending_notification(db_url: str) -> None:
         assert await h.run_worker() == 1
         body = await h.get(created["id"])
         assert body["status"] == "expired"
-        assert body["hops"][0]["state"] == "failed"
+        assert body["hops"][0]["state"] == "expired"
+        assert body["hops"][0]["last_error"]["code"] == "http_503"
         assert len(sink.requests_to("/down")) == 1, "no try is made once expired"
 
 

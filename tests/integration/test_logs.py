@@ -7,11 +7,13 @@ import json
 import logging
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from app.logs import JsonFormatter, RequestIdFilter
+from app.main import create_app
 from tests.support.harness import herald
-from tests.support.http_server import serve_http
+from tests.support.http_server import serve_asgi, serve_http
 
 
 @pytest.fixture
@@ -61,3 +63,27 @@ async def test_request_id_is_echoed_and_on_every_line(db_url: str, json_lines: i
     ]
     assert all(d["notification_id"] == response.json()["id"] for d in deliveries)
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
+
+
+async def test_an_unhandled_error_is_one_record(db_url: str, json_lines: io.StringIO) -> None:
+    """Under uvicorn as ``herald serve`` runs it: Herald's record, not also the server's."""
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    config = {"channels": {"log": {"type": "log"}}, "routes": {"default": {"channels": ["log"]}}}
+    async with herald(db_url, config) as h:
+        app = create_app(runtime=h.runtime)
+        app.add_api_route("/broken", broken)
+        async with serve_asgi(app, log_config=None) as port, httpx.AsyncClient() as client:
+            response = await client.get(
+                f"http://127.0.0.1:{port}/broken", headers={"X-Request-ID": "req-500"}
+            )
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    lines = [json.loads(line) for line in json_lines.getvalue().splitlines()]
+    errors = [entry for entry in lines if entry["level"] in ("error", "critical")]
+    assert [(e["logger"], e["message"], e.get("request_id")) for e in errors] == [
+        ("herald.api", "unhandled error", "req-500")
+    ], errors
+    assert "RuntimeError: a bug" in errors[0]["exception"]

@@ -68,3 +68,16 @@ async def test_queue_oldest_due_age_reports_waiting_work(db_url: str) -> None:
         )
         assert float(line.split()[1]) > 86400 * 365
         assert 'herald_queue_depth{status="pending"} 1.0' in text
+
+
+async def test_api_metrics_have_process_series_and_no_created_series(db_url: str) -> None:
+    config = {"channels": {"c": {"type": "log"}}, "routes": {"default": {"channels": ["c"]}}}
+    async with herald(db_url, config) as h:
+        await h.send(text="x")
+        await h.run_worker()
+        text = (await h.client.get("/metrics")).text
+    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= names
+    assert {"herald_queue_depth", "herald_queue_oldest_due_age_seconds"} <= names
+    assert "herald_attempts_total" in names
+    assert not [name for name in names if name.endswith("_created")]

@@ -66,9 +66,12 @@ def test_worker_serves_its_metrics_and_exits_0_on_sigterm(sqlite_env: dict[str, 
         # The metrics server answers before the runtime has built the channels: poll.
         expected = 'herald_channel_circuit_state{channel="console"} 0.0'
         began = time.monotonic()
-        while expected not in wait_for(f"http://127.0.0.1:{port}/metrics").text:
+        while expected not in (text := wait_for(f"http://127.0.0.1:{port}/metrics").text):
             assert time.monotonic() - began < 15, "the worker never exported its channels"
             time.sleep(0.1)
+        assert "process_resident_memory_bytes " in text
+        assert "herald_queue" not in text, "a worker does not read the queue: no queue gauges"
+        assert "_created" not in text
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=15) == 0
     finally:

@@ -109,7 +109,12 @@ def test_dashboard_layout_is_sound() -> None:
 
 def exported_metrics() -> dict[str, str]:
     """Herald's metric families by name (``herald_attempts``), with their types."""
-    return {family.name: family.type for family in metrics.REGISTRY.collect()}
+    return {
+        family.name: family.type
+        for registry in (metrics.REGISTRY, metrics.QUEUE_REGISTRY)
+        for family in registry.collect()
+        if family.name.startswith("herald_")
+    }
 
 
 def test_dashboard_uses_every_herald_metric_and_only_those() -> None:

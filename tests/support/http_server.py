@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 
 @dataclass
@@ -98,25 +99,27 @@ async def serve_http(server: HttpServer | None = None, **options: Any) -> AsyncI
     """Run ``server`` on a free loopback port until the block ends; ``options`` go to
     ``uvicorn.Config`` (``ssl_certfile`` and ``ssl_keyfile`` for TLS)."""
     app = server or HttpServer()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        **options,
-    )
+    options = {"log_level": "warning", "lifespan": "off", **options}
+    async with serve_asgi(app, **options) as port:
+        app.port = port
+        try:
+            yield app
+        finally:
+            app._closing.set()  # before the server stops: cut short any delayed answer
+
+
+@asynccontextmanager
+async def serve_asgi(app: ASGIApp, **options: Any) -> AsyncIterator[int]:
+    """Run any ASGI app under uvicorn on a free loopback port; yields the port."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, access_log=False, **options)
     uv = uvicorn.Server(config)
     task = asyncio.create_task(uv.serve())
     while not uv.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    app.port = uv.servers[0].sockets[0].getsockname()[1]
     try:
-        yield app
+        yield uv.servers[0].sockets[0].getsockname()[1]
     finally:
-        app._closing.set()
         uv.should_exit = True
         await task

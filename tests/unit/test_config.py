@@ -39,14 +39,22 @@ def test_bad_durations(bad: object) -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(s) for s in (5, 60, 90, 3600, 86400, 0.5)] == [
+    assert [format_duration(s) for s in (5, 60, 90, 3600, 86400, 0.5, 0, 1.5, 0.0005)] == [
         "5s",
         "1m",
         "90s",
         "1h",
         "1d",
         "500ms",
+        "0s",
+        "1500ms",
+        "0.5ms",
     ]
+
+
+@pytest.mark.parametrize("seconds", [0, 0.001, 0.25, 1.5, 10, 61, 5400, 86400 * 3, 100000.5])
+def test_formatted_durations_parse_back(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
 
 
 def test_example_config_is_valid() -> None:

@@ -242,7 +242,7 @@ def test_expire_settles_hops_without_attempts() -> None:
     outcome = orchestrator().expire(hops)
     assert outcome.status == "expired"
     assert outcome.attempts == []
-    assert [h.state for h in outcome.hops] == ["failed", "unused"]
+    assert [h.state for h in outcome.hops] == ["expired", "expired"]
 
 
 async def test_strategy_all_tries_every_hop() -> None:
