@@ -7,15 +7,16 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.api.schemas import NotificationCreate
+from app.api.problems import problem_of
+from app.api.schemas import BatchItemResult, BatchResult, NotificationCreate
 from app.config import HeraldConfig, RetryPolicy
 from app.delivery.orchestrator import HopState, fresh_hops, settle, utcnow
 from app.errors import (
@@ -29,7 +30,7 @@ from app.errors import (
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
-from app.store.models import Notification
+from app.store.models import IdempotencyKey, Notification
 from app.store.repositories import (
     DuplicateKey,
     IdempotencyRepository,
@@ -45,6 +46,7 @@ RETRYABLE = ("failed", "expired", "partial")
 
 
 Loc = Sequence[str | int]
+T = TypeVar("T")
 
 
 def resolve_route(
@@ -91,12 +93,23 @@ async def accept_batch(
     items: Sequence[NotificationCreate | HeraldError],
     *,
     owner: str | None = None,
-) -> list[Row | HeraldError]:
-    """Store every acceptable item in one transaction; each item's notification or error.
+    idempotency_key: str | None = None,
+    digest: str = "",
+) -> tuple[BatchResult, bool]:
+    """Store every acceptable item in one transaction: ``(the answer, False)``, or ``(the first
+    answer, True)`` for a replay of ``idempotency_key`` with the same ``digest`` (``body_hash``
+    of the request body).
 
     Items arrive already parsed (a parse failure is passed in as its error), so one bad item
-    costs only its own place in the batch.
+    costs only its own place in the batch. With a key, the answer is stored on the key row in
+    the same transaction as the items, so two requests racing with one key store the items once:
+    the loser's transaction fails on the key and it answers with the winner's answer.
     """
+    scope = owner or ""
+    if idempotency_key:
+        replay = await _batch_replay(runtime, scope, idempotency_key, digest)
+        if replay is not None:
+            return replay, True
     now = utcnow()
     results: list[Row | HeraldError] = []
     for index, item in enumerate(items):
@@ -108,23 +121,77 @@ async def accept_batch(
             results.append(new_notification(item, route, now=now, owner=owner))
         except HeraldError as exc:
             results.append(exc)
+    answer = batch_result(results)
     accepted = [r for r in results if not isinstance(r, HeraldError)]
-    if not accepted:
-        return results
+    key = key_row(scope, idempotency_key, digest, now, response=answer.model_dump(mode="json"))
+    if not accepted and key is None:
+        return answer, False
     due = any(_due(row, now) for row in accepted)
-    await runtime.intake.add_many(accepted, announce=due)
+    winner = await _unless_raced(
+        runtime.intake.add_many(accepted, key=key, announce=due),
+        lambda: _batch_replay(runtime, scope, idempotency_key or "", digest),
+    )
+    if winner is not None:
+        return winner, True
     for row in accepted:
         metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
     if due:
         runtime.wake_worker()
-    return results
+    return answer, False
+
+
+def batch_result(results: Sequence[Row | HeraldError]) -> BatchResult:
+    """The 207 body: each item's id, or its problem, in the request's order."""
+    items = []
+    for index, result in enumerate(results):
+        if isinstance(result, HeraldError):
+            items.append(
+                BatchItemResult(index=index, status=result.status, error=problem_of(result))
+            )
+        else:
+            items.append(
+                BatchItemResult(
+                    index=index,
+                    status=202,
+                    id=result["id"],
+                    location=f"/v1/notifications/{result['id']}",
+                )
+            )
+    accepted = sum(1 for item in items if item.status == 202)
+    return BatchResult(accepted=accepted, rejected=len(items) - accepted, items=items)
+
+
+def key_row(
+    scope: str,
+    key: str | None,
+    digest: str,
+    now: datetime,
+    *,
+    notification_id: uuid.UUID | None = None,
+    response: dict[str, Any] | None = None,
+) -> Row | None:
+    """The ``idempotency_keys`` row of a request: a single POST's points at its notification,
+    a batch's holds its answer. ``None`` for a request without a key."""
+    if not key:
+        return None
+    return {
+        "scope": scope,
+        "key": key,
+        "request_hash": digest,
+        "notification_id": notification_id,
+        "response": response,
+        "created_at": now,
+    }
+
+
+def body_hash(body: Any) -> str:
+    """SHA-256 of a JSON body in canonical form: key order and whitespace do not count."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def request_hash(request: NotificationCreate) -> str:
-    canonical = json.dumps(
-        request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return body_hash(request.model_dump(mode="json"))
 
 
 def new_notification(
@@ -197,25 +264,14 @@ async def accept(
             return replay, True
     now = utcnow()
     row = new_notification(request, route, now=now, owner=owner)
-    key = None
-    if idempotency_key:
-        key = {
-            "scope": scope,
-            "key": idempotency_key,
-            "request_hash": digest,
-            "notification_id": row["id"],
-            "created_at": now,
-        }
+    key = key_row(scope, idempotency_key, digest, now, notification_id=row["id"])
     due = _due(row, now)
-    try:
-        await runtime.intake.add(row, key=key, announce=due)
-    except DuplicateKey:
-        # Another request with the same key committed first: answer with its notification.
-        assert idempotency_key is not None
-        replay = await _replay(runtime, scope, idempotency_key, digest)
-        if replay is None:
-            raise
-        return replay, True
+    winner = await _unless_raced(
+        runtime.intake.add(row, key=key, announce=due),
+        lambda: _replay(runtime, scope, idempotency_key or "", digest),
+    )
+    if winner is not None:
+        return winner, True
     metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
     # DEBUG, not INFO: one line per request cost 10-20% of the API's CPU per accept in bench/,
     # and every notification shows at INFO anyway in the worker's line for each attempt.
@@ -230,15 +286,51 @@ async def accept(
     return row, False
 
 
+async def _unless_raced(
+    store: Coroutine[Any, Any, None], replay: Callable[[], Awaitable[T | None]]
+) -> T | None:
+    """Run ``store``: ``None`` once it stored. When another request with the same key committed
+    first (``DuplicateKey``: nothing of ours was stored), the answer ``replay`` gives for it."""
+    try:
+        await store
+    except DuplicateKey:
+        answer = await replay()
+        if answer is None:  # the key or its notification is gone already: nothing to answer
+            raise
+        return answer
+    return None
+
+
 async def _replay(runtime: Runtime, scope: str, key: str, digest: str) -> Notification | None:
     async with runtime.sessions() as session:
-        record = await IdempotencyRepository(session).get(scope, key)
-        if record is None:
+        record = await _used_key(session, scope, key, digest, batch=False)
+        if record is None or record.notification_id is None:
             return None
-        if record.request_hash != digest:
-            raise IdempotencyMismatch()
         # None when the notification was removed: the key means nothing now.
         return await NotificationRepository(session).get(record.notification_id)
+
+
+async def _batch_replay(runtime: Runtime, scope: str, key: str, digest: str) -> BatchResult | None:
+    """The batch's first answer as it was: the same ids and the same per-item errors, not the
+    notifications' current state (a batch answer holds no state, only what became of each item)."""
+    async with runtime.sessions() as session:
+        record = await _used_key(session, scope, key, digest, batch=True)
+    if record is None:
+        return None
+    return BatchResult.model_validate(record.response)
+
+
+async def _used_key(
+    session: AsyncSession, scope: str, key: str, digest: str, *, batch: bool
+) -> IdempotencyKey | None:
+    """The key's record, if it was used; ``IdempotencyMismatch`` if it was used for another
+    body, or on the other endpoint (a single POST's key is not a batch's, nor the reverse)."""
+    record = await IdempotencyRepository(session).get(scope, key)
+    if record is None:
+        return None
+    if record.request_hash != digest or (record.response is not None) != batch:
+        raise IdempotencyMismatch()
+    return record
 
 
 async def get(

@@ -24,11 +24,10 @@ from app.api.deps import (
     owner_filter,
     runtime_of,
 )
-from app.api.problems import AUTH_ERRORS, error_responses, problem_of, validation_errors
+from app.api.problems import AUTH_ERRORS, error_responses, validation_errors
 from app.api.schemas import (
     AttemptList,
     AttemptOut,
-    BatchItemResult,
     BatchResult,
     NotificationBatch,
     NotificationCreate,
@@ -46,12 +45,33 @@ router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
 
 IDEMPOTENCY_KEY_LIMIT = 255
 
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "Present, as true, when this answers a replayed Idempotency-Key.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         max_length=IDEMPOTENCY_KEY_LIMIT,
         description="Same key and same body within 24 h return the original notification.",
+    ),
+]
+
+
+BatchIdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=IDEMPOTENCY_KEY_LIMIT,
+        description=(
+            "Same key and same body within 24 h return the first answer again (the same ids "
+            "and per-item errors, nothing stored twice), with Idempotent-Replayed: true. Same "
+            "key, different body (or a key used by POST /v1/notifications): 422."
+        ),
     ),
 ]
 
@@ -71,6 +91,7 @@ def detail_of(notification: Notification | Row) -> NotificationDetail:
         200: {
             "model": NotificationDetail,
             "description": "Replay of an earlier request with the same Idempotency-Key.",
+            "headers": REPLAYED_HEADER,
         },
         **error_responses(413, 422, 503),
         **AUTH_ERRORS,
@@ -179,12 +200,18 @@ def _body_first(body: bytes, receive: Receive) -> Receive:
     summary="Accept up to 500 notifications in one transaction",
     description=(
         "Every valid item is stored in one transaction; an invalid one is reported in its "
-        "place and stored nowhere. Items carry no Idempotency-Key: resend only the failed ones."
+        "place and stored nowhere. An Idempotency-Key covers the whole batch: a retry with the "
+        "same key and body answers the first answer again, so a batch whose answer was lost "
+        "can be resent whole. Without a key, resend only the failed items."
     ),
-    responses=error_responses(413, 422, 503) | AUTH_ERRORS,
+    responses={207: {"headers": REPLAYED_HEADER}} | error_responses(413, 422, 503) | AUTH_ERRORS,
 )
 async def create_notifications_batch(
-    body: NotificationBatch, principal: SendScope, request: Request
+    body: NotificationBatch,
+    principal: SendScope,
+    request: Request,
+    response: Response,
+    idempotency_key: BatchIdempotencyKeyHeader = None,
 ) -> BatchResult:
     parsed: list[NotificationCreate | HeraldError] = []
     for index, raw in enumerate(body.items):
@@ -198,26 +225,16 @@ async def create_notifications_batch(
             parsed.append(
                 Unprocessable(f"item {index} is invalid: {errors[0]['msg']}", errors=errors)
             )
-    results = await service.accept_batch(
-        runtime_of(request), parsed, owner=principal.name if principal else None
+    result, replayed = await service.accept_batch(
+        runtime_of(request),
+        parsed,
+        owner=principal.name if principal else None,
+        idempotency_key=idempotency_key,
+        digest=service.body_hash(body.items) if idempotency_key else "",
     )
-    items = []
-    for index, result in enumerate(results):
-        if isinstance(result, HeraldError):
-            items.append(
-                BatchItemResult(index=index, status=result.status, error=problem_of(result))
-            )
-        else:
-            items.append(
-                BatchItemResult(
-                    index=index,
-                    status=202,
-                    id=result["id"],
-                    location=f"/v1/notifications/{result['id']}",
-                )
-            )
-    accepted = sum(1 for item in items if item.status == 202)
-    return BatchResult(accepted=accepted, rejected=len(items) - accepted, items=items)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return result
 
 
 @router.get(

@@ -29,6 +29,10 @@ service's connect and read timeouts are capped half a second past it (a thread l
 timed-out or cancelled send ends by itself soon after). Redirects are not followed unless a URL
 asks (``redirect=yes``), as in every other Herald channel. Apprise's persistent store stays in
 memory.
+
+Apprise's requests go out with Apprise's own ``User-Agent`` (its asset's ``app_id``, ``Apprise``),
+not Herald's ``Herald/<version>``: many services also show ``app_id`` as a sender name or a
+default title, so Herald leaves it as Apprise sets it.
 """
 
 from __future__ import annotations

@@ -144,15 +144,21 @@ class Attempt(Base):
 
 
 class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` already used: by ``POST /v1/notifications`` (``notification_id``
+    set, ``response`` null) or by ``POST /v1/notifications/batch`` (``response`` set,
+    ``notification_id`` null). Which of the two it was is part of what a replay must match."""
+
     __tablename__ = "idempotency_keys"
 
     scope: Mapped[str] = mapped_column(String(64), primary_key=True)
     """The API key's name; empty while auth is off."""
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
-    notification_id: Mapped[uuid.UUID] = mapped_column(
+    notification_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("notifications.id", ondelete="CASCADE")
     )
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """A batch's whole first answer (the 207 body), replayed as it was."""
     created_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)

@@ -96,10 +96,12 @@ class Intake:
     async def add_many(
         self, rows: Sequence[Row], *, key: Row | None = None, announce: bool = False
     ) -> None:
-        """Store notifications in one transaction (workers hear of them on commit)."""
+        """Store notifications (and the idempotency key of their request) in one transaction;
+        workers hear of them on commit. ``DuplicateKey`` if the key is taken: nothing is stored."""
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(insert(NOTIFICATIONS), list(rows))
+                if rows:
+                    await conn.execute(insert(NOTIFICATIONS), list(rows))
                 if key is not None:
                     await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
                 if announce:

@@ -103,6 +103,7 @@ async def test_json_url_posts_title_message_and_type(
     assert (request.method, request.path) == ("POST", "/hook")
     assert request.headers["authorization"] == BASIC
     assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == "Apprise"  # Apprise's own (its app_id), not Herald's
     assert request.json() == {
         "version": "1.0",
         "title": "Disque plein ✔",

@@ -1,15 +1,21 @@
-"""Herald's outbound client against a real local server: on the wire it is httpx's client."""
+"""Herald's outbound client against a real local server: on the wire it is httpx's client,
+except that it names itself ``Herald/<version>``, and so does every HTTP channel."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from typing import Any
 
 import httpx
 import pytest
 
+from app import __version__ as source_version
 from app.channels.outbound import Outbound
+from tests.support.channels import run_through_herald
 from tests.support.http_server import HttpServer, serve_http
+
+USER_AGENT = f"Herald/{version('herald')}"
 
 
 @pytest.fixture
@@ -19,8 +25,10 @@ async def outbound() -> AsyncIterator[Outbound]:
 
 
 def comparable(headers: dict[str, str]) -> dict[str, str]:
-    # multipart boundaries are random; everything else must match exactly
-    return {k: v for k, v in headers.items() if not v.startswith("multipart/")}
+    # multipart boundaries are random; the user agent is Herald's; the rest must match exactly
+    return {
+        k: v for k, v in headers.items() if not v.startswith("multipart/") and k != "user-agent"
+    }
 
 
 @pytest.mark.parametrize(
@@ -44,6 +52,53 @@ async def test_the_request_on_the_wire_is_what_httpx_client_sends(
     assert response.text == "ok"
     assert (ours.method, ours.path, ours.body) == (theirs.method, theirs.path, theirs.body)
     assert comparable(ours.headers) == comparable(theirs.headers)
+    assert ours.headers["user-agent"] == USER_AGENT
+    assert theirs.headers["user-agent"] == f"python-httpx/{httpx.__version__}"
+
+
+def test_the_version_is_the_installed_one_and_the_source_tree_agrees() -> None:
+    assert f"Herald/{version('herald')}" == USER_AGENT
+    assert version("herald") == source_version
+
+
+async def test_every_http_channel_sends_herald_as_its_user_agent(db_url: str) -> None:
+    """One notification broadcast through every channel type that speaks HTTP."""
+    async with serve_http() as server:
+        base = server.base_url
+        channels: dict[str, dict[str, Any]] = {
+            "webhook": {"type": "webhook", "url": server.url("/webhook")},
+            "slack": {"type": "slack", "webhook_url": server.url("/slack")},
+            "discord": {"type": "discord", "webhook_url": server.url("/discord")},
+            "telegram": {"type": "telegram", "token": "123:abc", "api_base": base},
+            "ntfy": {"type": "ntfy", "topic": "alerts", "api_base": base},
+            "twilio": {
+                "type": "twilio",
+                "account_sid": "AC" + "0" * 32,
+                "auth_token": "token",
+                "from_number": "+15005550006",
+                "api_base": base,
+            },
+            "whatsapp": {
+                "type": "whatsapp",
+                "access_token": "token",
+                "phone_number_id": "106540352242922",
+                "api_base": base,
+            },
+        }
+        config = {
+            "channels": {name: {**s, "timeout": "2s"} for name, s in channels.items()},
+            "routes": {"default": {"channels": list(channels), "strategy": "all"}},
+        }
+        run = await run_through_herald(
+            db_url,
+            config,
+            recipient={"phone": "+14155550100", "telegram_chat_id": "-1009"},
+            text="db-1: / at 93%",
+        )
+    assert [a["channel"] for a in run.attempts] == list(channels)
+    assert all(a["outcome"] != "skipped" for a in run.attempts), run.attempts
+    assert len(server.received) == len(channels)
+    assert {r.headers["user-agent"] for r in server.received} == {USER_AGENT}
 
 
 async def test_caller_headers_replace_the_defaults_whatever_their_case(

@@ -1,0 +1,73 @@
+"""Alembic migrations on SQLite and PostgreSQL: head is what the models say, and each step
+down and up again keeps what it can."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.store.migrate import alembic_config, upgrade_async
+from app.store.models import Base
+from tests.support.harness import herald
+
+CONFIG = {
+    "channels": {"console": {"type": "log"}},
+    "routes": {"default": {"channels": ["console"]}},
+}
+
+
+def differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def inspect_database(url: str) -> tuple[list[object], list[str], list[str]]:
+    """Schema differences from the models, the idempotency_keys columns, and its keys."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(differences)
+            columns = await connection.run_sync(
+                lambda c: [col["name"] for col in inspect(c).get_columns("idempotency_keys")]
+            )
+            keys = (await connection.execute(text("SELECT key FROM idempotency_keys"))).scalars()
+            return diff, columns, sorted(keys)
+    finally:
+        await engine.dispose()
+
+
+async def test_the_migrated_schema_is_the_models_schema(db_url: str) -> None:
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+
+
+async def test_batch_keys_down_and_up_again(db_url: str) -> None:
+    """0002 down forgets batch keys (they have no notification to point at) and keeps single
+    POST keys; up again, both endpoints take keys as before."""
+    single = {"json": {"text": "x"}, "headers": {"Idempotency-Key": "single"}}
+    batch = {"json": {"items": [{"text": "x"}]}, "headers": {"Idempotency-Key": "batch"}}
+    async with herald(db_url, CONFIG) as h:
+        first = await h.client.post("/v1/notifications", **single)
+        assert (await h.client.post("/v1/notifications/batch", **batch)).status_code == 207
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0001")
+    _, columns, keys = await inspect_database(db_url)
+    assert "response" not in columns
+    assert keys == ["single"]
+
+    await upgrade_async(db_url)
+    diff, _, keys = await inspect_database(db_url)
+    assert (diff, keys) == ([], ["single"])
+    async with herald(db_url, CONFIG) as h:
+        again = await h.client.post("/v1/notifications", **single)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == first.json()["id"]
+        fresh = await h.client.post("/v1/notifications/batch", **batch)
+        assert "idempotent-replayed" not in fresh.headers
+        replayed = await h.client.post("/v1/notifications/batch", **batch)
+        assert replayed.headers["idempotent-replayed"] == "true"
