@@ -208,3 +208,19 @@ async def test_an_idempotent_replay_after_its_expiry_still_answers_the_original(
         "/v1/notifications", json={**BODY, "expires_at": expires_at}, headers=headers
     )
     assert (replay.status_code, replay.json()["id"]) == (200, created["id"])
+
+
+async def test_a_recipient_stored_before_the_checks_is_still_read_and_delivered(
+    h: Harness,
+) -> None:
+    """Rows accepted before addresses were checked must not fail a read or the worker."""
+    created = await h.send(**BODY)
+    legacy = {"email": "Ops <ops@example.com>", "phone": "555-0100"}
+    await h.set_fields(created["id"], recipient=legacy)
+    page = await h.client.get("/v1/notifications")
+    assert page.status_code == 200, page.text
+    recipient = page.json()["items"][0]["recipient"]
+    assert (recipient["email"], recipient["phone"]) == (legacy["email"], legacy["phone"])
+    assert (await h.get(created["id"]))["recipient"] == recipient
+    assert await h.run_worker() == 1
+    assert (await h.get(created["id"]))["status"] == "delivered"
