@@ -17,11 +17,14 @@ from typing import Any
 
 NESTING_LIMIT = 32
 
+TOO_DEEP = f"nested deeper than {NESTING_LIMIT} levels of objects and arrays"
+"""Why a field is refused at submit."""
+
 OMITTED: dict[str, Any] = {"herald:omitted": f"nested deeper than {NESTING_LIMIT} levels"}
 
 
-def nested_deeper(value: Any, limit: int = NESTING_LIMIT) -> bool:
-    """Whether ``value`` nests dicts and lists (JSON objects and arrays) over ``limit`` levels.
+def nested_deeper(value: Any) -> bool:
+    """Whether ``value`` nests dicts and lists (JSON objects and arrays) over the limit.
 
     Iterative, so no depth of input can exhaust the stack.
     """
@@ -30,18 +33,14 @@ def nested_deeper(value: Any, limit: int = NESTING_LIMIT) -> bool:
         item, depth = stack.pop()
         if isinstance(item, dict):
             children: Any = item.values()
-        elif isinstance(item, list | tuple):
+        elif isinstance(item, list):
             children = item
         else:
             continue
-        if depth == limit:
+        if depth == NESTING_LIMIT:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
-
-
-def too_deep_message(limit: int = NESTING_LIMIT) -> str:
-    return f"nested deeper than {limit} levels of objects and arrays"
 
 
 def shown(value: Any) -> Any:

@@ -20,7 +20,7 @@ from pydantic import (
 
 from app.channels.base import ErrorClass, Recipient
 from app.delivery.circuit import CircuitState
-from app.nesting import NESTING_LIMIT, nested_deeper, shown, too_deep_message
+from app.nesting import NESTING_LIMIT, TOO_DEEP, nested_deeper, shown
 
 # Enums are classes, so each is one named schema that generated clients share.
 
@@ -137,7 +137,7 @@ class NotificationCreate(BaseModel):
     @classmethod
     def _not_too_deep(cls, value: Any) -> Any:
         if isinstance(value, dict | list) and nested_deeper(value):
-            raise ValueError(too_deep_message())
+            raise ValueError(TOO_DEEP)
         return value
 
     @field_validator("text", "html")
