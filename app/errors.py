@@ -11,6 +11,7 @@
     ├── Conflict                     409  conflict
     │   └── InvalidTransition
     ├── PayloadTooLarge              413  payload-too-large
+    ├── UnsupportedMediaType         415  unsupported-media-type
     ├── Unprocessable                422  validation
     │   ├── UnknownName              (route or channel that is not configured)
     │   └── IdempotencyMismatch      (same key, different body)
@@ -139,6 +140,14 @@ class PayloadTooLarge(HeraldError):
     status = 413
     slug = "payload-too-large"
     title = "Payload too large"
+
+
+class UnsupportedMediaType(HeraldError):
+    """The request body is not of a media type the operation reads (it reads JSON)."""
+
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
 
 
 class Unprocessable(HeraldError):

@@ -116,9 +116,10 @@ async def accept_batch(
         if isinstance(item, HeraldError):
             results.append(item)
             continue
+        loc = ("body", "items", index)
         try:
-            route = admit(runtime, item, ("body", "items", index))
-            results.append(new_notification(item, route, now=now, owner=owner))
+            route = admit(runtime, item, loc)
+            results.append(new_notification(item, route, now=now, owner=owner, loc=loc))
         except HeraldError as exc:
             results.append(exc)
     answer = batch_result(results)
@@ -195,17 +196,32 @@ def request_hash(request: NotificationCreate) -> str:
 
 
 def new_notification(
-    request: NotificationCreate, route: ResolvedRoute, *, now: datetime, owner: str | None
+    request: NotificationCreate,
+    route: ResolvedRoute,
+    *,
+    now: datetime,
+    owner: str | None,
+    loc: Loc = ("body",),
 ) -> Row:
-    """The ``notifications`` row of a newly accepted request."""
+    """The ``notifications`` row of a newly accepted request.
+
+    An ``expires_at`` that has passed is refused here, against the time of the accept, not
+    when the body is validated: an idempotent replay of a request whose expiry has passed
+    since still answers with the original notification.
+    """
     expires_at = request.expires_at
+    if expires_at is not None and expires_at <= now:
+        raise Unprocessable(
+            "expires_at is in the past",
+            errors=[{"loc": [*loc, "expires_at"], "msg": "must be in the future"}],
+        )
     if expires_at is None and route.ttl is not None:
         try:
             expires_at = max(now, request.send_at or now) + timedelta(seconds=route.ttl)
         except OverflowError:
             raise Unprocessable(
                 "send_at plus the route's ttl is past the year 9999",
-                errors=[{"loc": ["body", "send_at"], "msg": "too far ahead for the route's ttl"}],
+                errors=[{"loc": [*loc, "send_at"], "msg": "too far ahead for the route's ttl"}],
             ) from None
     due = max(now, request.send_at) if request.send_at else now
     return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from app import service
+from app.api.body import JSONBodyRoute, read_json
 from app.api.deps import (
     AdminScope,
     Authorizer,
@@ -41,7 +41,7 @@ from app.security.auth import Principal
 from app.store.models import Notification
 from app.store.repositories import ListFilter, NotificationRepository, Row
 
-router = APIRouter(prefix="/v1/notifications", tags=["notifications"])
+router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=JSONBodyRoute)
 
 IDEMPOTENCY_KEY_LIMIT = 255
 
@@ -93,7 +93,7 @@ def detail_of(notification: Notification | Row) -> NotificationDetail:
             "description": "Replay of an earlier request with the same Idempotency-Key.",
             "headers": REPLAYED_HEADER,
         },
-        **error_responses(413, 422, 503),
+        **error_responses(413, 415, 422, 503),
         **AUTH_ERRORS,
     },
 )
@@ -168,12 +168,11 @@ class FastAccept:
 
 
 def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json":
-        return None
     try:
-        return NotificationCreate.model_validate(json.loads(raw))
-    except ValueError:  # broken JSON, bad UTF-8 and pydantic's ValidationError alike
+        return NotificationCreate.model_validate(
+            read_json(request.headers.get("content-type"), raw)
+        )
+    except (HeraldError, ValidationError):  # the FastAPI route reads it again, and answers
         return None
 
 
@@ -204,7 +203,9 @@ def _body_first(body: bytes, receive: Receive) -> Receive:
         "same key and body answers the first answer again, so a batch whose answer was lost "
         "can be resent whole. Without a key, resend only the failed items."
     ),
-    responses={207: {"headers": REPLAYED_HEADER}} | error_responses(413, 422, 503) | AUTH_ERRORS,
+    responses={207: {"headers": REPLAYED_HEADER}}
+    | error_responses(413, 415, 422, 503)
+    | AUTH_ERRORS,
 )
 async def create_notifications_batch(
     body: NotificationBatch,

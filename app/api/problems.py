@@ -21,8 +21,6 @@ logger = logging.getLogger("herald.api")
 
 PROBLEM_JSON = "application/problem+json"
 
-BODY_PARSE_ERROR = "There was an error parsing the body"
-
 _TITLES = {
     400: ("bad-request", "Bad request"),
     401: ("unauthorized", "Unauthorized"),
@@ -118,10 +116,6 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     headers = dict(exc.headers or {})
-    if exc.status_code == 400 and detail == BODY_PARSE_ERROR:
-        # FastAPI's answer to a body it cannot decode (not UTF-8): the same 422 as bad JSON.
-        errors = [{"loc": ["body"], "msg": "the body is not valid UTF-8 JSON"}]
-        return problem_response(422, "invalid request: body: not valid UTF-8 JSON", errors=errors)
     if exc.status_code == 404 and detail == "Not Found":
         detail = "no such path"
     elif exc.status_code == 405:

@@ -20,6 +20,7 @@ from pydantic import (
 
 from app.channels.base import ErrorClass, Recipient
 from app.delivery.circuit import CircuitState
+from app.nesting import NESTING_LIMIT, TOO_DEEP, nested_deeper, shown
 
 # Enums are classes, so each is one named schema that generated clients share.
 
@@ -130,16 +131,26 @@ class NotificationCreate(BaseModel):
     severity: Severity = Severity.INFO
     source: str | None = Field(default=None, max_length=255)
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Free-form JSON object, at most 16 KiB serialized."
+        default_factory=dict,
+        description=f"Free-form JSON object, at most 16 KiB serialized and {NESTING_LIMIT} "
+        "levels of objects and arrays deep (the object itself is the first).",
     )
     send_at: AwareDatetime | None = Field(
         default=None, description="Deliver no sooner than this time."
     )
     expires_at: AwareDatetime | None = Field(
         default=None,
-        description="Give up (status expired) if not delivered by then. Without it, the "
-        "route's ttl sets it, counted from send_at when given, else from acceptance.",
+        description="Give up (status expired) if not delivered by then; must be in the future. "
+        "Without it, the route's ttl sets it, counted from send_at when given, else from "
+        "acceptance.",
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        if isinstance(value, dict | list) and nested_deeper(value):
+            raise ValueError(TOO_DEEP)
+        return value
 
     @field_validator("text", "html")
     @classmethod
@@ -232,7 +243,12 @@ class NotificationOut(Output):
     subject: str | None
     severity: Severity
     source: str | None
-    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    metadata: dict[str, Any] = Field(
+        validation_alias=AliasChoices("metadata_", "metadata"),
+        description="As given. Metadata nested deeper than the limit of "
+        f"{NESTING_LIMIT} levels (only a notification stored before there was a limit can "
+        f'hold it) shows as {{"herald:omitted": "nested deeper than {NESTING_LIMIT} levels"}}.',
+    )
     """Read from the model's ``metadata_`` (``metadata`` is SQLAlchemy's on a model) or from
     a row's ``metadata``."""
     round: int
@@ -248,6 +264,17 @@ class NotificationOut(Output):
     expires_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("recipient", mode="before")
+    @classmethod
+    def _stored_recipient(cls, value: Any) -> Any:
+        return Recipient.stored(value) if isinstance(value, dict) else value
+
+    @field_validator("metadata")
+    @classmethod
+    def _shown_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = shown(value)
+        return result
 
 
 class NotificationDetail(NotificationOut):

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from app.channels.addresses import E164_HINT, EMAIL_LIMIT, email_problem, normalize_e164
 from app.channels.outbound import Outbound
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
@@ -179,12 +180,49 @@ def check_secret_set(value: SecretStr, field: str) -> SecretStr:
 class Recipient(BaseModel):
     """Where one notification goes, per channel type. Every address is optional."""
 
+    # Validation is the submit check (app.channels.addresses). A stored recipient is read back
+    # with ``stored``, unchecked: a row accepted before a check existed must still be shown and
+    # delivered (a channel then finds no usable address), never fail the read.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    email: str | None = Field(default=None, max_length=320)
-    phone: str | None = Field(default=None, max_length=32)
+    email: str | None = Field(
+        default=None,
+        max_length=EMAIL_LIMIT,
+        description="An addr-spec, local@domain: no display name, spaces or CR/LF.",
+        examples=["ops@example.com"],
+    )
+    phone: str | None = Field(
+        default=None,
+        max_length=32,
+        description="E.164: '+', then 8 to 15 digits, the country code first. Spaces, hyphens, "
+        "dots and parentheses between them are dropped.",
+        examples=["+14155550100"],
+    )
     telegram_chat_id: str | None = Field(default=None, max_length=64)
     webhook_url: str | None = Field(default=None, max_length=2048)
+
+    @classmethod
+    def stored(cls, value: Mapping[str, Any]) -> Recipient:
+        """A recipient as it was stored, without the submit checks."""
+        return cls.model_construct(**{k: v for k, v in value.items() if k in cls.model_fields})
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        problem = None if value is None else email_problem(value)
+        if problem is not None:
+            raise ValueError(f"not a valid email address: {problem}")
+        return value
+
+    @field_validator("phone")
+    @classmethod
+    def _e164(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        number = normalize_e164(value)
+        if number is None:
+            raise ValueError(f"not a valid {E164_HINT}")
+        return number
 
     @field_validator("webhook_url")
     @classmethod

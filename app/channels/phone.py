@@ -1,12 +1,9 @@
 """What the phone-number channel types (``twilio``, ``whatsapp``) share.
 
-**Recipient numbers.** ``recipient.phone`` must be E.164: ``+``, a country code that does not
-start with 0, then the subscriber number, 8 to 15 digits in all. People store numbers with
-separators, so spaces, hyphens, dots and parentheses are accepted and dropped
-(``+1 (415) 555-0100`` → ``+14155550100``). Nothing else is guessed: a number without ``+``
-(``4155550100``, ``004415…``) is not E.164 because its country cannot be known, and letters or
-any other character make it invalid. A missing or invalid number means the channel has no
-address for the recipient (``skipped``/``no_address``) and no provider call is made.
+**Recipient numbers.** ``recipient.phone`` must be E.164 (``app.channels.addresses``), which is
+checked when a notification is submitted. A notification stored before that check may still
+hold a number that is not E.164 or a blank one: then the channel has no address for the
+recipient (``skipped``/``no_address``) and no provider call is made.
 
 **Message text.** An SMS or chat message has no subject line, so the body is the subject, a
 newline, then the text (the HTML with its tags stripped when only HTML was given); either part
@@ -18,22 +15,10 @@ cut body is never refused for its length.
 
 from __future__ import annotations
 
-import re
-
+from app.channels.addresses import E164_HINT, normalize_e164
 from app.channels.base import DeliveryResult, ErrorClass, Message
 
-E164_HINT = "E.164: '+', country code and number, 8-15 digits (e.g. +14155550100)"
-
-_SEPARATORS = re.compile(r"[ \-.()]")
-_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
-
 ELLIPSIS = "…"
-
-
-def normalize_e164(raw: str) -> str | None:
-    """``raw`` as ``+<digits>`` when it is an E.164 number (separators dropped), else ``None``."""
-    candidate = _SEPARATORS.sub("", raw.strip())
-    return candidate if _E164.fullmatch(candidate) else None
 
 
 def recipient_number(message: Message) -> str | DeliveryResult:

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
+from app.channels.addresses import E164_HINT, normalize_e164
 from app.channels.base import (
     ChannelConfig,
     ChannelType,
@@ -50,7 +51,7 @@ from app.channels.http_errors import (
     json_object,
     post_and_classify,
 )
-from app.channels.phone import E164_HINT, http_base, normalize_e164, number_and_body
+from app.channels.phone import http_base, number_and_body
 
 BODY_LIMIT = 1600
 """Twilio's limit on ``Body`` (characters); longer bodies are cut with an ellipsis."""

@@ -36,6 +36,7 @@ from app.delivery.orchestrator import (
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.ids import uuid7
+from app.nesting import shown
 from app.runtime import Runtime
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.delivery import DeliveryStore
@@ -86,13 +87,13 @@ def message_of(notification: Claimed) -> Message:
     return Message(
         id=notification.id,
         route=notification.route,
-        recipient=Recipient.model_validate(notification.recipient),
+        recipient=Recipient.stored(notification.recipient),
         subject=notification.subject,
         text=notification.text,
         html=notification.html,
         severity=notification.severity,
         source=notification.source,
-        metadata=notification.metadata,
+        metadata=shown(notification.metadata),
         created_at=notification.created_at,
     )
 

@@ -50,11 +50,11 @@ async def test_wrong_method_is_a_405_problem(
     assert await list_ids(h) == [created["id"]]
 
 
-async def test_a_body_that_is_not_json_is_422(h: Harness) -> None:
+async def test_a_body_that_is_not_json_is_415(h: Harness) -> None:
     response = await h.client.post(
         "/v1/notifications", content=b"text=x", headers={"content-type": "text/plain"}
     )
-    assert_problem(response, 422)
+    assert_problem(response, 415, slug="unsupported-media-type")
     assert await list_ids(h) == []
 
 
