@@ -6,8 +6,8 @@
   ``application/json`` (any parameters) and ``application/<something>+json`` are JSON;
 - a body that is not UTF-8 JSON: 422 saying where, by line and column
   (``invalid JSON at line 3, column 5: Expecting ','``), with ``loc`` ``["body"]``;
-- ``NaN``, ``Infinity`` and numbers too large for a double (``1e999``), which Python's ``json``
-  accepts but JSON does not and nothing could store faithfully: 422;
+- ``NaN``, ``Infinity``, numbers too large for a double (``1e999``) and integers outside 64 bits,
+  which Python's ``json`` accepts but JSON does not or nothing could store faithfully: 422;
 - a body nested too deeply for the parser (``RecursionError``): 422. Each field's nesting
   limit (``app.nesting``) is the request model's to check, so that the error names the field.
 
@@ -59,7 +59,12 @@ def parse_json(raw: bytes) -> Any:
         line, column = _line_column(raw, exc.start)
         raise _invalid(f"invalid JSON at line {line}, column {column}: not UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_int64,
+        )
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise _invalid(f"invalid JSON at {where}: {exc.msg}") from None
@@ -91,6 +96,20 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise _NotJSONNumber(f"{text} is too large a number")
+    return value
+
+
+INT64 = range(-(2**63), 2**63)
+
+
+def _int64(text: str) -> int:
+    # More than 19 digits is outside 64 bits whatever they are; int() of a few thousand digits
+    # is refused by Python itself (ValueError, not a JSONDecodeError).
+    value = int(text) if len(text.lstrip("-")) <= 19 else None
+    if value is None or value not in INT64:
+        raise _NotJSONNumber(
+            f"{text[:24]}{'…' if len(text) > 24 else ''} is outside 64-bit integers"
+        )
     return value
 
 

@@ -129,8 +129,14 @@ def check_http_url(value: str) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
     try:
-        httpx.URL(value)
-    except httpx.InvalidURL as exc:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("the port must be 1-65535")
+    try:
+        httpx.URL(value).host  # noqa: B018  (decoding the host checks its IDNA labels)
+    except (httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: a bad IDNA label (xn--)
         raise ValueError(f"not a valid URL: {exc}") from None
 
 
@@ -141,10 +147,12 @@ def origin(url: str) -> str | None:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
         return None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    # The host as sent on the wire (ASCII, IDNA-encoded): decoding it can fail on a bad label.
+    raw_host = parsed.raw_host.decode("ascii", errors="replace")
+    if parsed.scheme not in ("http", "https") or not raw_host:
         return None
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    host = f"[{raw_host}]" if ":" in raw_host else raw_host
     return f"{parsed.scheme}://{host}:{port}"
 
 
@@ -158,7 +166,7 @@ def check_http_setting(value: str, field: str) -> str:
         raise ValueError(f"{field} must start with http:// or https://")
     try:
         host = httpx.URL(value).host
-    except httpx.InvalidURL:
+    except (httpx.InvalidURL, UnicodeError):
         raise ValueError(f"{field} is not a valid URL") from None
     if not host:
         raise ValueError(f"{field} has no host")

@@ -107,7 +107,7 @@ class TelegramConfig(ChannelConfig):
             raise ValueError("api_base must start with http:// or https://")
         try:
             host = httpx.URL(value).host
-        except httpx.InvalidURL as exc:
+        except (httpx.InvalidURL, UnicodeError) as exc:
             raise ValueError(f"api_base is not a valid URL ({exc})") from None
         if not host:
             raise ValueError("api_base must name a host")

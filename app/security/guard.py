@@ -148,7 +148,8 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self.guard.allow_private:
-            host = request.url.host
+            # The wire form (ASCII): decoding an IDNA host can fail on a malformed label.
+            host = request.url.raw_host.decode("ascii")
             port = request.url.port or (443 if request.url.scheme == "https" else 80)
             address = await self.guard.resolve(host, port)
             if str(address) != host:

@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from app.channels.base import ErrorClass, excerpt
+from app.channels.base import ErrorClass, check_http_url, excerpt, origin
 from app.channels.http_errors import classify_status, retry_after_seconds
 from app.channels.text import split_text
 from app.ids import uuid7
@@ -94,3 +94,22 @@ def test_split_text_cuts_long_lines_at_spaces_then_hard() -> None:
     assert all(len(p) <= 20 for p in parts)
     assert parts[-2:] == ["x" * 20, "x" * 5]
     assert " ".join(p for p in parts[:-2]).split() == ["word"] * 30
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://a.example:99999/", "http://a.example:0/", "http://a.example:x/", "http://xn--/"],
+)
+def test_urls_the_client_cannot_use_are_refused(url: str) -> None:
+    # Issue 13's hostile pass: http://xn--/ was accepted, and at delivery decoding its host
+    # raised IDNAError out of the worker's round; a port past 65535 was accepted too.
+    with pytest.raises(ValueError):
+        check_http_url(url)
+
+
+def test_origin_never_decodes_the_host() -> None:
+    assert origin("http://xn--/x") == "http://xn--:80"
+    assert (
+        origin("https://user:pw@B\u00fccher.example/p?q=1") == "https://xn--bcher-kva.example:443"
+    )
+    assert origin("http://[::1]:8080/") == "http://[::1]:8080"
