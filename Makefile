@@ -37,8 +37,12 @@ lint: $(DEV)
 	$(BIN)/ruff format --check app tests migrations
 	$(BIN)/mypy
 
+# Test processes: 3 on the 2-core machines this runs on (most tests wait on I/O); 2: 171 s,
+# 3: 149 s, 1 (PYTEST_WORKERS=0, no xdist): 300 s.
+PYTEST_WORKERS ?= 3
+
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 unit: $(DEV)
 	$(BIN)/pytest -q tests/unit

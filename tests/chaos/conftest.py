@@ -17,7 +17,9 @@ from tests.chaos.cluster import PgCluster, cannot_run_reason, find_bindir
 from tests.chaos.fleet import ROOT, Fleet, Scenario, herald_argv, leftover_processes
 
 TEMPLATE = "herald_chaos_template"
-ROWS = pytest.StashKey[list[dict[str, Any]]]()
+ROW_PROPERTY = "chaos_row"
+ROWS: list[dict[str, Any]] = []
+"""Every scenario's row, gathered from the reports in the process that prints the summary."""
 COLUMNS = (
     "scenario",
     "accepted",
@@ -100,8 +102,9 @@ def record_row(request: pytest.FixtureRequest) -> Callable[..., None]:
     """Add this scenario's row to the summary table printed at the end of the session."""
 
     def record(**row: Any) -> None:
-        rows = request.config.stash.setdefault(ROWS, [])
-        rows.append(row)
+        # Carried on the test's report, which pytest-xdist sends from its worker process to
+        # the one that prints the summary (pytest_runtest_logreport there).
+        request.node.user_properties.append((ROW_PROPERTY, row))
         print(format_table([row]))  # also in the test's own output
 
     return record
@@ -141,8 +144,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call":
+        ROWS.extend(value for name, value in report.user_properties if name == ROW_PROPERTY)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    rows = config.stash.get(ROWS, [])
+    rows = sorted(ROWS, key=lambda row: str(row.get("scenario")))
     if not rows:
         return
     terminalreporter.write_sep("=", "chaos summary")
