@@ -42,7 +42,7 @@ lint: $(DEV)
 PYTEST_WORKERS ?= 3
 
 test: lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 unit: $(DEV)
 	$(BIN)/pytest -q tests/unit
