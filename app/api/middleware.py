@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs, metrics
 from app.api.problems import problem_response, unexpected
+
+logger = logging.getLogger("herald.api")
+
+CLIENT_CLOSED = 499
+"""The status counted (nginx's "client closed request") when the client left mid-request."""
 
 MAX_BODY = 1024 * 1024
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -44,7 +51,9 @@ class Edge:
       once for a declared ``Content-Length``, as it streams for a chunked one;
     - the HTTP metrics: requests counted and timed by method, route template and status (never
       the raw path);
-    - an error nothing else handled: logged once with the request id, answered 500.
+    - an error nothing else handled: logged once with the request id, answered 500;
+    - a client that hangs up before its body arrived: no answer (nobody is there to read it),
+      one INFO line, counted with status 499.
     """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
@@ -99,6 +108,9 @@ class Edge:
                 except _TooLarge:
                     if not started:
                         await self._refuse(scope, receive, edge_send)
+                except ClientDisconnect:
+                    status = CLIENT_CLOSED
+                    logger.info("client disconnected before its request was read")
                 except Exception as exc:
                     if started:
                         raise

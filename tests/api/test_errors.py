@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
 
-from tests.api.conftest import assert_problem, list_ids
+from tests.api.conftest import assert_problem, list_ids, metric_value, scrape
 from tests.support.harness import Harness
 
 
@@ -83,3 +84,46 @@ async def test_problem_for_a_missing_notification_names_its_id(h: Harness) -> No
     problem = assert_problem(await h.client.get(f"/v1/notifications/{missing}"), 404)
     assert problem["title"] == "Not found"
     assert "errors" not in problem
+
+
+@pytest.mark.parametrize("path", ["/v1/notifications", "/v1/notifications/batch"])
+async def test_a_client_that_hangs_up_mid_body_is_no_server_error(
+    h: Harness, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 13's hostile pass: a client that sent half its body and left was logged as an
+    # unhandled error with a traceback and counted as a 500.
+    caplog.set_level(logging.INFO, logger="herald.api")
+    app = h.client._transport.app  # type: ignore[attr-defined]
+    messages = [
+        {"type": "http.request", "body": b'{"te', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("herald.test", 80),
+    }
+    labels = {"method": "POST", "path": path, "status": "499"}
+    before = metric_value(await scrape(h), "herald_http_requests_total", **labels) or 0
+    await app(scope, receive, send)
+    assert sent == []
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert "client disconnected" in caplog.text
+    assert metric_value(await scrape(h), "herald_http_requests_total", **labels) == before + 1
