@@ -102,7 +102,7 @@ def build_channels(
         link = links[name] = Link(
             channel=channel,
             limiter=RateLimiter(*rate) if rate else None,
-            secrets=tuple(channel_config.secrets()),
+            secrets=tuple(channel.secrets()),
         )
         # One caller's endpoint must not open the circuit for every caller: when the recipient
         # names the host, the channel has a circuit per destination and none of its own.

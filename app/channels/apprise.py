@@ -15,13 +15,14 @@ Apprise's async API. What the notification becomes:
   critical ``failure``.
 
 Outcomes: every URL delivered → delivered. Apprise reports no provider status or message id. With
-Apprise 2.x a send reports a status per service and the warnings it logged, which go (with every
-part of the configured URLs masked) into the error message and excerpt; Apprise 1.x says only
-True or False, and the message says so. Every failure is ``transient``: Apprise does not tell a
-refused credential from an outage. Codes: ``apprise_failed`` (no URL delivered),
-``apprise_partial`` (some did: a later round sends to every URL again, so those get it twice),
-``timeout`` (Apprise did not finish within the channel's ``timeout``), ``apprise_error`` (Apprise
-raised). ``config`` codes: ``apprise_missing``, ``apprise_bad_url``, ``apprise_unavailable``.
+Apprise 2.x a send reports a status per service and the warnings it logged, which go into the error
+message and excerpt (where the orchestrator masks every part of the configured URLs, see
+``secrets``); Apprise 1.x says only True or False, and the message says so. Every failure is
+``transient``: Apprise does not tell a refused credential from an outage. Codes: ``apprise_failed``
+(no URL delivered), ``apprise_partial`` (some did: a later round sends to every URL again, so those
+get it twice), ``timeout`` (Apprise did not finish within the channel's ``timeout``),
+``apprise_error`` (Apprise raised). ``config`` codes: ``apprise_missing``, ``apprise_bad_url``,
+``apprise_unavailable``.
 
 Timeouts: Apprise sends from its own worker threads with ``requests``, which cannot be
 cancelled. So Apprise 2.x is given the channel's ``timeout`` for the whole call, and each
@@ -49,7 +50,7 @@ from urllib.parse import unquote
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, ErrorClass, Message
-from app.security.redaction import redact
+from app.channels.text import clip
 
 MISSING = "the apprise package is not installed: pip install 'herald[apprise]'"
 
@@ -64,6 +65,9 @@ NOTIFY_TYPES = {
 TIMEOUT_GRACE = 0.25
 """Seconds past the channel timeout before this channel stops waiting for Apprise itself (it
 ends before the orchestrator's own grace, so the result says what happened)."""
+
+NOTE_LIMIT = 300
+"""Characters of one Apprise warning kept in an attempt's message."""
 
 THREAD_GRACE = 0.5
 """Seconds past the channel timeout that an Apprise service's socket timeouts are capped at."""
@@ -268,8 +272,9 @@ class AppriseChannel(ChannelType):
     def readiness(self) -> str | None:
         return self._problem[1] if self._problem else None
 
-    def _mask(self, text: str) -> str:
-        return redact(text, self._fragments)
+    def secrets(self) -> list[str]:
+        """The configured URLs and every piece of them that may be a credential."""
+        return [*self.config.secrets(), *self._fragments]
 
     async def _notify(self, index: int, target: Any, kwargs: dict[str, Any]) -> _Outcome:
         try:
@@ -281,7 +286,7 @@ class AppriseChannel(ChannelType):
                 index,
                 _status_name(result),
                 service=_service_name(result),
-                notes=[self._mask(line)[:300] for line in _warnings(result)],
+                notes=[clip(line, NOTE_LIMIT) for line in _warnings(result)],
             )
         finally:
             close = getattr(result, "close", None)
@@ -337,6 +342,4 @@ class AppriseChannel(ChannelType):
             message += f"; {first.describe()}"
         elif all(not outcome.notes for outcome in failed):
             message += " (Apprise reported no detail)"
-        return DeliveryResult.failed(
-            ErrorClass.TRANSIENT, code, message, response_excerpt=self._mask(summary)
-        )
+        return DeliveryResult.failed(ErrorClass.TRANSIENT, code, message, response_excerpt=summary)

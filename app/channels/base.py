@@ -9,7 +9,7 @@ so a broken adapter cannot lose a notification.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.addresses import E164_HINT, EMAIL_LIMIT, email_problem, normalize_e164
 from app.channels.outbound import Outbound
+from app.channels.text import Unit, html_to_text, prefix
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
@@ -59,6 +60,7 @@ class DeliveryResult:
     provider_status: int | None = None
     provider_message_id: str | None = None
     response_excerpt: str | None = None
+    """What the provider answered, whole: redacted and cut by ``redact_result``."""
     retry_after: float | None = None
     """Seconds the provider asked us to wait (``rate_limited`` only)."""
 
@@ -77,7 +79,7 @@ class DeliveryResult:
         return cls(
             provider_status=provider_status,
             provider_message_id=provider_message_id,
-            response_excerpt=excerpt(response_excerpt),
+            response_excerpt=response_excerpt,
         )
 
     @classmethod
@@ -94,7 +96,7 @@ class DeliveryResult:
         return cls(
             error=DeliveryError(error_class, code, message),
             provider_status=provider_status,
-            response_excerpt=excerpt(response_excerpt),
+            response_excerpt=response_excerpt,
             retry_after=retry_after,
         )
 
@@ -103,24 +105,18 @@ class DeliveryResult:
         return cls.failed(ErrorClass.SKIPPED, code, message)
 
 
-def redact_result(result: DeliveryResult, secrets: list[str]) -> DeliveryResult:
-    """``result`` with ``secrets`` masked in its error message and its excerpt."""
+def redact_result(result: DeliveryResult, secrets: Sequence[str]) -> DeliveryResult:
+    """``result`` as it may be stored, logged or shown: ``secrets`` masked in its error message
+    and its excerpt, then the excerpt cut to ``EXCERPT_LIMIT`` bytes (masking first, so no cut
+    leaves a piece of a secret). Channels return what the provider said; the orchestrator calls
+    this once per attempt, the only place a result is redacted."""
     if result.error is not None:
         error = replace(result.error, message=redact(result.error.message, secrets))
         result = replace(result, error=error)
-    if result.response_excerpt:
-        result = replace(result, response_excerpt=redact(result.response_excerpt, secrets))
+    if result.response_excerpt is not None:
+        text = redact(result.response_excerpt, secrets)
+        result = replace(result, response_excerpt=prefix(text, EXCERPT_LIMIT, Unit.UTF8))
     return result
-
-
-def excerpt(text: str | None) -> str | None:
-    """At most ``EXCERPT_LIMIT`` bytes of UTF-8, cut on a character boundary."""
-    if text is None:
-        return None
-    raw = text.encode("utf-8")
-    if len(raw) <= EXCERPT_LIMIT:
-        return text
-    return raw[:EXCERPT_LIMIT].decode("utf-8", errors="ignore")
 
 
 def check_http_url(value: str) -> None:
@@ -259,8 +255,6 @@ class Message:
         """The text body, or the HTML with its tags stripped when only HTML was given."""
         if self.text is not None:
             return self.text
-        from app.channels.text import html_to_text
-
         return html_to_text(self.html or "")
 
 
@@ -361,7 +355,14 @@ class ChannelType:
         return None
 
     async def send(self, message: Message) -> DeliveryResult:
+        """Deliver ``message``; what the provider said goes into the result unredacted."""
         raise NotImplementedError
+
+    def secrets(self) -> list[str]:
+        """Every string this channel's results, reasons and logs must never show; the orchestrator
+        masks them (``redact_result``). The config's secret settings, by default; a channel that
+        derives other credentials from them adds those."""
+        return self.config.secrets()
 
     def readiness(self) -> str | None:
         """Why this channel cannot deliver at all, or ``None`` when it is ready."""

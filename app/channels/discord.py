@@ -13,12 +13,13 @@ configured; ``api_base`` (default: unset) replaces its scheme and host, so
 The content is the subject in bold (``**subject**``, whitespace collapsed) on the first line, then
 the text (the HTML with its tags stripped when only HTML was given). Discord refuses ``content``
 over 2,000 characters, so longer content is **split** on line boundaries (``split_text``) and the
-parts are posted in order, each waiting for the previous one; the delivery succeeds only if all of
-them do, and records the first part's message id. At most ``max_messages`` parts (default 5, one
-webhook rate-limit window) are posted: past that the last part ends with ``…`` and the rest is
-dropped. When a later part is rate-limited, the channel waits the ``retry_after`` Discord asked
-for if it fits in the channel's ``timeout``; otherwise the delivery fails ``rate_limited`` and a
-later round posts every part again (at-least-once: the parts already posted then appear twice).
+parts are posted in order, each waiting for the previous one (``send_in_parts``); the delivery
+succeeds only if all of them do, and records every part's message id, joined by commas. At most
+``max_messages`` parts (default 5, one webhook rate-limit window) are posted: past that the last
+part ends with ``…`` and the rest is dropped. When a later part is rate-limited, the channel waits
+the ``retry_after`` Discord asked for if it fits in the channel's ``timeout``; otherwise the
+delivery fails ``rate_limited`` and a later round posts every part again (at-least-once: the parts
+already posted then appear twice).
 
 How answers map to the error classes (the code is ``discord_<JSON error code>`` when Discord
 sent a non-zero one, else ``http_<status>``):
@@ -46,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from typing import Any, Literal
 
 import httpx
@@ -60,15 +60,15 @@ from app.channels.base import (
     Message,
     api_base_setting,
     check_http_setting,
-    redact_result,
 )
 from app.channels.http_errors import classify_status, json_object, post_once, retry_after_seconds
-from app.channels.text import split_text
+from app.channels.text import clip, cut_short, send_in_parts, split_text
 
 CONTENT_LIMIT = 2000
 """Discord's limit on ``content``, in characters."""
 
-ELLIPSIS = "…"
+DETAIL_LIMIT = 200
+"""How much of Discord's error ``message`` goes into an attempt's message."""
 
 RATE_LIMIT_WAITS = 3
 """How many times one part may wait out a 429 before the delivery gives up."""
@@ -90,8 +90,7 @@ def parts_of(content: str, max_messages: int) -> list[str]:
     parts = split_text(content, CONTENT_LIMIT)
     if len(parts) > max_messages:
         parts = parts[:max_messages]
-        last = parts[-1]
-        parts[-1] = last[: CONTENT_LIMIT - len(ELLIPSIS)].rstrip() + ELLIPSIS
+        parts[-1] = cut_short(parts[-1], CONTENT_LIMIT)
     return parts
 
 
@@ -150,20 +149,10 @@ class DiscordChannel(ChannelType):
         deadline = time.monotonic() + self.config.timeout
         url = self.config.target()
         parts = parts_of(compose(message), self.config.max_messages)
-        first: DeliveryResult | None = None
-        for index, part in enumerate(parts):
-            result = await self._post_part(url, part, deadline, may_wait=index > 0)
-            if result.error is not None:
-                if index > 0:
-                    note = f" (part {index + 1} of {len(parts)}; {index} already posted)"
-                    result = replace(
-                        result, error=replace(result.error, message=result.error.message + note)
-                    )
-                return self._scrub(result)
-            if first is None:
-                first = result
-        assert first is not None  # split_text always gives at least one part
-        return self._scrub(first)
+        return await send_in_parts(
+            parts,
+            lambda number, part: self._post_part(url, part, deadline, may_wait=number > 1),
+        )
 
     async def _post_part(
         self, url: httpx.URL, content: str, deadline: float, *, may_wait: bool
@@ -209,9 +198,6 @@ class DiscordChannel(ChannelType):
                 continue
             return result
 
-    def _scrub(self, result: DeliveryResult) -> DeliveryResult:
-        return redact_result(result, self.config.secrets())
-
 
 def _result(response: httpx.Response) -> DeliveryResult:
     status = response.status_code
@@ -230,7 +216,7 @@ def _result(response: httpx.Response) -> DeliveryResult:
     discord_code = code_value if isinstance(code_value, int) and code_value > 0 else None
     code = f"discord_{discord_code}" if discord_code is not None and status != 429 else None
     text = body.get("message")
-    detail = text.strip()[:200] if isinstance(text, str) and text.strip() else None
+    detail = clip(text.strip(), DETAIL_LIMIT) if isinstance(text, str) and text.strip() else None
     message = f"Discord HTTP {status}" + (f": {detail}" if detail else "")
     if discord_code is not None:
         message += f" (code {discord_code})"

@@ -9,8 +9,12 @@ import logging
 from typing import Literal
 
 from app.channels.base import ChannelConfig, ChannelType, DeliveryResult, Message
+from app.channels.text import clip
 
 logger = logging.getLogger("herald.channel.log")
+
+BODY_LIMIT = 500
+"""Characters of the body on the log line."""
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -41,7 +45,7 @@ class LogChannel(ChannelType):
             message.id,
             message.severity,
             message.subject or "(no subject)",
-            body if len(body) <= 500 else body[:500] + "…",
+            clip(body, BODY_LIMIT),
             extra={"notification_id": str(message.id), "channel": self.name},
         )
         return DeliveryResult.ok(provider_message_id=str(message.id))

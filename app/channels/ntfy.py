@@ -42,6 +42,7 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    api_base_setting,
 )
 from app.channels.http_errors import (
     answer_failure,
@@ -50,6 +51,7 @@ from app.channels.http_errors import (
     json_object,
     post_and_classify,
 )
+from app.channels.text import Unit, clip
 
 TOPIC_PATTERN = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 """ntfy's own topic rule (server/server.go ``topicRegex``)."""
@@ -60,7 +62,8 @@ TITLE_LIMIT = 1024
 """Bytes ntfy accepts in a title."""
 TAGS_LIMIT = 512
 """Bytes ntfy accepts in all tags together, joined by commas."""
-ELLIPSIS = "…"
+ERROR_LIMIT = 300
+"""How much of ntfy's ``error`` text goes into an attempt's message."""
 
 PRIORITIES = {"debug": 1, "info": 3, "warning": 4, "error": 4, "critical": 5}
 SEVERITY_TAGS = {
@@ -105,9 +108,7 @@ class NtfyConfig(ChannelConfig):
     @field_validator("api_base")
     @classmethod
     def _api_base(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("api_base must start with http:// or https://")
-        return value.rstrip("/")
+        return api_base_setting(value)
 
     @field_validator("click")
     @classmethod
@@ -141,24 +142,15 @@ class NtfyConfig(ChannelConfig):
         return self
 
 
-def cut_utf8(text: str, limit: int) -> str:
-    """``text`` in at most ``limit`` UTF-8 bytes; a cut one ends with an ellipsis."""
-    raw = text.encode("utf-8")
-    if len(raw) <= limit:
-        return text
-    room = limit - len(ELLIPSIS.encode("utf-8"))
-    return raw[:room].decode("utf-8", errors="ignore").rstrip() + ELLIPSIS
-
-
 def payload(config: NtfyConfig, message: Message) -> dict[str, Any]:
     body: dict[str, Any] = {
         "topic": config.topic,
-        "message": cut_utf8(message.plain_text(), MESSAGE_LIMIT),
+        "message": clip(message.plain_text(), MESSAGE_LIMIT, Unit.UTF8),
         "priority": PRIORITIES.get(message.severity, 3),
         "tags": [SEVERITY_TAGS.get(message.severity, "information_source"), *config.tags],
     }
     if message.subject:
-        body["title"] = cut_utf8(message.subject, TITLE_LIMIT)
+        body["title"] = clip(message.subject, TITLE_LIMIT, Unit.UTF8)
     if config.click:
         body["click"] = config.click
     return body
@@ -179,7 +171,7 @@ def failure(response: httpx.Response) -> DeliveryResult:
         code = f"http_{status}"
     message = f"ntfy answered HTTP {status}"
     if isinstance(text, str) and text:
-        message += f": {text[:300]}"
+        message += f": {clip(text, ERROR_LIMIT)}"
     elif response.reason_phrase:
         message += f" {response.reason_phrase}"
     if 300 <= status < 400 and response.headers.get("location"):

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from app.channels.addresses import E164_HINT, normalize_e164
 from app.channels.base import DeliveryResult, ErrorClass, Message
-
-ELLIPSIS = "…"
+from app.channels.text import Unit, clip
 
 
 def recipient_number(message: Message) -> str | DeliveryResult:
@@ -32,32 +31,12 @@ def recipient_number(message: Message) -> str | DeliveryResult:
     return number
 
 
-def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
-def truncate(text: str, limit: int) -> str:
-    """``text`` if it fits in ``limit`` UTF-16 code units, else cut to fit and ending in ``…``."""
-    if utf16_len(text) <= limit:
-        return text
-    budget = limit - utf16_len(ELLIPSIS)
-    used = 0
-    end = 0
-    for index, char in enumerate(text):
-        width = 2 if ord(char) > 0xFFFF else 1
-        if used + width > budget:
-            break
-        used += width
-        end = index + 1
-    return text[:end].rstrip() + ELLIPSIS
-
-
 def message_body(message: Message, limit: int) -> str:
     """Subject and text as one plain-text body of at most ``limit`` UTF-16 code units."""
     subject = (message.subject or "").strip()
     text = message.plain_text().strip()
     body = "\n".join(part for part in (subject, text) if part)
-    return truncate(body, limit)
+    return clip(body, limit, Unit.UTF16)
 
 
 def number_and_body(message: Message, limit: int) -> tuple[str, str] | DeliveryResult:
@@ -68,14 +47,6 @@ def number_and_body(message: Message, limit: int) -> tuple[str, str] | DeliveryR
         return number
     body = message_body(message, limit)
     return (number, body) if body else empty_body()
-
-
-def http_base(value: str) -> str:
-    """An ``api_base`` setting: http(s) only, stored without a trailing slash."""
-    value = value.strip()
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("api_base must start with http:// or https://")
-    return value.rstrip("/")
 
 
 def empty_body() -> DeliveryResult:

@@ -49,8 +49,9 @@ other non-2xx without a Slack error string                   by HTTP status    `
 2xx that is not Slack's JSON (token mode)                    ``transient``     ``invalid_response``
 ===========================================================  ================  ===================
 
-The webhook URL and the token never appear in a result: neither is formatted into a message, and
-anything Slack or the transport says is scrubbed of them before it is returned.
+The webhook URL and the token are never formatted into a message; when Slack or the transport
+echoes them, the orchestrator masks them (``SlackConfig.secrets`` names the URL, its path and its
+token segment).
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ from app.channels.base import (
     Message,
     api_base_setting,
     check_http_setting,
-    redact_result,
 )
 from app.channels.http_errors import (
     answer_failure,
@@ -79,11 +79,10 @@ from app.channels.http_errors import (
     json_object,
     post_once,
 )
+from app.channels.text import ELLIPSIS, cut_short
 
 TEXT_LIMIT = 40_000
 """Slack truncates ``text`` past this many characters; Herald cuts it first, with an ellipsis."""
-
-ELLIPSIS = "…"
 
 _ERROR_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -164,13 +163,11 @@ def truncate(text: str, limit: int = TEXT_LIMIT) -> str:
     """``text`` cut to ``limit`` characters with an ellipsis, never inside an ``&...;`` entity."""
     if len(text) <= limit:
         return text
-    cut = limit - len(ELLIPSIS)
-    amp = text.rfind("&", max(0, cut - 4), cut)
-    if amp != -1:
-        semicolon = text.find(";", amp)
-        if semicolon == -1 or semicolon >= cut:
-            cut = amp  # the entity would be cut in two: drop it whole
-    return text[:cut] + ELLIPSIS
+    kept = cut_short(text, limit).removesuffix(ELLIPSIS)
+    amp = kept.find("&", max(0, len(kept) - 4))
+    if amp != -1 and ";" not in kept[amp:]:
+        kept = kept[:amp]  # the entity would be cut in two: drop it whole
+    return kept + ELLIPSIS
 
 
 def compose(message: Message) -> str:
@@ -302,12 +299,10 @@ class SlackChannel(ChannelType):
             timeout=self.config.timeout,
         )
         if isinstance(response, DeliveryResult):
-            return self._scrub(response)
+            return response
         if self.config.mode == "webhook":
-            result = self._webhook_result(response)
-        else:
-            result = self._api_result(response)
-        return self._scrub(result)
+            return self._webhook_result(response)
+        return self._api_result(response)
 
     def _webhook_result(self, response: httpx.Response) -> DeliveryResult:
         if response.is_success:
@@ -345,9 +340,6 @@ class SlackChannel(ChannelType):
                 else _failure(response, "unknown_error")
             )
         return _failure(response, error)
-
-    def _scrub(self, result: DeliveryResult) -> DeliveryResult:
-        return redact_result(result, self.config.secrets())
 
 
 def _code_for(error: str) -> str:

@@ -35,8 +35,8 @@ no ``recipient.email``                         ``skipped``       ``no_address``
 
 A connection lost after the message was sent but before the server's 250 is ``transient``:
 the retry may deliver a duplicate, which is the at-least-once promise. A failure of QUIT after
-the 250 is ignored: the message was accepted. The password never appears in a result; server
-replies are scrubbed of it before they are stored.
+the 250 is ignored: the message was accepted. The password is a secret setting: the
+orchestrator masks it wherever a server reply echoes it.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from app.channels.base import (
     ErrorClass,
     Message,
 )
+from app.channels.text import one_line
 
 SUBJECT_LIMIT = 78
 """A derived subject (first line of the text) is cut to this many characters."""
@@ -221,13 +222,8 @@ def _os_reason(exc: BaseException) -> str:
         if isinstance(cause, OSError) and not isinstance(cause, aiosmtplib.SMTPException):
             if isinstance(cause.errno, int) and cause.errno > 0:
                 return os.strerror(cause.errno)
-            return _one_line(cause.strerror or str(cause) or type(cause).__name__)
+            return one_line(cause.strerror or str(cause) or type(cause).__name__)
     return "connection failed"
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _subject(message: Message) -> str:
@@ -301,7 +297,7 @@ class SmtpChannel(ChannelType):
             return DeliveryResult.failed(
                 ErrorClass.PERMANENT,
                 "invalid_message",
-                f"cannot build the email: {_one_line(str(exc) or type(exc).__name__)}",
+                f"cannot build the email: {one_line(str(exc) or type(exc).__name__)}",
             )
 
         cfg = self.config
@@ -311,7 +307,7 @@ class SmtpChannel(ChannelType):
                 tls_context = await self._get_tls_context()
             except (OSError, ssl.SSLError) as exc:
                 return DeliveryResult.failed(
-                    ErrorClass.CONFIG, "tls_error", f"cannot load ca_file: {_one_line(str(exc))}"
+                    ErrorClass.CONFIG, "tls_error", f"cannot load ca_file: {one_line(str(exc))}"
                 )
 
         client: aiosmtplib.SMTP | None = None
@@ -353,7 +349,7 @@ class SmtpChannel(ChannelType):
             return DeliveryResult.ok(
                 provider_status=250,
                 provider_message_id=message_id,
-                response_excerpt=self._scrub(reply),
+                response_excerpt=reply,
             )
         finally:
             if client is not None:
@@ -387,29 +383,6 @@ class SmtpChannel(ChannelType):
 
     # -- classifying failures -------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        password = self.config.password
-        if password is not None and password.get_secret_value():
-            text = text.replace(password.get_secret_value(), "***")
-        return text
-
-    def _failed(
-        self,
-        error_class: ErrorClass,
-        code: str,
-        message: str,
-        *,
-        provider_status: int | None = None,
-        response_excerpt: str | None = None,
-    ) -> DeliveryResult:
-        return DeliveryResult.failed(
-            error_class,
-            code,
-            self._scrub(message),
-            provider_status=provider_status,
-            response_excerpt=self._scrub(response_excerpt) if response_excerpt else None,
-        )
-
     def _failure(self, exc: Exception, phase: Phase, recipient: str) -> DeliveryResult:
         cfg = self.config
         where = f"{cfg.host}:{cfg.port}"
@@ -418,13 +391,13 @@ class SmtpChannel(ChannelType):
         if cert_error is not None:
             reason = cert_error.verify_message or cert_error.reason or "not trusted"
             hint = "" if cfg.ca_file else "; set ca_file to trust a private CA"
-            return self._failed(
+            return DeliveryResult.failed(
                 ErrorClass.CONFIG,
                 "tls_error",
                 f"TLS certificate of {where} not accepted: {reason}{hint}",
             )
         if _find(exc, socket.gaierror) is not None:
-            return self._failed(
+            return DeliveryResult.failed(
                 ErrorClass.TRANSIENT, "dns_error", f"cannot resolve host {cfg.host!r}"
             )
 
@@ -436,52 +409,56 @@ class SmtpChannel(ChannelType):
 
         # SMTPConnectTimeoutError is a ConnectionError too: test for timeouts first.
         if isinstance(exc, TimeoutError):
-            return self._failed(
+            return DeliveryResult.failed(
                 ErrorClass.TRANSIENT,
                 "timeout",
                 f"no answer from {where} within {cfg.timeout:g}s ({_PHASE_TEXT[phase]})",
             )
         tls_error = _find(exc, ssl.SSLError)
         if tls_error is not None:
-            return self._failed(
+            return DeliveryResult.failed(
                 ErrorClass.CONFIG,
                 "tls_error",
                 f"TLS handshake with {where} failed: {tls_error.reason or tls_error}",
             )
         if isinstance(exc, aiosmtplib.SMTPNotSupported):
             if not recipient.isascii():
-                return self._failed(
+                return DeliveryResult.failed(
                     ErrorClass.PERMANENT,
                     "smtputf8_unsupported",
                     "recipient address is not ASCII and the server does not support SMTPUTF8",
                 )
-            return self._failed(ErrorClass.CONFIG, "smtp_not_supported", _one_line(str(exc)))
+            return DeliveryResult.failed(
+                ErrorClass.CONFIG, "smtp_not_supported", one_line(str(exc))
+            )
         if isinstance(exc, OSError):  # refused, reset, unreachable, SMTPServerDisconnected
             if phase == "connect":
                 text = f"cannot connect to {where}: {_os_reason(exc)}"
             else:
                 text = f"connection to {where} lost ({_PHASE_TEXT[phase]})"
-            return self._failed(ErrorClass.TRANSIENT, "connection_error", text)
+            return DeliveryResult.failed(ErrorClass.TRANSIENT, "connection_error", text)
         if isinstance(exc, aiosmtplib.SMTPException):
             if phase == "auth":
-                return self._failed(
+                return DeliveryResult.failed(
                     ErrorClass.CONFIG,
                     "smtp_auth_unsupported",
                     f"{where} offers no AUTH mechanism we can use"
                     + ("" if cfg.tls or cfg.starttls else " (try starttls or tls)"),
                 )
             if phase in ("ehlo", "starttls"):
-                return self._failed(
-                    ErrorClass.CONFIG, "starttls_unsupported", _one_line(exc.message)
+                return DeliveryResult.failed(
+                    ErrorClass.CONFIG, "starttls_unsupported", one_line(exc.message)
                 )
-            return self._failed(ErrorClass.TRANSIENT, "smtp_error", _one_line(exc.message))
+            return DeliveryResult.failed(ErrorClass.TRANSIENT, "smtp_error", one_line(exc.message))
         if isinstance(exc, ValueError):  # a host or an address aiosmtplib would not use
             if phase == "connect":
-                return self._failed(
+                return DeliveryResult.failed(
                     ErrorClass.CONFIG, "invalid_host", f"cannot use host {cfg.host!r}: {exc}"
                 )
-            return self._failed(ErrorClass.PERMANENT, "invalid_address", _one_line(str(exc)))
-        return self._failed(
+            return DeliveryResult.failed(
+                ErrorClass.PERMANENT, "invalid_address", one_line(str(exc))
+            )
+        return DeliveryResult.failed(
             ErrorClass.TRANSIENT,
             "smtp_error",
             f"unexpected {type(exc).__name__} ({_PHASE_TEXT[phase]})",
@@ -501,10 +478,10 @@ class SmtpChannel(ChannelType):
             what = f"temporary failure ({_PHASE_TEXT[phase]})"
         else:
             what = _REFUSED_TEXT[phase]
-        return self._failed(
+        return DeliveryResult.failed(
             error_class,
             error_code,
-            f"{what}: {_one_line(excerpt)}",
+            f"{what}: {one_line(excerpt)}",
             provider_status=status,
             response_excerpt=excerpt,
         )

@@ -41,6 +41,7 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    api_base_setting,
     check_secret_set,
 )
 from app.channels.http_errors import (
@@ -51,7 +52,7 @@ from app.channels.http_errors import (
     json_object,
     post_and_classify,
 )
-from app.channels.phone import http_base, number_and_body
+from app.channels.phone import number_and_body
 
 BODY_LIMIT = 1600
 """Twilio's limit on ``Body`` (characters); longer bodies are cut with an ellipsis."""
@@ -107,8 +108,8 @@ class TwilioConfig(ChannelConfig):
 
     @field_validator("api_base")
     @classmethod
-    def _http_base(cls, value: str) -> str:
-        return http_base(value)
+    def _valid_api_base(cls, value: str) -> str:
+        return api_base_setting(value)
 
     @model_validator(mode="after")
     def _one_sender(self) -> TwilioConfig:

@@ -50,6 +50,7 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    api_base_setting,
     check_secret_set,
 )
 from app.channels.http_errors import (
@@ -60,7 +61,7 @@ from app.channels.http_errors import (
     json_object,
     post_and_classify,
 )
-from app.channels.phone import http_base, number_and_body
+from app.channels.phone import number_and_body
 
 BODY_LIMIT = 4096
 """Meta's limit on ``text.body`` (characters); longer bodies are cut with an ellipsis."""
@@ -109,8 +110,8 @@ class WhatsAppConfig(ChannelConfig):
 
     @field_validator("api_base")
     @classmethod
-    def _http_base(cls, value: str) -> str:
-        return http_base(value)
+    def _valid_api_base(cls, value: str) -> str:
+        return api_base_setting(value)
 
 
 _P, _C, _R, _T = (

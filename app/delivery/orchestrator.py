@@ -34,11 +34,11 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    redact_result,
 )
 from app.delivery.circuit import CircuitBreaker, DestinationCircuits
 from app.delivery.retry import next_round_at, rounds_allowed
 from app.ratelimit import RateLimiter
-from app.security.redaction import redact
 
 logger = logging.getLogger("herald.delivery")
 
@@ -259,13 +259,6 @@ class Orchestrator:
         started_at = self.clock()
         began = time.perf_counter()
         result = await self._send(message, link)
-        if result.error is not None:
-            result = replace(
-                result,
-                error=replace(result.error, message=redact(result.error.message, link.secrets)),
-            )
-        if result.response_excerpt:
-            result = replace(result, response_excerpt=redact(result.response_excerpt, link.secrets))
         return AttemptRecord(
             channel=channel.name,
             channel_type=channel.type_name,
@@ -288,7 +281,9 @@ class Orchestrator:
                 "circuit_open",
                 f"circuit open{where} ({circuit.reason}); next trial in {circuit.retry_in():.0f}s",
             )
-        result = await self._call(message, link)
+        # The one border: what the channel said is redacted and cut before anything keeps it
+        # (a circuit's reason is logged and shown by GET /v1/channels).
+        result = redact_result(await self._call(message, link), link.secrets)
         if circuit is not None:
             if result.error is not None and result.error.code in LOCAL_CODES:
                 circuit.release()

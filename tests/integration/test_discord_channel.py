@@ -85,9 +85,12 @@ def assert_no_secret(*things: object) -> None:
     channels.assert_no_secret(*things, secrets=(TOKEN, HOOK))
 
 
-def assert_failed(result: DeliveryResult, cls: ErrorClass, code: str) -> None:
+def assert_failed(
+    result: DeliveryResult, cls: ErrorClass, code: str, *, posted: Answer | None = None
+) -> None:
+    """``result`` failed so, and names the message id of the part ``posted`` before, if any."""
     channels.assert_failed(result, cls, code, secrets=(TOKEN, HOOK))
-    assert result.provider_message_id is None
+    assert result.provider_message_id == (posted[2]["id"] if posted else None)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ async def test_long_content_is_split_on_lines_and_sent_in_order(
     result = await make_channel(context, srv.url(HOOK)).send(make_message(text="\n".join(lines)))
 
     assert result.delivered, result
-    assert result.provider_message_id == first["id"]
+    assert result.provider_message_id == ",".join(m["id"] for m in (first, second, third))
     requests = srv.requests_to(HOOK)
     assert len(requests) == 3
     assert all(r.query == "wait=true" for r in requests)
@@ -223,11 +226,12 @@ async def test_parts_past_max_messages_are_cut_with_an_ellipsis(
 async def test_a_failing_later_part_fails_the_delivery_and_stops(
     context: ChannelContext, srv: HttpServer
 ) -> None:
-    srv.script(HOOK, ok(), (500, {}, {"message": "500: Internal Server Error", "code": 0}))
+    posted = ok()
+    srv.script(HOOK, posted, (500, {}, {"message": "500: Internal Server Error", "code": 0}))
     text = "\n".join("v" * 999 for _ in range(5))  # 3 parts
     result = await make_channel(context, srv.url(HOOK)).send(make_message(subject=None, text=text))
-    assert_failed(result, ErrorClass.TRANSIENT, "http_500")
-    assert "part 2 of 3" in result.error.message  # type: ignore[union-attr]
+    assert_failed(result, ErrorClass.TRANSIENT, "http_500", posted=posted)
+    assert result.error.message.endswith("(part 2 of 3; part 1 was delivered)")  # type: ignore[union-attr]
     assert len(srv.requests_to(HOOK)) == 2
 
 
@@ -249,12 +253,13 @@ async def test_a_later_part_rate_limited_past_the_timeout_fails_rate_limited(
     context: ChannelContext, srv: HttpServer
 ) -> None:
     limited = {"message": "You are being rate limited.", "retry_after": 30.0, "global": False}
-    srv.script(HOOK, ok(), (429, {"retry-after": "30"}, limited))
+    posted = ok()
+    srv.script(HOOK, posted, (429, {"retry-after": "30"}, limited))
     text = "\n".join("t" * 999 for _ in range(5))
     result = await make_channel(context, srv.url(HOOK), timeout="2s").send(
         make_message(subject=None, text=text)
     )
-    assert_failed(result, ErrorClass.RATE_LIMITED, "http_429")
+    assert_failed(result, ErrorClass.RATE_LIMITED, "http_429", posted=posted)
     assert result.retry_after == 30.0
     assert "part 2 of 3" in result.error.message  # type: ignore[union-attr]
     assert len(srv.requests_to(HOOK)) == 2
@@ -426,7 +431,7 @@ async def test_a_body_echoing_the_webhook_url_is_scrubbed(
 ) -> None:
     srv.script(HOOK, (502, {}, f"<html>upstream error for POST {HOOK}?wait=true</html>"))
     channel = make_channel(context, f"https://discord.com{HOOK}", api_base=srv.base_url)
-    result = await channel.send(make_message())
+    result = await channels.send_at_border(channel, make_message())
     assert_failed(result, ErrorClass.TRANSIENT, "http_502")
     assert result.response_excerpt is not None and "POST ***" in result.response_excerpt
 

@@ -17,7 +17,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.channels.base import ChannelContext, ErrorClass
-from app.channels.ntfy import MESSAGE_LIMIT, TITLE_LIMIT, NtfyChannel, NtfyConfig, cut_utf8
+from app.channels.ntfy import MESSAGE_LIMIT, TITLE_LIMIT, NtfyChannel, NtfyConfig
+from app.channels.text import Unit, clip
 from tests.support import channels
 from tests.support.channels import (
     alone,
@@ -205,10 +206,10 @@ async def test_long_message_is_cut_to_4096_utf8_bytes_with_an_ellipsis(
 
 
 def test_cut_utf8_keeps_characters_whole() -> None:
-    assert cut_utf8("short", 10) == "short"
-    assert cut_utf8("€€€€", 12) == "€€€€"
-    assert cut_utf8("€€€€€", 12) == "€€€…"
-    assert cut_utf8("ab€€", 6) == "ab…"
+    assert clip("short", 10, Unit.UTF8) == "short"
+    assert clip("€€€€", 12, Unit.UTF8) == "€€€€"
+    assert clip("€€€€€", 12, Unit.UTF8) == "€€€…"
+    assert clip("ab€€", 6, Unit.UTF8) == "ab…"
 
 
 # -- errors -----------------------------------------------------------------------------------

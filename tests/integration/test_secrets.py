@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from app.channels.whatsapp import DEFAULT_API_VERSION
 from tests.support.harness import herald
 from tests.support.http_server import serve_http
 from tests.support.smtp_server import HOST, PASSWORD, USER, Handler
@@ -47,11 +48,36 @@ async def test_no_secret_in_responses_logs_or_metrics(
         # Every provider refuses the credentials and echoes the request back where it can.
         sink.default = (401, {}, "unauthorized")
         sink.script("/hook", (500, {}, "boom"))
-        sink.script("/slack/chat.postMessage", (200, {}, {"ok": False, "error": "invalid_auth"}))
-        sink.script(
-            f"/tw/2010-04-01/Accounts/{SID}/Messages.json",
-            (401, {}, {"code": 20003, "message": "Authenticate", "status": 401}),
-        )
+        # ... and the answers that echo a credential are ``config`` failures: their message opens
+        # the channel's circuit, whose reason is logged and shown by GET /v1/channels.
+        echoes: dict[str, Any] = {
+            f"/tg/bot{SECRETS['telegram']}/sendMessage": {
+                "ok": False,
+                "error_code": 401,
+                "description": f"Unauthorized: /bot{SECRETS['telegram']}/sendMessage",
+            },
+            "/slack/chat.postMessage": {
+                "ok": False,
+                "error": "invalid_auth",
+                "echo": SECRETS["slack"],
+            },
+            f"/api/webhooks/1/{SECRETS['discord']}": {
+                "message": f"Invalid Webhook Token {SECRETS['discord']}",
+                "code": 50027,
+            },
+            f"/tw/2010-04-01/Accounts/{SID}/Messages.json": {
+                "code": 20003,
+                "message": f"Authenticate {SECRETS['twilio']}",
+                "status": 401,
+            },
+            f"/wa/{DEFAULT_API_VERSION}/1/messages": {
+                "error": {"code": 190, "message": f"token {SECRETS['whatsapp']} expired"}
+            },
+            "/ntfy/": {"code": 40101, "http": 401, "error": f"unauthorized: {SECRETS['ntfy']}"},
+        }
+        for path, body in echoes.items():
+            status = 200 if path.startswith("/slack") else 401
+            sink.script(path, *[(status, {}, body)] * 3)
         config: dict[str, Any] = {
             "auth": {
                 "api_keys": [

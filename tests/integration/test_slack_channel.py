@@ -354,7 +354,7 @@ async def test_a_body_echoing_the_webhook_url_is_scrubbed(
 ) -> None:
     url = srv.url(HOOK_PATH)
     srv.script(HOOK_PATH, (404, {}, f"Cannot POST {HOOK_PATH} (full URL {url})"))
-    result = await webhook_channel(context, url).send(make_message())
+    result = await channels.send_at_border(webhook_channel(context, url), make_message())
     assert_failed(result, ErrorClass.PERMANENT, "http_404")
     assert result.response_excerpt is not None and "Cannot POST ***" in result.response_excerpt
 
@@ -363,7 +363,7 @@ async def test_a_body_echoing_the_token_is_scrubbed(
     context: ChannelContext, srv: HttpServer
 ) -> None:
     srv.script(API, (200, {}, {"ok": False, "error": "invalid_auth", "echo": TOKEN}))
-    result = await bot_channel(context, srv.url("/api")).send(make_message())
+    result = await channels.send_at_border(bot_channel(context, srv.url("/api")), make_message())
     assert_failed(result, ErrorClass.CONFIG, "slack_invalid_auth")
 
 

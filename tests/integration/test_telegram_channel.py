@@ -22,15 +22,16 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from app.channels.base import ChannelContext, ErrorClass, Message, Recipient
-from app.channels.telegram import (
-    MAX_TEXT,
-    TelegramChannel,
-    TelegramConfig,
-    telegram_html,
-    telegram_length,
-)
+from app.channels.telegram import TelegramChannel, TelegramConfig
+from app.channels.telegram_html import MAX_TEXT, telegram_html
+from app.channels.text import utf16_len
 from app.config import ConfigError
-from tests.support.channels import assert_delivered_by, registry_with, run_through_herald
+from tests.support.channels import (
+    assert_delivered_by,
+    registry_with,
+    run_through_herald,
+    send_at_border,
+)
 from tests.support.harness import config_from, herald
 from tests.support.http_server import Answer, HttpServer, serve_http
 
@@ -395,7 +396,7 @@ async def test_answers_that_echo_the_url_are_masked(srv: HttpServer, make_channe
         (302, {"location": srv.url(PATH)}, ""),
     )
     channel = make_channel(srv)
-    results = [await channel.send(message()) for _ in range(3)]
+    results = [await send_at_border(channel, message()) for _ in range(3)]
     assert [r.error and r.error.code for r in results] == [
         "telegram_not_found",
         "telegram_bad_request",
@@ -414,7 +415,7 @@ async def test_a_token_straddling_the_excerpt_cut_leaves_no_piece_behind(
     srv.script(PATH, (502, {}, padding + PATH), (400, {}, error(400, padding + PATH)[2]))
     channel = make_channel(srv)
     for _ in range(2):
-        result = await channel.send(message())
+        result = await send_at_border(channel, message())
         assert result.response_excerpt is not None
         assert secret[:6] not in result.response_excerpt
         assert result.error is not None and secret[:6] not in result.error.message
@@ -486,7 +487,7 @@ async def test_astral_characters_count_as_two(srv: HttpServer, make_channel: Any
     assert result.delivered
     sent = [r.json()["text"] for r in srv.requests_to(PATH)]
     assert len(sent) > 1
-    assert all(telegram_length(part) <= MAX_TEXT for part in sent)
+    assert all(utf16_len(part) <= MAX_TEXT for part in sent)
     assert "".join(sent) == text
 
 
@@ -532,7 +533,7 @@ async def test_long_html_is_split_between_top_level_lines_and_stays_well_formed(
         assert body["parse_mode"] == "HTML"
         balanced, text = well_formed(body["text"])
         assert balanced, body["text"][:200]
-        assert telegram_length(text) <= MAX_TEXT
+        assert utf16_len(text) <= MAX_TEXT
         visible.append(text)
     assert visible[0].startswith("Digest\nitem 0 detail")
     assert "\n".join(visible).count("item ") == 12

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from app.channels.addresses import normalize_e164
 from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
 from app.channels.outbound import Outbound
-from app.channels.phone import utf16_len
+from app.channels.text import utf16_len
 from app.channels.twilio import BODY_LIMIT, TwilioChannel, TwilioConfig
 from app.config import ConfigError
 from tests.support import channels

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
 from app.channels.outbound import Outbound
-from app.channels.phone import utf16_len
+from app.channels.text import utf16_len
 from app.channels.whatsapp import BODY_LIMIT, WhatsAppChannel, WhatsAppConfig
 from tests.support import channels
 from tests.support.channels import assert_delivered_by, attempt_rows, run_through_herald

@@ -5,7 +5,8 @@ Fixtures, for a test module that declares ``pytest_plugins = ["tests.support.cha
 settings; ``srv``, a local ``HttpServer`` (a module may define its own, with a default answer);
 ``shared_srv``, one server for a whole module (for long error tables).
 
-Helpers: ``make_message`` builds the notification the tests send; ``assert_failed`` and
+Helpers: ``make_message`` builds the notification the tests send; ``send_at_border`` sends it
+and keeps what the orchestrator would (redacted, cut); ``assert_failed`` and
 ``assert_no_secret`` check a result's class and code and that no secret leaked. End to end:
 ``alone`` and ``log_after`` build a Herald config around one channel, ``run_through_herald``
 sends one notification through a whole Herald and returns what it recorded, which
@@ -32,6 +33,7 @@ from app.channels.base import (
     ErrorClass,
     Message,
     Recipient,
+    redact_result,
 )
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry, default_registry
@@ -82,6 +84,12 @@ def make_message(**overrides: Any) -> Message:
 
 
 # -- results ----------------------------------------------------------------------------------
+
+
+async def send_at_border(channel: ChannelType, message: Message) -> DeliveryResult:
+    """``channel``'s result for ``message`` as the orchestrator keeps it: its secrets masked and
+    the excerpt cut (``redact_result``, the one border a result passes)."""
+    return redact_result(await channel.send(message), channel.secrets())
 
 
 def assert_no_secret(*things: object, secrets: Sequence[str]) -> None:

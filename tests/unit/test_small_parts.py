@@ -7,11 +7,11 @@ from email.utils import format_datetime
 
 import pytest
 
-from app.channels.base import ErrorClass, check_http_url, excerpt, origin
+from app.channels.base import DeliveryResult, ErrorClass, check_http_url, origin, redact_result
 from app.channels.http_errors import classify_status, retry_after_seconds
-from app.channels.text import split_text
+from app.channels.text import clip, split_text
 from app.ids import uuid7
-from app.security.redaction import redact
+from app.security.redaction import ELLIPSIS, MASK, redact
 
 
 def test_uuid7_is_version_7_and_strictly_increasing() -> None:
@@ -71,7 +71,7 @@ def test_redact_masks_secrets_url_credentials_and_authorization() -> None:
 
 
 def test_excerpt_cuts_on_a_character_boundary() -> None:
-    cut = excerpt("é" * 3000)
+    cut = redact_result(DeliveryResult.ok(response_excerpt="é" * 3000), []).response_excerpt
     assert cut is not None
     assert len(cut.encode()) <= 2048
     assert set(cut) == {"é"}
@@ -113,3 +113,14 @@ def test_origin_never_decodes_the_host() -> None:
         origin("https://user:pw@B\u00fccher.example/p?q=1") == "https://xn--bcher-kva.example:443"
     )
     assert origin("http://[::1]:8080/") == "http://[::1]:8080"
+
+
+def test_redact_masks_the_start_of_a_secret_that_a_cut_left_before_the_ellipsis() -> None:
+    secret = "tok-0123456789abcdef"
+    said = clip(f"refused: {'x' * 80} {secret} (more)", 100)
+    assert said.endswith(secret[:9] + ELLIPSIS), said
+    redacted = redact(said, [secret])
+    assert secret[:4] not in redacted
+    assert redacted.endswith(f"x {MASK}{ELLIPSIS}")
+    assert redact("a tok-… b", [secret]) == f"a {MASK}{ELLIPSIS} b"
+    assert redact("a to… b", [secret]) == "a to… b", "three characters say nothing"
