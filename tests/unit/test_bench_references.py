@@ -1,10 +1,13 @@
 """What the code says about bench/ stays true: pointers into levers.md name rows that exist,
-and benchmark figures live there, not in app/."""
+benchmark figures live there and not in app/, and the profile summary's steps still exist."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -48,3 +51,21 @@ def test_benchmark_figures_live_in_levers_not_in_the_code() -> None:
         if FIGURE.search(line)
     ]
     assert found == []
+
+
+def profile_summary() -> ModuleType:
+    path = ROOT / "bench" / "profile_summary.py"
+    spec = importlib.util.spec_from_file_location("profile_summary", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("entry", profile_summary().FOCUS)
+def test_each_profile_step_still_exists(entry: str) -> None:
+    module_name, _, qualified = entry.partition(":")
+    target: object = importlib.import_module(module_name)
+    for part in qualified.split("."):
+        target = getattr(target, part)
+    assert callable(target)
