@@ -47,10 +47,6 @@ class HeraldError(Exception):
         self.errors = errors
         self.headers = headers or {}
 
-    @property
-    def type_uri(self) -> str:
-        return problem_type(self.slug)
-
 
 def problem_type(slug: str) -> str:
     """The problem ``type`` URI for a slug; stable, so clients can match on it."""
