@@ -10,17 +10,17 @@
     │   └── NotificationNotFound
     ├── Conflict                     409  conflict
     │   └── InvalidTransition
-    ├── PayloadTooLarge              413  payload-too-large
     ├── UnsupportedMediaType         415  unsupported-media-type
     ├── Unprocessable                422  validation
     │   ├── UnknownName              (route or channel that is not configured)
     │   └── IdempotencyMismatch      (same key, different body)
-    ├── TooManyRequests              429  rate-limited       (Retry-After)
-    └── ServiceUnavailable           503  unavailable
+    └── TooManyRequests              429  rate-limited       (Retry-After)
 
 Rendered as RFC 9457 ``application/problem+json`` by ``app.api.problems``, with the error's
-``headers`` on the response. ``ConfigError`` is
-not among them: a broken config file stops start-up, it never reaches a caller.
+``headers`` on the response. 413 (a body over the limit, ``app.api.middleware``) and 503 (the
+database unreachable: ``app.api.problems``, ``/readyz``) are answered as problems directly, never
+raised. ``ConfigError`` is not among them: a broken config file stops start-up, it never reaches
+a caller.
 """
 
 from __future__ import annotations
@@ -46,10 +46,6 @@ class HeraldError(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
-
-    @property
-    def type_uri(self) -> str:
-        return problem_type(self.slug)
 
 
 def problem_type(slug: str) -> str:
@@ -134,14 +130,6 @@ class InvalidTransition(Conflict):
         )
 
 
-class PayloadTooLarge(HeraldError):
-    """The request body is over the size limit."""
-
-    status = 413
-    slug = "payload-too-large"
-    title = "Payload too large"
-
-
 class UnsupportedMediaType(HeraldError):
     """The request body is not of a media type the operation reads (it reads JSON)."""
 
@@ -195,11 +183,3 @@ class TooManyRequests(HeraldError):
             headers={"Retry-After": str(retry_after)},
         )
         self.retry_after = retry_after
-
-
-class ServiceUnavailable(HeraldError):
-    """A dependency (the database) cannot be reached right now."""
-
-    status = 503
-    slug = "unavailable"
-    title = "Service unavailable"

@@ -34,8 +34,3 @@ def uuid7() -> uuid.UUID:
     rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
     return uuid.UUID(int=value)
-
-
-def uuid7_floor(ms: int) -> uuid.UUID:
-    """The smallest UUIDv7 of the given millisecond: a bound for time-range queries on ids."""
-    return uuid.UUID(int=(ms << 80) | (0x7 << 76) | (0b10 << 62))

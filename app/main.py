@@ -135,7 +135,8 @@ def create_app(
     app = FastAPI(
         # FastAPI's OpenTelemetry bridge acts only when an OpenTelemetry SDK is configured in
         # the process, which Herald never does (it exports Prometheus metrics and JSON logs);
-        # asking whether one is, on every request, was 5-7% of the API's CPU per accept.
+        # asking whether one is, on every request, cost CPU on every accept
+        # (bench/results/levers.md, "OpenTelemetry bridge off").
         telemetry={"tracing": False, "metrics": False, "logs": False},
         title="Herald",
         version=__version__,

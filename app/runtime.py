@@ -74,10 +74,10 @@ def settle_heap() -> None:
 
     A server keeps the objects made at start-up (SQLAlchemy's mappers and caches, pydantic's
     validators, FastAPI's routes) for its whole life; while they are tracked, every full
-    collection walks all of them again, stalling every request in flight. bench/ab.py
-    (ingest, 3 pairs): 1.1x requests/s, 0.91x CPU per request, p99 171-222 -> 109-143 ms; the
-    worker's deliveries/s did not move. For long-running processes only (``herald serve``,
-    ``herald worker``): frozen objects are never collected.
+    collection walks all of them again, stalling every request in flight. Frozen, the API
+    serves more requests per second with a shorter tail; the worker's deliveries per second did
+    not move (bench/results/levers.md, "`gc.freeze()` after start-up"). For long-running
+    processes only (``herald serve``, ``herald worker``): frozen objects are never collected.
     """
     gc.collect()
     gc.freeze()

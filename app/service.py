@@ -289,8 +289,9 @@ async def accept(
     if winner is not None:
         return winner, True
     metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
-    # DEBUG, not INFO: one line per request cost 10-20% of the API's CPU per accept in bench/,
-    # and every notification shows at INFO anyway in the worker's line for each attempt.
+    # DEBUG, not INFO: one line per request was a large share of the API's CPU per accept
+    # (bench/results/levers.md, "log line at DEBUG"), and every notification shows at INFO
+    # anyway in the worker's line for each attempt.
     logger.debug(
         "accepted notification %s route=%s",
         row["id"],

@@ -102,7 +102,8 @@ class Authorizer:
     """The dependency of an operation that needs ``scope``: the caller if it holds it.
 
     One dependency, not a tree of them (reading the headers, the key ring, authenticating):
-    FastAPI's per-dependency cost was 20% of the API's CPU on POST /v1/notifications. The
+    FastAPI's per-dependency cost was a large share of the API's CPU on POST /v1/notifications
+    (bench/results/levers.md, "one `Authorizer` dependency"). The
     operation's OpenAPI ``security`` requirement and the schemes come from ``security_of``.
     """
 

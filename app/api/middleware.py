@@ -43,7 +43,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 class Edge:
     """What every request passes through, in one layer instead of three (each layer wraps
-    ``send`` and ``receive`` once more; together they were 8% of the API's CPU per accept):
+    ``send`` and ``receive`` once more; bench/results/levers.md, "one `Edge` middleware"):
 
     - the request id: ``X-Request-ID`` (or a new one; an id that is too long or has odd
       characters is replaced) on every log line of the request and echoed in the response;

@@ -134,14 +134,14 @@ async def _accept(
 class FastAccept:
     """``POST /v1/notifications`` by a shorter road than FastAPI's, for requests that are fine.
 
-    FastAPI's routing, dependency solving and response handling cost about a third of the API's
-    CPU per accept (bench/). This plain Starlette route sits in front of ``create_notification``
-    and serves a request only when it is one FastAPI would accept: a JSON body
-    (``application/json``) that ``NotificationCreate`` validates and an ``Idempotency-Key`` of
-    at most 255 characters. It checks them in FastAPI's order (the body is parsed before the
-    caller is authorized, and validated after), and anything else is handed, body and all, to
-    ``create_notification``'s FastAPI route, which answers exactly as it always did. The work
-    itself is ``_accept``, shared by both roads.
+    FastAPI's routing, dependency solving and response handling were a large share of the API's
+    CPU per accept (bench/results/levers.md, "`FastAccept`: plain Starlette route"). This plain
+    Starlette route sits in front of ``create_notification`` and serves a request only when it
+    is one FastAPI would accept: a JSON body (``application/json``) that ``NotificationCreate``
+    validates and an ``Idempotency-Key`` of at most 255 characters. It checks them in FastAPI's
+    order (the body is parsed before the caller is authorized, and validated after), and
+    anything else is handed, body and all, to ``create_notification``'s FastAPI route, which
+    answers exactly as it always did. The work itself is ``_accept``, shared by both roads.
     """
 
     def __init__(self) -> None:

@@ -232,7 +232,6 @@ def _service_name(result: Any) -> str | None:
 class AppriseChannel(ChannelType):
     type_name = "apprise"
     config_model = AppriseConfig
-    address_field = None
     config: AppriseConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -335,8 +335,6 @@ class ChannelType:
 
     type_name: ClassVar[str]
     config_model: ClassVar[type[ChannelConfig]]
-    address_field: ClassVar[str | None] = None
-    """The ``recipient`` field this type delivers to, if any (documentation and ``no_address``)."""
 
     def __init__(self, name: str, config: ChannelConfig, context: ChannelContext) -> None:
         self.name = name

@@ -142,7 +142,6 @@ class DiscordConfig(ChannelConfig):
 class DiscordChannel(ChannelType):
     type_name = "discord"
     config_model = DiscordConfig
-    address_field = None
     config: DiscordConfig
 
     async def send(self, message: Message) -> DeliveryResult:

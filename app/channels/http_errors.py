@@ -154,7 +154,7 @@ def failure_from_transport(exc: httpx.HTTPError) -> DeliveryResult:
         return DeliveryResult.failed(ErrorClass.TRANSIENT, "dns_error", "host name did not resolve")
     if any(isinstance(e, ssl.SSLError) for e in chain):
         return DeliveryResult.failed(ErrorClass.TRANSIENT, "tls_error", "TLS handshake failed")
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+    if isinstance(exc, httpx.UnsupportedProtocol):
         return DeliveryResult.failed(ErrorClass.CONFIG, "invalid_url", str(exc) or "invalid URL")
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
         reason = "connection refused"

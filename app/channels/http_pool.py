@@ -3,9 +3,9 @@
 httpcore's pool looks at every connection it holds, for every request it sends and for every
 response it closes, to match requests to idle connections. With Herald's 32 rounds in flight
 and up to 50 kept-alive connections that scan was most of the HTTP client's CPU; eight pools of
-an eighth of the size each scan an eighth as much. Measured on 3,000 webhook POSTs, 32 in flight:
-1.5 ms of CPU per POST in one pool, 0.63 in four, 0.58 in eight, 0.55 in sixteen. Eight, not
-more: each shard keeps its own connections to a provider, so more shards mean more handshakes.
+an eighth of the size each scan an eighth as much. Eight, not more: past eight the CPU per POST
+hardly fell, and each shard keeps its own connections to a provider, so more shards mean more
+handshakes (bench/results/levers.md, "shards 1 / 4 / 8 / 16 / 32").
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 def verifying_context() -> ssl.SSLContext:
     """The process's one TLS context that verifies servers against the default CA bundle.
 
-    Loading the CA bundle takes 20-70 ms; each shard building its own made every runtime
-    (a test's, or a process's) pay it eight times. One context serves every connection.
+    Loading the CA bundle is slow; each shard building its own made every runtime (a test's, or
+    a process's) pay it eight times (bench/results/levers.md, "one TLS context"). One context
+    serves every connection.
     """
     return httpx.create_ssl_context()
 

@@ -188,7 +188,6 @@ def message_id(response: httpx.Response) -> str | None:
 class NtfyChannel(ChannelType):
     type_name = "ntfy"
     config_model = NtfyConfig
-    address_field = None
     config: NtfyConfig
 
     def _headers(self) -> dict[str, str]:

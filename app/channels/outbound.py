@@ -4,11 +4,10 @@ Herald's channels only ever send one request at a time, never follow a redirect,
 cookies and use no auth flow beyond HTTP Basic. ``httpx.AsyncClient.send`` runs every request
 through layers for all of those anyway: URL and header merging, an auth generator, a redirect
 loop, and a cookie jar that rebuilds every answer as urllib request and response objects.
-Passing them by (httpx's own ``Request`` and ``Response``, on the same transport) took a POST
-from 1.27 to 1.04 ms of CPU, 32 in flight against the bench sink (``bench/http_clients.py
---clients herald-client,herald-outbound``). What reaches the provider is what httpx's client
-sends (its default headers, the timeout for each phase, the transport's errors as ``httpx``
-exceptions), except that Herald names itself: ``User-Agent: Herald/<version>``.
+Passing them by (httpx's own ``Request`` and ``Response``, on the same transport) saves CPU on
+every POST (bench/results/levers.md, "`Outbound`: each POST"). What reaches the provider is what
+httpx's client sends (its default headers, the timeout for each phase, the transport's errors as
+``httpx`` exceptions), except that Herald names itself: ``User-Agent: Herald/<version>``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Two modes, chosen by the settings (exactly one must be configured):
   ``{"ok": true, "channel": ..., "ts": ...}`` (``ts`` is recorded as the message id) or
   ``{"ok": false, "error": "..."}``, usually with HTTP 200 as well.
 
-The destination comes from the settings, never from the recipient (``address_field`` is None).
+The destination comes from the settings, never from the recipient.
 
 The message is Slack ``mrkdwn``: the subject as a bold first line (``*subject*``, its whitespace
 collapsed to single spaces), then the text (the HTML with its tags stripped when only HTML was
@@ -267,7 +267,6 @@ class SlackConfig(ChannelConfig):
 class SlackChannel(ChannelType):
     type_name = "slack"
     config_model = SlackConfig
-    address_field = None
     config: SlackConfig
 
     def readiness(self) -> str | None:

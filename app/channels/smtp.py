@@ -239,7 +239,6 @@ def _subject(message: Message) -> str:
 class SmtpChannel(ChannelType):
     type_name = "smtp"
     config_model = SmtpConfig
-    address_field = "email"
     config: SmtpConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

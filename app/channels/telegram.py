@@ -258,7 +258,6 @@ def failure_from_answer(response: httpx.Response) -> DeliveryResult:
 class TelegramChannel(ChannelType):
     type_name = "telegram"
     config_model = TelegramConfig
-    address_field = "telegram_chat_id"
     config: TelegramConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -174,7 +174,6 @@ def message_sid(response: httpx.Response) -> str | None:
 class TwilioChannel(ChannelType):
     type_name = "twilio"
     config_model = TwilioConfig
-    address_field = "phone"
     config: TwilioConfig
 
     @property

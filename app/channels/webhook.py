@@ -95,7 +95,6 @@ def payload(message: Message, timestamp: int) -> dict[str, Any]:
 class WebhookChannel(ChannelType):
     type_name = "webhook"
     config_model = WebhookConfig
-    address_field = "webhook_url"
     config: WebhookConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

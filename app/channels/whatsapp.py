@@ -205,7 +205,6 @@ def message_id(response: httpx.Response) -> str | None:
 class WhatsAppChannel(ChannelType):
     type_name = "whatsapp"
     config_model = WhatsAppConfig
-    address_field = "phone"
     config: WhatsAppConfig
 
     @property

@@ -1,8 +1,8 @@
 """Group commit of finished rounds: the rounds that finish while one save is being written go
 together into the next transaction.
 
-A round's save is cheap in SQL and dear in Python: a transaction of its own cost about 1.7 ms of
-CPU, where one transaction for 32 rounds costs about 0.1 ms in all (bench/results/db_paths.json).
+A round's save is cheap in SQL and dear in Python: a transaction of its own costs many times
+the round's share of one transaction for many rounds (bench/results/levers.md, "group commit").
 Waiting to fill a batch would add latency, so nothing waits: a save starts at once when none is
 being written, and whatever queues up meanwhile is the next batch.
 

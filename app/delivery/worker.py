@@ -457,8 +457,7 @@ async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
     a pause that doubles with each crash in a row (up to ``MAX_BACKOFF``)."""
     # httpcore and anyio ask sniffio which async library runs several times per request. Told
     # once through sniffio's own context variable (inherited by every task started from here),
-    # it answers without probing asyncio (bench/ab.py, with the pool in 8 shards instead of 4:
-    # 16% less worker CPU per delivery).
+    # it answers without probing asyncio (bench/results/levers.md, "sniffio's context variable").
     sniffio.current_async_library_cvar.set("asyncio")
     loop = asyncio.get_running_loop()
     pause = 0.0

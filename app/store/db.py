@@ -54,9 +54,9 @@ def is_sqlite(url: str) -> bool:
 
 
 def dumps_json(value: Any) -> str:
-    """The engine's JSON serializer: orjson, about ten times faster than ``json.dumps`` on the
-    columns every accept and every round writes; ``json`` for what orjson refuses (integers
-    past 64 bits, which a request's metadata may hold)."""
+    """The engine's JSON serializer: orjson, far cheaper than ``json.dumps`` on the columns
+    every accept and every round writes (bench/results/levers.md, "orjson alone"); ``json`` for
+    what orjson refuses (integers past 64 bits, which a request's metadata may hold)."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
@@ -108,7 +108,7 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
         return engine
     # Up to pool_size connections, opened as needed and then kept. No overflow: SQLAlchemy
     # closes an overflow connection when it is returned, so under load connections were opened
-    # and closed all the time (9% of the API's CPU at 64 concurrent requests in bench/).
+    # and closed all the time (bench/results/levers.md, "no pool overflow").
     return create_async_engine(
         url,
         pool_size=pool_size,

@@ -6,8 +6,7 @@ connection. A claim is one statement in autocommit instead of ``BEGIN``, the ``U
 ``COMMIT``; a save is the same transaction as through SQLAlchemy (lock the rows still ours in id
 order, one executemany ``UPDATE`` per set of changed columns, one executemany ``INSERT`` of the
 attempts) without its per-statement compile-cache lookups, parameter processing and result
-objects (bench/db_paths.py, 32 at a time, per notification: claim 0.125 → 0.040 ms of CPU and
-0.41 → 0.08 ms of wall time, save 0.151 → 0.063 ms of CPU). Values go through the same
+objects (bench/results/levers.md, "`DeliveryStore`"). Values go through the same
 SQLAlchemy bind processors, so rows read back identically. SQLite takes
 ``NotificationRepository``'s statements in a session.
 """

@@ -52,10 +52,10 @@ class Intake:
 
     On PostgreSQL one notification is one statement in autocommit on the pooled driver
     connection: the row, its idempotency key and the ``NOTIFY`` to listening workers in one
-    CTE, so one round trip and no ``BEGIN``/``COMMIT`` (bench/results/db_paths.json: 0.2 ms of
-    CPU against 1.2 ms through the ORM). Values pass through the same SQLAlchemy bind
-    processors the ORM applies, so rows read back identically. SQLite and batches take Core
-    INSERTs in one transaction.
+    CTE, so one round trip and no ``BEGIN``/``COMMIT``, a fraction of the ORM's CPU
+    (bench/results/levers.md, "`Intake`: one CTE statement"). Values pass through the same
+    SQLAlchemy bind processors the ORM applies, so rows read back identically. SQLite and
+    batches take Core INSERTs in one transaction.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -331,7 +331,7 @@ class NotificationRepository:
         transactions locking several rows cannot deadlock), one executemany UPDATE per set of
         changed columns writes them, one INSERT writes all their attempts.
         Core, not the unit of work: no identity map, no per-object flush bookkeeping
-        (bench/results/db_paths.json: 0.1 ms of CPU for 32 rounds against 1.7 ms for each).
+        (bench/results/levers.md, "group commit").
         ``values`` are keyed by model attribute, as ``update(Notification).values`` takes them.
         """
         if not rounds:

@@ -326,7 +326,6 @@ def test_urls_are_secrets(context: ChannelContext) -> None:
     assert PASSWORD not in repr(config)
     channel = AppriseChannel("a", config, context)
     assert channel.readiness() is None
-    assert AppriseChannel.address_field is None
 
 
 def test_url_fragments_cover_every_credential_position() -> None:

@@ -489,7 +489,6 @@ def test_config_defaults_target_and_secrets() -> None:
     assert str(config.target()) == f"https://discord.com{HOOK}?wait=true"
     assert {f"https://discord.com{HOOK}", HOOK, TOKEN} <= set(config.secrets())
     assert TOKEN not in repr(config)
-    assert DiscordChannel.address_field is None
 
 
 # -- end to end -------------------------------------------------------------------------------

@@ -363,7 +363,6 @@ def test_defaults_and_secrets() -> None:
     )
     assert basic.secrets() == [PASSWORD]
     assert PASSWORD not in repr(basic)
-    assert NtfyChannel.address_field is None
 
 
 @pytest.mark.parametrize(

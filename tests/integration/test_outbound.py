@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from app import __version__ as source_version
+from app.channels.base import DeliveryResult, ErrorClass
+from app.channels.http_errors import post_once
 from app.channels.outbound import Outbound
 from tests.support.channels import run_through_herald
 from tests.support.http_server import HttpServer, serve_http
@@ -136,3 +138,14 @@ async def test_transport_errors_are_httpx_errors(outbound: Outbound) -> None:
         await outbound.post(f"http://127.0.0.1:{port}/a", timeout=2.0, content=b"x")
     with pytest.raises(httpx.UnsupportedProtocol):
         await outbound.post("ftp://127.0.0.1/a", timeout=2.0, content=b"x")
+
+
+async def test_a_scheme_httpx_cannot_send_is_a_config_failure(outbound: Outbound) -> None:
+    result = await post_once(outbound, "ftp://127.0.0.1/a", timeout=2.0, content=b"x")
+    assert isinstance(result, DeliveryResult) and result.error is not None
+    assert (result.error.cls, result.error.code) == (ErrorClass.CONFIG, "invalid_url")
+    # httpx.InvalidURL is no httpx.HTTPError: it passes post_once by, and never reaches
+    # failure_from_transport (a channel that builds URLs from settings catches it itself).
+    assert not issubclass(httpx.InvalidURL, httpx.HTTPError)
+    with pytest.raises(httpx.InvalidURL):
+        await post_once(outbound, "http://[::1/a", timeout=2.0, content=b"x")

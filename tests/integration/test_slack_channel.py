@@ -435,7 +435,6 @@ def test_config_defaults_and_secrets() -> None:
     assert hook.mode == "webhook"
     assert {f"https://hooks.slack.com{HOOK_PATH}", HOOK_PATH, HOOK_TOKEN} <= set(hook.secrets())
     assert HOOK_TOKEN not in repr(hook) and TOKEN not in repr(bot)
-    assert SlackChannel.address_field is None
 
 
 def test_readiness(context: ChannelContext) -> None:

@@ -600,7 +600,6 @@ def test_config_defaults() -> None:
     assert config.default_chat_id is None
     assert config.disable_web_page_preview is True
     assert config.timeout == 10.0
-    assert TelegramChannel.address_field == "telegram_chat_id"
     assert TelegramChannel.type_name == "telegram"
 
 

@@ -495,7 +495,6 @@ def test_defaults_point_at_twilio(context: ChannelContext) -> None:
     sms = TwilioChannel("sms", config, context)
     assert config.api_base == "https://api.twilio.com"
     assert sms.messages_url == f"https://api.twilio.com{PATH}"
-    assert sms.address_field == "phone"
     assert sms.readiness() is None
     assert config.secrets() == [TOKEN]
     assert TOKEN not in repr(config)

@@ -410,7 +410,6 @@ def test_defaults_point_at_the_graph_api(context: ChannelContext) -> None:
     assert config.api_version == VERSION
     assert config.preview_url is False
     assert wa.messages_url == f"https://graph.facebook.com{PATH}"
-    assert wa.address_field == "phone"
     assert wa.readiness() is None
     assert config.secrets() == [TOKEN]
     assert TOKEN not in repr(config)
