@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.addresses import E164_HINT, EMAIL_LIMIT, email_problem, normalize_e164
 from app.channels.outbound import Outbound
+from app.clock import SYSTEM_CLOCK, Clock
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
@@ -330,6 +331,8 @@ class ChannelContext:
     """Process-wide resources a channel may use; built once in the app's lifespan."""
 
     http: Outbound
+    clock: Clock = SYSTEM_CLOCK
+    """What a channel that waits (on a provider's ``retry_after``) reads and sleeps on."""
 
 
 class ChannelType:
