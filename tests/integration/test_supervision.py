@@ -75,6 +75,8 @@ async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def backends_blocked_by(connection: asyncpg.Connection) -> list[int]:
     """The backends of this database waiting for a lock that ``connection`` holds."""
+    # Inside a transaction pg_stat_activity is read once, then cached: read it afresh.
+    await connection.execute("SELECT pg_stat_clear_snapshot()")
     rows = await connection.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
         "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
@@ -167,15 +169,18 @@ async def test_a_killed_sweep_restarts_and_never_holds_up_deliveries(pg_url: str
             lease_expires_at=h.clock() - timedelta(seconds=1),
         )
         before = restarts("sweep")
-        async with admin(pg_url) as db, running_worker(h):
-            async with db.transaction():
-                await db.execute("SELECT 1 FROM notifications FOR UPDATE")
+        async with admin(pg_url) as db:
+            lock = db.transaction()
+            await lock.start()
+            await db.execute("SELECT 1 FROM notifications FOR UPDATE")  # before the first sweep
+            async with running_worker(h):
                 await terminate_blocked(db)  # the sweep, wanting the orphan's row
                 await until(lambda: restarts("sweep") == before + 1)
                 fresh = await h.send(text="sent while the sweep waits")
                 await until(lambda: status_is(h, fresh["id"], "delivered"))
-            # The lock is gone: the restarted sweep hands the orphan back and it is delivered.
-            await until(lambda: status_is(h, orphan["id"], "delivered"))
+                await lock.rollback()
+                # The restarted sweep gets the row: it hands the orphan back to be delivered.
+                await until(lambda: status_is(h, orphan["id"], "delivered"))
         assert restarts("sweep") == before + 1
 
 

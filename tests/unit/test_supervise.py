@@ -31,7 +31,7 @@ async def run_script(name: str, script: list[Exception | None]) -> list[float]:
         if error is not None:
             raise error
 
-    await asyncio.wait_for(supervised(name, task, stop, first=0.01, cap=0.04), 5)
+    await asyncio.wait_for(supervised(name, task, stop, first=0.02, cap=0.08), 5)
     return [b - a for a, b in itertools.pairwise(starts)]
 
 
@@ -44,17 +44,17 @@ async def test_a_bug_once_with_its_traceback_then_short_lines(
         waits = await run_script("unit-bug", [bug, bug, bug, bug, other, None])
     assert restarts("unit-bug") == before + 6
     assert [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
-        ("ERROR", "unit-bug task crashed: bug; restarting in 0.01s", True),
-        ("WARNING", "unit-bug task failed again; restarting in 0.02s", False),
-        ("DEBUG", "unit-bug task stopped", True),
+        ("ERROR", "unit-bug task crashed: bug; restarting in 0.02s", True),
         ("WARNING", "unit-bug task failed again; restarting in 0.04s", False),
         ("DEBUG", "unit-bug task stopped", True),
-        ("WARNING", "unit-bug task failed again; restarting in 0.04s", False),
+        ("WARNING", "unit-bug task failed again; restarting in 0.08s", False),
         ("DEBUG", "unit-bug task stopped", True),
-        ("ERROR", "unit-bug task crashed: 'other'; restarting in 0.04s", True),
-        ("ERROR", "unit-bug task crashed: ended on its own; restarting in 0.04s", False),
+        ("WARNING", "unit-bug task failed again; restarting in 0.08s", False),
+        ("DEBUG", "unit-bug task stopped", True),
+        ("ERROR", "unit-bug task crashed: 'other'; restarting in 0.08s", True),
+        ("ERROR", "unit-bug task crashed: ended on its own; restarting in 0.08s", False),
     ]
-    pauses = [0.01, 0.02, 0.04, 0.04, 0.04, 0.04]  # doubling, capped
+    pauses = [0.02, 0.04, 0.08, 0.08, 0.08, 0.08]  # doubling, capped
     assert len(waits) == len(pauses)
     assert all(w >= p * 0.9 for w, p in zip(waits, pauses, strict=True)), waits
 
@@ -69,10 +69,10 @@ async def test_a_database_outage_is_one_warning_and_its_repeats_are_debug(
         (
             "WARNING",
             "unit-outage task stopped: database unavailable: connection refused; "
-            "restarting in 0.01s",
+            "restarting in 0.02s",
         ),
         ("DEBUG", "unit-outage task stopped"),
-        ("DEBUG", "unit-outage task failed again; restarting in 0.02s"),
+        ("DEBUG", "unit-outage task failed again; restarting in 0.04s"),
         ("DEBUG", "unit-outage task stopped"),
     ]
     assert not any(r.exc_info for r in caplog.records if r.levelno > logging.DEBUG)
