@@ -133,6 +133,13 @@ leases_recovered = Counter(
     registry=REGISTRY,
 )
 
+task_restarts = Counter(
+    "herald_task_restarts_total",
+    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep.",
+    ["task"],
+    registry=REGISTRY,
+)
+
 STATUSES = ("pending", "delivering", "delivered", "failed", "partial", "expired", "cancelled")
 
 

@@ -14,6 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from app.clock import SYSTEM_CLOCK, Clock
+
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _FORMS = "rate_limit must look like 30/s, 100/m or 1000/h"
 
@@ -56,15 +58,19 @@ class SlidingWindow:
 class RateLimiter:
     """A window shared by every delivery through one channel in this process; waits for a slot."""
 
-    def __init__(self, count: int, per_seconds: float) -> None:
-        self._window = SlidingWindow(count, per_seconds)
+    def __init__(self, count: int, per_seconds: float, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._window = SlidingWindow(count, per_seconds, clock.monotonic)
+        self._clock = clock
         self._lock = asyncio.Lock()
 
-    async def acquire(self, deadline: float) -> bool:
-        """Wait for a slot until ``deadline`` (monotonic); ``False`` if none came in time."""
+    async def acquire(self, within: float) -> float | None:
+        """Wait up to ``within`` seconds for a slot: the seconds it took, or ``None`` if no
+        slot came in time (then no slot is taken)."""
+        began = self._clock.monotonic()
+        deadline = began + within
         async with self._lock:
             while (wait := self._window.try_acquire()) is not None:
-                if time.monotonic() + wait > deadline:
-                    return False
-                await asyncio.sleep(wait)
-            return True
+                if self._clock.monotonic() + wait > deadline:
+                    return None
+                await self._clock.sleep(wait)
+            return self._clock.monotonic() - began

@@ -22,6 +22,7 @@ from app.channels.base import ChannelContext, ChannelType
 from app.channels.http_pool import ShardedTransport
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
+from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState, DestinationCircuits
 from app.delivery.orchestrator import Link
@@ -101,7 +102,7 @@ def build_channels(
         channels[name] = channel
         link = links[name] = Link(
             channel=channel,
-            limiter=RateLimiter(*rate) if rate else None,
+            limiter=RateLimiter(*rate, clock=context.clock) if rate else None,
             secrets=tuple(channel.secrets()),
         )
         # One caller's endpoint must not open the circuit for every caller: when the recipient
@@ -118,8 +119,13 @@ def build_channels(
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, config: HeraldConfig, registry: ChannelRegistry
+    settings: Settings,
+    config: HeraldConfig,
+    registry: ChannelRegistry,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[Runtime]:
+    """``clock``: what rate limits and channels wait on (tests pass one that moves at once)."""
     # httpx logs every request URL at INFO and Apprise logs URL parts at DEBUG; some providers
     # put credentials in the path, so neither may log below WARNING.
     for name in ("httpx", "apprise"):
@@ -130,7 +136,7 @@ async def open_runtime(
         allowed=config.network.allowed_networks,
     )
     http = Outbound(GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)))
-    channels, links = build_channels(config, registry, ChannelContext(http=http))
+    channels, links = build_channels(config, registry, ChannelContext(http=http, clock=clock))
     runtime = Runtime(
         settings=settings,
         config=config,

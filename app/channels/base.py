@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from app.channels.addresses import E164_HINT, EMAIL_LIMIT, email_problem, normalize_e164
 from app.channels.outbound import Outbound
 from app.channels.text import Unit, html_to_text, prefix
+from app.clock import SYSTEM_CLOCK, Clock
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
@@ -324,6 +325,8 @@ class ChannelContext:
     """Process-wide resources a channel may use; built once in the app's lifespan."""
 
     http: Outbound
+    clock: Clock = SYSTEM_CLOCK
+    """What a channel that waits (on a provider's ``retry_after``) reads and sleeps on."""
 
 
 class ChannelType:

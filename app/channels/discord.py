@@ -44,9 +44,7 @@ webhook breaks every delivery through the channel until someone fixes it.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from typing import Any, Literal
 
 import httpx
@@ -145,7 +143,7 @@ class DiscordChannel(ChannelType):
     config: DiscordConfig
 
     async def send(self, message: Message) -> DeliveryResult:
-        deadline = time.monotonic() + self.config.timeout
+        deadline = self.context.clock.monotonic() + self.config.timeout
         url = self.config.target()
         parts = parts_of(compose(message), self.config.max_messages)
         return await send_in_parts(
@@ -165,7 +163,7 @@ class DiscordChannel(ChannelType):
         body = json.dumps(payload, ensure_ascii=False).encode()
         waits = 0
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.context.clock.monotonic()
             if remaining <= 0:
                 return DeliveryResult.failed(
                     ErrorClass.TRANSIENT,
@@ -189,11 +187,11 @@ class DiscordChannel(ChannelType):
                 and result.error.cls is ErrorClass.RATE_LIMITED
                 and wait is not None
                 and waits < RATE_LIMIT_WAITS
-                and time.monotonic() + wait < deadline - 0.05
+                and self.context.clock.monotonic() + wait < deadline - 0.05
             ):
                 # Parts before this one are posted already: waiting beats posting them twice.
                 waits += 1
-                await asyncio.sleep(wait)
+                await self.context.clock.sleep(wait)
                 continue
             return result
 

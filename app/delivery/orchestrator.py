@@ -296,15 +296,15 @@ class Orchestrator:
     async def _call(self, message: Message, link: Link) -> DeliveryResult:
         channel = link.channel
         config = channel.config
-        deadline = time.monotonic() + config.timeout
-        if link.limiter is not None and not await link.limiter.acquire(deadline):
+        waited = 0.0 if link.limiter is None else await link.limiter.acquire(config.timeout)
+        if waited is None:
             return DeliveryResult.failed(
                 ErrorClass.RATE_LIMITED,
                 "local_rate_limit",
                 f"channel rate limit {config.rate_limit} left no token within the timeout",
             )
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic()) + TIMEOUT_GRACE):
+            async with asyncio.timeout(max(0.0, config.timeout - waited) + TIMEOUT_GRACE):
                 return await channel.send(message)
         except TimeoutError:
             return DeliveryResult.failed(

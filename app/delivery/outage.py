@@ -9,11 +9,28 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from app.store.db import brief
 
 MAX_BACKOFF = 30.0
 FIRST_BACKOFF = 0.5
+
+
+@dataclass
+class Backoff:
+    """Waits that double from ``first`` up to ``cap``; after ``reset`` they start over."""
+
+    first: float = FIRST_BACKOFF
+    cap: float = MAX_BACKOFF
+    current: float = 0.0
+
+    def next(self) -> float:
+        self.current = min(self.cap, max(self.first, self.current * 2))
+        return self.current
+
+    def reset(self) -> None:
+        self.current = 0.0
 
 
 class Outage:
@@ -35,10 +52,8 @@ class Outage:
     ) -> None:
         self.logger = logger
         self.what = what
-        self.first = first
-        self.cap = cap
         self.step_level = step_level
-        self.backoff = 0.0
+        self._backoff = Backoff(first, cap)
         self._cause: str | None = None
         self._since = 0.0
 
@@ -48,9 +63,9 @@ class Outage:
 
     def failed(self, exc: BaseException) -> float:
         """Log this failure as the outage's first line or as one more step; the wait."""
-        self.backoff = min(self.cap, max(self.first, self.backoff * 2))
+        backoff = self._backoff.next()
         cause = brief(exc)
-        wait = f"{self.backoff:g}s"
+        wait = f"{backoff:g}s"
         if self._cause is None:
             self._since = time.monotonic()
             self.logger.warning("%s unavailable: %s; retrying in %s", self.what, cause, wait)
@@ -64,7 +79,7 @@ class Outage:
             )
         self.logger.debug("%s unavailable", self.what, exc_info=exc)
         self._cause = cause
-        return self.backoff
+        return backoff
 
     def recovered(self) -> None:
         """A try worked: say so once if it ends an outage, and start the next from ``first``."""
@@ -73,4 +88,4 @@ class Outage:
                 "%s reachable again after %.0fs", self.what, time.monotonic() - self._since
             )
         self._cause = None
-        self.backoff = 0.0
+        self._backoff.reset()

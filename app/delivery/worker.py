@@ -10,7 +10,6 @@ returns the notification to ``pending``, and another try is made.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ from app.delivery.orchestrator import (
 )
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
+from app.delivery.supervise import Task, supervised
 from app.ids import uuid7
 from app.nesting import shown
 from app.runtime import Runtime
@@ -141,44 +141,48 @@ class Worker:
         self._slot_free = asyncio.Event()
         self.store = DeliveryStore(runtime.engine, runtime.sessions)
         self._saves = RoundSaver(self.store, self.worker_id)
-        self._last_sweep = float("-inf")
         self._last_purge = float("-inf")
 
     # --- the loop ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set, then finish or release what is in flight."""
+        """Deliver until ``stop`` is set, then finish or release what is in flight.
+
+        The delivery loop and its side tasks (LISTEN, lease renewal, sweep) are each supervised
+        (supervise.py): a failure restarts the one that failed. The side tasks run until the
+        shutdown is over, so leases are still renewed while in-flight rounds finish.
+        """
         logger.info("worker %s started", self.worker_id)
-        listener_stop = asyncio.Event()
-        listener = (
-            None
-            if is_sqlite(self.settings.database_url)
-            else asyncio.create_task(
-                listen(self.settings.database_url, self.runtime.wakeup, listener_stop),
-                name="herald-listener",
-            )
-        )
-        renewal = asyncio.create_task(self._keep_leases(), name="herald-leases")
+        side_stop = asyncio.Event()
+        side = [
+            asyncio.create_task(supervised(name, task, side_stop, cap=cap), name=f"herald-{name}")
+            for name, task, cap in self._side_tasks()
+        ]
         try:
-            try:
-                await self._loop(stop)
-            finally:
-                listener_stop.set()
-                if listener is not None:
-                    await listener
+            await supervised("delivery", self._loop, stop, first=1.0)
             await self._shutdown()
         finally:
-            renewal.cancel()  # a renewal stuck on an unreachable database must not hold us
-            await asyncio.wait([renewal])
+            side_stop.set()
+            for task in side:
+                task.cancel()  # one stuck on an unreachable database must not hold us
+            await asyncio.wait(side)
+
+    def _side_tasks(self) -> list[tuple[str, Task, float]]:
+        """Name, loop and longest restart pause of each side task."""
+        renew_every = self._renew_every()
+        tasks: list[tuple[str, Task, float]] = [
+            ("renewal", self._keep_leases, renew_every),
+            ("sweep", self._sweep_often, MAX_BACKOFF),
+        ]
+        if not is_sqlite(self.settings.database_url):
+            url, wakeup = self.settings.database_url, self.runtime.wakeup
+            tasks.append(("listener", lambda stop: listen(url, wakeup, stop), MAX_BACKOFF))
+        return tasks
 
     async def _loop(self, stop: asyncio.Event) -> None:
         outage = Outage(logger)
-        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
-                if loop.time() - self._last_sweep >= SWEEP_EVERY:
-                    await self.sweep()
-                    self._last_sweep = loop.time()
                 self.runtime.wakeup.clear()
                 self._slot_free.clear()
                 limit = self._room()
@@ -264,27 +268,27 @@ class Worker:
         if not await self._saves.drain(SAVE_GRACE):
             logger.warning("gave up on saving rounds still queued after %.0fs", SAVE_GRACE)
 
-    async def _keep_leases(self) -> None:
+    def _renew_every(self) -> float:
+        return max(0.05, self.settings.lease / 3)
+
+    async def _keep_leases(self, stop: asyncio.Event) -> None:
         """Renew the lease of every notification in flight here, every third of a lease, until
-        cancelled (after the shutdown grace period).
+        ``stop`` (after the shutdown grace period); at once when (re)started.
 
         A round can outlast the lease (a slow provider, a long chain of timeouts, a rate
         limiter's wait): without renewal another worker's sweep would take the notification
         over while this one is still sending it, and the provider would get it twice.
         """
-        every = max(0.05, self.settings.lease / 3)
-        while True:
-            await asyncio.sleep(every)
-            ids = list(self._in_flight.values())
-            if not ids:
-                continue
-            try:
+        while not stop.is_set():
+            if ids := list(self._in_flight.values()):
                 await self.renew(ids)
-            except Exception as exc:
-                if unavailable_reason(exc) is None:
-                    logger.exception("renewing %d leases failed", len(ids))
-                else:
-                    logger.warning("renewing %d leases: %s", len(ids), brief(exc))
+            await _wait_any(stop, None, self._renew_every())
+
+    async def _sweep_often(self, stop: asyncio.Event) -> None:
+        """Sweep every ``SWEEP_EVERY`` seconds until ``stop``."""
+        while not stop.is_set():
+            await self.sweep()
+            await _wait_any(stop, None, SWEEP_EVERY)
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -453,32 +457,13 @@ class Worker:
 
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
-    """Run the delivery loop until ``stop``; a crash is logged and the loop starts again, after
-    a pause that doubles with each crash in a row (up to ``MAX_BACKOFF``)."""
+    """Run the worker until ``stop`` (its loops restart themselves on a crash: supervise.py),
+    with the async library named once for the process."""
     # httpcore and anyio ask sniffio which async library runs several times per request. Told
     # once through sniffio's own context variable (inherited by every task started from here),
     # it answers without probing asyncio (bench/results/levers.md, "sniffio's context variable").
     sniffio.current_async_library_cvar.set("asyncio")
-    loop = asyncio.get_running_loop()
-    pause = 0.0
-    while not stop.is_set():
-        began = loop.time()
-        try:
-            await worker.run(stop)
-        except Exception as exc:
-            ran_long = loop.time() - began > MAX_BACKOFF
-            pause = 1.0 if ran_long else min(MAX_BACKOFF, max(1.0, pause * 2))
-            if unavailable_reason(exc) is None:
-                logger.exception("delivery loop crashed; restarting in %gs", pause)
-            else:
-                logger.warning(
-                    "delivery loop stopped: database unavailable: %s; restarting in %gs",
-                    brief(exc),
-                    pause,
-                )
-                logger.debug("delivery loop stopped", exc_info=exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=pause)
+    await worker.run(stop)
 
 
 async def _wait_any(

@@ -543,7 +543,7 @@ async def test_postgres_restart_loses_nothing(
         load, snapshot, dict.fromkeys(load.accepted, "delivered")
     )
     logs = "\n".join(w.log_text() for w in herald.workers)
-    crashes = logs.count("delivery loop crashed")
+    crashes = logs.count("task crashed")
     retried = set(re.findall(r"saving the round of (\S+): ", logs))
     given_up = Counter(
         re.findall(r"delivery of (\S+) failed before it was saved", logs)
@@ -579,7 +579,7 @@ async def test_postgres_restart_loses_nothing(
     assert len(restarts) == plan.faults
     for r in restarts:
         assert r.unavailable > 0, f"no 503 problem answer during the outage at {r.began}"
-    assert not crashes, f"delivery loops crashed {crashes} times on the outage"
+    assert not crashes, f"worker tasks crashed {crashes} times on the outage"
     # A duplicate is a round delivered during the outage whose save gave up (or whose lease
     # ran out first): the worker logs each one.
     beyond = {i: n for i, n in t.duplicates_by_id.items() if n > given_up[i]}

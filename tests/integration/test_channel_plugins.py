@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import textwrap
+import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+from app.channels.base import ChannelConfig, ChannelContext, ChannelType, DeliveryResult, Message
 from app.channels.registry import DuplicateChannelType, default_registry
 from app.cli import main
 from tests.support.harness import herald
@@ -128,27 +132,49 @@ def test_an_entry_point_reusing_a_type_name_is_refused(
     assert "already registered" in capsys.readouterr().err
 
 
-async def test_rate_limit_spaces_deliveries_by_the_servers_clock(db_url: str) -> None:
-    """Six messages through a 2/s channel: no window of one second sees more than two."""
-    async with serve_http() as sink:
-        config = {
-            "channels": {
-                "slow": {
-                    "type": "webhook",
-                    "url": sink.url("/r"),
-                    "rate_limit": "2/s",
-                    "timeout": "5s",
-                }
-            },
-            "routes": {"default": {"channels": ["slow"]}},
-        }
-        async with herald(db_url, config, worker_concurrency=8) as h:
-            for i in range(6):
-                await h.send(text=f"n{i}")
-            assert await h.run_worker() == 6
-            arrivals = sorted(r.at for r in sink.requests_to("/r"))
-        assert len(arrivals) == 6
-        # Any three consecutive arrivals span at least a second (small slack for the network).
-        gaps = [arrivals[i + 2] - arrivals[i] for i in range(4)]
-        assert min(gaps) >= 0.95, gaps
-        assert arrivals[-1] - arrivals[0] >= 1.95
+class StampConfig(ChannelConfig):
+    type: Literal["stamp"] = "stamp"
+
+
+class StampChannel(ChannelType):
+    """Notes when each send began, on the clock the rate limiter waits on."""
+
+    type_name = "stamp"
+    config_model = StampConfig
+
+    def __init__(self, name: str, config: ChannelConfig, context: ChannelContext) -> None:
+        super().__init__(name, config, context)
+        self.began: list[float] = []
+
+    async def send(self, message: Message) -> DeliveryResult:
+        self.began.append(self.context.clock.monotonic())
+        await asyncio.sleep(0.01)  # a provider call: the others go on meanwhile
+        return DeliveryResult.ok()
+
+
+async def test_rate_limit_spaces_deliveries_on_the_clock(db_url: str) -> None:
+    """Six messages through a 2/s channel, eight at once: no second sees more than two. The
+    limiter waits on the test's clock, which moves on at once: the spacing costs no real time."""
+    config = {
+        "channels": {"slow": {"type": "stamp", "rate_limit": "2/s", "timeout": "5s"}},
+        "routes": {"default": {"channels": ["slow"]}},
+    }
+    registry = default_registry()
+    registry.register(StampChannel)
+    async with herald(db_url, config, registry=registry, worker_concurrency=8) as h:
+        for i in range(6):
+            await h.send(text=f"n{i}")
+        began = time.monotonic()
+        assert await h.run_worker() == 6
+        took = time.monotonic() - began
+        channel = h.runtime.channels["slow"]
+        assert isinstance(channel, StampChannel)
+        sends = sorted(channel.began)
+    assert len(sends) == 6
+    # Any three consecutive sends span at least a second of the limiter's clock (a stamp is
+    # read a few microseconds of real time after its admission).
+    gaps = [sends[i + 2] - sends[i] for i in range(4)]
+    assert min(gaps) >= 0.999, gaps
+    assert sends[-1] - sends[0] >= 1.999
+    assert sum(h.clock.slept) > 1.9, h.clock.slept  # the waits went through the clock
+    assert took < 1.0, "the limiter's waits took no real time"

@@ -241,12 +241,14 @@ async def test_a_rate_limited_later_part_waits_and_is_retried(
     limited = {"message": "You are being rate limited.", "retry_after": 0.25, "global": False}
     srv.script(HOOK, ok(), (429, {"retry-after": "1"}, limited), ok(), ok())
     text = "\n".join("u" * 999 for _ in range(5))  # 3 parts
+    srv.clock = context.clock.monotonic  # the channel waits on this clock: it moves at once
     result = await make_channel(context, srv.url(HOOK)).send(make_message(subject=None, text=text))
     assert result.delivered, result
     requests = srv.requests_to(HOOK)
     assert len(requests) == 4
     assert requests[1].body == requests[2].body
     assert requests[2].at - requests[1].at >= 0.25
+    assert context.clock.slept == [0.25]  # type: ignore[attr-defined]
 
 
 async def test_a_later_part_rate_limited_past_the_timeout_fails_rate_limited(

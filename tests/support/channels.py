@@ -2,8 +2,9 @@
 
 Fixtures, for a test module that declares ``pytest_plugins = ["tests.support.channels"]``:
 ``context``, a ``ChannelContext`` whose HTTP client follows no redirect and reads no proxy
-settings; ``srv``, a local ``HttpServer`` (a module may define its own, with a default answer);
-``shared_srv``, one server for a whole module (for long error tables).
+settings, and whose clock moves on at once when a channel sleeps (``harness.Clock``); ``srv``,
+a local ``HttpServer`` (a module may define its own, with a default answer); ``shared_srv``,
+one server for a whole module (for long error tables).
 
 Helpers: ``make_message`` builds the notification the tests send; ``send_at_border`` sends it
 and keeps what the orchestrator would (redacted, cut); ``assert_failed`` and
@@ -37,7 +38,7 @@ from app.channels.base import (
 )
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry, default_registry
-from tests.support.harness import herald
+from tests.support.harness import Clock, herald
 from tests.support.http_server import HttpServer, serve_http
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -46,7 +47,7 @@ from tests.support.http_server import HttpServer, serve_http
 @pytest.fixture
 async def context() -> AsyncIterator[ChannelContext]:
     async with Outbound(httpx.AsyncHTTPTransport()) as http:
-        yield ChannelContext(http=http)
+        yield ChannelContext(http=http, clock=Clock())
 
 
 @pytest.fixture

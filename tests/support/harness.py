@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,16 +26,30 @@ LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
 class Clock:
-    """Real time plus an offset the test moves forward; the worker reads this clock."""
+    """Real time plus an offset the test moves forward; the worker reads this clock.
+
+    It is also the ``app.clock.Clock`` that rate limits and channels wait on: ``sleep`` moves
+    the offset on at once (and notes the wait in ``slept``) instead of waiting.
+    """
 
     def __init__(self) -> None:
-        self.offset = timedelta()
+        self.offset = 0.0
+        """Seconds ahead of real time (a float: sleeps add up exactly)."""
+        self.slept: list[float] = []
 
     def __call__(self) -> datetime:
-        return utcnow() + self.offset
+        return utcnow() + timedelta(seconds=self.offset)
 
     def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
+        self.offset += seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+        await asyncio.sleep(0)
 
 
 @dataclass
@@ -109,7 +124,7 @@ async def herald(
     parsed = config if isinstance(config, HeraldConfig) else config_from(config, registry)
     merged = {"database_url": db_url, "poll_interval": 0.05, "lease": 30.0, **settings}
     clock = Clock()
-    async with open_runtime(Settings(**merged), parsed, registry) as runtime:
+    async with open_runtime(Settings(**merged), parsed, registry, clock=clock) as runtime:
         app = create_app(runtime=runtime)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:

@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +47,8 @@ class HttpServer:
     _scripts: dict[str, deque[Answer]] = field(default_factory=lambda: defaultdict(deque))
     _delays: dict[str, float] = field(default_factory=dict)
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: Callable[[], float] = time.time
+    """What ``Received.at`` is read from (a test's clock, to see the waits it moved on)."""
 
     @property
     def base_url(self) -> str:
@@ -76,7 +78,7 @@ class HttpServer:
                 query=request.url.query,
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body,
-                at=time.time(),
+                at=self.clock(),
             )
         )
         delay = self._delays.get(request.url.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from app.channels.base import (
 )
 from app.delivery.orchestrator import HopState, Link, Orchestrator, Plan, fresh_hops
 from app.ratelimit import RateLimiter
+from tests.support.harness import Clock
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SCHEDULE = (5.0, 60.0, 300.0)
@@ -319,6 +321,20 @@ async def test_rate_limit_without_a_token_in_time_is_rate_limited() -> None:
     assert first.status == "delivered"
     assert second.attempts[0].result.error.code == "local_rate_limit"
     assert channel.calls == 1
+
+
+async def test_the_rate_limit_waits_on_its_clock_and_the_wait_costs_no_real_time() -> None:
+    clock = Clock()
+    channel = FakeChannel("a", timeout=5.0)
+    chain = [Link(channel=channel, limiter=RateLimiter(1, 2.0, clock))]
+    began = time.monotonic()
+    for _ in range(3):
+        outcome = await orchestrator().run_round(message(), chain, fresh_hops(["a"]), plan())
+        assert outcome.status == "delivered"
+    assert time.monotonic() - began < 0.5
+    assert len(clock.slept) == 2, clock.slept
+    assert all(1.9 < wait <= 2.0 for wait in clock.slept), clock.slept
+    assert channel.calls == 3
 
 
 async def test_secrets_are_redacted_from_errors_and_excerpts() -> None:
