@@ -124,7 +124,9 @@ async def accept_batch(
             results.append(exc)
     answer = batch_result(results)
     accepted = [r for r in results if not isinstance(r, HeraldError)]
-    key = key_row(scope, idempotency_key, digest, now, response=answer.model_dump(mode="json"))
+    # The answer is serialized for the key row only: a batch without a key has none to keep.
+    response = answer.model_dump(mode="json") if idempotency_key else None
+    key = key_row(scope, idempotency_key, digest, now, response=response)
     if not accepted and key is None:
         return answer, False
     due = any(_due(row, now) for row in accepted)

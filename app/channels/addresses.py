@@ -40,6 +40,14 @@ def normalize_e164(raw: str) -> str | None:
     return candidate if _E164.fullmatch(candidate) else None
 
 
+def checked_e164(value: str, refusal: str) -> str:
+    """``value`` as E.164 (``normalize_e164``); ``ValueError`` ``"<refusal> E.164: …"`` if not."""
+    number = normalize_e164(value)
+    if number is None:
+        raise ValueError(f"{refusal} {E164_HINT}")
+    return number
+
+
 def email_problem(value: str) -> str | None:
     """Why ``value`` is not an email address Herald accepts, or ``None`` when it is one."""
     if len(value) > EMAIL_LIMIT:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from app.channels.addresses import E164_HINT, EMAIL_LIMIT, email_problem, normalize_e164
+from app.channels.addresses import EMAIL_LIMIT, checked_e164, email_problem
 from app.channels.outbound import Outbound
 from app.channels.text import Unit, html_to_text, prefix
 from app.clock import SYSTEM_CLOCK, Clock
@@ -222,12 +222,7 @@ class Recipient(BaseModel):
     @field_validator("phone")
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        number = normalize_e164(value)
-        if number is None:
-            raise ValueError(f"not a valid {E164_HINT}")
-        return number
+        return None if value is None else checked_e164(value, "not a valid")
 
     @field_validator("webhook_url")
     @classmethod

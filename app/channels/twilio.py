@@ -34,7 +34,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr, field_validator, model_validator
 
-from app.channels.addresses import E164_HINT, normalize_e164
+from app.channels.addresses import checked_e164
 from app.channels.base import (
     ChannelConfig,
     ChannelType,
@@ -89,12 +89,7 @@ class TwilioConfig(ChannelConfig):
     @field_validator("from_number")
     @classmethod
     def _from_e164(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        number = normalize_e164(value)
-        if number is None:
-            raise ValueError(f"from_number must be {E164_HINT}")
-        return number
+        return None if value is None else checked_e164(value, "from_number must be")
 
     @field_validator("messaging_service_sid")
     @classmethod

@@ -57,10 +57,6 @@ class Outage:
         self._cause: str | None = None
         self._since = 0.0
 
-    @property
-    def down(self) -> bool:
-        return self._cause is not None
-
     def failed(self, exc: BaseException) -> float:
         """Log this failure as the outage's first line or as one more step; the wait."""
         backoff = self._backoff.next()
