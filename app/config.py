@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.channels.base import ChannelConfig
 from app.channels.registry import ChannelRegistry
+from app.domain import Strategy
 from app.durations import Duration
 from app.ratelimit import parse_rate
 from app.store.db import normalize_database_url
@@ -83,7 +84,7 @@ class RouteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     channels: list[str] = Field(min_length=1)
-    strategy: Literal["fallback", "all"] = "fallback"
+    strategy: Strategy = Strategy.FALLBACK
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     ttl: Duration | None = None
     """Default lifetime: a notification not delivered by then ends ``expired``."""

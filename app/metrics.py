@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from app.domain import NotificationStatus
+
 # A ``_created`` series per counter and histogram doubles what a scrape carries and no panel or
 # alert reads it.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -140,7 +142,7 @@ task_restarts = Counter(
     registry=REGISTRY,
 )
 
-STATUSES = ("pending", "delivering", "delivered", "failed", "partial", "expired", "cancelled")
+STATUSES = tuple(NotificationStatus)
 
 
 def route_label(route: str | None) -> str:

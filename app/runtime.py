@@ -24,8 +24,9 @@ from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
-from app.delivery.circuit import STATE_VALUES, CircuitBreaker, CircuitState, DestinationCircuits
+from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
 from app.delivery.orchestrator import Link
+from app.domain import CircuitState, Strategy
 from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
@@ -41,7 +42,7 @@ class ResolvedRoute:
 
     name: str | None
     channels: list[str]
-    strategy: str
+    strategy: Strategy
     retry: RetryPolicy
     ttl: float | None
 

@@ -18,7 +18,17 @@ from app import metrics
 from app.api.problems import problem_of
 from app.api.schemas import BatchItemResult, BatchResult, NotificationCreate
 from app.config import HeraldConfig, RetryPolicy
-from app.delivery.orchestrator import HopState, fresh_hops, settle, utcnow
+from app.delivery.orchestrator import settle, utcnow
+from app.domain import (
+    CANCELLABLE,
+    RETRYABLE,
+    AttemptTrigger,
+    Hop,
+    HopState,
+    NotificationStatus,
+    Strategy,
+    fresh_hops,
+)
 from app.errors import (
     HeraldError,
     IdempotencyMismatch,
@@ -35,14 +45,12 @@ from app.store.repositories import (
     DuplicateKey,
     IdempotencyRepository,
     NotificationRepository,
-    Row,
 )
+from app.store.sql import Row
 
 logger = logging.getLogger("herald.api")
 
 DEFAULT_ROUTE = "default"
-CANCELLABLE = ("pending",)
-RETRYABLE = ("failed", "expired", "partial")
 
 
 Loc = Sequence[str | int]
@@ -62,7 +70,7 @@ def resolve_route(
                 "channels lists a channel more than once",
                 errors=[{"loc": [*loc, "channels"], "msg": "duplicate channel"}],
             )
-        return ResolvedRoute(None, list(request.channels), "fallback", RetryPolicy(), None)
+        return ResolvedRoute(None, list(request.channels), Strategy.FALLBACK, RetryPolicy(), None)
     name = request.route or DEFAULT_ROUTE
     route = config.routes.get(name)
     if route is None:
@@ -228,7 +236,7 @@ def new_notification(
     due = max(now, request.send_at) if request.send_at else now
     return {
         "id": uuid7(),
-        "status": "pending",
+        "status": NotificationStatus.PENDING,
         "route": route.name,
         "strategy": route.strategy,
         "channels": route.channels,
@@ -244,7 +252,7 @@ def new_notification(
         "retry_jitter": route.retry.jitter,
         "round": 0,
         "round_base": 0,
-        "trigger": "scheduled",
+        "trigger": AttemptTrigger.SCHEDULED,
         "attempt_count": 0,
         "delivered_via": None,
         "delivered_at": None,
@@ -368,20 +376,22 @@ async def cancel(
     if current.status not in CANCELLABLE:
         raise InvalidTransition("cancel", current.status, CANCELLABLE)
     now = utcnow()
-    hops = settle(_hops(current), "cancelled")
+    hops = settle(_hops(current), NotificationStatus.CANCELLED)
     updated = await _transition(
         session,
         current,
         CANCELLABLE,
         "cancel",
         {
-            "status": "cancelled",
+            "status": NotificationStatus.CANCELLED,
             "next_attempt_at": None,
             "hops": [hop.as_dict() for hop in hops],
             "updated_at": now,
         },
     )
-    metrics.notifications_finished.labels(metrics.route_label(updated.route), "cancelled").inc()
+    metrics.notifications_finished.labels(
+        metrics.route_label(updated.route), NotificationStatus.CANCELLED
+    ).inc()
     return updated
 
 
@@ -403,13 +413,14 @@ async def retry(
         raise InvalidTransition("retry", current.status, RETRYABLE)
     now = utcnow()
     hops = [
-        hop if hop.state == "delivered" else replace(hop, state="pending") for hop in _hops(current)
+        hop if hop.state == HopState.DELIVERED else replace(hop, state=HopState.PENDING)
+        for hop in _hops(current)
     ]
     values: dict[str, Any] = {
-        "status": "pending",
+        "status": NotificationStatus.PENDING,
         "next_attempt_at": now,
         "round_base": current.round,
-        "trigger": "manual",
+        "trigger": AttemptTrigger.MANUAL,
         "hops": [hop.as_dict() for hop in hops],
         "updated_at": now,
     }
@@ -423,8 +434,8 @@ async def retry(
     return updated
 
 
-def _hops(notification: Notification) -> list[HopState]:
-    return [HopState.from_dict(hop) for hop in notification.hops]
+def _hops(notification: Notification) -> list[Hop]:
+    return [Hop.from_dict(hop) for hop in notification.hops]
 
 
 async def _transition(

@@ -10,7 +10,6 @@ from app.api.deps import RuntimeDep, require
 from app.api.problems import AUTH_ERRORS, error_responses
 from app.api.schemas import (
     OPEN_DESTINATIONS_SHOWN,
-    ChannelHealth,
     ChannelList,
     ChannelOut,
     Circuit,
@@ -18,8 +17,8 @@ from app.api.schemas import (
     RouteList,
     RouteOut,
 )
-from app.delivery.circuit import CircuitState
 from app.delivery.orchestrator import Link
+from app.domain import ChannelHealth, CircuitState
 from app.durations import format_duration
 from app.security.redaction import redact
 from app.service import DEFAULT_ROUTE

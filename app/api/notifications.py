@@ -34,12 +34,13 @@ from app.api.schemas import (
     NotificationDetail,
     NotificationOut,
     NotificationPage,
-    NotificationStatus,
 )
+from app.domain import NotificationStatus
 from app.errors import HeraldError, Unprocessable
 from app.security.auth import Principal
 from app.store.models import Notification
-from app.store.repositories import ListFilter, NotificationRepository, Row
+from app.store.repositories import ListFilter, NotificationRepository
+from app.store.sql import Row
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=JSONBodyRoute)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -18,70 +17,19 @@ from pydantic import (
     model_validator,
 )
 
-from app.channels.base import ErrorClass, Recipient
-from app.delivery.circuit import CircuitState
+from app.channels.base import Recipient
+from app.domain import (
+    AttemptOutcome,
+    AttemptTrigger,
+    ChannelHealth,
+    CircuitState,
+    ErrorClass,
+    HopState,
+    NotificationStatus,
+    Severity,
+    Strategy,
+)
 from app.nesting import NESTING_LIMIT, TOO_DEEP, nested_deeper, shown
-
-# Enums are classes, so each is one named schema that generated clients share.
-
-
-class Severity(StrEnum):
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-    CRITICAL = "critical"
-
-
-class NotificationStatus(StrEnum):
-    PENDING = "pending"
-    DELIVERING = "delivering"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    PARTIAL = "partial"
-    EXPIRED = "expired"
-    CANCELLED = "cancelled"
-
-
-class Strategy(StrEnum):
-    FALLBACK = "fallback"
-    ALL = "all"
-
-
-class HopState(StrEnum):
-    """Where one hop of the chain stands.
-
-    ``pending`` not tried yet; ``retrying`` failed, tried again next round; ``delivered``;
-    ``failed`` permanently or out of rounds; ``skipped`` nothing to try (no address, disabled);
-    ``unused`` not needed, an earlier hop delivered; ``cancelled`` and ``expired`` not tried
-    (again) because the notification was cancelled or expired first.
-    """
-
-    PENDING = "pending"
-    RETRYING = "retrying"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    UNUSED = "unused"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-
-class AttemptOutcome(StrEnum):
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class AttemptTrigger(StrEnum):
-    SCHEDULED = "scheduled"
-    MANUAL = "manual"
-
-
-class ChannelHealth(StrEnum):
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNHEALTHY = "unhealthy"
 
 
 class Output(BaseModel):

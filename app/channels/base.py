@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -23,27 +22,12 @@ from app.channels.addresses import EMAIL_LIMIT, checked_e164, email_problem
 from app.channels.outbound import Outbound
 from app.channels.text import Unit, html_to_text, prefix
 from app.clock import SYSTEM_CLOCK, Clock
+from app.domain import ErrorClass as ErrorClass  # re-exported for channel plugins
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import parse_rate
 from app.security.redaction import redact
 
 EXCERPT_LIMIT = 2048
-
-
-class ErrorClass(StrEnum):
-    """The one taxonomy of delivery failures (README, "How delivery works").
-
-    transient: worth another try (timeout, connection refused, HTTP 408/5xx); rate_limited: the
-    provider asked to slow down (HTTP 429); permanent: never tried again for this notification
-    (other 4xx, 3xx); config: the channel's own setup is wrong (401/403, TLS), which quarantines
-    it for its cooldown; skipped: no provider call made (no address, disabled, circuit open).
-    """
-
-    TRANSIENT = "transient"
-    RATE_LIMITED = "rate_limited"
-    PERMANENT = "permanent"
-    CONFIG = "config"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,17 +26,11 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from enum import StrEnum
 
-from app.channels.base import CircuitConfig, DeliveryResult, ErrorClass, Message
+from app.channels.base import CircuitConfig, DeliveryResult, Message
+from app.domain import CircuitState, ErrorClass
 
 logger = logging.getLogger("herald.circuit")
-
-
-class CircuitState(StrEnum):
-    CLOSED = "closed"
-    HALF_OPEN = "half_open"
-    OPEN = "open"
 
 
 STATE_VALUES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from app.store.repositories import DUE_CHANNEL
+from app.store.sql import DUE_CHANNEL
 
 CONNECT_TIMEOUT = 10.0
 

@@ -32,12 +32,23 @@ from app.channels.base import (
     ChannelConfig,
     DeliveryError,
     DeliveryResult,
-    ErrorClass,
     Message,
     redact_result,
 )
 from app.delivery.circuit import CircuitBreaker, DestinationCircuits
 from app.delivery.retry import next_round_at, rounds_allowed
+from app.domain import (
+    FINAL_STATUSES,
+    OPEN_HOP_STATES,
+    STOPPING_STATUSES,
+    AttemptOutcome,
+    AttemptTrigger,
+    ErrorClass,
+    Hop,
+    HopState,
+    NotificationStatus,
+    Strategy,
+)
 from app.ratelimit import RateLimiter
 
 logger = logging.getLogger("herald.delivery")
@@ -87,64 +98,37 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
-class HopState:
-    channel: str
-    state: str = "pending"
-    attempts: int = 0
-    last_error: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "channel": self.channel,
-            "state": self.state,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HopState:
-        return cls(
-            channel=data["channel"],
-            state=data.get("state", "pending"),
-            attempts=int(data.get("attempts", 0)),
-            last_error=data.get("last_error"),
-        )
-
-
-def fresh_hops(chain: Sequence[str]) -> list[HopState]:
-    return [HopState(channel=name) for name in chain]
-
-
-@dataclass(frozen=True, slots=True)
 class AttemptRecord:
     channel: str
     channel_type: str
     hop: int
     round: int
-    trigger: str
+    trigger: AttemptTrigger
     result: DeliveryResult
     started_at: datetime
     duration_ms: int
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> AttemptOutcome:
         if self.result.error is None:
-            return "delivered"
-        return "skipped" if self.result.error.cls is ErrorClass.SKIPPED else "failed"
+            return AttemptOutcome.DELIVERED
+        if self.result.error.cls is ErrorClass.SKIPPED:
+            return AttemptOutcome.SKIPPED
+        return AttemptOutcome.FAILED
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What the notification asks of this round."""
 
-    strategy: str
+    strategy: Strategy
     schedule: Sequence[float]
     jitter: float
     round: int
     """The number this round gets (over the notification's life)."""
     rounds_done: int
     """Rounds of the current set already run before this one."""
-    trigger: str
+    trigger: AttemptTrigger
     expires_at: datetime | None
 
 
@@ -152,8 +136,8 @@ class Plan:
 class Outcome:
     """Everything a round decided; the worker writes it in one transaction."""
 
-    status: str
-    hops: list[HopState]
+    status: NotificationStatus
+    hops: list[Hop]
     attempts: list[AttemptRecord] = field(default_factory=list)
     next_attempt_at: datetime | None = None
     delivered_via: str | list[str] | None = None
@@ -163,13 +147,6 @@ class Outcome:
     @property
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
-
-
-FINAL_STATUSES = frozenset({"delivered", "failed", "partial", "expired", "cancelled"})
-
-STOPPING_STATUSES = frozenset({"expired", "cancelled"})
-"""Final statuses that end a notification from outside its rounds: a hop still open takes the
-status as its state, so it does not read as if an earlier hop had delivered."""
 
 
 def utcnow() -> datetime:
@@ -185,30 +162,30 @@ def _error_dict(channel: str, error: DeliveryError) -> dict[str, Any]:
     }
 
 
-def _hop_state_after(result: DeliveryResult) -> str:
+def _hop_state_after(result: DeliveryResult) -> HopState:
     error = result.error
     if error is None:
-        return "delivered"
+        return HopState.DELIVERED
     if error.cls is ErrorClass.PERMANENT:
-        return "failed"
+        return HopState.FAILED
     if error.cls is ErrorClass.SKIPPED and error.code not in RETRYABLE_SKIPS:
-        return "skipped"
-    return "retrying"
+        return HopState.SKIPPED
+    return HopState.RETRYING
 
 
-def settle(hops: Sequence[HopState], status: str) -> list[HopState]:
+def settle(hops: Sequence[Hop], status: NotificationStatus) -> list[Hop]:
     """Hop states for a final status: no hop stays ``pending`` or ``retrying``."""
     if status not in FINAL_STATUSES:
         return list(hops)
     settled = []
     for hop in hops:
-        if status in STOPPING_STATUSES and hop.state in ("pending", "retrying"):
-            hop = replace(hop, state=status)
-        elif hop.state == "pending":
-            hop = replace(hop, state="unused")
-        elif hop.state == "retrying":
+        if status in STOPPING_STATUSES and hop.state in OPEN_HOP_STATES:
+            hop = replace(hop, state=HopState(status))
+        elif hop.state == HopState.PENDING:
+            hop = replace(hop, state=HopState.UNUSED)
+        elif hop.state == HopState.RETRYING:
             skipped = (hop.last_error or {}).get("class") == ErrorClass.SKIPPED
-            hop = replace(hop, state="skipped" if skipped else "failed")
+            hop = replace(hop, state=HopState.SKIPPED if skipped else HopState.FAILED)
         settled.append(hop)
     return settled
 
@@ -223,22 +200,23 @@ class Orchestrator:
         self.clock = clock
         self.rng = rng or random.Random()
 
-    def expire(self, hops: Sequence[HopState]) -> Outcome:
+    def expire(self, hops: Sequence[Hop]) -> Outcome:
         """The outcome for a notification whose ``expires_at`` has passed: no attempt at all."""
-        return Outcome(status="expired", hops=settle(hops, "expired"))
+        expired = NotificationStatus.EXPIRED
+        return Outcome(status=expired, hops=settle(hops, expired))
 
     async def run_round(
         self,
         message: Message,
         chain: Sequence[Link],
-        hops: Sequence[HopState],
+        hops: Sequence[Hop],
         plan: Plan,
     ) -> Outcome:
         """Try the hops still worth trying, in order, and decide what follows."""
         hops = list(hops)
         attempts: list[AttemptRecord] = []
         for index, link in enumerate(chain):
-            if hops[index].state not in ("pending", "retrying"):
+            if hops[index].state not in OPEN_HOP_STATES:
                 continue
             record = await self._attempt(message, link, index, plan)
             attempts.append(record)
@@ -250,7 +228,7 @@ class Orchestrator:
                 attempts=hop.attempts + 1,
                 last_error=_error_dict(hop.channel, error) if error else hop.last_error,
             )
-            if error is None and plan.strategy == "fallback":
+            if error is None and plan.strategy == Strategy.FALLBACK:
                 break
         return self._decide(hops, attempts, plan)
 
@@ -316,11 +294,11 @@ class Orchestrator:
                 ErrorClass.TRANSIENT, "channel_error", f"channel raised {type(exc).__name__}"
             )
 
-    def _decide(self, hops: list[HopState], attempts: list[AttemptRecord], plan: Plan) -> Outcome:
+    def _decide(self, hops: list[Hop], attempts: list[AttemptRecord], plan: Plan) -> Outcome:
         now = self.clock()
         states = [hop.state for hop in hops]
-        delivered = [hop.channel for hop in hops if hop.state == "delivered"]
-        retryable = "retrying" in states or "pending" in states
+        delivered = [hop.channel for hop in hops if hop.state == HopState.DELIVERED]
+        retryable = any(state in OPEN_HOP_STATES for state in states)
         failures = [a for a in attempts if a.result.error is not None]
         last_error = (
             _error_dict(failures[-1].channel, failures[-1].result.error)  # type: ignore[arg-type]
@@ -329,22 +307,19 @@ class Orchestrator:
         )
         rounds_done = plan.rounds_done + 1
 
-        if plan.strategy == "fallback":
-            if delivered:
-                status = "delivered"
-            elif retryable and rounds_done < rounds_allowed(plan.schedule):
-                status = "pending"
-            else:
-                status = "failed"
-        elif all(state == "delivered" for state in states):
-            status = "delivered"
-        elif retryable and rounds_done < rounds_allowed(plan.schedule):
-            status = "pending"
+        Status = NotificationStatus
+        more = retryable and rounds_done < rounds_allowed(plan.schedule)
+        if plan.strategy == Strategy.FALLBACK:
+            status = Status.DELIVERED if delivered else Status.PENDING if more else Status.FAILED
+        elif all(state == HopState.DELIVERED for state in states):
+            status = Status.DELIVERED
+        elif more:
+            status = Status.PENDING
         else:
-            status = "partial" if delivered else "failed"
+            status = Status.PARTIAL if delivered else Status.FAILED
 
         next_attempt_at = None
-        if status == "pending":
+        if status == Status.PENDING:
             retry_afters = [
                 a.result.retry_after
                 for a in attempts
@@ -363,9 +338,9 @@ class Orchestrator:
             )
         via: str | list[str] | None = None
         if delivered:
-            via = delivered if plan.strategy == "all" else delivered[0]
+            via = delivered if plan.strategy == Strategy.ALL else delivered[0]
         delivered_at = None
-        if status in ("delivered", "partial") and delivered:
+        if status in (Status.DELIVERED, Status.PARTIAL) and delivered:
             delivered_at = max(
                 (a.started_at for a in attempts if a.result.error is None), default=now
             )

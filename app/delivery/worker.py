@@ -25,7 +25,6 @@ from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message
 from app.delivery.listener import listen
 from app.delivery.orchestrator import (
     AttemptRecord,
-    HopState,
     Link,
     Orchestrator,
     Outcome,
@@ -35,6 +34,7 @@ from app.delivery.orchestrator import (
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, supervised
+from app.domain import AttemptTrigger, Hop, Strategy
 from app.ids import uuid7
 from app.nesting import shown
 from app.runtime import Runtime
@@ -46,8 +46,8 @@ from app.store.repositories import (
     FinishedRound,
     IdempotencyRepository,
     NotificationRepository,
-    Row,
 )
+from app.store.sql import Row
 
 logger = logging.getLogger("herald.worker")
 T = TypeVar("T")
@@ -336,19 +336,19 @@ class Worker:
 
     async def deliver(self, notification: Claimed) -> Outcome:
         """Run one round (or expire) and save it; returns what was decided."""
-        hops = [HopState.from_dict(hop) for hop in notification.hops]
+        hops = [Hop.from_dict(hop) for hop in notification.hops]
         expires_at = notification.expires_at
         if expires_at is not None and expires_at <= self.clock():
             outcome = self.orchestrator.expire(hops)
         else:
             chain = [self._link(name) for name in notification.channels]
             plan = Plan(
-                strategy=notification.strategy,
+                strategy=Strategy(notification.strategy),
                 schedule=notification.retry_schedule,
                 jitter=notification.retry_jitter,
                 round=notification.round + 1,
                 rounds_done=notification.round - notification.round_base,
-                trigger=notification.trigger,
+                trigger=AttemptTrigger(notification.trigger),
                 expires_at=expires_at,
             )
             outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
@@ -374,7 +374,7 @@ class Worker:
         if outcome.attempts:
             values |= {
                 "round": notification.round + 1,
-                "trigger": "scheduled",
+                "trigger": AttemptTrigger.SCHEDULED,
                 "attempt_count": notification.attempt_count + len(outcome.attempts),
             }
         if outcome.last_error is not None:

@@ -20,16 +20,18 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.store.repositories import (
-    ATTEMPTS,
     CLAIMED_COLUMNS,
-    NOTIFICATIONS,
     Claimed,
     FinishedRound,
     NotificationRepository,
+    group_by_columns,
+)
+from app.store.sql import (
+    ATTEMPTS,
+    NOTIFICATIONS,
     PreparedInsert,
     bind_processors,
     driver_connection,
-    group_by_columns,
 )
 
 _HELD = "status = 'delivering' AND claimed_by = $2"

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 from sqlalchemy import (
     ColumnElement,
     ScalarSelect,
     Select,
-    Table,
     bindparam,
     delete,
     false,
@@ -22,25 +19,21 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
-    text,
     update,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.store.db import unavailable_reason
 from app.store.models import Attempt, IdempotencyKey, Notification
-
-DUE_CHANNEL = "herald_due"
-
-NOTIFICATIONS = cast(Table, Notification.__table__)
-IDEMPOTENCY_KEYS = cast(Table, IdempotencyKey.__table__)
-ATTEMPTS = cast(Table, Attempt.__table__)
-
-Row = dict[str, Any]
-"""A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
+from app.store.sql import (
+    DUE_CHANNEL,
+    IDEMPOTENCY_KEYS,
+    NOTIFICATIONS,
+    PreparedInsert,
+    Row,
+    driver_connection,
+    notify_due,
+)
 
 
 class DuplicateKey(Exception):
@@ -105,105 +98,11 @@ class Intake:
                 if key is not None:
                     await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
                 if announce:
-                    await _announce(conn, conn.dialect)
+                    await notify_due(conn, conn.dialect)
         except IntegrityError as exc:
             if key is None:
                 raise
             raise DuplicateKey() from exc
-
-
-@asynccontextmanager
-async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]:
-    """A pooled connection's driver (asyncpg) connection, for plain SQL on a hot path.
-
-    Driver and socket errors come out wrapped as SQLAlchemy wraps them (``IntegrityError`` for a
-    constraint, ``DBAPIError`` otherwise, ``sql`` as the statement), so callers see one kind;
-    a connection lost on the way, or left by a cancelled task, is invalidated, so the pool does
-    not hand it out again.
-    """
-    pooled = await _raw_connection(engine)
-    driver: Any = pooled.driver_connection
-    try:
-        yield driver
-    except (
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,
-        OSError,
-    ) as exc:
-        # A closed connection ("connection is closed" after a server restart) is lost whatever
-        # the error, as in SQLAlchemy's own check; so is one whose protocol state is broken
-        # (InternalClientError, seen on BEGIN right after the server went down).
-        lost = (
-            driver.is_closed()
-            or isinstance(exc, asyncpg.InternalClientError)
-            or unavailable_reason(exc) is not None
-        )
-        if lost:
-            await greenlet_spawn(pooled.invalidate)
-        constraint = str(getattr(exc, "sqlstate", "")).startswith("23")
-        wrapper = IntegrityError if constraint else DBAPIError
-        raise wrapper(sql, None, exc, hide_parameters=True, connection_invalidated=lost) from exc
-    except BaseException:
-        # Anything else (a cancelled task, a bug of ours) mid-statement or mid-transaction:
-        # what state the connection is in is unknown.
-        await greenlet_spawn(pooled.invalidate)
-        raise
-    finally:
-        await greenlet_spawn(pooled.close)
-
-
-async def _raw_connection(engine: AsyncEngine) -> Any:
-    """A pooled connection; a refused connect (no such database, wrong password, server
-    starting up) comes out as ``DBAPIError``, as ``engine.connect()`` raises it, not as the
-    driver adapter's bare error, which no handler would recognise."""
-    dialect = engine.dialect
-    try:
-        return await engine.raw_connection()
-    except dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(
-            None,
-            None,
-            exc,
-            dialect.loaded_dbapi.Error,
-            hide_parameters=True,
-            connection_invalidated=True,
-            dialect=dialect,
-        ) from exc
-
-
-def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
-    """Column name → SQLAlchemy's bind processor for it (``None``: the value goes as it is)."""
-    return {
-        column.name: column.type.dialect_impl(dialect).bind_processor(dialect)
-        for column in table.columns
-    }
-
-
-class PreparedInsert:
-    """``INSERT INTO table (…) VALUES ($n, …)`` and the driver-level values for one row."""
-
-    def __init__(self, table: Table, dialect: Dialect) -> None:
-        self.table = table
-        self.columns = [column.name for column in table.columns]
-        self.processors = list(bind_processors(table, dialect).values())
-
-    def sql(self, first: int) -> str:
-        places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
-        return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
-
-    def args(self, row: Row) -> list[Any]:
-        return [
-            value if process is None else process(value)
-            for process, value in zip(
-                self.processors, (row[name] for name in self.columns), strict=True
-            )
-        ]
-
-
-async def _announce(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:
-    if dialect.name == "postgresql":
-        await executor.execute(text("SELECT pg_notify(:channel, '')"), {"channel": DUE_CHANNEL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +309,7 @@ class NotificationRepository:
 
     async def announce_due(self) -> None:
         """Tell listening workers (PostgreSQL ``NOTIFY``, sent on commit) that work is due."""
-        await _announce(self.session, self.session.get_bind().dialect)
+        await notify_due(self.session, self.session.get_bind().dialect)
 
     async def oldest_due(self) -> datetime | None:
         """The earliest ``next_attempt_at`` among pending notifications."""

@@ -17,7 +17,8 @@ from app.delivery.saves import RoundSaver
 from app.ids import uuid7
 from app.store.db import create_engine, is_sqlite
 from app.store.models import Attempt, Notification
-from app.store.repositories import Claimed, FinishedRound, Row
+from app.store.repositories import Claimed, FinishedRound
+from app.store.sql import Row
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import HttpServer, serve_http
 

@@ -16,8 +16,9 @@ from app.channels.base import (
     Recipient,
     origin,
 )
-from app.delivery.circuit import CircuitBreaker, CircuitState, DestinationCircuits
-from app.delivery.orchestrator import Link, Orchestrator, fresh_hops
+from app.delivery.circuit import CircuitBreaker, DestinationCircuits
+from app.delivery.orchestrator import Link, Orchestrator
+from app.domain import CircuitState, fresh_hops
 from tests.unit.test_orchestrator import BROKEN, DOWN, GONE, NOW, OK, FakeChannel, message, plan
 
 

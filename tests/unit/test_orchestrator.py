@@ -18,7 +18,8 @@ from app.channels.base import (
     Message,
     Recipient,
 )
-from app.delivery.orchestrator import HopState, Link, Orchestrator, Plan, fresh_hops
+from app.delivery.orchestrator import Link, Orchestrator, Plan
+from app.domain import Hop, HopState, fresh_hops
 from app.ratelimit import RateLimiter
 from tests.support.harness import Clock
 
@@ -104,7 +105,7 @@ def orchestrator(seed: int = 1) -> Orchestrator:
 
 async def run(
     channels: Sequence[FakeChannel],
-    hops: list[HopState] | None = None,
+    hops: list[Hop] | None = None,
     **plan_args: object,
 ):
     chain = [Link(channel=c) for c in channels]
@@ -163,14 +164,14 @@ async def test_retryable_failure_schedules_next_round_without_jitter() -> None:
 
 
 async def test_later_rounds_use_later_delays() -> None:
-    hops = [HopState("a", "retrying", 2)]
+    hops = [Hop("a", HopState.RETRYING, 2)]
     outcome = await run([FakeChannel("a", DOWN)], hops, rounds_done=2)
     assert outcome.next_attempt_at == NOW + timedelta(seconds=300)
     assert outcome.hops[0].attempts == 3
 
 
 async def test_rounds_exhausted_fails_after_schedule_plus_one_rounds() -> None:
-    hops = [HopState("a", "retrying", 3)]
+    hops = [Hop("a", HopState.RETRYING, 3)]
     outcome = await run([FakeChannel("a", DOWN)], hops, rounds_done=3)
     assert outcome.status == "failed"
     assert outcome.next_attempt_at is None
@@ -185,7 +186,7 @@ async def test_all_permanent_fails_at_once() -> None:
 
 async def test_permanent_hop_is_not_tried_in_later_rounds() -> None:
     a, b = FakeChannel("a"), FakeChannel("b", OK)
-    hops = [HopState("a", "failed", 1), HopState("b", "retrying", 1)]
+    hops = [Hop("a", HopState.FAILED, 1), Hop("b", HopState.RETRYING, 1)]
     outcome = await run([a, b], hops, rounds_done=1)
     assert a.calls == 0
     assert outcome.status == "delivered"
@@ -240,7 +241,7 @@ async def test_next_round_is_capped_at_expiry() -> None:
 
 
 def test_expire_settles_hops_without_attempts() -> None:
-    hops = [HopState("a", "retrying", 1), HopState("b", "pending")]
+    hops = [Hop("a", HopState.RETRYING, 1), Hop("b", HopState.PENDING)]
     outcome = orchestrator().expire(hops)
     assert outcome.status == "expired"
     assert outcome.attempts == []
@@ -273,7 +274,7 @@ async def test_strategy_all_partial_when_the_rest_is_permanent() -> None:
 
 
 async def test_strategy_all_partial_when_rounds_run_out() -> None:
-    hops = [HopState("a", "delivered", 1), HopState("b", "retrying", 3)]
+    hops = [Hop("a", HopState.DELIVERED, 1), Hop("b", HopState.RETRYING, 3)]
     outcome = await run(
         [FakeChannel("a"), FakeChannel("b", DOWN)], hops, strategy="all", rounds_done=3
     )

@@ -1,0 +1,157 @@
+"""Herald's vocabulary (README, "How delivery works"): the states, strategies and classes every layer speaks,
+and the value type of a chain's hop.
+
+The API publishes these enums as they are (each is one named schema in ``openapi.yaml``), the
+service and the orchestrator decide with them, the store writes them and the metrics label with
+them. Nothing below the API spells a status or a state as a string literal. A ``StrEnum``
+member is its string, so rows and JSON read back as plain strings compare equal to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Severity(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class NotificationStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PARTIAL = "partial"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset(
+    {
+        NotificationStatus.DELIVERED,
+        NotificationStatus.FAILED,
+        NotificationStatus.PARTIAL,
+        NotificationStatus.EXPIRED,
+        NotificationStatus.CANCELLED,
+    }
+)
+"""Statuses a notification does not leave by itself (only an operator's retry moves it on)."""
+
+STOPPING_STATUSES = frozenset({NotificationStatus.EXPIRED, NotificationStatus.CANCELLED})
+"""Final statuses that end a notification from outside its rounds: a hop still open takes the
+status as its state, so it does not read as if an earlier hop had delivered."""
+
+CANCELLABLE = (NotificationStatus.PENDING,)
+"""Statuses ``POST …/cancel`` moves to ``cancelled``."""
+
+RETRYABLE = (NotificationStatus.FAILED, NotificationStatus.EXPIRED, NotificationStatus.PARTIAL)
+"""Statuses ``POST …/retry`` moves back to ``pending``."""
+
+
+class Strategy(StrEnum):
+    FALLBACK = "fallback"
+    ALL = "all"
+
+
+class HopState(StrEnum):
+    """Where one hop of the chain stands.
+
+    ``pending`` not tried yet; ``retrying`` failed, tried again next round; ``delivered``;
+    ``failed`` permanently or out of rounds; ``skipped`` nothing to try (no address, disabled);
+    ``unused`` not needed, an earlier hop delivered; ``cancelled`` and ``expired`` not tried
+    (again) because the notification was cancelled or expired first.
+    """
+
+    PENDING = "pending"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNUSED = "unused"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+OPEN_HOP_STATES = frozenset({HopState.PENDING, HopState.RETRYING})
+"""Hop states a round still tries."""
+
+
+class AttemptOutcome(StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class AttemptTrigger(StrEnum):
+    """What started a round: the schedule (the first round, each retry) or an operator's retry."""
+
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+
+
+class ErrorClass(StrEnum):
+    """The one taxonomy of delivery failures (README, "How delivery works").
+
+    transient: worth another try (timeout, connection refused, HTTP 408/5xx); rate_limited: the
+    provider asked to slow down (HTTP 429); permanent: never tried again for this notification
+    (other 4xx, 3xx); config: the channel's own setup is wrong (401/403, TLS), which quarantines
+    it for its cooldown; skipped: no provider call made (no address, disabled, circuit open).
+    """
+
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    CONFIG = "config"
+    SKIPPED = "skipped"
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+class ChannelHealth(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One hop of a notification's chain as it stands (stored in ``notifications.hops``; the
+    API shows it as ``schemas.Hop``)."""
+
+    channel: str
+    state: HopState = HopState.PENDING
+    attempts: int = 0
+    last_error: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hop:
+        return cls(
+            channel=data["channel"],
+            state=HopState(data.get("state", HopState.PENDING)),
+            attempts=int(data.get("attempts", 0)),
+            last_error=data.get("last_error"),
+        )
+
+
+def fresh_hops(chain: Sequence[str]) -> list[Hop]:
+    """The hops of a chain no round has tried yet."""
+    return [Hop(channel=name) for name in chain]
