@@ -1,5 +1,5 @@
-"""Herald's vocabulary (README, "How delivery works"): the states, strategies and classes every layer speaks,
-and the value type of a chain's hop.
+"""Herald's vocabulary (README, "How delivery works"): the states, strategies and classes every
+layer speaks, and the value type of a chain's hop.
 
 The API publishes these enums as they are (each is one named schema in ``openapi.yaml``), the
 service and the orchestrator decide with them, the store writes them and the metrics label with
