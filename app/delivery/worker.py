@@ -16,12 +16,14 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import sniffio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
+from app.config import Settings
 from app.delivery.listener import listen
 from app.delivery.orchestrator import (
     AttemptRecord,
@@ -37,7 +39,6 @@ from app.delivery.supervise import Task, supervised
 from app.domain import AttemptTrigger, RoundUpdate
 from app.ids import uuid7
 from app.nesting import shown
-from app.runtime import Runtime
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.queue import Claimed, FinishedRound, WorkQueue
 from app.store.repositories import IDEMPOTENCY_RETENTION
@@ -115,10 +116,33 @@ def attempt_row(notification_id: uuid.UUID, record: AttemptRecord) -> Row:
     }
 
 
+class Resources(Protocol):
+    """What a worker uses of its process's resources. ``app.runtime.Runtime`` is one; the
+    worker does not import it, since the runtime, which builds every part, imports delivery."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    @property
+    def links(self) -> dict[str, Link]:
+        """The configured channels by name, as rounds use them."""
+        ...
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        """Set when work may be due now."""
+        ...
+
+    def wake_worker(self) -> None: ...
+
+
 class Worker:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Resources,
         *,
         worker_id: str | None = None,
         orchestrator: Orchestrator | None = None,
