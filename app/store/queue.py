@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -95,6 +95,10 @@ class FinishedRound:
     attempts: Sequence[Row]
 
 
+_WRITTEN_WHEN_SET = tuple(field.name for field in fields(RoundUpdate) if field.default is None)
+"""``RoundUpdate``'s optional fields: ``None`` leaves the column (of the same name) alone."""
+
+
 def columns_of(change: RoundUpdate) -> Row:
     """The ``notifications`` columns a round writes (those it leaves alone are absent)."""
     row: Row = {
@@ -103,18 +107,10 @@ def columns_of(change: RoundUpdate) -> Row:
         "next_attempt_at": change.next_attempt_at,
         "updated_at": change.updated_at,
     }
-    if change.round is not None:
-        row["round"] = change.round
-    if change.trigger is not None:
-        row["trigger"] = change.trigger
-    if change.attempt_count is not None:
-        row["attempt_count"] = change.attempt_count
-    if change.last_error is not None:
-        row["last_error"] = change.last_error
-    if change.delivered_via is not None:
-        row["delivered_via"] = change.delivered_via
-    if change.delivered_at is not None:
-        row["delivered_at"] = change.delivered_at
+    for name in _WRITTEN_WHEN_SET:
+        value = getattr(change, name)
+        if value is not None:
+            row[name] = value
     return row
 
 
@@ -133,10 +129,8 @@ class Statements:
     """
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
         held = (_N.status == NotificationStatus.DELIVERING, _N.claimed_by == bindparam("worker_id"))
         """Held by ``:worker_id`` under its lease."""
-        held_of_ids = (self._among_ids(dialect), *held)
         expired = (
             _N.status == NotificationStatus.DELIVERING,
             _N.lease_expires_at < bindparam("now"),
@@ -164,8 +158,9 @@ class Statements:
         """Up to ``:limit`` notifications due at ``:now``, oldest due first, marked delivering
         under ``:worker_id``'s lease until ``:lease_until``; their ``CLAIMED_COLUMNS``."""
 
-        self.lock_held: Select[tuple[uuid.UUID]] = _in_lock_order(select(_N.id).where(*held_of_ids))
+        self.lock_held = _in_lock_order(select(_N.id).where(_among_ids(dialect), *held))
         """The rows of ``:ids`` that ``:worker_id`` still holds, locked; their ids."""
+        locked_held = _N.id.in_(self.lock_held.scalar_subquery())
 
         self.save_round = (
             update(NOTIFICATIONS).where(_N.id == bindparam("b_id"), *held).values(**unclaimed)
@@ -178,8 +173,7 @@ class Statements:
 
         self.renew = (
             update(NOTIFICATIONS)
-            .where(_N.id.in_(_in_lock_order(select(_N.id).where(*held_of_ids)).scalar_subquery()))
-            .where(*held)
+            .where(locked_held, *held)
             .values(lease_expires_at=bindparam("lease_until"))
         )
         """``:worker_id``'s lease on the rows of ``:ids`` it still holds, moved to
@@ -187,8 +181,7 @@ class Statements:
 
         self.release = (
             update(NOTIFICATIONS)
-            .where(_N.id.in_(_in_lock_order(select(_N.id).where(*held_of_ids)).scalar_subquery()))
-            .where(*held)
+            .where(locked_held, *held)
             .values(status=NotificationStatus.PENDING, updated_at=bindparam("now"), **unclaimed)
         )
         """The rows of ``:ids`` that ``:worker_id`` holds, handed back untried."""
@@ -212,14 +205,14 @@ class Statements:
         )
         """Idempotency keys stored before ``:cutoff``."""
 
-    @staticmethod
-    def _among_ids(dialect: Dialect) -> ColumnElement[bool]:
-        """The notification's id is in the list ``:ids``: ``= ANY`` of one array parameter on
-        PostgreSQL (one statement, prepared once, whatever the count), an expanding ``IN``
-        elsewhere."""
-        if dialect.name == "postgresql":
-            return _N.id == any_(bindparam("ids", type_=ARRAY(_N.id.type)))
-        return _N.id.in_(bindparam("ids", expanding=True))
+
+def _among_ids(dialect: Dialect) -> ColumnElement[bool]:
+    """The notification's id is in the list ``:ids``: ``= ANY`` of one array parameter on
+    PostgreSQL (one statement, prepared once, whatever the count), an expanding ``IN``
+    elsewhere. The one place the statements differ by database."""
+    if dialect.name == "postgresql":
+        return _N.id == any_(bindparam("ids", type_=ARRAY(_N.id.type)))
+    return _N.id.in_(bindparam("ids", expanding=True))
 
 
 def _in_lock_order(ids: Select[tuple[uuid.UUID]]) -> Select[tuple[uuid.UUID]]:
