@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, TypeVar
 
@@ -127,7 +127,7 @@ class Resources(Protocol):
     def engine(self) -> AsyncEngine: ...
 
     @property
-    def links(self) -> dict[str, Link]:
+    def links(self) -> Mapping[str, Link]:
         """The configured channels by name, as rounds use them."""
         ...
 
