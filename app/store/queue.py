@@ -35,6 +35,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
+    literal_column,
     select,
     update,
 )
@@ -129,17 +130,17 @@ class Statements:
     """
 
     def __init__(self, dialect: Dialect) -> None:
-        held = (_N.status == NotificationStatus.DELIVERING, _N.claimed_by == bindparam("worker_id"))
+        held = (_is(NotificationStatus.DELIVERING), _N.claimed_by == bindparam("worker_id"))
         """Held by ``:worker_id`` under its lease."""
         expired = (
-            _N.status == NotificationStatus.DELIVERING,
+            _is(NotificationStatus.DELIVERING),
             _N.lease_expires_at < bindparam("now"),
         )
         unclaimed = {"claimed_by": None, "lease_expires_at": None}
 
         due = (
             select(_N.id)
-            .where(_N.status == NotificationStatus.PENDING, _N.next_attempt_at <= bindparam("now"))
+            .where(_is(NotificationStatus.PENDING), _N.next_attempt_at <= bindparam("now"))
             .order_by(_N.next_attempt_at)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
@@ -204,6 +205,14 @@ class Statements:
             IDEMPOTENCY_KEYS.c.created_at < bindparam("cutoff")
         )
         """Idempotency keys stored before ``:cutoff``."""
+
+
+def _is(status: NotificationStatus) -> ColumnElement[bool]:
+    """``status = 'pending'``, the value written into the SQL rather than bound: a partial index
+    on one status (``ix_notifications_due``, ``ix_notifications_lease``) serves only a query
+    whose own text implies its predicate, so a bound value would keep PostgreSQL's generic plan
+    of a prepared statement, and SQLite's planner, from using it."""
+    return _N.status == literal_column(f"'{status}'")
 
 
 def _among_ids(dialect: Dialect) -> ColumnElement[bool]:
