@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -155,3 +156,30 @@ class Hop:
 def fresh_hops(chain: Sequence[str]) -> list[Hop]:
     """The hops of a chain no round has tried yet."""
     return [Hop(channel=name) for name in chain]
+
+
+# --- what a round changes ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoundUpdate:
+    """What one round (or an expiry) changes on its notification; the worker's store turns it
+    into columns.
+
+    ``status``, ``hops``, ``next_attempt_at`` (``None``: no round is due) and ``updated_at`` are
+    always written. The other fields are written only when set: ``round``, ``trigger`` and
+    ``attempt_count`` together when the round made attempts (an expiry makes none), and
+    ``last_error``, ``delivered_via`` and ``delivered_at`` when the round has something to say
+    there; ``None`` leaves what the notification holds.
+    """
+
+    status: NotificationStatus
+    hops: Sequence[Hop]
+    next_attempt_at: datetime | None
+    updated_at: datetime
+    round: int | None = None
+    trigger: AttemptTrigger | None = None
+    attempt_count: int | None = None
+    last_error: dict[str, Any] | None = None
+    delivered_via: str | list[str] | None = None
+    delivered_at: datetime | None = None

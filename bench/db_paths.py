@@ -16,22 +16,23 @@ accept paths (one notification stored and announced):
     asyncpg        one INSERT on a raw asyncpg connection (what baseline_ingest does)
 
 save paths (a delivered round written: new state + one attempt, lease checked):
-    rounds_each    NotificationRepository.save_rounds, one round per transaction
-    rounds_batch32 NotificationRepository.save_rounds, 32 rounds per transaction (SQLAlchemy
-                   Core in a session: Herald's path on SQLite, and on PostgreSQL before
-                   app.store.delivery)
-    store_batch32  Herald's worker on PostgreSQL now (DeliveryStore.save_rounds: the same
-                   statements as plain SQL on the pooled driver connection)
+    rounds_each    WorkQueue.save_rounds, one round per transaction
+    rounds_batch32 WorkQueue.save_rounds, 32 rounds per transaction, the statements run through
+                   SQLAlchemy Core (Herald's path on SQLite, and on PostgreSQL before the
+                   plain-SQL path)
+    store_batch32  Herald's worker on PostgreSQL now (WorkQueue.save_rounds: the same
+                   statements compiled once to plain SQL on the pooled driver connection)
     core_batch32   32 notifications per transaction: one UPDATE … RETURNING, one INSERT of the
                    attempts (Core over the same engine)
     asyncpg_batch32  the same two statements as one CTE on raw asyncpg (baseline_deliver)
 
 claim paths (32 due notifications claimed under a lease, per notification):
-    session_batch32  NotificationRepository.claim_due in a session (SQLite's path)
-    store_batch32    DeliveryStore.claim: one statement in autocommit on the driver connection
+    session_batch32  WorkQueue.claim through SQLAlchemy Core (SQLite's path)
+    store_batch32    WorkQueue.claim: one statement in autocommit on the driver connection
     asyncpg_batch32  baseline_deliver's claim on raw asyncpg
 
-(bench/results/db_paths.json: --rounds 5 on the 2-core bench machine, with app.store.delivery.
+(bench/results/db_paths.json: --rounds 5 on the 2-core bench machine, with the plain-SQL path
+then in app/store/delivery.py, now app/store/queue.py.
 Recorded before the Intake and group commit existed, Herald's paths were ``orm`` and an ORM save
 per round: 1.23 and 1.66 ms of CPU.)
 """
@@ -55,15 +56,17 @@ from sqlalchemy import bindparam, insert, inspect, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench
+
 from app.api.schemas import NotificationCreate
 from app.config import RetryPolicy
+from app.domain import AttemptTrigger, Hop, HopState, NotificationStatus, RoundUpdate
 from app.ids import uuid7
 from app.runtime import ResolvedRoute
 from app.service import new_notification
 from app.store.db import create_engine, session_factory
-from app.store.delivery import DeliveryStore
 from app.store.models import Attempt, Notification
-from app.store.repositories import FinishedRound, Intake, NotificationRepository
+from app.store.queue import FinishedRound, WorkQueue, _Core, columns_of
+from app.store.repositories import Intake, NotificationRepository
 
 ROUTE = ResolvedRoute("default", ["hooks"], "fallback", RetryPolicy(), None)
 REQUEST = NotificationCreate.model_validate(
@@ -180,26 +183,26 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         rows = []
         for _ in range(count):
             n = fresh()
-            n.status, n.claimed_by = "delivering", worker_id
+            n.status, n.claimed_by = NotificationStatus.DELIVERING, worker_id
             n.lease_expires_at = datetime.now(UTC) + timedelta(seconds=60)
             rows.append(row_of(n))
         async with engine.begin() as conn:
             await conn.execute(insert(table), rows)
         return [r["id"] for r in rows]
 
-    def values_for() -> dict[str, Any]:
+    def change_for() -> RoundUpdate:
         now = datetime.now(UTC)
-        return {
-            "status": "delivered",
-            "hops": [{"channel": "hooks", "state": "delivered", "attempts": 1, "last_error": None}],
-            "next_attempt_at": None,
-            "updated_at": now,
-            "round": 1,
-            "trigger": "scheduled",
-            "attempt_count": 1,
-            "delivered_via": "hooks",
-            "delivered_at": now,
-        }
+        return RoundUpdate(
+            status=NotificationStatus.DELIVERED,
+            hops=[Hop("hooks", HopState.DELIVERED, attempts=1)],
+            next_attempt_at=None,
+            updated_at=now,
+            round=1,
+            trigger=AttemptTrigger.SCHEDULED,
+            attempt_count=1,
+            delivered_via="hooks",
+            delivered_at=now,
+        )
 
     def attempt_for(notification_id: uuid.UUID) -> dict[str, Any]:
         return {
@@ -222,30 +225,30 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         }
 
     def finished(ids: list[uuid.UUID]) -> list[FinishedRound]:
-        return [FinishedRound(i, values_for(), [attempt_for(i)]) for i in ids]
+        return [FinishedRound(i, change_for(), [attempt_for(i)]) for i in ids]
+
+    store = WorkQueue(engine)
+    core_store = WorkQueue(engine)
+    core_store._database = _Core(engine)  # SQLite's way of running the statements
 
     async def rounds_each(ids: list[uuid.UUID]) -> None:
         for one in finished(ids):
-            async with sessions() as session, session.begin():
-                await NotificationRepository(session).save_rounds([one], worker_id=worker_id)
+            await store.save_rounds([one], worker_id=worker_id)
 
     async def rounds_batch(ids: list[uuid.UUID]) -> None:
-        async with sessions() as session, session.begin():
-            await NotificationRepository(session).save_rounds(finished(ids), worker_id=worker_id)
-
-    store = DeliveryStore(engine, sessions)
+        await core_store.save_rounds(finished(ids), worker_id=worker_id)
 
     async def store_batch(ids: list[uuid.UUID]) -> None:
         await store.save_rounds(finished(ids), worker_id=worker_id)
 
     async def core_batch(ids: list[uuid.UUID]) -> None:
-        values = values_for()
+        values = columns_of(change_for())
         async with engine.begin() as conn:
             done = await conn.execute(
                 update(table)
                 .where(
                     table.c.id.in_(ids),
-                    table.c.status == "delivering",
+                    table.c.status == NotificationStatus.DELIVERING,
                     table.c.claimed_by == worker_id,
                 )
                 .values(**values, claimed_by=None, lease_expires_at=None)
@@ -255,7 +258,6 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             attempts = [attempt_for(i) for i in ids if i in kept]
             await conn.execute(insert(Attempt.__table__), attempts)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from baseline_deliver import HOPS_DELIVERED, SAVE
 
     async def raw_batch(ids: list[uuid.UUID]) -> None:
@@ -312,10 +314,9 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
     async def claim_session(limit: int) -> int:
         now, until = lease()
-        async with sessions() as session, session.begin():
-            claimed = await NotificationRepository(session).claim_due(
-                worker_id=worker_id, now=now, lease_until=until, limit=limit
-            )
+        claimed = await core_store.claim(
+            worker_id=worker_id, now=now, lease_until=until, limit=limit
+        )
         return len(claimed)
 
     async def claim_store(limit: int) -> int:

@@ -22,8 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from app.store.db import unavailable_reason
-from app.store.delivery import DeliveryStore
-from app.store.repositories import FinishedRound
+from app.store.queue import FinishedRound, WorkQueue
 
 logger = logging.getLogger("herald.worker")
 
@@ -36,7 +35,7 @@ class RoundSaver:
 
     def __init__(
         self,
-        store: DeliveryStore,
+        store: WorkQueue,
         worker_id: str,
         *,
         max_batch: int = MAX_BATCH,

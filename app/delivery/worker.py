@@ -14,14 +14,16 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import sniffio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
+from app.config import Settings
 from app.delivery.listener import listen
 from app.delivery.orchestrator import (
     AttemptRecord,
@@ -34,19 +36,12 @@ from app.delivery.orchestrator import (
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, supervised
-from app.domain import AttemptTrigger, Hop, Strategy
+from app.domain import AttemptTrigger, RoundUpdate
 from app.ids import uuid7
 from app.nesting import shown
-from app.runtime import Runtime
 from app.store.db import brief, is_sqlite, unavailable_reason
-from app.store.delivery import DeliveryStore
-from app.store.repositories import (
-    IDEMPOTENCY_RETENTION,
-    Claimed,
-    FinishedRound,
-    IdempotencyRepository,
-    NotificationRepository,
-)
+from app.store.queue import Claimed, FinishedRound, WorkQueue
+from app.store.repositories import IDEMPOTENCY_RETENTION
 from app.store.sql import Row
 
 logger = logging.getLogger("herald.worker")
@@ -121,10 +116,33 @@ def attempt_row(notification_id: uuid.UUID, record: AttemptRecord) -> Row:
     }
 
 
+class Resources(Protocol):
+    """What a worker uses of its process's resources. ``app.runtime.Runtime`` is one; the
+    worker does not import it, since the runtime, which builds every part, imports delivery."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    @property
+    def links(self) -> Mapping[str, Link]:
+        """The configured channels by name, as rounds use them."""
+        ...
+
+    @property
+    def wakeup(self) -> asyncio.Event:
+        """Set when work may be due now."""
+        ...
+
+    def wake_worker(self) -> None: ...
+
+
 class Worker:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Resources,
         *,
         worker_id: str | None = None,
         orchestrator: Orchestrator | None = None,
@@ -139,7 +157,7 @@ class Worker:
         self._saving: set[asyncio.Task[None]] = set()
         """Tasks in ``_in_flight`` whose provider calls are over, waiting for their save."""
         self._slot_free = asyncio.Event()
-        self.store = DeliveryStore(runtime.engine, runtime.sessions)
+        self.store = WorkQueue(runtime.engine)
         self._saves = RoundSaver(self.store, self.worker_id)
         self._last_purge = float("-inf")
 
@@ -303,19 +321,11 @@ class Worker:
 
     async def renew(self, ids: list[uuid.UUID]) -> int:
         """Extend this worker's leases on ``ids`` (those it still holds); how many."""
-        now = self.clock()
-        async with self.runtime.sessions() as session, session.begin():
-            return await NotificationRepository(session).extend_leases(
-                ids,
-                worker_id=self.worker_id,
-                lease_until=now + timedelta(seconds=self.settings.lease),
-            )
+        lease_until = self.clock() + timedelta(seconds=self.settings.lease)
+        return await self.store.renew(ids, worker_id=self.worker_id, lease_until=lease_until)
 
     async def release(self, ids: list[uuid.UUID]) -> int:
-        async with self.runtime.sessions() as session, session.begin():
-            released = await NotificationRepository(session).release(
-                ids, worker_id=self.worker_id, now=self.clock()
-            )
+        released = await self.store.release(ids, worker_id=self.worker_id, now=self.clock())
         logger.info("released %d unfinished claims", released)
         return released
 
@@ -323,11 +333,10 @@ class Worker:
         """Hand back notifications whose worker's lease ran out; purge old idempotency keys."""
         now = self.clock()
         loop = asyncio.get_running_loop()
-        async with self.runtime.sessions() as session, session.begin():
-            recovered = await NotificationRepository(session).recover_expired_leases(now)
-            if loop.time() - self._last_purge >= PURGE_EVERY:
-                await IdempotencyRepository(session).purge_older_than(now - IDEMPOTENCY_RETENTION)
-                self._last_purge = loop.time()
+        recovered = await self.store.recover_expired(now)
+        if loop.time() - self._last_purge >= PURGE_EVERY:
+            await self.store.purge_keys(now - IDEMPOTENCY_RETENTION)
+            self._last_purge = loop.time()
         if recovered:
             metrics.leases_recovered.inc(recovered)
             logger.warning("recovered %d notifications from expired leases", recovered)
@@ -336,19 +345,19 @@ class Worker:
 
     async def deliver(self, notification: Claimed) -> Outcome:
         """Run one round (or expire) and save it; returns what was decided."""
-        hops = [Hop.from_dict(hop) for hop in notification.hops]
+        hops = notification.hops
         expires_at = notification.expires_at
         if expires_at is not None and expires_at <= self.clock():
             outcome = self.orchestrator.expire(hops)
         else:
             chain = [self._link(name) for name in notification.channels]
             plan = Plan(
-                strategy=Strategy(notification.strategy),
+                strategy=notification.strategy,
                 schedule=notification.retry_schedule,
                 jitter=notification.retry_jitter,
                 round=notification.round + 1,
                 rounds_done=notification.round - notification.round_base,
-                trigger=AttemptTrigger(notification.trigger),
+                trigger=notification.trigger,
                 expires_at=expires_at,
             )
             outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
@@ -365,28 +374,23 @@ class Worker:
         return link if link is not None else Link(channel=UnconfiguredChannel(name))
 
     async def _save(self, notification: Claimed, outcome: Outcome) -> bool:
-        values: dict[str, Any] = {
-            "status": outcome.status,
-            "hops": [hop.as_dict() for hop in outcome.hops],
-            "next_attempt_at": outcome.next_attempt_at,
-            "updated_at": self.clock(),
-        }
-        if outcome.attempts:
-            values |= {
-                "round": notification.round + 1,
-                "trigger": AttemptTrigger.SCHEDULED,
-                "attempt_count": notification.attempt_count + len(outcome.attempts),
-            }
-        if outcome.last_error is not None:
-            values["last_error"] = outcome.last_error
-        if outcome.delivered_via is not None:
-            values["delivered_via"] = outcome.delivered_via
-        if outcome.delivered_at is not None:
-            values["delivered_at"] = outcome.delivered_at
+        tried = bool(outcome.attempts)
+        change = RoundUpdate(
+            status=outcome.status,
+            hops=outcome.hops,
+            next_attempt_at=outcome.next_attempt_at,
+            updated_at=self.clock(),
+            round=notification.round + 1 if tried else None,
+            trigger=AttemptTrigger.SCHEDULED if tried else None,
+            attempt_count=notification.attempt_count + len(outcome.attempts) if tried else None,
+            last_error=outcome.last_error,
+            delivered_via=outcome.delivered_via,
+            delivered_at=outcome.delivered_at,
+        )
         rows = [attempt_row(notification.id, record) for record in outcome.attempts]
         saved = await self._retrying(
             f"saving the round of {notification.id}",
-            lambda: self._save_rows(notification, rows, values),
+            lambda: self._saves.save(FinishedRound(notification.id, change, rows)),
         )
         if not saved:
             logger.warning(
@@ -394,12 +398,6 @@ class Worker:
                 notification.id,
             )
         return saved
-
-    async def _save_rows(
-        self, notification: Claimed, rows: list[Row], values: dict[str, Any]
-    ) -> bool:
-        """Queue the round for the next group commit and wait until it is written."""
-        return await self._saves.save(FinishedRound(notification.id, values, rows))
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run a database step, retrying while the database is unreachable.

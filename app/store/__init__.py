@@ -1,1 +1,2 @@
-"""Persistence: the models, every query (repositories) and the engine."""
+"""Persistence: the models, the engine, the worker's statements (queue) and every other query
+(repositories)."""

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,13 +13,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from app.delivery.saves import RoundSaver
-from app.ids import uuid7
 from app.store.db import create_engine, is_sqlite
-from app.store.models import Attempt, Notification
-from app.store.repositories import Claimed, FinishedRound
-from app.store.sql import Row
+from app.store.models import Notification
+from app.store.queue import Claimed, FinishedRound
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import HttpServer, serve_http
+from tests.support.rounds import delivered_round, failed_round
 
 
 def hook_config(sink: HttpServer) -> dict[str, Any]:
@@ -28,65 +26,6 @@ def hook_config(sink: HttpServer) -> dict[str, Any]:
         "channels": {"hook": {"type": "webhook", "url": sink.url("/a"), "timeout": "5s"}},
         "routes": {"default": {"channels": ["hook"]}},
     }
-
-
-def attempt_of(h: Harness, notification: Claimed, **fields: Any) -> Row:
-    """An ``attempts`` row, every column given (None unless set), as the worker makes them."""
-    return {column.name: None for column in Attempt.__table__.columns} | {
-        "id": uuid7(),
-        "notification_id": notification.id,
-        "channel": "hook",
-        "channel_type": "webhook",
-        "round": notification.round + 1,
-        "hop": 0,
-        "trigger": "scheduled",
-        "started_at": h.clock(),
-        "duration_ms": 3,
-        **fields,
-    }
-
-
-def delivered_round(h: Harness, notification: Claimed, **extra: Any) -> FinishedRound:
-    now = h.clock()
-    attempt = attempt_of(h, notification, outcome="delivered", provider_status=200)
-    values = {
-        "status": "delivered",
-        "hops": [{"channel": "hook", "state": "delivered", "attempts": 1, "last_error": None}],
-        "next_attempt_at": None,
-        "updated_at": now,
-        "round": notification.round + 1,
-        "trigger": "scheduled",
-        "attempt_count": 1,
-        "delivered_via": "hook",
-        "delivered_at": now,
-        **extra,
-    }
-    return FinishedRound(notification.id, values, [attempt])
-
-
-def failed_round(h: Harness, notification: Claimed) -> FinishedRound:
-    now = h.clock()
-    attempt = attempt_of(
-        h,
-        notification,
-        outcome="failed",
-        error_class="transient",
-        error_code="http_503",
-        error_message="503",
-        provider_status=503,
-    )
-    error = {"channel": "hook", "class": "transient", "code": "http_503", "message": "503"}
-    values = {
-        "status": "pending",
-        "hops": [{"channel": "hook", "state": "pending", "attempts": 1, "last_error": error}],
-        "next_attempt_at": now + timedelta(seconds=5),
-        "updated_at": now,
-        "round": notification.round + 1,
-        "trigger": "scheduled",
-        "attempt_count": 1,
-        "last_error": error,
-    }
-    return FinishedRound(notification.id, values, [attempt])
 
 
 async def claimed(h: Harness, count: int) -> list[Claimed]:
@@ -194,7 +133,7 @@ async def test_a_bad_round_fails_alone_and_the_others_of_its_batch_are_saved(
         saver = RoundSaver(h.worker.store, h.worker.worker_id)
         results = await asyncio.gather(
             saver.save(delivered_round(h, good)),
-            saver.save(FinishedRound(bad.id, broken.values, twice)),
+            saver.save(FinishedRound(bad.id, broken.change, twice)),
             saver.save(delivered_round(h, other)),
             return_exceptions=True,
         )

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.delivery.saves import RoundSaver
-from app.store.repositories import FinishedRound
+from app.store.queue import FinishedRound
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import serve_http
 

@@ -1,0 +1,469 @@
+"""The worker's store: every statement the delivery loop runs, each written once.
+
+The statements (``Statements``) are SQLAlchemy Core built once from the tables: claim due
+notifications under a lease, save finished rounds, renew and release leases, sweep expired ones,
+purge old idempotency keys. ``WorkQueue`` runs them, with one implementation per database where
+the databases differ:
+
+- PostgreSQL runs each statement compiled once to its own SQL, on the pooled driver (asyncpg)
+  connection, as the accept step does (``Intake``): a claim, a renewal, a release or a sweep is
+  one statement in autocommit, and a save one transaction, without SQLAlchemy's per-statement
+  compile-cache lookups, parameter processing and result objects (bench/results/levers.md,
+  "`DeliveryStore`"). Values pass through the bind processors SQLAlchemy would apply, so rows
+  read back identically. Claims skip rows another worker is claiming (``SKIP LOCKED``).
+- SQLite runs the same statements through SQLAlchemy, each in a ``BEGIN IMMEDIATE`` transaction
+  (one writer at a time: there is nothing to skip).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Delete,
+    Insert,
+    Select,
+    Update,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.domain import AttemptTrigger, Hop, NotificationStatus, RoundUpdate, Strategy
+from app.store.sql import ATTEMPTS, IDEMPOTENCY_KEYS, NOTIFICATIONS, Row, driver_connection
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What the worker reads of a notification it claimed (columns by name, ``metadata``)."""
+
+    id: uuid.UUID
+    route: str | None
+    strategy: Strategy
+    channels: list[str]
+    recipient: dict[str, Any]
+    subject: str | None
+    text: str | None
+    html: str | None
+    severity: str
+    source: str | None
+    metadata: dict[str, Any]
+    retry_schedule: list[float]
+    retry_jitter: float
+    round: int
+    round_base: int
+    trigger: AttemptTrigger
+    attempt_count: int
+    hops: list[Hop]
+    expires_at: datetime | None
+    created_at: datetime
+
+
+CLAIMED_COLUMNS = tuple(Claimed.__dataclass_fields__)
+"""The columns a claim returns, in ``Claimed``'s order."""
+
+_STRATEGY, _TRIGGER, _HOPS = (CLAIMED_COLUMNS.index(n) for n in ("strategy", "trigger", "hops"))
+
+
+def claimed_of(row: Sequence[Any]) -> Claimed:
+    """A claimed row, its stored strings read as the domain's types."""
+    values = list(row)
+    values[_STRATEGY] = Strategy(values[_STRATEGY])
+    values[_TRIGGER] = AttemptTrigger(values[_TRIGGER])
+    values[_HOPS] = [Hop.from_dict(hop) for hop in values[_HOPS]]
+    return Claimed(*values)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRound:
+    """One round to save: what it changes on the notification and its ``attempts`` rows."""
+
+    notification_id: uuid.UUID
+    change: RoundUpdate
+    attempts: Sequence[Row]
+
+
+_WRITTEN_WHEN_SET = tuple(field.name for field in fields(RoundUpdate) if field.default is None)
+"""``RoundUpdate``'s optional fields: ``None`` leaves the column (of the same name) alone."""
+
+
+def columns_of(change: RoundUpdate) -> Row:
+    """The ``notifications`` columns a round writes (those it leaves alone are absent)."""
+    row: Row = {
+        "status": change.status,
+        "hops": [hop.as_dict() for hop in change.hops],
+        "next_attempt_at": change.next_attempt_at,
+        "updated_at": change.updated_at,
+    }
+    for name in _WRITTEN_WHEN_SET:
+        value = getattr(change, name)
+        if value is not None:
+            row[name] = value
+    return row
+
+
+# --- the statements ----------------------------------------------------------------------
+
+_N = NOTIFICATIONS.c
+
+
+class Statements:
+    """Every statement of the worker's store, built once for one database.
+
+    Parameters are named; none is named as a ``notifications`` column, since a parameter that
+    is (``status``, ``hops``…) is a value for the ``SET`` of ``save_round``. Every statement that
+    locks several notification rows (save, renew, release, sweep) takes them in id order, so
+    two of them cannot deadlock on each other.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        held = (_is(NotificationStatus.DELIVERING), _N.claimed_by == bindparam("worker_id"))
+        """Held by ``:worker_id`` under its lease."""
+        expired = (
+            _is(NotificationStatus.DELIVERING),
+            _N.lease_expires_at < bindparam("now"),
+        )
+        unclaimed = {"claimed_by": None, "lease_expires_at": None}
+
+        due = (
+            select(_N.id)
+            .where(_is(NotificationStatus.PENDING), _N.next_attempt_at <= bindparam("now"))
+            .order_by(_N.next_attempt_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        self.claim = (
+            update(NOTIFICATIONS)
+            .where(_N.id.in_(due.scalar_subquery()))
+            .values(
+                status=NotificationStatus.DELIVERING,
+                claimed_by=bindparam("worker_id"),
+                lease_expires_at=bindparam("lease_until"),
+                updated_at=bindparam("now"),
+            )
+            .returning(*(_N[name] for name in CLAIMED_COLUMNS))
+        )
+        """Up to ``:limit`` notifications due at ``:now``, oldest due first, marked delivering
+        under ``:worker_id``'s lease until ``:lease_until``; their ``CLAIMED_COLUMNS``."""
+
+        self.lock_held = _in_lock_order(select(_N.id).where(_among_ids(dialect), *held))
+        """The rows of ``:ids`` that ``:worker_id`` still holds, locked; their ids."""
+        locked_held = _N.id.in_(self.lock_held.scalar_subquery())
+
+        self.save_round = (
+            update(NOTIFICATIONS).where(_N.id == bindparam("b_id"), *held).values(**unclaimed)
+        )
+        """One round's columns (its parameters named as columns) on ``:b_id``, if
+        ``:worker_id`` holds it; the lease ends."""
+
+        self.add_attempts = insert(ATTEMPTS)
+        """Attempts rows (every column given)."""
+
+        self.renew = (
+            update(NOTIFICATIONS)
+            .where(locked_held, *held)
+            .values(lease_expires_at=bindparam("lease_until"))
+        )
+        """``:worker_id``'s lease on the rows of ``:ids`` it still holds, moved to
+        ``:lease_until``."""
+
+        self.release = (
+            update(NOTIFICATIONS)
+            .where(locked_held, *held)
+            .values(status=NotificationStatus.PENDING, updated_at=bindparam("now"), **unclaimed)
+        )
+        """The rows of ``:ids`` that ``:worker_id`` holds, handed back untried."""
+
+        self.recover = (
+            update(NOTIFICATIONS)
+            .where(_N.id.in_(_in_lock_order(select(_N.id).where(*expired)).scalar_subquery()))
+            .where(*expired)
+            .values(
+                status=NotificationStatus.PENDING,
+                next_attempt_at=bindparam("now"),
+                updated_at=bindparam("now"),
+                **unclaimed,
+            )
+        )
+        """Notifications whose lease ran out before ``:now`` (their worker died), pending and
+        due at once."""
+
+        self.purge_keys = delete(IDEMPOTENCY_KEYS).where(
+            IDEMPOTENCY_KEYS.c.created_at < bindparam("cutoff")
+        )
+        """Idempotency keys stored before ``:cutoff``."""
+
+
+def _is(status: NotificationStatus) -> ColumnElement[bool]:
+    """``status = 'pending'``, the value written into the SQL rather than bound: a partial index
+    on one status (``ix_notifications_due``, ``ix_notifications_lease``) serves only a query
+    whose own text implies its predicate, so a bound value would keep PostgreSQL's generic plan
+    of a prepared statement, and SQLite's planner, from using it."""
+    return _N.status == literal_column(f"'{status}'")
+
+
+def _among_ids(dialect: Dialect) -> ColumnElement[bool]:
+    """The notification's id is in the list ``:ids``: ``= ANY`` of one array parameter on
+    PostgreSQL (one statement, prepared once, whatever the count), an expanding ``IN``
+    elsewhere. The one place the statements differ by database."""
+    if dialect.name == "postgresql":
+        return _N.id == any_(bindparam("ids", type_=ARRAY(_N.id.type)))
+    return _N.id.in_(bindparam("ids", expanding=True))
+
+
+def _in_lock_order(ids: Select[tuple[uuid.UUID]]) -> Select[tuple[uuid.UUID]]:
+    """``ids``' rows locked in id order (PostgreSQL; SQLite has one writer at a time)."""
+    return ids.order_by(_N.id).with_for_update()
+
+
+Statement = Select[Any] | Update | Insert | Delete
+
+
+# --- one way to run them per database ----------------------------------------------------
+
+
+class _Connection(Protocol):
+    """A connection running the store's statements, parameters by name."""
+
+    async def rows(self, statement: Statement, params: Row) -> Sequence[Sequence[Any]]: ...
+
+    async def count(self, statement: Statement, params: Row) -> int:
+        """Run an ``UPDATE`` or ``DELETE``; the rows it changed."""
+        ...
+
+    async def many(self, statement: Statement, params: Sequence[Row]) -> None:
+        """Run a statement once per parameter set (every set has the same names)."""
+        ...
+
+
+class _Database(Protocol):
+    def autocommit(self, statement: Statement) -> AbstractAsyncContextManager[_Connection]:
+        """A connection for one statement that is its own transaction."""
+        ...
+
+    def transaction(self, statement: Statement) -> AbstractAsyncContextManager[_Connection]:
+        """A connection in a transaction (``statement``: the first it runs)."""
+        ...
+
+
+class WorkQueue:
+    """The one store the worker talks to: claims, saves, renewals, releases and sweeps."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.statements = Statements(engine.dialect)
+        self._database: _Database = (
+            _Driver(engine) if engine.dialect.name == "postgresql" else _Core(engine)
+        )
+
+    async def claim(
+        self, *, worker_id: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Claimed]:
+        """Mark up to ``limit`` due notifications ``delivering`` under this worker's lease."""
+        claim = self.statements.claim
+        params = {"worker_id": worker_id, "now": now, "lease_until": lease_until, "limit": limit}
+        async with self._database.autocommit(claim) as connection:
+            rows = await connection.rows(claim, params)
+        return [claimed_of(row) for row in rows]
+
+    async def save_rounds(
+        self, rounds: Sequence[FinishedRound], *, worker_id: str
+    ) -> set[uuid.UUID]:
+        """Write finished rounds (new state and attempts together) whose lease is still ours.
+
+        Returns the ids that were saved. A round whose notification this worker no longer holds
+        (the lease ran out and another worker took it over, or it was released) is skipped
+        whole: neither its attempts nor its state are written, so it is not counted twice.
+
+        However many rounds, one transaction: one statement locks the rows still ours, one
+        executemany ``UPDATE`` per set of changed columns writes them, one executemany
+        ``INSERT`` their attempts (bench/results/levers.md, "group commit").
+        """
+        if not rounds:
+            return set()
+        statements = self.statements
+        ids = [finished.notification_id for finished in rounds]
+        async with self._database.transaction(statements.lock_held) as connection:
+            locked = await connection.rows(
+                statements.lock_held, {"ids": ids, "worker_id": worker_id}
+            )
+            ours: set[uuid.UUID] = {row[0] for row in locked}
+            if not ours:
+                return ours
+            kept = [finished for finished in rounds if finished.notification_id in ours]
+            for group in _by_columns(kept, worker_id):
+                await connection.many(statements.save_round, group)
+            attempts = [attempt for finished in kept for attempt in finished.attempts]
+            if attempts:
+                await connection.many(statements.add_attempts, attempts)
+        return ours
+
+    async def renew(
+        self, ids: Sequence[uuid.UUID], *, worker_id: str, lease_until: datetime
+    ) -> int:
+        """Move this worker's leases on ``ids`` to ``lease_until`` (rounds still running); how
+        many it still held."""
+        if not ids:
+            return 0
+        params = {"ids": list(ids), "worker_id": worker_id, "lease_until": lease_until}
+        return await self._count(self.statements.renew, params)
+
+    async def release(self, ids: Sequence[uuid.UUID], *, worker_id: str, now: datetime) -> int:
+        """Give claimed notifications back untried (shutdown), without counting an attempt."""
+        if not ids:
+            return 0
+        params = {"ids": list(ids), "worker_id": worker_id, "now": now}
+        return await self._count(self.statements.release, params)
+
+    async def recover_expired(self, now: datetime) -> int:
+        """Return notifications whose worker died mid-delivery to ``pending``, due at once."""
+        return await self._count(self.statements.recover, {"now": now})
+
+    async def purge_keys(self, cutoff: datetime) -> int:
+        """Delete idempotency keys stored before ``cutoff``."""
+        return await self._count(self.statements.purge_keys, {"cutoff": cutoff})
+
+    async def _count(self, statement: Statement, params: Row) -> int:
+        async with self._database.autocommit(statement) as connection:
+            return await connection.count(statement, params)
+
+
+def _by_columns(rounds: Sequence[FinishedRound], worker_id: str) -> list[list[Row]]:
+    """``save_round``'s parameters for each round, grouped by the columns it changes (one
+    executemany a group)."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for finished in rounds:
+        row = columns_of(finished.change)
+        group = groups.setdefault(tuple(row), [])
+        row["b_id"] = finished.notification_id
+        row["worker_id"] = worker_id
+        group.append(row)
+    return list(groups.values())
+
+
+class _Core:
+    """SQLite: the statements through SQLAlchemy, each connection a ``BEGIN IMMEDIATE``
+    transaction (``create_engine``)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def transaction(self, statement: Statement) -> AsyncIterator[_Connection]:
+        async with self.engine.begin() as connection:
+            yield _CoreConnection(connection)
+
+    autocommit = transaction
+
+
+class _CoreConnection:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def rows(self, statement: Statement, params: Row) -> Sequence[Sequence[Any]]:
+        return (await self.connection.execute(statement, params)).all()
+
+    async def count(self, statement: Statement, params: Row) -> int:
+        return (await self.connection.execute(statement, params)).rowcount
+
+    async def many(self, statement: Statement, params: Sequence[Row]) -> None:
+        await self.connection.execute(statement, list(params))
+
+
+class _Driver:
+    """PostgreSQL: the statements compiled once to plain SQL, on the pooled asyncpg
+    connection; outside ``transaction`` each statement commits by itself."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._plain: dict[tuple[Statement, tuple[str, ...]], PlainSql] = {}
+
+    def plain(self, statement: Statement, names: tuple[str, ...]) -> PlainSql:
+        """``statement`` compiled for parameters named ``names`` (once)."""
+        key = (statement, names)
+        found = self._plain.get(key)
+        if found is None:
+            found = self._plain[key] = PlainSql(statement, self.engine.dialect, names)
+        return found
+
+    @asynccontextmanager
+    async def autocommit(self, statement: Statement) -> AsyncIterator[_Connection]:
+        sql = self.plain(statement, ()).sql
+        async with driver_connection(self.engine, sql) as connection:
+            yield _DriverConnection(self, connection)
+
+    @asynccontextmanager
+    async def transaction(self, statement: Statement) -> AsyncIterator[_Connection]:
+        sql = self.plain(statement, ()).sql
+        async with driver_connection(self.engine, sql) as connection, connection.transaction():
+            yield _DriverConnection(self, connection)
+
+
+class _DriverConnection:
+    def __init__(self, database: _Driver, connection: Any) -> None:
+        self.database = database
+        self.connection = connection
+
+    async def rows(self, statement: Statement, params: Row) -> Sequence[Sequence[Any]]:
+        plain = self.database.plain(statement, tuple(params))
+        rows: list[Sequence[Any]] = await self.connection.fetch(plain.sql, *plain.args(params))
+        return rows
+
+    async def count(self, statement: Statement, params: Row) -> int:
+        plain = self.database.plain(statement, tuple(params))
+        status: str = await self.connection.execute(plain.sql, *plain.args(params))
+        return int(status.rpartition(" ")[2])  # "UPDATE 3"
+
+    async def many(self, statement: Statement, params: Sequence[Row]) -> None:
+        plain = self.database.plain(statement, tuple(params[0]))
+        await self.connection.executemany(plain.sql, [plain.args(one) for one in params])
+
+
+class PlainSql:
+    """A Core statement compiled once to the driver's own SQL (``$1``…), and the driver-level
+    arguments for a set of named parameters.
+
+    The names given become the ``SET`` or ``VALUES`` columns of an ``UPDATE`` or ``INSERT``
+    that has them, as when SQLAlchemy executes the statement with those parameters; values go
+    through the bind processors it would apply, and values fixed in the statement are bound
+    once here.
+    """
+
+    def __init__(self, statement: Statement, dialect: Dialect, names: tuple[str, ...]) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(names))
+        if compiled.positiontup is None:
+            raise TypeError(f"{dialect.name} does not bind parameters by position")
+        self.sql = compiled.string
+        self._slots: list[tuple[str | None, Any, Any]] = []
+        """Per position: the parameter's name and bind processor, or ``None`` and the value."""
+        for name in compiled.positiontup:
+            bind = compiled.binds[name]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.required:
+                self._slots.append((name, process, None))
+            else:
+                value = bind.effective_value
+                self._slots.append((None, None, value if process is None else process(value)))
+
+    def args(self, params: Row) -> list[Any]:
+        args = []
+        for name, process, value in self._slots:
+            if name is not None:
+                value = params[name]
+                if process is not None:
+                    value = process(value)
+            args.append(value)
+        return args
