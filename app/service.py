@@ -40,12 +40,9 @@ from app.errors import (
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
+from app.store.intake import DuplicateKey
 from app.store.models import IdempotencyKey, Notification
-from app.store.repositories import (
-    DuplicateKey,
-    IdempotencyRepository,
-    NotificationRepository,
-)
+from app.store.repositories import IdempotencyRepository, NotificationRepository
 from app.store.sql import Row
 
 logger = logging.getLogger("herald.api")
@@ -293,7 +290,7 @@ async def accept(
     key = key_row(scope, idempotency_key, digest, now, notification_id=row["id"])
     due = _due(row, now)
     winner = await _unless_raced(
-        runtime.intake.add(row, key=key, announce=due),
+        runtime.intake.add_many([row], key=key, announce=due),
         lambda: _replay(runtime, scope, idempotency_key or "", digest),
     )
     if winner is not None:

@@ -91,7 +91,7 @@ FOCUS = (
     "app.service:admit",
     "app.service:new_notification",
     "app.service:request_hash",
-    "app.store.repositories:Intake.add",
+    "app.store.intake:Intake.add_many",
     "app.store.repositories:NotificationRepository.announce_due",
     "sqlalchemy.ext.asyncio:AsyncSession.commit",
     "sqlalchemy.ext.asyncio:AsyncSession.close",

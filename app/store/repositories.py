@@ -21,88 +21,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.store.models import Attempt, IdempotencyKey, Notification
 from app.store.sql import (
-    DUE_CHANNEL,
-    IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
-    PreparedInsert,
     Row,
-    driver_connection,
     notify_due,
 )
-
-
-class DuplicateKey(Exception):
-    """The idempotency key is already taken: another request stored it first."""
-
-
-class Intake:
-    """Stores newly accepted notifications: the API's hot path, so no ORM unit of work.
-
-    On PostgreSQL one notification is one statement in autocommit on the pooled driver
-    connection: the row, its idempotency key and the ``NOTIFY`` to listening workers in one
-    CTE, so one round trip and no ``BEGIN``/``COMMIT``, a fraction of the ORM's CPU
-    (bench/results/levers.md, "`Intake`: one CTE statement"). Values pass through the same
-    SQLAlchemy bind processors the ORM applies, so rows read back identically. SQLite and
-    batches take Core INSERTs in one transaction.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.postgresql = engine.dialect.name == "postgresql"
-        self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
-        self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
-        self._statements = {
-            (with_key, announce): self._statement(with_key, announce)
-            for with_key in (False, True)
-            for announce in (False, True)
-        }
-
-    async def add(self, row: Row, *, key: Row | None = None, announce: bool = False) -> None:
-        """Store one notification (and its idempotency key); ``DuplicateKey`` if that is taken."""
-        if not self.postgresql:
-            await self.add_many([row], key=key, announce=announce)
-            return
-        args = self._notifications.args(row)
-        if key is not None:
-            args += self._keys.args(key)
-        sql = self._statements[key is not None, announce]
-        try:
-            async with driver_connection(self.engine, sql) as conn:
-                await conn.execute(sql, *args)
-        except IntegrityError as exc:
-            if key is not None and getattr(exc.orig, "sqlstate", None) == "23505":
-                raise DuplicateKey() from exc
-            raise
-
-    def _statement(self, with_key: bool, announce: bool) -> str:
-        parts = [f"n AS ({self._notifications.sql(1)})"]
-        if with_key:
-            parts.append(f"k AS ({self._keys.sql(len(self._notifications.columns) + 1)})")
-        main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
-        return f"WITH {', '.join(parts)} {main}"
-
-    async def add_many(
-        self, rows: Sequence[Row], *, key: Row | None = None, announce: bool = False
-    ) -> None:
-        """Store notifications (and the idempotency key of their request) in one transaction;
-        workers hear of them on commit. ``DuplicateKey`` if the key is taken: nothing is stored."""
-        try:
-            async with self.engine.begin() as conn:
-                if rows:
-                    await conn.execute(insert(NOTIFICATIONS), list(rows))
-                if key is not None:
-                    await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
-                if announce:
-                    await notify_due(conn, conn.dialect)
-        except IntegrityError as exc:
-            if key is None:
-                raise
-            raise DuplicateKey() from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ identically), and the pooled driver connection those statements run on.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -107,11 +107,16 @@ class PreparedInsert:
         self.columns = [column.name for column in table.columns]
         self.processors = list(bind_processors(table, dialect).values())
 
-    def sql(self, first: int) -> str:
-        places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
-        return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
+    def sql(self, first: int, *, rows: int = 1) -> str:
+        """The statement for ``rows`` rows, whose values are ``$first`` onwards, row by row."""
+        width = len(self.columns)
+        values = ", ".join(
+            "(" + ", ".join(f"${first + row * width + i}" for i in range(width)) + ")"
+            for row in range(rows)
+        )
+        return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES {values}"
 
-    def args(self, row: Row) -> list[Any]:
+    def args(self, row: Mapping[str, Any]) -> list[Any]:
         return [
             value if process is None else process(value)
             for process, value in zip(
