@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import Response
@@ -132,6 +133,38 @@ async def _accept(
     )
 
 
+FAST_ROAD_PARAMETERS: dict[str, tuple[Any, Any]] = {
+    "body": (NotificationCreate, inspect.Parameter.empty),
+    "principal": (SendScope, inspect.Parameter.empty),
+    "request": (Request, inspect.Parameter.empty),
+    "idempotency_key": (IdempotencyKeyHeader, None),
+}
+"""What ``FastAccept`` replicates of ``create_notification``: each parameter's annotation (the
+very ``Annotated`` alias, so a changed scope or header limit counts too) and default."""
+
+
+def check_fast_road(route: APIRoute) -> None:
+    """Refuse (``RuntimeError``, at start-up) a route whose endpoint takes what ``FastAccept``
+    does not replicate, or no longer takes what it does: the two roads would answer differently.
+    """
+    name = route.endpoint.__name__
+    given = inspect.signature(route.endpoint, eval_str=True).parameters
+    for parameter in given.values():
+        if FAST_ROAD_PARAMETERS.get(parameter.name) != (parameter.annotation, parameter.default):
+            raise RuntimeError(
+                f"{name} takes parameter {parameter.name!r} as FastAccept does not: teach "
+                "FastAccept (app/api/notifications.py) to do what it does, then add it to "
+                "FAST_ROAD_PARAMETERS"
+            )
+    missing = sorted(FAST_ROAD_PARAMETERS.keys() - given.keys())
+    if missing:
+        raise RuntimeError(
+            f"{name} no longer takes parameter {missing[0]!r}, which FastAccept still acts on"
+        )
+    if route.dependencies:
+        raise RuntimeError(f"{name} has route dependencies, which FastAccept does not run")
+
+
 class FastAccept:
     """``POST /v1/notifications`` by a shorter road than FastAPI's, for requests that are fine.
 
@@ -143,6 +176,9 @@ class FastAccept:
     order (the body is parsed before the caller is authorized, and validated after), and
     anything else is handed, body and all, to ``create_notification``'s FastAPI route, which
     answers exactly as it always did. The work itself is ``_accept``, shared by both roads.
+
+    Built when the app is (``create_app``), it refuses to start if ``create_notification``
+    takes a parameter it does not replicate (``check_fast_road``).
     """
 
     def __init__(self) -> None:
@@ -151,6 +187,7 @@ class FastAccept:
             for route in router.routes
             if isinstance(route, APIRoute) and route.endpoint is create_notification
         )
+        check_fast_road(self.route)
         self.authorize = Authorizer("send")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
