@@ -90,7 +90,7 @@ FOCUS = (
     "app.service:accept",
     "app.service:admit",
     "app.service:new_notification",
-    "app.service:request_hash",
+    "app.api.body:body_hash",
     "app.store.intake:Intake.add_many",
     "app.store.repositories:NotificationRepository.announce_due",
     "sqlalchemy.ext.asyncio:AsyncSession.commit",

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -23,22 +23,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.domain import ListFilter, StoredAttempt, StoredNotification
 from app.store.models import Attempt, IdempotencyKey, Notification
-from app.store.sql import (
-    NOTIFICATIONS,
-    Row,
-    notify_due,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ListFilter:
-    status: str | None = None
-    route: str | None = None
-    channel: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    owner: str | None = None
+from app.store.sql import ATTEMPTS, NOTIFICATIONS, Row, notify_due
 
 
 class NotificationRepository:
@@ -47,45 +34,51 @@ class NotificationRepository:
 
     async def get(
         self, notification_id: uuid.UUID, *, owner: str | None = None
-    ) -> Notification | None:
-        stmt = select(Notification).where(Notification.id == notification_id)
+    ) -> StoredNotification | None:
+        table = NOTIFICATIONS
+        stmt = select(table).where(table.c.id == notification_id)
         if owner is not None:
-            stmt = stmt.where(Notification.owner == owner)
-        return (await self.session.scalars(stmt)).one_or_none()
+            stmt = stmt.where(table.c.owner == owner)
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        return None if row is None else cast(StoredNotification, dict(row))
 
     async def list(
         self, filters: ListFilter, *, limit: int, before_id: uuid.UUID | None
-    ) -> Sequence[Notification]:
+    ) -> Sequence[StoredNotification]:
         """Newest first by id (ids are time-ordered); ``before_id`` is the cursor."""
-        stmt = select(Notification).order_by(Notification.id.desc()).limit(limit)
+        table = NOTIFICATIONS
+        stmt = select(table).order_by(table.c.id.desc()).limit(limit)
         if before_id is not None:
-            stmt = stmt.where(Notification.id < before_id)
+            stmt = stmt.where(table.c.id < before_id)
         if filters.status is not None:
-            stmt = stmt.where(Notification.status == filters.status)
+            stmt = stmt.where(table.c.status == filters.status)
         if filters.route is not None:
-            stmt = stmt.where(Notification.route == filters.route)
+            stmt = stmt.where(table.c.route == filters.route)
         if filters.channel is not None:
             if "," in filters.channel:
                 # chain_key joins names with commas and no name holds one: "a,b" must not match
                 # the neighbours a and b.
                 stmt = stmt.where(false())
             pattern = "%," + _like_escape(filters.channel) + ",%"
-            stmt = stmt.where(Notification.chain_key.like(pattern, escape="\\"))
+            stmt = stmt.where(table.c.chain_key.like(pattern, escape="\\"))
         if filters.created_after is not None:
-            stmt = stmt.where(Notification.created_at >= filters.created_after)
+            stmt = stmt.where(table.c.created_at >= filters.created_after)
         if filters.created_before is not None:
-            stmt = stmt.where(Notification.created_at < filters.created_before)
+            stmt = stmt.where(table.c.created_at < filters.created_before)
         if filters.owner is not None:
-            stmt = stmt.where(Notification.owner == filters.owner)
-        return (await self.session.scalars(stmt)).all()
+            stmt = stmt.where(table.c.owner == filters.owner)
+        rows = (await self.session.execute(stmt)).mappings()
+        return [cast(StoredNotification, dict(row)) for row in rows]
 
-    async def attempts(self, notification_id: uuid.UUID) -> Sequence[Attempt]:
+    async def attempts(self, notification_id: uuid.UUID) -> Sequence[StoredAttempt]:
+        table = ATTEMPTS
         stmt = (
-            select(Attempt)
-            .where(Attempt.notification_id == notification_id)
-            .order_by(Attempt.started_at, Attempt.id)
+            select(table)
+            .where(table.c.notification_id == notification_id)
+            .order_by(table.c.started_at, table.c.id)
         )
-        return (await self.session.scalars(stmt)).all()
+        rows = (await self.session.execute(stmt)).mappings()
+        return [cast(StoredAttempt, dict(row)) for row in rows]
 
     async def transition(
         self,
@@ -93,22 +86,22 @@ class NotificationRepository:
         *,
         from_statuses: Sequence[str],
         values: dict[str, Any],
-    ) -> Notification | None:
-        """Change a notification only if its status is one of ``from_statuses``.
+    ) -> StoredNotification | None:
+        """Change a notification only if its status is one of ``from_statuses``; ``values`` by
+        column name.
 
         One conditional UPDATE, so a worker claiming the row at the same moment cannot be
         overwritten: exactly one of the two wins.
         """
+        table = NOTIFICATIONS
         stmt = (
-            update(Notification)
-            .where(Notification.id == notification_id, Notification.status.in_(from_statuses))
+            update(table)
+            .where(table.c.id == notification_id, table.c.status.in_(from_statuses))
             .values(**values)
-            .returning(Notification)
-            .execution_options(synchronize_session=False, populate_existing=True)
+            .returning(*table.c)
         )
-        row = (await self.session.scalars(stmt)).one_or_none()
-        await self.session.flush()
-        return row
+        row = (await self.session.execute(stmt)).mappings().one_or_none()
+        return None if row is None else cast(StoredNotification, dict(row))
 
     # --- worker -------------------------------------------------------------------------
 
