@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import insert
@@ -25,8 +24,8 @@ from app.store.sql import (
     driver_connection,
 )
 
-MAX_ARGUMENTS = 32767
-"""The most bind arguments asyncpg sends with one statement."""
+MANY = 2
+"""``Intake``'s statements are for no rows, one, or this many or more."""
 
 UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a duplicate key."""
@@ -40,12 +39,14 @@ class Intake:
     """Stores newly accepted notifications with the idempotency key of their request.
 
     On PostgreSQL every call is one statement in autocommit on the pooled driver connection:
-    the rows, the key and the ``NOTIFY`` to listening workers in one CTE (a ``VALUES`` list of
-    as many rows as given), so one round trip and no ``BEGIN``/``COMMIT``, a fraction of the
-    ORM's CPU (bench/results/levers.md, "`Intake`: one CTE statement"). Values pass through
-    the same SQLAlchemy bind processors the ORM applies, so rows read back identically. On
-    SQLite (no ``LISTEN``: the service wakes its in-process worker) Core INSERTs in one
-    transaction.
+    the rows, the key and the ``NOTIFY`` to listening workers in one CTE, so one round trip and
+    no ``BEGIN``/``COMMIT``, a fraction of the ORM's CPU (bench/results/levers.md, "`Intake`:
+    one CTE statement"). One row goes as ``VALUES``, the cheapest for the single POST; several
+    as ``unnest`` of an array per column, one statement text for any number of rows (a
+    ``VALUES`` list as long as the batch was a new statement at every size, and slower:
+    bench/results/levers.md, "batches as `unnest`"). Values pass through the same SQLAlchemy
+    bind processors the ORM applies, so rows read back identically. On SQLite (no ``LISTEN``:
+    the service wakes its in-process worker) Core INSERTs in one transaction.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -53,11 +54,13 @@ class Intake:
         self.postgresql = engine.dialect.name == "postgresql"
         self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
         self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
-        self.max_rows = (MAX_ARGUMENTS - len(self._keys.columns)) // len(
-            self._notifications.columns
-        )
-        """The most rows one call stores (one statement's arguments on PostgreSQL)."""
-        self._statement = lru_cache(maxsize=8)(self._build_statement)
+        self._statements = {
+            (rows, with_key, announce): self._statement(rows, with_key, announce)
+            for rows in (0, 1, MANY)
+            for with_key in (False, True)
+            for announce in (False, True)
+            if rows or with_key
+        }
 
     async def add_many(
         self,
@@ -73,8 +76,6 @@ class Intake:
         """
         if not rows and key is None:
             return
-        if len(rows) > self.max_rows:
-            raise ValueError(f"{len(rows)} rows are more than one call stores ({self.max_rows})")
         try:
             if self.postgresql:
                 await self._add_in_one_statement(rows, key, announce)
@@ -92,21 +93,30 @@ class Intake:
     async def _add_in_one_statement(
         self, rows: Sequence[Mapping[str, Any]], key: Row | None, announce: bool
     ) -> None:
-        args: list[Any] = []
-        for row in rows:
-            args += self._notifications.args(row)
+        args: list[Any]
+        if len(rows) == 1:
+            args = self._notifications.args(rows[0])
+        elif rows:
+            args = self._notifications.args_many(rows)
+        else:
+            args = []
         if key is not None:
             args += self._keys.args(key)
-        sql = self._statement(len(rows), key is not None, announce)
+        sql = self._statements[min(len(rows), MANY), key is not None, announce]
         async with driver_connection(self.engine, sql) as conn:
             await conn.execute(sql, *args)
 
-    def _build_statement(self, rows: int, with_key: bool, announce: bool) -> str:
+    def _statement(self, rows: int, with_key: bool, announce: bool) -> str:
+        """The CTE for no rows (a batch whose every item was refused, with its key), one, or
+        ``MANY``; every form takes one argument a column, so the key's come after as many."""
         parts = []
         if rows:
-            parts.append(f"n AS ({self._notifications.sql(1, rows=rows)})")
+            insert_rows = (
+                self._notifications.sql(1) if rows == 1 else self._notifications.sql_many(1)
+            )
+            parts.append(f"n AS ({insert_rows})")
         if with_key:
-            first = rows * len(self._notifications.columns) + 1
+            first = len(self._notifications.columns) + 1 if rows else 1
             parts.append(f"k AS ({self._keys.sql(first)})")
         main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
         return f"WITH {', '.join(parts)} {main}"
