@@ -9,11 +9,15 @@ member is its string, so rows and JSON read back as plain strings compare equal 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from app.channels.base import Recipient
 
 
 class Severity(StrEnum):
@@ -183,3 +187,119 @@ class RoundUpdate:
     last_error: dict[str, Any] | None = None
     delivered_via: str | list[str] | None = None
     delivered_at: datetime | None = None
+
+
+# --- What the service takes and gives ---------------------------------------------------------
+#
+# The API hands the service requests it validated and answers from what the service gives back;
+# neither side sees the other's types (HTTP schemas above, ORM models below).
+
+DEFAULT_ROUTE = "default"
+"""The route of a request that names neither a route nor channels."""
+
+
+class NewNotification(Protocol):
+    """A notification a caller asks Herald to accept, already validated.
+
+    A Protocol, not a type to convert into: the API's request body (``NotificationCreate``) is
+    one as it stands, so the accept's hot path copies nothing.
+    """
+
+    @property
+    def route(self) -> str | None: ...
+    @property
+    def channels(self) -> Sequence[str] | None: ...
+    @property
+    def recipient(self) -> Recipient: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def html(self) -> str | None: ...
+    @property
+    def severity(self) -> Severity: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+    @property
+    def send_at(self) -> datetime | None: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+class StoredNotification(TypedDict):
+    """A notification as stored, column by column (``metadata``, not the ORM's ``metadata_``).
+
+    A dict, not a dataclass: the accept builds one and hands the same object to the store (it
+    is the row inserted) and to the API (it is what the answer shows), with no copy on the hot
+    path. Enum columns read back as their strings, which compare equal to the members.
+    """
+
+    id: uuid.UUID
+    status: str
+    route: str | None
+    strategy: str
+    channels: list[str]
+    chain_key: str
+    recipient: dict[str, Any]
+    subject: str | None
+    text: str | None
+    html: str | None
+    severity: str
+    source: str | None
+    metadata: dict[str, Any]
+    retry_schedule: list[float]
+    retry_jitter: float
+    round: int
+    round_base: int
+    trigger: str
+    attempt_count: int
+    delivered_via: str | list[str] | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: dict[str, Any] | None
+    hops: list[dict[str, Any]]
+    send_at: datetime | None
+    expires_at: datetime | None
+    claimed_by: str | None
+    lease_expires_at: datetime | None
+    owner: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StoredAttempt(TypedDict):
+    """One attempt as stored, column by column (the error as its class, code and message)."""
+
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    channel: str
+    channel_type: str
+    round: int
+    hop: int
+    trigger: str
+    outcome: str
+    error_class: str | None
+    error_code: str | None
+    error_message: str | None
+    provider_status: int | None
+    provider_message_id: str | None
+    response_excerpt: str | None
+    started_at: datetime
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    """Which notifications a list shows (every field given must match)."""
+
+    status: NotificationStatus | None = None
+    route: str | None = None
+    channel: str | None = None
+    """The notification's chain includes this channel."""
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    owner: str | None = None
+    """Only this API key's notifications; ``None``: everyone's."""

@@ -31,7 +31,7 @@ from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
 from app.store.db import create_engine, session_factory
-from app.store.repositories import Intake
+from app.store.intake import Intake
 
 HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
 

@@ -1,10 +1,14 @@
-"""What the API does to notifications: accept, cancel, retry. Each call is one unit of work
-and commits once; the repositories below it only flush."""
+"""What the API does to notifications: accept them (one, or a batch), read them back, cancel
+and retry them; and what it reads of the store for readiness and metrics. Each write is one
+unit of work and commits once; the repositories below it only flush.
+
+The API calls in with domain values (``app.domain``: a ``NewNotification``, a ``ListFilter``)
+and gets domain values back (a ``StoredNotification``, ``StoredAttempt`` rows, a batch item's
+``Outcome``); HTTP schemas and problem documents stay in ``app.api``.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -12,20 +16,24 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
-from app.api.problems import problem_of
-from app.api.schemas import BatchItemResult, BatchResult, NotificationCreate
 from app.config import HeraldConfig, RetryPolicy
 from app.delivery.orchestrator import settle, utcnow
 from app.domain import (
     CANCELLABLE,
+    DEFAULT_ROUTE,
     RETRYABLE,
     AttemptTrigger,
     Hop,
     HopState,
+    ListFilter,
+    NewNotification,
     NotificationStatus,
+    StoredAttempt,
+    StoredNotification,
     Strategy,
     fresh_hops,
 )
@@ -40,25 +48,25 @@ from app.errors import (
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
-from app.store.models import IdempotencyKey, Notification
-from app.store.repositories import (
-    DuplicateKey,
-    IdempotencyRepository,
-    NotificationRepository,
-)
+from app.store.db import brief
+from app.store.intake import DuplicateKey
+from app.store.migrate import current_revision, head_revision
+from app.store.models import IdempotencyKey
+from app.store.repositories import IdempotencyRepository, NotificationRepository
 from app.store.sql import Row
 
 logger = logging.getLogger("herald.api")
 
-DEFAULT_ROUTE = "default"
-
-
 Loc = Sequence[str | int]
 T = TypeVar("T")
+Json = dict[str, Any]
+
+Outcome = uuid.UUID | HeraldError
+"""What became of one item of a batch: the id it is stored under, or why it was refused."""
 
 
 def resolve_route(
-    config: HeraldConfig, request: NotificationCreate, loc: Loc = ("body",)
+    config: HeraldConfig, request: NewNotification, loc: Loc = ("body",)
 ) -> ResolvedRoute:
     """The chain a request asks for; ``UnknownName`` (422) for names the config lacks."""
     if request.channels is not None:
@@ -83,7 +91,7 @@ def resolve_route(
     return ResolvedRoute(name, list(route.channels), route.strategy, route.retry, route.ttl)
 
 
-def admit(runtime: Runtime, request: NotificationCreate, loc: Loc = ("body",)) -> ResolvedRoute:
+def admit(runtime: Runtime, request: NewNotification, loc: Loc = ("body",)) -> ResolvedRoute:
     """The checks a valid body must still pass against the config: names and the guard."""
     route = resolve_route(runtime.config, request, loc)
     if request.recipient.webhook_url:
@@ -98,19 +106,21 @@ def admit(runtime: Runtime, request: NotificationCreate, loc: Loc = ("body",)) -
 
 async def accept_batch(
     runtime: Runtime,
-    items: Sequence[NotificationCreate | HeraldError],
+    items: Sequence[NewNotification | HeraldError],
+    answer: Callable[[Sequence[Outcome]], Json],
     *,
     owner: str | None = None,
     idempotency_key: str | None = None,
     digest: str = "",
-) -> tuple[BatchResult, bool]:
+) -> tuple[Json, bool]:
     """Store every acceptable item in one transaction: ``(the answer, False)``, or ``(the first
-    answer, True)`` for a replay of ``idempotency_key`` with the same ``digest`` (``body_hash``
+    answer, True)`` for a replay of ``idempotency_key`` with the same ``digest`` (a fingerprint
     of the request body).
 
     Items arrive already parsed (a parse failure is passed in as its error), so one bad item
-    costs only its own place in the batch. With a key, the answer is stored on the key row in
-    the same transaction as the items, so two requests racing with one key store the items once:
+    costs only its own place in the batch. ``answer`` makes the caller's answer of the items'
+    outcomes, in the request's order. With a key, the answer is stored on the key row in the
+    same transaction as the items, so two requests racing with one key store the items once:
     the loser's transaction fails on the key and it answers with the winner's answer.
     """
     scope = owner or ""
@@ -119,24 +129,24 @@ async def accept_batch(
         if replay is not None:
             return replay, True
     now = utcnow()
-    results: list[Row | HeraldError] = []
+    outcomes: list[Outcome] = []
+    accepted: list[StoredNotification] = []
     for index, item in enumerate(items):
         if isinstance(item, HeraldError):
-            results.append(item)
+            outcomes.append(item)
             continue
         loc = ("body", "items", index)
         try:
-            route = admit(runtime, item, loc)
-            results.append(new_notification(item, route, now=now, owner=owner, loc=loc))
+            row = new_notification(item, admit(runtime, item, loc), now=now, owner=owner, loc=loc)
         except HeraldError as exc:
-            results.append(exc)
-    answer = batch_result(results)
-    accepted = [r for r in results if not isinstance(r, HeraldError)]
-    # The answer is serialized for the key row only: a batch without a key has none to keep.
-    response = answer.model_dump(mode="json") if idempotency_key else None
-    key = key_row(scope, idempotency_key, digest, now, response=response)
+            outcomes.append(exc)
+            continue
+        accepted.append(row)
+        outcomes.append(row["id"])
+    body = answer(outcomes)
+    key = key_row(scope, idempotency_key, digest, now, response=body)
     if not accepted and key is None:
-        return answer, False
+        return body, False
     due = any(_due(row, now) for row in accepted)
     winner = await _unless_raced(
         runtime.intake.add_many(accepted, key=key, announce=due),
@@ -148,28 +158,7 @@ async def accept_batch(
         metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
     if due:
         runtime.wake_worker()
-    return answer, False
-
-
-def batch_result(results: Sequence[Row | HeraldError]) -> BatchResult:
-    """The 207 body: each item's id, or its problem, in the request's order."""
-    items = []
-    for index, result in enumerate(results):
-        if isinstance(result, HeraldError):
-            items.append(
-                BatchItemResult(index=index, status=result.status, error=problem_of(result))
-            )
-        else:
-            items.append(
-                BatchItemResult(
-                    index=index,
-                    status=202,
-                    id=result["id"],
-                    location=f"/v1/notifications/{result['id']}",
-                )
-            )
-    accepted = sum(1 for item in items if item.status == 202)
-    return BatchResult(accepted=accepted, rejected=len(items) - accepted, items=items)
+    return body, False
 
 
 def key_row(
@@ -195,24 +184,14 @@ def key_row(
     }
 
 
-def body_hash(body: Any) -> str:
-    """SHA-256 of a JSON body in canonical form: key order and whitespace do not count."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def request_hash(request: NotificationCreate) -> str:
-    return body_hash(request.model_dump(mode="json"))
-
-
 def new_notification(
-    request: NotificationCreate,
+    request: NewNotification,
     route: ResolvedRoute,
     *,
     now: datetime,
     owner: str | None,
     loc: Loc = ("body",),
-) -> Row:
+) -> StoredNotification:
     """The ``notifications`` row of a newly accepted request.
 
     An ``expires_at`` that has passed is refused here, against the time of the accept, not
@@ -269,20 +248,21 @@ def new_notification(
     }
 
 
-def _due(row: Row, now: datetime) -> bool:
+def _due(row: StoredNotification, now: datetime) -> bool:
     return row["next_attempt_at"] is not None and row["next_attempt_at"] <= now
 
 
 async def accept(
     runtime: Runtime,
-    request: NotificationCreate,
+    request: NewNotification,
     *,
     idempotency_key: str | None,
+    digest: str = "",
     owner: str | None = None,
-) -> tuple[Row | Notification, bool]:
-    """Store a notification: ``(its row, False)``, or ``(the original, True)`` for a replay."""
+) -> tuple[StoredNotification, bool]:
+    """Store a notification: ``(it, False)``, or ``(the original, True)`` for a replay of
+    ``idempotency_key`` with the same ``digest`` (a fingerprint of the request body)."""
     route = admit(runtime, request)
-    digest = request_hash(request) if idempotency_key else ""
     scope = owner or ""
     if idempotency_key:
         replay = await _replay(runtime, scope, idempotency_key, digest)
@@ -293,7 +273,7 @@ async def accept(
     key = key_row(scope, idempotency_key, digest, now, notification_id=row["id"])
     due = _due(row, now)
     winner = await _unless_raced(
-        runtime.intake.add(row, key=key, announce=due),
+        runtime.intake.add_many([row], key=key, announce=due),
         lambda: _replay(runtime, scope, idempotency_key or "", digest),
     )
     if winner is not None:
@@ -328,7 +308,7 @@ async def _unless_raced(
     return None
 
 
-async def _replay(runtime: Runtime, scope: str, key: str, digest: str) -> Notification | None:
+async def _replay(runtime: Runtime, scope: str, key: str, digest: str) -> StoredNotification | None:
     async with runtime.sessions() as session:
         record = await _used_key(session, scope, key, digest, batch=False)
         if record is None or record.notification_id is None:
@@ -337,14 +317,12 @@ async def _replay(runtime: Runtime, scope: str, key: str, digest: str) -> Notifi
         return await NotificationRepository(session).get(record.notification_id)
 
 
-async def _batch_replay(runtime: Runtime, scope: str, key: str, digest: str) -> BatchResult | None:
+async def _batch_replay(runtime: Runtime, scope: str, key: str, digest: str) -> Json | None:
     """The batch's first answer as it was: the same ids and the same per-item errors, not the
     notifications' current state (a batch answer holds no state, only what became of each item)."""
     async with runtime.sessions() as session:
         record = await _used_key(session, scope, key, digest, batch=True)
-    if record is None:
-        return None
-    return BatchResult.model_validate(record.response)
+    return None if record is None else record.response
 
 
 async def _used_key(
@@ -362,19 +340,37 @@ async def _used_key(
 
 async def get(
     session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
-) -> Notification:
+) -> StoredNotification:
     notification = await NotificationRepository(session).get(notification_id, owner=owner)
     if notification is None:
         raise NotificationNotFound(notification_id)
     return notification
 
 
+async def list_page(
+    session: AsyncSession, filters: ListFilter, *, limit: int, before: uuid.UUID | None = None
+) -> tuple[Sequence[StoredNotification], uuid.UUID | None]:
+    """Up to ``limit`` notifications, newest first, older than ``before`` (a page's cursor);
+    and the cursor of the next page, ``None`` when this one is the last."""
+    rows = await NotificationRepository(session).list(filters, limit=limit + 1, before_id=before)
+    page = rows[:limit]
+    return page, page[-1]["id"] if len(rows) > limit else None
+
+
+async def attempts(
+    session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
+) -> Sequence[StoredAttempt]:
+    """A notification's attempts, oldest first; ``NotificationNotFound`` as ``get``."""
+    await get(session, notification_id, owner=owner)
+    return await NotificationRepository(session).attempts(notification_id)
+
+
 async def cancel(
     session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
-) -> Notification:
+) -> StoredNotification:
     current = await get(session, notification_id, owner=owner)
-    if current.status not in CANCELLABLE:
-        raise InvalidTransition("cancel", current.status, CANCELLABLE)
+    if current["status"] not in CANCELLABLE:
+        raise InvalidTransition("cancel", current["status"], CANCELLABLE)
     now = utcnow()
     hops = settle(_hops(current), NotificationStatus.CANCELLED)
     updated = await _transition(
@@ -390,7 +386,7 @@ async def cancel(
         },
     )
     metrics.notifications_finished.labels(
-        metrics.route_label(updated.route), NotificationStatus.CANCELLED
+        metrics.route_label(updated["route"]), NotificationStatus.CANCELLED
     ).inc()
     return updated
 
@@ -401,7 +397,7 @@ async def retry(
     notification_id: uuid.UUID,
     *,
     owner: str | None = None,
-) -> Notification:
+) -> StoredNotification:
     """Re-queue a failed, expired or partial notification for a new set of rounds.
 
     Hops that delivered stay delivered (a partial broadcast is not sent twice); every other hop
@@ -409,8 +405,8 @@ async def retry(
     passed is moved to now plus the route's ttl (or cleared when the route has none).
     """
     current = await get(session, notification_id, owner=owner)
-    if current.status not in RETRYABLE:
-        raise InvalidTransition("retry", current.status, RETRYABLE)
+    if current["status"] not in RETRYABLE:
+        raise InvalidTransition("retry", current["status"], RETRYABLE)
     now = utcnow()
     hops = [
         hop if hop.state == HopState.DELIVERED else replace(hop, state=HopState.PENDING)
@@ -419,13 +415,13 @@ async def retry(
     values: dict[str, Any] = {
         "status": NotificationStatus.PENDING,
         "next_attempt_at": now,
-        "round_base": current.round,
+        "round_base": current["round"],
         "trigger": AttemptTrigger.MANUAL,
         "hops": [hop.as_dict() for hop in hops],
         "updated_at": now,
     }
-    if current.expires_at is not None and current.expires_at <= now:
-        route = runtime.config.routes.get(current.route) if current.route else None
+    if current["expires_at"] is not None and current["expires_at"] <= now:
+        route = runtime.config.routes.get(current["route"]) if current["route"] else None
         ttl = route.ttl if route is not None else None
         values["expires_at"] = now + timedelta(seconds=ttl) if ttl else None
     await NotificationRepository(session).announce_due()
@@ -434,24 +430,53 @@ async def retry(
     return updated
 
 
-def _hops(notification: Notification) -> list[Hop]:
-    return [Hop.from_dict(hop) for hop in notification.hops]
+def _hops(notification: StoredNotification) -> list[Hop]:
+    return [Hop.from_dict(hop) for hop in notification["hops"]]
 
 
 async def _transition(
     session: AsyncSession,
-    current: Notification,
+    current: StoredNotification,
     allowed: tuple[str, ...],
     action: str,
     values: dict[str, Any],
-) -> Notification:
+) -> StoredNotification:
     updated = await NotificationRepository(session).transition(
-        current.id, from_statuses=allowed, values=values
+        current["id"], from_statuses=allowed, values=values
     )
     if updated is None:
         # A worker claimed it between our read and our update.
         await session.rollback()
-        latest = await get(session, current.id)
-        raise InvalidTransition(action, latest.status, allowed)
+        latest = await get(session, current["id"])
+        raise InvalidTransition(action, latest["status"], allowed)
     await session.commit()
     return updated
+
+
+# --- readiness and metrics ------------------------------------------------------------------
+
+
+async def not_ready(runtime: Runtime) -> str | None:
+    """Why this process cannot serve (its database unreachable or not migrated); ``None`` when
+    it can."""
+    try:
+        revision = await current_revision(runtime.engine)
+    except (DBAPIError, OSError) as exc:
+        return f"database unreachable: {brief(exc)}"
+    expected = head_revision()
+    if revision != expected:
+        return (
+            f"database at migration {revision or 'none'}, expected {expected}: run herald migrate"
+        )
+    return None
+
+
+async def queue_state(runtime: Runtime) -> tuple[dict[str, int], datetime | None] | None:
+    """How many notifications there are of each status, and the earliest time a pending one is
+    due; ``None`` when the database cannot be read."""
+    try:
+        async with runtime.sessions() as session:
+            repository = NotificationRepository(session)
+            return await repository.queue_depth(), await repository.oldest_due()
+    except (DBAPIError, OSError):
+        return None

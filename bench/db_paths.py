@@ -11,7 +11,7 @@ accept paths (one notification stored and announced):
     orm            Herald before its Intake: session.add + flush, SELECT pg_notify, commit
     core           Core INSERT of the row + pg_notify in one transaction
     core_one       one statement in autocommit: INSERT … in a CTE with pg_notify
-    intake         Herald now (app.store.repositories.Intake.add): the CTE statement on the
+    intake         Herald now (app.store.intake.Intake.add_many): the CTE statement on the
                    pooled driver connection
     asyncpg        one INSERT on a raw asyncpg connection (what baseline_ingest does)
 
@@ -64,9 +64,10 @@ from app.ids import uuid7
 from app.runtime import ResolvedRoute
 from app.service import new_notification
 from app.store.db import create_engine, session_factory
+from app.store.intake import Intake
 from app.store.models import Attempt, Notification
 from app.store.queue import FinishedRound, WorkQueue, _Core, columns_of
-from app.store.repositories import Intake, NotificationRepository
+from app.store.repositories import NotificationRepository
 
 ROUTE = ResolvedRoute("default", ["hooks"], "fallback", RetryPolicy(), None)
 REQUEST = NotificationCreate.model_validate(
@@ -122,8 +123,8 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
             await session.commit()
 
     async def intake_add(_: int) -> None:
-        await intake.add(
-            new_notification(REQUEST, ROUTE, now=datetime.now(UTC), owner=None), announce=True
+        await intake.add_many(
+            [new_notification(REQUEST, ROUTE, now=datetime.now(UTC), owner=None)], announce=True
         )
 
     async def core(_: int) -> None:

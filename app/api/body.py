@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Coroutine
@@ -74,6 +75,13 @@ def parse_json(raw: bytes) -> Any:
         raise _invalid(
             f"nested too deeply to parse (a field may nest {NESTING_LIMIT} levels at most)"
         ) from None
+
+
+def body_hash(body: Any) -> str:
+    """SHA-256 of a JSON body in canonical form: key order and whitespace do not count. What an
+    ``Idempotency-Key`` remembers of its request, to tell a replay from another body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _invalid(message: str) -> Unprocessable:

@@ -18,10 +18,9 @@ from app.api.schemas import (
     RouteOut,
 )
 from app.delivery.orchestrator import Link
-from app.domain import ChannelHealth, CircuitState
+from app.domain import DEFAULT_ROUTE, ChannelHealth, CircuitState
 from app.durations import format_duration
 from app.security.redaction import redact
-from app.service import DEFAULT_ROUTE
 
 router = APIRouter(
     prefix="/v1",

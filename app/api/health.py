@@ -11,15 +11,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy.exc import DBAPIError
 
-from app import metrics
+from app import metrics, service
 from app.api.deps import MetricsAccess, RuntimeDep
 from app.api.problems import error_responses, problem_response
 from app.api.schemas import Health
-from app.store.db import brief
-from app.store.migrate import current_revision, head_revision
-from app.store.repositories import NotificationRepository
 
 router = APIRouter(tags=["health"])
 
@@ -42,17 +38,9 @@ async def healthz() -> Health:
     responses=error_responses(503),
 )
 async def readyz(runtime: RuntimeDep) -> Response:
-    try:
-        revision = await current_revision(runtime.engine)
-    except (DBAPIError, OSError) as exc:
-        return problem_response(503, f"not ready: database unreachable: {brief(exc)}")
-    expected = head_revision()
-    if revision != expected:
-        return problem_response(
-            503,
-            f"not ready: database at migration {revision or 'none'}, expected {expected}: "
-            "run herald migrate",
-        )
+    reason = await service.not_ready(runtime)
+    if reason is not None:
+        return problem_response(503, f"not ready: {reason}")
     return JSONResponse(Health(status="ok").model_dump())
 
 
@@ -78,13 +66,10 @@ async def prometheus_metrics(runtime: RuntimeDep) -> Response:
 
 async def refresh_queue_gauges(runtime: RuntimeDep) -> None:
     """Queue depth and oldest due age are read from the database at scrape time."""
-    try:
-        async with runtime.sessions() as session:
-            repository = NotificationRepository(session)
-            depth = await repository.queue_depth()
-            oldest_due = await repository.oldest_due()
-    except (DBAPIError, OSError):
+    state = await service.queue_state(runtime)
+    if state is None:
         return  # the scrape still answers with what the process knows
+    depth, oldest_due = state
     for status in metrics.STATUSES:
         metrics.queue_depth.labels(status).set(depth.get(status, 0))
     now = datetime.now(UTC)

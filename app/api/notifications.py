@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from pydantic_core import to_json
 from starlette.types import Message, Receive, Scope, Send
 
 from app import service
-from app.api.body import JSONBodyRoute, read_json
+from app.api.body import JSONBodyRoute, body_hash, read_json
 from app.api.deps import (
     AdminScope,
     Authorizer,
@@ -24,10 +27,11 @@ from app.api.deps import (
     owner_filter,
     runtime_of,
 )
-from app.api.problems import AUTH_ERRORS, error_responses, validation_errors
+from app.api.problems import AUTH_ERRORS, error_responses, problem_of, validation_errors
 from app.api.schemas import (
     AttemptList,
     AttemptOut,
+    BatchItemResult,
     BatchResult,
     NotificationBatch,
     NotificationCreate,
@@ -35,12 +39,9 @@ from app.api.schemas import (
     NotificationOut,
     NotificationPage,
 )
-from app.domain import NotificationStatus
+from app.domain import ListFilter, NotificationStatus, StoredNotification
 from app.errors import HeraldError, Unprocessable
 from app.security.auth import Principal
-from app.store.models import Notification
-from app.store.repositories import ListFilter, NotificationRepository
-from app.store.sql import Row
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=JSONBodyRoute)
 
@@ -77,8 +78,12 @@ BatchIdempotencyKeyHeader = Annotated[
 ]
 
 
-def detail_of(notification: Notification | Row) -> NotificationDetail:
-    return NotificationDetail.model_validate(notification, from_attributes=True)
+def detail_of(notification: StoredNotification) -> NotificationDetail:
+    return NotificationDetail.model_validate(notification)
+
+
+def location_of(notification_id: uuid.UUID) -> str:
+    return f"/v1/notifications/{notification_id}"
 
 
 @router.post(
@@ -118,10 +123,11 @@ async def _accept(
         runtime_of(request),
         body,
         idempotency_key=idempotency_key,
+        digest=body_hash(body.model_dump(mode="json")) if idempotency_key else "",
         owner=principal.name if principal else None,
     )
     detail = detail_of(stored)
-    headers = {"Location": f"/v1/notifications/{detail.id}"}
+    headers = {"Location": location_of(detail.id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return Response(
@@ -130,6 +136,38 @@ async def _accept(
         headers=headers,
         media_type="application/json",
     )
+
+
+FAST_ROAD_PARAMETERS: dict[str, tuple[Any, Any]] = {
+    "body": (NotificationCreate, inspect.Parameter.empty),
+    "principal": (SendScope, inspect.Parameter.empty),
+    "request": (Request, inspect.Parameter.empty),
+    "idempotency_key": (IdempotencyKeyHeader, None),
+}
+"""What ``FastAccept`` replicates of ``create_notification``: each parameter's annotation (the
+very ``Annotated`` alias, so a changed scope or header limit counts too) and default."""
+
+
+def check_fast_road(route: APIRoute) -> None:
+    """Refuse (``RuntimeError``, at start-up) a route whose endpoint takes what ``FastAccept``
+    does not replicate, or no longer takes what it does: the two roads would answer differently.
+    """
+    name = route.endpoint.__name__
+    given = inspect.signature(route.endpoint, eval_str=True).parameters
+    for parameter in given.values():
+        if FAST_ROAD_PARAMETERS.get(parameter.name) != (parameter.annotation, parameter.default):
+            raise RuntimeError(
+                f"{name} takes parameter {parameter.name!r} as FastAccept does not: teach "
+                "FastAccept (app/api/notifications.py) to do what it does, then add it to "
+                "FAST_ROAD_PARAMETERS"
+            )
+    missing = sorted(FAST_ROAD_PARAMETERS.keys() - given.keys())
+    if missing:
+        raise RuntimeError(
+            f"{name} no longer takes parameter {missing[0]!r}, which FastAccept still acts on"
+        )
+    if route.dependencies:
+        raise RuntimeError(f"{name} has route dependencies, which FastAccept does not run")
 
 
 class FastAccept:
@@ -143,6 +181,9 @@ class FastAccept:
     order (the body is parsed before the caller is authorized, and validated after), and
     anything else is handed, body and all, to ``create_notification``'s FastAPI route, which
     answers exactly as it always did. The work itself is ``_accept``, shared by both roads.
+
+    Built when the app is (``create_app``), it refuses to start if ``create_notification``
+    takes a parameter it does not replicate (``check_fast_road``).
     """
 
     def __init__(self) -> None:
@@ -151,6 +192,7 @@ class FastAccept:
             for route in router.routes
             if isinstance(route, APIRoute) and route.endpoint is create_notification
         )
+        check_fast_road(self.route)
         self.authorize = Authorizer("send")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -212,9 +254,8 @@ async def create_notifications_batch(
     body: NotificationBatch,
     principal: SendScope,
     request: Request,
-    response: Response,
     idempotency_key: BatchIdempotencyKeyHeader = None,
-) -> BatchResult:
+) -> Response:
     parsed: list[NotificationCreate | HeraldError] = []
     for index, raw in enumerate(body.items):
         try:
@@ -227,16 +268,33 @@ async def create_notifications_batch(
             parsed.append(
                 Unprocessable(f"item {index} is invalid: {errors[0]['msg']}", errors=errors)
             )
-    result, replayed = await service.accept_batch(
+    answer, replayed = await service.accept_batch(
         runtime_of(request),
         parsed,
+        batch_answer,
         owner=principal.name if principal else None,
         idempotency_key=idempotency_key,
-        digest=service.body_hash(body.items) if idempotency_key else "",
+        digest=body_hash(body.items) if idempotency_key else "",
     )
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return result
+    return Response(
+        to_json(answer),
+        status_code=207,
+        headers={"Idempotent-Replayed": "true"} if replayed else None,
+        media_type="application/json",
+    )
+
+
+def batch_answer(outcomes: Sequence[service.Outcome]) -> dict[str, Any]:
+    """The 207 body, as JSON values: each item's id, or its problem, in the request's order."""
+    items = [
+        BatchItemResult(index=index, status=outcome.status, error=problem_of(outcome))
+        if isinstance(outcome, HeraldError)
+        else BatchItemResult(index=index, status=202, id=outcome, location=location_of(outcome))
+        for index, outcome in enumerate(outcomes)
+    ]
+    accepted = sum(1 for item in items if item.status == 202)
+    result = BatchResult(accepted=accepted, rejected=len(items) - accepted, items=items)
+    return result.model_dump(mode="json")
 
 
 @router.get(
@@ -285,11 +343,10 @@ async def list_notifications(
         created_before=_aware(created_before, "created_before"),
         owner=owner_filter(principal),
     )
-    rows = await NotificationRepository(session).list(filters, limit=limit + 1, before_id=before_id)
-    page = rows[:limit]
+    page, next_id = await service.list_page(session, filters, limit=limit, before=before_id)
     return NotificationPage(
-        items=[NotificationOut.model_validate(n, from_attributes=True) for n in page],
-        next_cursor=str(page[-1].id) if len(rows) > limit else None,
+        items=[NotificationOut.model_validate(notification) for notification in page],
+        next_cursor=str(next_id) if next_id is not None else None,
     )
 
 
@@ -318,9 +375,8 @@ async def list_attempts(
     notification_id: uuid.UUID, principal: ReadScope, session: SessionDep
 ) -> AttemptList:
     """Another API key's notification is 404 unless the caller's key has the admin scope."""
-    await service.get(session, notification_id, owner=owner_filter(principal))
-    attempts = await NotificationRepository(session).attempts(notification_id)
-    return AttemptList(items=[AttemptOut.model_validate(a, from_attributes=True) for a in attempts])
+    attempts = await service.attempts(session, notification_id, owner=owner_filter(principal))
+    return AttemptList(items=[AttemptOut.model_validate(attempt) for attempt in attempts])
 
 
 @router.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -252,6 +253,22 @@ class AttemptOut(Output):
     response_excerpt: str | None
     started_at: datetime
     duration_ms: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _error_of_columns(cls, value: Any) -> Any:
+        """A stored attempt (``StoredAttempt``) keeps its error in three columns; the API shows
+        them as one object."""
+        if isinstance(value, Mapping) and "error" not in value:
+            error = None
+            if value["error_class"] is not None:
+                error = {
+                    "class": value["error_class"],
+                    "code": value["error_code"],
+                    "message": value["error_message"],
+                }
+            return {**value, "error": error}
+        return value
 
 
 class AttemptList(Output):

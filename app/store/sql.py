@@ -7,7 +7,7 @@ identically), and the pooled driver connection those statements run on.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -100,10 +100,13 @@ def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
 
 
 class PreparedInsert:
-    """``INSERT INTO table (…) VALUES ($n, …)`` and the driver-level values for one row."""
+    """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``) or of many (``unnest`` of an
+    array per column: one statement text whatever the number of rows), and the driver-level
+    values for them."""
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
         self.table = table
+        self.dialect = dialect
         self.columns = [column.name for column in table.columns]
         self.processors = list(bind_processors(table, dialect).values())
 
@@ -111,13 +114,28 @@ class PreparedInsert:
         places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
         return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
 
-    def args(self, row: Row) -> list[Any]:
+    def sql_many(self, first: int) -> str:
+        """The statement for ``args_many``: ``$first`` onwards are one array per column."""
+        arrays = ", ".join(
+            f"${first + i}::{column.type.compile(self.dialect)}[]"
+            for i, column in enumerate(self.table.columns)
+        )
+        return (
+            f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) "
+            f"SELECT * FROM unnest({arrays})"
+        )
+
+    def args(self, row: Mapping[str, Any]) -> list[Any]:
         return [
             value if process is None else process(value)
             for process, value in zip(
                 self.processors, (row[name] for name in self.columns), strict=True
             )
         ]
+
+    def args_many(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """``args`` of each row, as one list per column."""
+        return [list(column) for column in zip(*(self.args(row) for row in rows), strict=True)]
 
 
 async def notify_due(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:

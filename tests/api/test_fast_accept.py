@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.api.notifications import FastAccept, create_notification, router
+from app.api import notifications
+from app.api.deps import AdminScope, SendScope
+from app.api.notifications import (
+    FastAccept,
+    IdempotencyKeyHeader,
+    check_fast_road,
+    create_notification,
+    router,
+)
+from app.api.schemas import NotificationCreate
 from app.channels.registry import default_registry
 from app.config import parse_config
 from app.main import create_app
+from app.runtime import Runtime
 from tests.api.conftest import BASIC_CONFIG, assert_problem
+from tests.api.test_auth import BACKEND, SENDER, auth_config, bearer
 from tests.support.harness import Harness, herald
 
 KEY = "sk-sender-0123456789abcdef0123456789ab"
@@ -138,10 +152,10 @@ ROAD_CASES: dict[str, tuple[str | None, bytes]] = {
 }
 
 
-@pytest.fixture
-async def fastapi_only(h: Harness) -> AsyncIterator[httpx.AsyncClient]:
+@asynccontextmanager
+async def without_fast_accept(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the same Herald without ``FastAccept``: every request takes FastAPI's road."""
-    app = create_app(runtime=h.runtime)
+    app = create_app(runtime=runtime)
     app.router.routes[:] = [
         route
         for route in app.router.routes
@@ -149,6 +163,12 @@ async def fastapi_only(h: Harness) -> AsyncIterator[httpx.AsyncClient]:
     ]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
+        yield client
+
+
+@pytest.fixture
+async def fastapi_only(h: Harness) -> AsyncIterator[httpx.AsyncClient]:
+    async with without_fast_accept(h.runtime) as client:
         yield client
 
 
@@ -193,3 +213,166 @@ async def test_with_keys_the_checks_keep_fastapis_order(db_url: str, fallbacks: 
         assert accepted.status_code == 202, accepted.text
         assert accepted.json()["id"]
         assert len(fallbacks) == 2
+
+
+# -- requests both roads accept ------------------------------------------------------------------
+
+VALID_CASES: dict[str, dict[str, Any]] = {
+    "route": {"route": "alerts", "text": "x"},
+    "default-route": {"text": "x", "subject": "s", "severity": "error", "metadata": {"a": [1]}},
+    "channels": {"channels": ["console", "backup"], "html": "<b>x</b>", "source": "test"},
+    "send_at": BODY,
+    "send_at-and-ttl": {"route": "broadcast", "text": "x", "send_at": "2099-01-01T00:00:00Z"},
+    "recipient": {"text": "x", "recipient": {"email": "a@example.com", "phone": "+1 415 555 0100"}},
+    "expires_at": {"route": "alerts", "text": "x", "expires_at": "2099-01-01T00:00:00Z"},
+}
+STAMPED = ("created_at", "updated_at", "next_attempt_at", "expires_at")
+
+
+def answer(response: httpx.Response) -> tuple[int, dict[str, str], Any]:
+    """What a caller sees, less what differs between two accepts of one body: the id (in the
+    body and in ``Location``, whose shape is checked), the times stamped at accept, the
+    request id and the length (a time may print shorter)."""
+    body = response.json()
+    headers = {
+        name: value
+        for name, value in response.headers.items()
+        if name not in ("x-request-id", "content-length")
+    }
+    if "id" in body:
+        assert headers.pop("location") == f"/v1/notifications/{body['id']}"
+        body = {**body, "id": "…"} | {name: "…" for name in STAMPED if body[name] is not None}
+    return response.status_code, headers, body
+
+
+async def both_roads(
+    fast: httpx.AsyncClient,
+    slow: httpx.AsyncClient,
+    fallbacks: list[str],
+    body: dict[str, Any],
+    headers: dict[str, str],
+    key: str | None,
+) -> None:
+    """``body`` sent down each road; with ``key``, each road's key sent again (a replay) and
+    then with another body (a mismatch), and each road replaying the other road's key. The fast
+    road must serve every request sent to it (``fallbacks`` also counts the slow road's)."""
+
+    async def post(road: httpx.AsyncClient, again: dict[str, Any], key: str | None) -> Any:
+        sent = {**headers, "Idempotency-Key": key} if key else headers
+        before = len(fallbacks)
+        response = await road.post("/v1/notifications", json=again, headers=sent)
+        assert len(fallbacks) == before + (road is slow)
+        return response
+
+    keys = (f"{key}-fast", f"{key}-slow") if key else (None, None)
+    first = [await post(fast, body, keys[0]), await post(slow, body, keys[1])]
+    assert first[0].status_code == 202, first[0].text
+    assert answer(first[0]) == answer(first[1])
+    if key is None:
+        return
+    for again in (body, {**body, "text": "another"}):
+        replays = [
+            await post(road, again, road_key)
+            for road, road_key in (
+                (fast, keys[0]),
+                (slow, keys[1]),
+                (fast, keys[1]),
+                (slow, keys[0]),
+            )
+        ]
+        assert replays[0].status_code == (200 if again is body else 422), replays[0].text
+        assert len({repr(answer(replay)) for replay in replays}) == 1, [r.text for r in replays]
+        if again is body:
+            assert replays[0].json() == replays[3].json() == first[0].json()
+            assert replays[1].json() == replays[2].json() == first[1].json()
+
+
+@pytest.mark.parametrize("key", [None, "key"])
+@pytest.mark.parametrize("case", VALID_CASES)
+async def test_both_roads_accept_alike(
+    h: Harness, fastapi_only: httpx.AsyncClient, fallbacks: list[str], case: str, key: str | None
+) -> None:
+    body = VALID_CASES[case]
+    await both_roads(h.client, fastapi_only, fallbacks, body, {}, key and f"{key}-{case}")
+
+
+@pytest.mark.parametrize("key", [None, "key"])
+@pytest.mark.parametrize(
+    "headers", [bearer(SENDER), {"X-API-Key": BACKEND}], ids=["bearer", "x-api-key"]
+)
+async def test_with_auth_on_both_roads_accept_alike(
+    db_url: str, fallbacks: list[str], headers: dict[str, str], key: str | None
+) -> None:
+    async with (
+        herald(db_url, auth_config()) as h,
+        without_fast_accept(h.runtime) as fastapi_only,
+    ):
+        for case, body in VALID_CASES.items():
+            await both_roads(
+                h.client, fastapi_only, fallbacks, body, headers, key and f"{key}-{case}"
+            )
+
+
+# -- the fast road refuses to start when it would answer differently -----------------------------
+
+
+async def grown(
+    body: NotificationCreate,
+    principal: SendScope,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
+    dry_run: bool = False,
+) -> None:
+    """``create_notification`` with a parameter the fast road knows nothing of."""
+
+
+async def rescoped(
+    body: NotificationCreate,
+    principal: AdminScope,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> None:
+    """``create_notification`` asking another scope."""
+
+
+async def shrunk(body: NotificationCreate, principal: SendScope, request: Request) -> None:
+    """``create_notification`` without its Idempotency-Key."""
+
+
+async def same(
+    body: NotificationCreate,
+    principal: SendScope,
+    request: Request,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> None:
+    """``create_notification``'s parameters, as the fast road replicates them."""
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "dependencies", "named"),
+    [
+        (grown, [], "parameter 'dry_run'"),
+        (rescoped, [], "parameter 'principal'"),
+        (shrunk, [], "no longer takes parameter 'idempotency_key'"),
+        (same, [Depends(same)], "route dependencies"),
+    ],
+    ids=["grown", "rescoped", "shrunk", "dependencies"],
+)
+def test_the_fast_road_refuses_a_route_it_does_not_replicate(
+    endpoint: Any, dependencies: list[Any], named: str
+) -> None:
+    check_fast_road(APIRoute("/v1/notifications", same, methods=["POST"]))
+    route = APIRoute("/v1/notifications", endpoint, methods=["POST"], dependencies=dependencies)
+    with pytest.raises(RuntimeError, match=named):
+        check_fast_road(route)
+
+
+def test_the_app_does_not_start_when_the_fast_road_falls_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As if ``create_notification`` had gained ``idempotency_key`` and FastAccept had not."""
+    replicated = dict(notifications.FAST_ROAD_PARAMETERS)
+    del replicated["idempotency_key"]
+    monkeypatch.setattr(notifications, "FAST_ROAD_PARAMETERS", replicated)
+    with pytest.raises(RuntimeError, match="create_notification takes parameter 'idempotency_key'"):
+        create_app()

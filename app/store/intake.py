@@ -1,0 +1,137 @@
+"""How newly accepted notifications are stored: the API's hot path, so no ORM unit of work.
+
+One implementation for a single POST and a batch alike: ``Intake.add_many`` stores the rows,
+the idempotency key of their request and the wake-up for listening workers atomically, and a
+taken key comes out as ``DuplicateKey`` whichever the number of rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.store.sql import (
+    DUE_CHANNEL,
+    IDEMPOTENCY_KEYS,
+    NOTIFICATIONS,
+    PreparedInsert,
+    Row,
+    driver_connection,
+)
+
+MANY = 2
+"""``Intake``'s statements are for no rows, one, or this many or more."""
+
+UNIQUE_VIOLATION = "23505"
+"""PostgreSQL's SQLSTATE for a duplicate key."""
+
+
+class DuplicateKey(Exception):
+    """The idempotency key is already taken: another request stored it first."""
+
+
+class Intake:
+    """Stores newly accepted notifications with the idempotency key of their request.
+
+    On PostgreSQL every call is one statement in autocommit on the pooled driver connection:
+    the rows, the key and the ``NOTIFY`` to listening workers in one CTE, so one round trip and
+    no ``BEGIN``/``COMMIT``, a fraction of the ORM's CPU (bench/results/levers.md, "`Intake`:
+    one CTE statement"). One row goes as ``VALUES``, the cheapest for the single POST; several
+    as ``unnest`` of an array per column, one statement text for any number of rows (a
+    ``VALUES`` list as long as the batch was a new statement at every size, and slower:
+    bench/results/levers.md, "batches as `unnest`"). Values pass through the same SQLAlchemy
+    bind processors the ORM applies, so rows read back identically. On SQLite (no ``LISTEN``:
+    the service wakes its in-process worker) Core INSERTs in one transaction.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.postgresql = engine.dialect.name == "postgresql"
+        self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
+        self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
+        self._statements = {
+            (rows, with_key, announce): self._statement(rows, with_key, announce)
+            for rows in (0, 1, MANY)
+            for with_key in (False, True)
+            for announce in (False, True)
+            if rows or with_key
+        }
+
+    async def add_many(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        key: Row | None = None,
+        announce: bool = False,
+    ) -> None:
+        """Store ``rows`` of ``notifications`` and the idempotency ``key`` of their request, all
+        or nothing; with ``announce``, listening workers hear of them once they are stored.
+
+        ``DuplicateKey`` if another request holds the key already: nothing is stored.
+        """
+        if not rows and key is None:
+            return
+        try:
+            if self.postgresql:
+                await self._add_in_one_statement(rows, key, announce)
+            else:
+                async with self.engine.begin() as conn:
+                    if rows:
+                        await conn.execute(insert(NOTIFICATIONS), list(rows))
+                    if key is not None:
+                        await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
+        except IntegrityError as exc:
+            if key is not None and _duplicate_key(exc):
+                raise DuplicateKey() from exc
+            raise
+
+    async def _add_in_one_statement(
+        self, rows: Sequence[Mapping[str, Any]], key: Row | None, announce: bool
+    ) -> None:
+        args: list[Any]
+        if len(rows) == 1:
+            args = self._notifications.args(rows[0])
+        elif rows:
+            args = self._notifications.args_many(rows)
+        else:
+            args = []
+        if key is not None:
+            args += self._keys.args(key)
+        sql = self._statements[min(len(rows), MANY), key is not None, announce]
+        async with driver_connection(self.engine, sql) as conn:
+            await conn.execute(sql, *args)
+
+    def _statement(self, rows: int, with_key: bool, announce: bool) -> str:
+        """The CTE for no rows (a batch whose every item was refused, with its key), one, or
+        ``MANY``; every form takes one argument a column, so the key's come after as many."""
+        parts = []
+        if rows:
+            insert_rows = (
+                self._notifications.sql(1) if rows == 1 else self._notifications.sql_many(1)
+            )
+            parts.append(f"n AS ({insert_rows})")
+        if with_key:
+            first = len(self._notifications.columns) + 1 if rows else 1
+            parts.append(f"k AS ({self._keys.sql(first)})")
+        main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
+        return f"WITH {', '.join(parts)} {main}"
+
+
+def _duplicate_key(exc: IntegrityError) -> bool:
+    """Whether ``exc`` is the ``idempotency_keys`` primary key refusing a second row.
+
+    Any other constraint (a notification's, a foreign key) is a bug to report as it is, not a
+    request that lost a race.
+    """
+    error = exc.orig
+    if getattr(error, "sqlstate", None) == UNIQUE_VIOLATION:  # asyncpg names the table
+        return getattr(error, "table_name", None) == IDEMPOTENCY_KEYS.name
+    # sqlite3: "UNIQUE constraint failed: idempotency_keys.scope, idempotency_keys.key"
+    return getattr(
+        error, "sqlite_errorcode", None
+    ) == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY and f" {IDEMPOTENCY_KEYS.name}." in str(error)
