@@ -8,6 +8,7 @@ so a broken adapter cannot lose a notification.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -157,6 +158,15 @@ def check_http_setting(value: str, field: str) -> str:
 def api_base_setting(value: str) -> str:
     """An ``api_base`` setting as ``check_http_setting`` accepts it, without a trailing slash."""
     return check_http_setting(value, "api_base").rstrip("/")
+
+
+def stripped_setting(value: str, refusal: str, pattern: re.Pattern[str] | None = None) -> str:
+    """``value`` without the whitespace around it; ``ValueError(refusal)`` when nothing is left
+    or, given a ``pattern``, when what is left does not match it whole."""
+    value = value.strip()
+    if not value or (pattern is not None and not pattern.fullmatch(value)):
+        raise ValueError(refusal)
+    return value
 
 
 def check_secret_set(value: SecretStr, field: str) -> SecretStr:
