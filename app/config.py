@@ -31,7 +31,7 @@ from app.channels.base import ChannelConfig
 from app.channels.registry import ChannelRegistry
 from app.domain import Strategy
 from app.durations import Duration
-from app.ratelimit import parse_rate
+from app.ratelimit import RateLimit, parse_rate
 from app.store.db import normalize_database_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -108,14 +108,8 @@ class ApiKeyConfig(BaseModel):
     key: SecretStr | None = None
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["send", "read"]))
-    rate_limit: str | None = None
+    rate_limit: RateLimit | None = None
     """Requests this key may make per process: ``100/s``, ``600/m``, ``10000/h``."""
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _valid_rate(cls, value: str | None) -> str | None:
-        parse_rate(value)
-        return value
 
     @property
     def rate(self) -> tuple[int, float] | None:

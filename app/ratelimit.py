@@ -13,6 +13,9 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from app.clock import SYSTEM_CLOCK, Clock
 
@@ -31,6 +34,16 @@ def parse_rate(value: object) -> tuple[int, float] | None:
     if not count.strip().isdigit() or int(count) < 1 or per is None:
         raise ValueError(_FORMS)
     return int(count), per
+
+
+def _checked_rate(value: str) -> str:
+    """``value`` as written, when ``parse_rate`` reads it; its ``ValueError`` when not."""
+    parse_rate(value)
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_checked_rate)]
+"""An API key's or a channel's ``rate_limit`` setting, kept as written (``parse_rate`` reads it)."""
 
 
 class SlidingWindow:

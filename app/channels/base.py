@@ -8,6 +8,7 @@ so a broken adapter cannot lose a notification.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from app.channels.text import Unit, html_to_text, prefix
 from app.clock import SYSTEM_CLOCK, Clock
 from app.domain import ErrorClass as ErrorClass  # re-exported for channel plugins
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
-from app.ratelimit import parse_rate
+from app.ratelimit import RateLimit, parse_rate
 from app.security.redaction import redact
 
 EXCERPT_LIMIT = 2048
@@ -159,6 +160,15 @@ def api_base_setting(value: str) -> str:
     return check_http_setting(value, "api_base").rstrip("/")
 
 
+def stripped_setting(value: str, refusal: str, pattern: re.Pattern[str] | None = None) -> str:
+    """``value`` without the whitespace around it; ``ValueError(refusal)`` when nothing is left
+    or, given a ``pattern``, when what is left does not match it whole."""
+    value = value.strip()
+    if not value or (pattern is not None and not pattern.fullmatch(value)):
+        raise ValueError(refusal)
+    return value
+
+
 def check_secret_set(value: SecretStr, field: str) -> SecretStr:
     """Refuse a secret that is empty or blank, as an unset environment variable leaves it."""
     if not value.get_secret_value().strip():
@@ -258,7 +268,7 @@ class ChannelConfig(BaseModel):
     type: str
     enabled: bool = True
     timeout: Duration = 10.0
-    rate_limit: str | None = None
+    rate_limit: RateLimit | None = None
     circuit: CircuitConfig = Field(default_factory=CircuitConfig)
 
     @field_validator("timeout")
@@ -266,12 +276,6 @@ class ChannelConfig(BaseModel):
     def _positive_timeout(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("timeout must be greater than zero")
-        return value
-
-    @field_validator("rate_limit")
-    @classmethod
-    def _valid_rate(cls, value: str | None) -> str | None:
-        parse_rate(value)
         return value
 
     @property

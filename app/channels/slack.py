@@ -71,6 +71,7 @@ from app.channels.base import (
     Message,
     api_base_setting,
     check_http_setting,
+    stripped_setting,
 )
 from app.channels.http_errors import (
     answer_failure,
@@ -232,11 +233,7 @@ class SlackConfig(ChannelConfig):
     @field_validator("channel")
     @classmethod
     def _valid_channel(cls, value: str | None) -> str | None:
-        if value is not None:
-            value = value.strip()
-            if not value:
-                raise ValueError("channel is empty")
-        return value
+        return None if value is None else stripped_setting(value, "channel is empty")
 
     @model_validator(mode="after")
     def _one_mode(self) -> SlackConfig:

@@ -62,6 +62,7 @@ from app.channels.base import (
     DeliveryResult,
     ErrorClass,
     Message,
+    stripped_setting,
 )
 from app.channels.text import one_line
 
@@ -135,9 +136,7 @@ class SmtpConfig(ChannelConfig):
     @field_validator("host")
     @classmethod
     def _valid_host(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("host must not be empty")
+        value = stripped_setting(value, "host must not be empty")
         if value.startswith("[") and value.endswith("]"):
             value = value[1:-1]  # an IPv6 literal as a URL would write it
         if "://" in value or "/" in value or any(ch.isspace() for ch in value):

@@ -47,6 +47,7 @@ from app.channels.base import (
     ErrorClass,
     Message,
     api_base_setting,
+    stripped_setting,
 )
 from app.channels.http_errors import (
     classify_status,
@@ -89,11 +90,9 @@ class TelegramConfig(ChannelConfig):
     @field_validator("default_chat_id")
     @classmethod
     def _chat_id(cls, value: str | None) -> str | None:
-        if value is not None:
-            value = value.strip()
-            if not value:
-                raise ValueError("default_chat_id must not be empty")
-        return value
+        if value is None:
+            return None
+        return stripped_setting(value, "default_chat_id must not be empty")
 
     @field_validator("api_base")
     @classmethod

@@ -43,6 +43,7 @@ from app.channels.base import (
     Message,
     api_base_setting,
     check_secret_set,
+    stripped_setting,
 )
 from app.channels.http_errors import (
     answer_failure,
@@ -76,10 +77,9 @@ class TwilioConfig(ChannelConfig):
     @field_validator("account_sid")
     @classmethod
     def _account_sid(cls, value: str) -> str:
-        value = value.strip()
-        if not _ACCOUNT_SID.fullmatch(value):
-            raise ValueError("account_sid must be AC followed by 32 hex digits")
-        return value
+        return stripped_setting(
+            value, "account_sid must be AC followed by 32 hex digits", _ACCOUNT_SID
+        )
 
     @field_validator("auth_token")
     @classmethod
@@ -96,10 +96,9 @@ class TwilioConfig(ChannelConfig):
     def _service_sid(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        value = value.strip()
-        if not _SERVICE_SID.fullmatch(value):
-            raise ValueError("messaging_service_sid must be MG followed by 32 hex digits")
-        return value
+        return stripped_setting(
+            value, "messaging_service_sid must be MG followed by 32 hex digits", _SERVICE_SID
+        )
 
     @field_validator("api_base")
     @classmethod

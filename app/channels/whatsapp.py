@@ -52,6 +52,7 @@ from app.channels.base import (
     Message,
     api_base_setting,
     check_secret_set,
+    stripped_setting,
 )
 from app.channels.http_errors import (
     answer_failure,
@@ -70,6 +71,7 @@ DEFAULT_API_VERSION = "v26.0"
 """The newest Graph API version (released 2026-07-29); each version lives about two years."""
 
 _API_VERSION = re.compile(r"v[0-9]+\.[0-9]+")
+_NUMERIC_ID = re.compile(r"[0-9]+")
 
 
 class WhatsAppConfig(ChannelConfig):
@@ -92,21 +94,17 @@ class WhatsAppConfig(ChannelConfig):
     @field_validator("phone_number_id")
     @classmethod
     def _numeric_id(cls, value: str) -> str:
-        value = value.strip()
-        if not value.isascii() or not value.isdigit():
-            raise ValueError(
-                "phone_number_id must be the numeric phone number ID from WhatsApp Manager "
-                "(not the phone number itself)"
-            )
-        return value
+        return stripped_setting(
+            value,
+            "phone_number_id must be the numeric phone number ID from WhatsApp Manager "
+            "(not the phone number itself)",
+            _NUMERIC_ID,
+        )
 
     @field_validator("api_version")
     @classmethod
     def _version(cls, value: str) -> str:
-        value = value.strip()
-        if not _API_VERSION.fullmatch(value):
-            raise ValueError("api_version must look like v26.0")
-        return value
+        return stripped_setting(value, "api_version must look like v26.0", _API_VERSION)
 
     @field_validator("api_base")
     @classmethod

@@ -153,6 +153,15 @@ def test_channel_common_settings() -> None:
     assert any(p.startswith("channels.c.rate_limit:") for p in found)
 
 
+@pytest.mark.parametrize("rate", ["lots", "0/s", "1/d", ""])
+def test_keys_and_channels_refuse_a_rate_limit_alike(rate: str) -> None:
+    key = {"auth": {"api_keys": [{"name": "a", "key": "k", "rate_limit": rate}]}}
+    channel = {"channels": {"c": {"type": "log", "rate_limit": rate}}}
+    refusal = "rate_limit must look like 30/s, 100/m or 1000/h"
+    assert problems(key) == [f"auth.api_keys.0.rate_limit: {refusal}"]
+    assert problems(channel) == [f"channels.c.rate_limit: {refusal}"]
+
+
 def test_auth_and_network_sections_parse() -> None:
     config = parse(
         {

@@ -1,13 +1,21 @@
-"""Ids, redaction, HTTP classification and Retry-After parsing."""
+"""Ids, redaction, HTTP classification, Retry-After parsing and setting checks."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
-from app.channels.base import DeliveryResult, ErrorClass, check_http_url, origin, redact_result
+from app.channels.base import (
+    DeliveryResult,
+    ErrorClass,
+    check_http_url,
+    origin,
+    redact_result,
+    stripped_setting,
+)
 from app.channels.http_errors import classify_status, retry_after_seconds
 from app.channels.text import clip, split_text
 from app.ids import uuid7
@@ -124,3 +132,19 @@ def test_redact_masks_the_start_of_a_secret_that_a_cut_left_before_the_ellipsis(
     assert redacted.endswith(f"x {MASK}{ELLIPSIS}")
     assert redact("a tok-… b", [secret]) == f"a {MASK}{ELLIPSIS} b"
     assert redact("a to… b", [secret]) == "a to… b", "three characters say nothing"
+
+
+def test_stripped_setting_keeps_what_is_inside_the_whitespace() -> None:
+    assert stripped_setting("  C012 \n", "channel is empty") == "C012"
+    assert stripped_setting(" v26.0 ", "bad version", re.compile(r"v[0-9]+\.[0-9]+")) == "v26.0"
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [("", None), (" \t\n", None), ("", re.compile(r"[0-9]*")), ("12a", re.compile(r"[0-9]+"))],
+)
+def test_stripped_setting_refuses_blank_or_unmatched_values(
+    value: str, pattern: re.Pattern[str] | None
+) -> None:
+    with pytest.raises(ValueError, match=r"^the refusal$"):
+        stripped_setting(value, "the refusal", pattern)
