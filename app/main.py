@@ -22,6 +22,7 @@ from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
 from app.delivery.worker import Worker, supervise_worker
+from app.events.dispatcher import Dispatcher
 from app.runtime import Runtime, open_runtime, settle_heap
 
 logger = logging.getLogger("herald")
@@ -120,17 +121,21 @@ def create_app(
             app.state.runtime = opened
             settle_heap()
             stop = asyncio.Event()
-            task = (
-                asyncio.create_task(supervise_worker(Worker(opened), stop), name="herald-worker")
+            tasks = (
+                [
+                    asyncio.create_task(
+                        supervise_worker(Worker(opened), stop), name="herald-worker"
+                    ),
+                    asyncio.create_task(Dispatcher(opened).run(stop), name="herald-events"),
+                ]
                 if run_worker
-                else None
+                else []
             )
             try:
                 yield
             finally:
                 stop.set()
-                if task is not None:
-                    await task
+                await asyncio.gather(*tasks)
 
     app = FastAPI(
         # FastAPI's OpenTelemetry bridge acts only when an OpenTelemetry SDK is configured in
