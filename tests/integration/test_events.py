@@ -510,3 +510,24 @@ async def test_the_loop_runs_beside_the_worker_and_a_stuck_receiver_delays_no_de
             assert len(sink.received) == 4, "four in flight, nothing more claimed"
             assert await _unsettled(h) == 20, "the ones cut short were handed back, untried"
             assert sample("herald_events_pending", subscription="stuck") == 20
+
+
+async def test_dispatchers_side_by_side_send_each_event_once(db_url: str) -> None:
+    async with (
+        serve_http() as sink,
+        herald(db_url, events_config(subscription(sink.url("/ev")))) as h,
+    ):
+        events = [accepted(h=h) for _ in range(30)]
+        await emit(h, *events)
+        one, two = dispatcher(h, concurrency=4), dispatcher(h, concurrency=4)
+
+        async def work(sender: Any) -> int:
+            total = 0
+            while claimed := await sender.run_once():
+                total += claimed
+            return total
+
+        counts = await asyncio.gather(work(one), work(two))
+        assert sum(counts) == 30
+        assert sorted(b["id"] for b in received(sink, "/ev")) == sorted(str(e.id) for e in events)
+        assert await _unsettled(h) == 0
