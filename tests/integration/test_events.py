@@ -531,3 +531,41 @@ async def test_dispatchers_side_by_side_send_each_event_once(db_url: str) -> Non
         assert sum(counts) == 30
         assert sorted(b["id"] for b in received(sink, "/ev")) == sorted(str(e.id) for e in events)
         assert await _unsettled(h) == 0
+
+
+async def test_a_crashed_dispatcher_loop_is_restarted_and_counted(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The branch no real part reaches (a bug of ours) made to happen: the loop's claim raises
+    once; the supervisor logs it once, counts it and restarts the loop, which goes on."""
+    async with (
+        serve_http() as sink,
+        herald(db_url, events_config(subscription(sink.url("/ev")))) as h,
+    ):
+        sender = dispatcher(h)
+        claim = sender.claim
+        failures = [RuntimeError("a bug in the claim")]
+
+        async def flaky_claim(limit: int) -> Any:
+            if failures:
+                raise failures.pop()
+            return await claim(limit)
+
+        monkeypatch.setattr(sender, "claim", flaky_claim)
+        before = sample("herald_task_restarts_total", task="events")
+        (event,) = await emit(h, accepted(h=h))
+        stop = asyncio.Event()
+        loop = asyncio.create_task(sender.run(stop))
+        try:
+            began = time.monotonic()
+            while not sink.received:
+                assert time.monotonic() - began < 10, "the loop did not come back"
+                await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop, 10)
+        assert sample("herald_task_restarts_total", task="events") == before + 1
+        assert [r.message for r in caplog.records if "events task crashed" in r.message] == [
+            "events task crashed: a bug in the claim; restarting in 1s"
+        ]
+        assert (await deliveries(h, event.id))[0]["status"] == "delivered"
