@@ -145,6 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.delivery.worker import Worker, supervise_worker
+    from app.events.dispatcher import Dispatcher
     from app.runtime import open_runtime, settle_heap
 
     settings = _settings()
@@ -177,7 +178,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
             settle_heap()
-            await supervise_worker(Worker(runtime), stop)
+            await asyncio.gather(
+                supervise_worker(Worker(runtime), stop), Dispatcher(runtime).run(stop)
+            )
 
     asyncio.run(run())
     return 0

@@ -8,15 +8,18 @@ validates every section and every channel against its type's model, and raises o
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import re
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,9 +30,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig
+from app.channels.base import ChannelConfig, CircuitConfig, check_http_url
 from app.channels.registry import ChannelRegistry
-from app.domain import Strategy
+from app.channels.webhook import secret_key
+from app.domain import EventType, Strategy
 from app.durations import Duration
 from app.ratelimit import RateLimit, parse_rate
 from app.store.db import normalize_database_url
@@ -151,6 +155,81 @@ class NetworkConfig(BaseModel):
     allowed_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
 
 
+def event_types_matching(glob: str) -> list[EventType]:
+    """The event types a subscription's ``types`` entry names (``notification.*``, ``*``)."""
+    return [member for member in EventType if fnmatch.fnmatchcase(member, glob)]
+
+
+def _event_type_glob(value: str) -> str:
+    if not event_types_matching(value):
+        known = [str(member) for member in EventType]
+        if any(char in value for char in "*?["):
+            raise ValueError(f"{value!r} matches no event type (known: {', '.join(known)})")
+        raise ValueError(unknown("event type", value, known))
+    return value
+
+
+EventTypeGlob = Annotated[str, AfterValidator(_event_type_glob)]
+
+
+def _whsec(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().startswith("whsec_"):
+        raise ValueError("secret must be whsec_ followed by base64")
+    secret_key(value.get_secret_value())
+    return value
+
+
+def _http_url(value: str) -> str:
+    check_http_url(value)
+    return value
+
+
+class SubscriptionConfig(BaseModel):
+    """A receiver of events (``events.subscriptions``): where, how signed, which events.
+
+    ``types`` are globs over the event types; ``routes`` and ``owners`` (API key names), when
+    given, narrow it to the events of those notifications, so such a subscription gets no
+    ``channel.*`` event (those belong to no route and no owner).
+    """
+
+    # Validation errors never echo the input: the secret is in it.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    url: Annotated[str, AfterValidator(_http_url)]
+    """Where events are POSTed; the outbound guard checks it on every send."""
+    secret: Annotated[SecretStr, AfterValidator(_whsec)]
+    """``whsec_<base64>``: every request is signed (Standard Webhooks)."""
+    types: list[EventTypeGlob] = Field(default_factory=lambda: ["*"], min_length=1)
+    routes: list[str] = Field(default_factory=list)
+    owners: list[str] = Field(default_factory=list)
+    include_content: bool = False
+    """Add the notification's content (subject, bodies, recipient, metadata) as
+    ``data.content``; off, an event carries no message body."""
+    timeout: Duration = Field(default=10.0, gt=0, le=60)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+
+    @cached_property
+    def event_types(self) -> frozenset[EventType]:
+        return frozenset(member for glob in self.types for member in event_types_matching(glob))
+
+    def takes(self, event_type: EventType, route: str | None, owner: str | None) -> bool:
+        """Whether an event of this type, about a notification of ``route`` and ``owner``
+        (both ``None`` for a channel event), is for this subscription."""
+        return (
+            event_type in self.event_types
+            and (not self.routes or route in self.routes)
+            and (not self.owners or owner in self.owners)
+        )
+
+
+class EventsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+
+
 class _FileModel(BaseModel):
     """The file's shape before each channel is validated by its own type's model."""
 
@@ -160,6 +239,7 @@ class _FileModel(BaseModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
 
 class HeraldConfig(BaseModel):
@@ -171,6 +251,7 @@ class HeraldConfig(BaseModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
 
 TOP_LEVEL = tuple(_FileModel.model_fields)
@@ -340,15 +421,52 @@ def parse_config(
             continue
         for index, channel_name in enumerate(route.channels):
             if channel_name not in shape.channels:
-                close = difflib.get_close_matches(channel_name, list(shape.channels), n=1)
                 problems.append(
                     f"{path}.channels.{index}: "
-                    f"channel {channel_name!r} is not defined under channels"
-                    + (f"; did you mean `{close[0]}`?" if close else "")
+                    + _undefined("channel", channel_name, "channels", list(shape.channels))
                 )
+    problems.extend(_subscription_problems(shape))
     if problems:
         raise ConfigError(source, problems)
-    return HeraldConfig(auth=shape.auth, network=shape.network, channels=channels, routes=routes)
+    return HeraldConfig(
+        auth=shape.auth,
+        network=shape.network,
+        channels=channels,
+        routes=routes,
+        events=shape.events,
+    )
+
+
+def _subscription_problems(shape: _FileModel) -> list[str]:
+    """What the subscriptions name that the rest of the file does not define."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    key_names = [key.name for key in shape.auth.api_keys]
+    for index, subscription in enumerate(shape.events.subscriptions):
+        path = f"events.subscriptions.{index}"
+        if subscription.name in seen:
+            problems.append(f"{path}.name: subscription {subscription.name!r} is defined twice")
+        seen.add(subscription.name)
+        for at, route in enumerate(subscription.routes):
+            if route not in shape.routes:
+                problems.append(
+                    f"{path}.routes.{at}: "
+                    + _undefined("route", route, "routes", list(shape.routes))
+                )
+        for at, owner in enumerate(subscription.owners):
+            if owner not in key_names:
+                problems.append(
+                    f"{path}.owners.{at}: "
+                    + _undefined("API key", owner, "auth.api_keys", key_names)
+                )
+    return problems
+
+
+def _undefined(kind: str, name: str, where: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"{kind} {name!r} is not defined under {where}" + (
+        f"; did you mean `{close[0]}`?" if close else ""
+    )
 
 
 def load_config(

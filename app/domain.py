@@ -303,3 +303,97 @@ class ListFilter:
     created_before: datetime | None = None
     owner: str | None = None
     """Only this API key's notifications; ``None``: everyone's."""
+
+
+# --- events (issue 15: signed lifecycle events) ----------------------------------------------
+
+
+class EventType(StrEnum):
+    """What an event says happened (README, "Events and callbacks"). A subscription's ``types``
+    are globs over these values (``notification.*``, ``*``)."""
+
+    NOTIFICATION_ACCEPTED = "notification.accepted"
+    NOTIFICATION_DELIVERED = "notification.delivered"
+    NOTIFICATION_PARTIAL = "notification.partial"
+    NOTIFICATION_FAILED = "notification.failed"
+    NOTIFICATION_EXPIRED = "notification.expired"
+    NOTIFICATION_CANCELLED = "notification.cancelled"
+    ATTEMPT_FAILED = "attempt.failed"
+    CHANNEL_CIRCUIT_OPENED = "channel.circuit_opened"
+    CHANNEL_CIRCUIT_CLOSED = "channel.circuit_closed"
+    CHANNEL_QUARANTINED = "channel.quarantined"
+
+
+FINAL_EVENTS: dict[NotificationStatus, EventType] = {
+    NotificationStatus.DELIVERED: EventType.NOTIFICATION_DELIVERED,
+    NotificationStatus.PARTIAL: EventType.NOTIFICATION_PARTIAL,
+    NotificationStatus.FAILED: EventType.NOTIFICATION_FAILED,
+    NotificationStatus.EXPIRED: EventType.NOTIFICATION_EXPIRED,
+    NotificationStatus.CANCELLED: EventType.NOTIFICATION_CANCELLED,
+}
+"""The event a notification's final status is announced by."""
+
+CHANNEL_EVENTS = frozenset(
+    {
+        EventType.CHANNEL_CIRCUIT_OPENED,
+        EventType.CHANNEL_CIRCUIT_CLOSED,
+        EventType.CHANNEL_QUARANTINED,
+    }
+)
+"""Events about a channel, not a notification: they carry no notification id, owner or route."""
+
+EVENT_VERSION = 1
+"""The version of the event body; a change a receiver could trip over gets a new one."""
+
+
+class EventDeliveryStatus(StrEnum):
+    """Where one event stands for one subscription.
+
+    ``pending`` waiting for its ``next_attempt_at`` (or for an earlier event of the same
+    notification); ``delivering`` claimed by a dispatcher under a lease; ``delivered`` the
+    receiver answered 2xx; ``failed`` refused for good (a permanent error) or out of retries.
+    """
+
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+OPEN_EVENT_DELIVERIES = (EventDeliveryStatus.PENDING, EventDeliveryStatus.DELIVERING)
+"""Deliveries not settled yet: a later event of the same notification waits for them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened, as the outbox stores it and every subscription receives it.
+
+    ``route`` is what subscriptions filter on (it is also in a notification event's ``data``);
+    ``data`` never holds a secret or a message body: ``body`` adds the notification's content
+    only when a subscription asks for it (``include_content``).
+    """
+
+    id: uuid.UUID
+    type: EventType
+    timestamp: datetime
+    notification_id: uuid.UUID | None
+    owner: str | None
+    route: str | None
+    data: dict[str, Any]
+
+    def body(self, content: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The versioned JSON body a receiver gets; ``content`` goes in as ``data.content``."""
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "timestamp": rfc3339(self.timestamp),
+            "version": EVENT_VERSION,
+            "notification_id": None if self.notification_id is None else str(self.notification_id),
+            "owner": self.owner,
+            "data": self.data if content is None else {**self.data, "content": content},
+        }
+
+
+def rfc3339(moment: datetime) -> str:
+    """A UTC time as event bodies write it: ``2026-11-28T10:54:04.336849Z``."""
+    return moment.isoformat().replace("+00:00", "Z")

@@ -15,13 +15,14 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 
 from app import __version__
-from app.api import channels, health, notifications, problems
+from app.api import channels, events, health, notifications, problems
 from app.api.deps import security_of, security_schemes
 from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
 from app.delivery.worker import Worker, supervise_worker
+from app.events.dispatcher import Dispatcher
 from app.runtime import Runtime, open_runtime, settle_heap
 
 logger = logging.getLogger("herald")
@@ -46,6 +47,7 @@ def openapi_spec(app: FastAPI) -> dict[str, Any]:
             version=app.version,
             description=app.description,
             routes=app.routes,
+            webhooks=app.webhooks.routes,
             tags=app.openapi_tags,
         )
         security = {
@@ -72,6 +74,12 @@ def openapi_spec(app: FastAPI) -> dict[str, Any]:
                         content.pop("application/json", None)
         if any(security.values()):
             spec["components"]["securitySchemes"] = security_schemes()
+        for operations in spec.get("webhooks", {}).values():
+            for operation in operations.values():
+                # Declared as the answer (events.webhook_router): it is the request's body.
+                body = {"required": True, "content": operation["responses"].pop("200")["content"]}
+                _insert_before(operation, ("responses",), "requestBody", body)
+                operation["responses"] = events.RECEIVED
         app.openapi_schema = spec
     return app.openapi_schema
 
@@ -120,17 +128,21 @@ def create_app(
             app.state.runtime = opened
             settle_heap()
             stop = asyncio.Event()
-            task = (
-                asyncio.create_task(supervise_worker(Worker(opened), stop), name="herald-worker")
+            tasks = (
+                [
+                    asyncio.create_task(
+                        supervise_worker(Worker(opened), stop), name="herald-worker"
+                    ),
+                    asyncio.create_task(Dispatcher(opened).run(stop), name="herald-events"),
+                ]
                 if run_worker
-                else None
+                else []
             )
             try:
                 yield
             finally:
                 stop.set()
-                if task is not None:
-                    await task
+                await asyncio.gather(*tasks)
 
     app = FastAPI(
         # FastAPI's OpenTelemetry bridge acts only when an OpenTelemetry SDK is configured in
@@ -144,6 +156,7 @@ def create_app(
         lifespan=lifespan,
         openapi_tags=[
             {"name": "notifications", "description": "Send notifications and follow them."},
+            {"name": "events", "description": "What happened, as sent to subscriptions."},
             {"name": "configuration", "description": "Channels and routes from herald.yaml."},
             {"name": "health", "description": "Liveness, readiness and metrics."},
         ],
@@ -153,8 +166,10 @@ def create_app(
     app.openapi = lambda: openapi_spec(app)  # type: ignore[method-assign]
     problems.install(app)
     app.include_router(notifications.router)
+    app.include_router(events.router)
     app.include_router(channels.router)
     app.include_router(health.router)
+    app.webhooks.include_router(events.webhook_router)
     # In front of the FastAPI route it falls back to (which also documents the operation).
     fast = notifications.FastAccept()
     app.router.routes.insert(0, Route("/v1/notifications", fast, methods=["POST"]))

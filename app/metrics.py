@@ -137,8 +137,34 @@ leases_recovered = Counter(
 
 task_restarts = Counter(
     "herald_task_restarts_total",
-    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep.",
+    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events.",
     ["task"],
+    registry=REGISTRY,
+)
+
+events_emitted = Counter(
+    "herald_events_emitted_total",
+    "Events written to the outbox (those at least one subscription takes), by type.",
+    ["type"],
+    registry=REGISTRY,
+)
+events_delivered = Counter(
+    "herald_events_delivered_total",
+    "Events a subscription's receiver accepted (2xx).",
+    ["subscription"],
+    registry=REGISTRY,
+)
+event_attempts = Counter(
+    "herald_event_attempts_total",
+    "Tries to deliver an event, by subscription, outcome and error class.",
+    ["subscription", "outcome", "error_class"],
+    registry=REGISTRY,
+)
+events_pending = Gauge(
+    "herald_events_pending",
+    "Event deliveries not settled yet (pending or being sent) per subscription, as this "
+    "process's dispatcher last counted them (every dispatcher counts the same rows).",
+    ["subscription"],
     registry=REGISTRY,
 )
 

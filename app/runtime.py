@@ -26,7 +26,9 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
 from app.delivery.orchestrator import Link
-from app.domain import CircuitState, Strategy
+from app.domain import CHANNEL_EVENTS, CircuitState, Strategy
+from app.events.circuits import CircuitChanges
+from app.events.outbox import Outbox
 from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
@@ -60,15 +62,28 @@ class Runtime:
     channels: dict[str, ChannelType]
     links: dict[str, Link]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    circuit_changes: CircuitChanges | None = None
+    """Channel circuit changes waiting for the event dispatcher to write them (``None``: no
+    subscription takes ``channel.*`` events)."""
+    events_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     @cached_property
     def intake(self) -> Intake:
         """Where the API stores accepted notifications (the hot path, outside the ORM)."""
         return Intake(self.engine)
 
+    @cached_property
+    def outbox(self) -> Outbox:
+        """Which subscriptions take which events; appends them in a change's transaction."""
+        return Outbox(self.config.events.subscriptions, self.engine.dialect)
+
     def wake_worker(self) -> None:
         """Tell an in-process worker that something is due now."""
         self.wakeup.set()
+
+    def wake_events(self) -> None:
+        """Tell an in-process event dispatcher that events were written."""
+        self.events_wakeup.set()
 
 
 def settle_heap() -> None:
@@ -90,8 +105,12 @@ def _export_circuit(channel: str, state: CircuitState) -> None:
 
 
 def build_channels(
-    config: HeraldConfig, registry: ChannelRegistry, context: ChannelContext
+    config: HeraldConfig,
+    registry: ChannelRegistry,
+    context: ChannelContext,
+    circuit_changes: CircuitChanges | None = None,
 ) -> tuple[dict[str, ChannelType], dict[str, Link]]:
+    """Each channel with its link; ``circuit_changes`` hears every channel circuit's moves."""
     channels: dict[str, ChannelType] = {}
     links: dict[str, Link] = {}
     for name, channel_config in config.channels.items():
@@ -113,7 +132,13 @@ def build_channels(
                 name, channel_config.circuit, channel.destination
             )
         else:
-            link.circuit = CircuitBreaker(name, channel_config.circuit, on_change=_export_circuit)
+            breaker = link.circuit = CircuitBreaker(
+                name, channel_config.circuit, on_change=_export_circuit
+            )
+            if circuit_changes is not None:
+                breaker.on_change = circuit_changes.hook(
+                    breaker, channel.type_name, _export_circuit
+                )
         _export_circuit(name, CircuitState.CLOSED)
     return channels, links
 
@@ -137,7 +162,11 @@ async def open_runtime(
         allowed=config.network.allowed_networks,
     )
     http = Outbound(GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)))
-    channels, links = build_channels(config, registry, ChannelContext(http=http, clock=clock))
+    takes_channel_events = any(s.event_types & CHANNEL_EVENTS for s in config.events.subscriptions)
+    circuit_changes = CircuitChanges() if takes_channel_events else None
+    channels, links = build_channels(
+        config, registry, ChannelContext(http=http, clock=clock), circuit_changes
+    )
     runtime = Runtime(
         settings=settings,
         config=config,
@@ -149,6 +178,7 @@ async def open_runtime(
         api_keys=ApiKeys(config.auth),
         channels=channels,
         links=links,
+        circuit_changes=circuit_changes,
     )
     try:
         yield runtime

@@ -74,6 +74,14 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+def signed_headers(key: bytes | None, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The Standard Webhooks headers of one request (unsigned when there is no key)."""
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
+    if key is not None:
+        headers["webhook-signature"] = sign(key, msg_id, timestamp, body)
+    return headers
+
+
 def payload(message: Message, timestamp: int) -> dict[str, Any]:
     return {
         "type": "notification",
@@ -121,11 +129,8 @@ class WebhookChannel(ChannelType):
         headers = {
             **{name: value.get_secret_value() for name, value in self.config.headers.items()},
             "content-type": "application/json",
-            "webhook-id": str(message.id),
-            "webhook-timestamp": str(timestamp),
+            **signed_headers(self._key, str(message.id), timestamp, body),
         }
-        if self._key is not None:
-            headers["webhook-signature"] = sign(self._key, str(message.id), timestamp, body)
         return await post_and_classify(
             self.context.http,
             url,

@@ -57,6 +57,8 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         self.opened_at: float | None = None
         self.reason: str | None = None
+        self.quarantined = False
+        """The circuit is open (or half-open) after a ``config`` failure, not transient ones."""
         self._trial_in_flight = False
 
     @property
@@ -128,6 +130,7 @@ class CircuitBreaker:
         self.reason = reason
         if already_open:
             return
+        self.quarantined = quarantine
         self._set(CircuitState.OPEN)
         if quarantine:
             logger.error(
@@ -143,6 +146,7 @@ class CircuitBreaker:
         if state is CircuitState.CLOSED:
             self.opened_at = None
             self.reason = None
+            self.quarantined = False
         if self.on_change is not None:
             self.on_change(self.channel, state)
 

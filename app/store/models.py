@@ -1,4 +1,5 @@
-"""Tables: notifications, their append-only attempts, and idempotency keys."""
+"""Tables: notifications, their append-only attempts, and idempotency keys; the events outbox,
+its deliveries to each subscription and their append-only attempts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -16,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy import (
@@ -43,6 +46,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def error_info(cls: str | None, code: str | None, message: str | None) -> dict[str, Any] | None:
+    """An attempt's ``error`` as the API shows it (``None`` for a success)."""
+    if cls is None:
+        return None
+    return {"class": cls, "code": code, "message": message}
 
 
 class Base(DeclarativeBase):
@@ -138,9 +148,7 @@ class Attempt(Base):
 
     @property
     def error(self) -> dict[str, Any] | None:
-        if self.error_class is None:
-            return None
-        return {"class": self.error_class, "code": self.error_code, "message": self.error_message}
+        return error_info(self.error_class, self.error_code, self.error_message)
 
 
 class IdempotencyKey(Base):
@@ -162,3 +170,110 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+
+class EventRecord(Base):
+    """An event (``app.domain.Event``), written in the transaction of the change it reports.
+
+    Immutable once written; ``event_deliveries`` says where it stands for each subscription.
+    """
+
+    __tablename__ = "events"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    notification_id: Mapped[uuid.UUID | None]
+    """No foreign key: the log outlives nothing it must keep, and the accept writes the
+    notification and its event in one statement (``Intake``)."""
+    owner: Mapped[str | None] = mapped_column(String(64))
+    route: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    """The event's ``timestamp``: when the change happened."""
+
+    __table_args__ = (
+        Index("ix_events_notification_id", "notification_id", "id"),
+        Index("ix_events_type_id", "type", "id"),
+        Index("ix_events_created_at", "created_at"),
+    )
+
+
+class EventDelivery(Base):
+    """One event for one subscription: its status, retries and the dispatcher's lease.
+
+    ``seq`` is taken from the database when the row is written, inside the transaction of the
+    change (after that change locked its notification), so it orders one notification's
+    events as they happened, whatever the clocks of the processes that wrote them.
+    """
+
+    __tablename__ = "event_deliveries"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    subscription: Mapped[str] = mapped_column(String(64))
+    notification_id: Mapped[uuid.UUID | None]
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0)
+    """``attempts`` when the current set of retries began (a redelivery starts a new set)."""
+    trigger: Mapped[str] = mapped_column(String(16))
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "subscription", name="uq_event_deliveries_event"),
+        Index(
+            "ix_event_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=sql_text("status = 'pending'"),
+            sqlite_where=sql_text("status = 'pending'"),
+        ),
+        Index(
+            "ix_event_deliveries_open",
+            "subscription",
+            "notification_id",
+            "seq",
+            postgresql_where=sql_text("status IN ('pending', 'delivering')"),
+            sqlite_where=sql_text("status IN ('pending', 'delivering')"),
+        ),
+        Index(
+            "ix_event_deliveries_lease",
+            "lease_expires_at",
+            postgresql_where=sql_text("status = 'delivering'"),
+            sqlite_where=sql_text("status = 'delivering'"),
+        ),
+    )
+
+
+class EventAttempt(Base):
+    """One try to deliver an event to one subscription: append-only."""
+
+    __tablename__ = "event_attempts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    subscription: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    """1 for the first try of this event to this subscription, redeliveries included."""
+    trigger: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    error_class: Mapped[str | None] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime]
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_event_attempts_event_id", "event_id", "id"),)
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return error_info(self.error_class, self.error_code, self.error_message)

@@ -25,6 +25,7 @@ from app.security import auth
 from app.security.auth import ApiKeys
 from app.store.models import Notification
 from tests.api.conftest import BASIC_CONFIG, assert_problem, metric_value
+from tests.support.events import accepted, emit, subscription
 from tests.support.harness import Harness, herald
 
 SENDER = "sk-sender-0123456789abcdef0123456789ab"
@@ -47,8 +48,12 @@ API_KEYS: list[dict[str, Any]] = [
 ]
 
 
+EVENTS = {"subscriptions": [subscription("https://hooks.example.com/herald")]}
+"""A subscription, so that events are kept (no dispatcher runs in these tests)."""
+
+
 def auth_config(**auth_section: Any) -> HeraldConfig:
-    raw = {**BASIC_CONFIG, "auth": {"api_keys": API_KEYS, **auth_section}}
+    raw = {**BASIC_CONFIG, "auth": {"api_keys": API_KEYS, **auth_section}, "events": EVENTS}
     return parse_config(raw, default_registry(), source="test", env=ENV)
 
 
@@ -118,10 +123,17 @@ class Endpoint:
     """Status the target is put in first, so the operation can succeed on it."""
     leaves: str | None = None
     """Status the target has after the operation succeeded."""
+    event: bool = False
+    """``{id}`` stands for an event of the target notification; a list lists events."""
 
     @property
     def targets_one(self) -> bool:
         return "{id}" in self.path
+
+    @property
+    def spec_path(self) -> str:
+        """The path as ``openapi.yaml`` writes it."""
+        return self.path.replace("{id}", "{event_id}" if self.event else "{notification_id}")
 
 
 ENDPOINTS = [
@@ -141,6 +153,10 @@ ENDPOINTS = [
     Endpoint(
         "retry", "POST", "/v1/notifications/{id}/retry", "admin", stage="failed", leaves="pending"
     ),
+    Endpoint("events", "GET", "/v1/events", "read", event=True),
+    Endpoint("event", "GET", "/v1/events/{id}", "read", event=True),
+    Endpoint("event_attempts", "GET", "/v1/events/{id}/attempts", "read", event=True),
+    Endpoint("redeliver", "POST", "/v1/events/{id}/redeliver", "admin", event=True),
     Endpoint("channels", "GET", "/v1/channels", "read"),
     Endpoint("routes", "GET", "/v1/routes", "read"),
     Endpoint("healthz", "GET", "/healthz", None),
@@ -187,12 +203,12 @@ def cases() -> list[Case]:
             Case(e, "right_key", as_key(HOLDS[e.scope]), "backend", ok),
             Case(e, "right_key_x_api_key", {"X-API-Key": KEYS[HOLDS[e.scope]]}, "backend", ok),
         ]
-        if e.targets_one or e.name == "list":
+        if e.targets_one or e.name in ("list", "events"):
             # Non-admin keys with the scope see only their own; read is the only such scope
             # here (cancel and retry need admin, so a non-admin key is refused with 403 first).
             other_tenant = 404 if e.scope == "read" else 403
             tenant_key = "backend" if e.scope == "read" else LACKS[e.scope]
-            if e.name == "list":
+            if e.name in ("list", "events"):
                 other_tenant = 200  # 200, but without the other tenant's notification
             rows += [
                 Case(e, "other_tenant", as_key(tenant_key), "other", other_tenant),
@@ -209,6 +225,11 @@ async def test_matrix(ah: Harness, case: Case) -> None:
     e = case.endpoint
     mine = await create(ah, BACKEND)
     theirs = await create(ah, OTHER)
+    if e.event:  # each notification's accepted event, as the accept will write it
+        mine, theirs = (
+            await accepted_event(ah, mine, "backend"),
+            await accepted_event(ah, theirs, "other"),
+        )
     target = mine if case.target_owner == "backend" else theirs
     if e.stage:
         await ah.set_fields(target, status=e.stage)
@@ -224,18 +245,23 @@ async def test_matrix(ah: Harness, case: Case) -> None:
         assert_missing_scope(response, e.scope)
     elif case.expect == 404:
         problem = assert_problem(response, 404, detail_contains=target)
-        assert problem["detail"] == f"no notification with id {target}"  # as for a missing id
+        kind = "event" if e.event else "notification"
+        assert problem["detail"] == f"no {kind} with id {target}"  # as for a missing id
     else:
         assert response.status_code == case.expect, response.text
     after = await stored(ah)
-    if not response.is_success:
+    if not response.is_success or e.event:
         assert after == before, "a refused request changes nothing"
-    elif e.name == "attempts":
+    if not response.is_success:
+        pass
+    elif e.name in ("attempts", "event_attempts"):
         assert response.json() == {"items": []}
+    elif e.targets_one and e.event:
+        assert response.json()["id"] == target
     elif e.targets_one:
         assert response.json()["id"] == target
         assert after[target][1] == (e.leaves or before[target][1])
-    elif e.name == "list":
+    elif e.name in ("list", "events"):
         listed = {item["id"] for item in response.json()["items"]}
         admin = "ops" in case.id or case.headers == as_key("ops")
         assert listed == ({mine, theirs} if admin else {mine})
@@ -246,14 +272,19 @@ async def test_matrix(ah: Harness, case: Case) -> None:
         assert after[item["id"]] == (HOLDS["send"], "pending")
 
 
+async def accepted_event(h: Harness, notification_id: str, owner: str) -> str:
+    """Write ``notification_id``'s ``notification.accepted`` event; its id."""
+    event = accepted(uuid.UUID(notification_id), owner=owner, route="alerts", h=h)
+    assert await emit(h, event) == [event]
+    return str(event.id)
+
+
 def test_matrix_covers_every_operation() -> None:
     spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
     operations = {
-        (method.upper(), path.replace("{notification_id}", "{id}"))
-        for path, methods in spec["paths"].items()
-        for method in methods
+        (method.upper(), path) for path, methods in spec["paths"].items() for method in methods
     }
-    assert operations == {(e.method, e.path) for e in ENDPOINTS}, (
+    assert operations == {(e.method, e.spec_path) for e in ENDPOINTS}, (
         "a new operation needs its row in ENDPOINTS (and a scope)"
     )
 
@@ -665,7 +696,7 @@ def test_openapi_declares_the_schemes_scopes_and_auth_problems() -> None:
     }
     assert schemes["apiKey"]["in"] == "header" and schemes["apiKey"]["name"] == "X-API-Key"
     for e in ENDPOINTS:
-        path = e.path.replace("{id}", "{notification_id}")
+        path = e.spec_path
         operation = spec["paths"][path][e.method.lower()]
         where = f"{e.method} {path}"
         if e.scope is not None:

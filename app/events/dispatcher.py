@@ -1,0 +1,376 @@
+"""The event dispatcher: a loop of its own that sends the outbox's events to subscriptions.
+
+It never touches the notifications' claim or save, and the delivery loop never waits for it:
+a subscriber that is down, slow or refusing costs this loop's slots and tables only.
+
+Each pass: write the circuit changes queued in memory as events (their own transaction), take
+back deliveries whose dispatcher died (every ``SWEEP_EVERY``), claim due deliveries under a
+lease (``DispatchStore.claim``: one notification's events in order), and POST each, signed by
+the Standard Webhooks scheme (``webhook-id`` is the event id on every try), through Herald's
+guarded outbound client. Tries that finish are saved together (the delivery's new state and
+its attempt row in one transaction) while the others are still sending. A failure is
+classified as a channel's is (``http_errors``): ``transient`` and ``rate_limited`` (no sooner
+than Retry-After) and ``config`` are retried on the subscription's schedule with jitter,
+``permanent`` (4xx, a redirect, a blocked address) ends the delivery ``failed``, as does the
+end of the schedule. Each subscription has a circuit breaker: while it is open its deliveries
+stay queued, untried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from app import metrics
+from app.channels.base import DeliveryResult, ErrorClass, redact_result
+from app.channels.http_errors import post_and_classify
+from app.channels.webhook import secret_key, signed_headers
+from app.config import SubscriptionConfig
+from app.delivery.circuit import CircuitBreaker
+from app.delivery.orchestrator import LOCAL_CODES, TIMEOUT_GRACE, utcnow
+from app.delivery.outage import Outage
+from app.delivery.retry import next_round_at
+from app.delivery.supervise import supervised
+from app.domain import AttemptOutcome, CircuitState, EventDeliveryStatus
+from app.events.body import channel_event
+from app.events.outbox import count_emitted
+from app.events.store import ClaimedDelivery, DispatchStore, FinishedDelivery
+from app.ids import uuid7
+from app.runtime import Runtime
+from app.store.db import unavailable_reason
+
+logger = logging.getLogger("herald.events")
+
+CONCURRENCY = 16
+"""Events being sent at once per process."""
+SWEEP_EVERY = 5.0
+LEASE_MARGIN = 5.0
+"""A claim outlasts the longest subscription timeout by this much, so no send outlives it."""
+
+Released = tuple[int, datetime]
+"""A claimed delivery handed back untried, due again at that time."""
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        dispatcher_id: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        concurrency: int = CONCURRENCY,
+    ) -> None:
+        self.runtime = runtime
+        self.dispatcher_id = dispatcher_id or f"events-{uuid7().hex[-12:]}"
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.concurrency = concurrency
+        self.store = DispatchStore(runtime.sessions)
+        subscriptions = runtime.config.events.subscriptions
+        self.subscriptions = {s.name: s for s in subscriptions}
+        self._keys = {s.name: secret_key(s.secret.get_secret_value()) for s in subscriptions}
+        self.circuits = {
+            s.name: CircuitBreaker(f"subscription {s.name}", s.circuit, clock=monotonic)
+            for s in subscriptions
+        }
+        self._with_content = {s.name for s in subscriptions if s.include_content}
+        longest = max((s.timeout for s in subscriptions), default=0.0)
+        self._lease = max(runtime.settings.lease, longest + TIMEOUT_GRACE + LEASE_MARGIN)
+        self._in_flight: dict[asyncio.Task[FinishedDelivery | Released], ClaimedDelivery] = {}
+        self._unsaved: list[FinishedDelivery | Released] = []
+        self._last_sweep = -math.inf
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch until ``stop`` is set (restarted on a crash: supervise.py), then let the
+        sends in flight finish within the shutdown timeout and hand the rest back."""
+        if not self.subscriptions:
+            return
+        logger.info("event dispatcher %s started", self.dispatcher_id)
+        try:
+            await supervised("events", self._loop, stop, first=1.0)
+        finally:
+            await self._shutdown()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        outage = Outage(logger, step_level=logging.DEBUG)
+        while not stop.is_set():
+            try:
+                self.runtime.events_wakeup.clear()
+                await self._save_unsaved()
+                await self.write_circuit_events()
+                if asyncio.get_running_loop().time() - self._last_sweep >= SWEEP_EVERY:
+                    await self.sweep()
+                room = self.concurrency - len(self._in_flight)
+                claimed = await self.claim(room)
+                outage.recovered()
+            except Exception as exc:
+                if unavailable_reason(exc) is None:
+                    raise
+                await self._pause(stop, outage.failed(exc), with_sends=False)
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(self.send(delivery))
+                self._in_flight[task] = delivery
+            if not claimed or len(claimed) < room:
+                # Nothing more is due, or every slot is busy: sleep until something changes.
+                await self._pause(stop, self.runtime.settings.poll_interval)
+            self._collect()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float, *, with_sends: bool = True) -> None:
+        """Sleep until ``stop``, new events, a send finishing (``with_sends``) or ``seconds``."""
+        waiters = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.runtime.events_wakeup.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                [*waiters, *(self._in_flight if with_sends else ())],
+                timeout=seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _collect(self) -> None:
+        """Move the sends that finished to the list of tries to save."""
+        for task in [task for task in self._in_flight if task.done()]:
+            delivery = self._in_flight.pop(task)
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:  # a bug of ours: the lease runs out and the sweep retries
+                logger.error("sending event %s failed", delivery.event.id, exc_info=exc)
+                continue
+            self._unsaved.append(task.result())
+
+    async def _save_unsaved(self) -> None:
+        unsaved, self._unsaved = self._unsaved, []
+        finished = [item for item in unsaved if isinstance(item, FinishedDelivery)]
+        released = [item for item in unsaved if not isinstance(item, FinishedDelivery)]
+        try:
+            await self.save(finished)
+            await self.store.release(released, worker_id=self.dispatcher_id, now=self.clock())
+        except Exception:
+            self._unsaved = unsaved + self._unsaved  # tried again next pass (or left to leases)
+            raise
+
+    async def _shutdown(self) -> None:
+        if self._in_flight:
+            _, pending = await asyncio.wait(
+                list(self._in_flight), timeout=self.runtime.settings.shutdown_timeout
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            unfinished = [self._in_flight[task] for task in pending]
+            self._collect()
+            now = self.clock()
+            self._unsaved += [(delivery.seq, now) for delivery in unfinished]
+            self._in_flight.clear()
+        if self._unsaved:
+            try:
+                await self._save_unsaved()
+            except Exception as exc:  # the leases run out and another dispatcher sends them
+                logger.warning("event deliveries left to their leases: %s", exc)
+        logger.info("event dispatcher %s stopped", self.dispatcher_id)
+
+    # --- steps ---------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Write queued circuit events, claim one batch, send it and save it; how many were
+        claimed. For tests and tools."""
+        await self.write_circuit_events()
+        claimed = await self.claim(self.concurrency)
+        results = await asyncio.gather(*(self.send(delivery) for delivery in claimed))
+        await self.save([r for r in results if isinstance(r, FinishedDelivery)])
+        released = [r for r in results if not isinstance(r, FinishedDelivery)]
+        await self.store.release(released, worker_id=self.dispatcher_id, now=self.clock())
+        return len(claimed)
+
+    async def claim(self, limit: int) -> list[ClaimedDelivery]:
+        now = self.clock()
+        ready = [name for name, circuit in self.circuits.items() if _may_try(circuit)]
+        return await self.store.claim(
+            worker_id=self.dispatcher_id,
+            now=now,
+            lease_until=now + timedelta(seconds=self._lease),
+            subscriptions=ready,
+            with_content=self._with_content,
+            limit=limit,
+        )
+
+    async def send(self, delivery: ClaimedDelivery) -> FinishedDelivery | Released:
+        """POST one event to its subscription: the try to save, or, when the subscription's
+        circuit lets nothing through, the delivery to hand back untried."""
+        subscription = self.subscriptions[delivery.subscription]
+        circuit = self.circuits[delivery.subscription]
+        if not circuit.allow():
+            return delivery.seq, self.clock() + timedelta(seconds=max(1.0, circuit.retry_in()))
+        started_at = self.clock()
+        began = time.perf_counter()
+        result = await self._post(subscription, delivery)
+        duration_ms = round((time.perf_counter() - began) * 1000)
+        result = redact_result(result, [subscription.secret.get_secret_value()])
+        if result.error is not None and result.error.code in LOCAL_CODES:
+            circuit.release()
+        else:
+            circuit.record(result)
+        return self._finished(subscription, delivery, result, started_at, duration_ms)
+
+    async def _post(
+        self, subscription: SubscriptionConfig, delivery: ClaimedDelivery
+    ) -> DeliveryResult:
+        event = delivery.event
+        body = json.dumps(event.body(delivery.content), separators=(",", ":")).encode()
+        headers = {
+            "content-type": "application/json",
+            **signed_headers(self._keys[subscription.name], str(event.id), int(time.time()), body),
+        }
+        try:
+            async with asyncio.timeout(subscription.timeout + TIMEOUT_GRACE):
+                return await post_and_classify(
+                    self.runtime.http,
+                    subscription.url,
+                    content=body,
+                    headers=headers,
+                    timeout=subscription.timeout,
+                )
+        except TimeoutError:
+            return DeliveryResult.failed(
+                ErrorClass.TRANSIENT, "timeout", f"no answer within {subscription.timeout:g}s"
+            )
+
+    def _finished(
+        self,
+        subscription: SubscriptionConfig,
+        delivery: ClaimedDelivery,
+        result: DeliveryResult,
+        started_at: datetime,
+        duration_ms: int,
+    ) -> FinishedDelivery:
+        now = self.clock()
+        attempt = delivery.attempts + 1
+        error = result.error
+        values: dict[str, object] = {
+            "attempts": attempt,
+            "claimed_by": None,
+            "lease_expires_at": None,
+            "updated_at": now,
+        }
+        if error is None:
+            values |= {
+                "status": EventDeliveryStatus.DELIVERED,
+                "next_attempt_at": None,
+                "delivered_at": now,
+                "last_error": None,
+            }
+        else:
+            retry_at = None
+            if error.cls is not ErrorClass.PERMANENT:
+                retry_at = next_round_at(
+                    now=now,
+                    schedule=subscription.retry.schedule,
+                    jitter=subscription.retry.jitter,
+                    rounds_done=attempt - delivery.attempt_base,
+                    retry_after=result.retry_after,
+                    expires_at=None,
+                    rng=self.rng,
+                )
+            values |= {
+                "status": EventDeliveryStatus.PENDING if retry_at else EventDeliveryStatus.FAILED,
+                "next_attempt_at": retry_at,
+                "last_error": {"class": error.cls, "code": error.code, "message": error.message},
+            }
+        return FinishedDelivery(
+            seq=delivery.seq,
+            values=values,
+            attempt={
+                "id": uuid7(),
+                "event_id": delivery.event.id,
+                "subscription": delivery.subscription,
+                "attempt": attempt,
+                "trigger": delivery.trigger,
+                "outcome": AttemptOutcome.DELIVERED if error is None else AttemptOutcome.FAILED,
+                "error_class": None if error is None else error.cls,
+                "error_code": None if error is None else error.code,
+                "error_message": None if error is None else error.message,
+                "response_status": result.provider_status,
+                "response_excerpt": result.response_excerpt,
+                "started_at": started_at,
+                "duration_ms": duration_ms,
+            },
+        )
+
+    async def save(self, finished: Sequence[FinishedDelivery]) -> set[int]:
+        """Write finished tries; count and log the ones written."""
+        if not finished:
+            return set()
+        saved = await self.store.save(finished, worker_id=self.dispatcher_id)
+        for done in finished:
+            if done.seq not in saved:
+                logger.warning("lease on event delivery %d was lost before it was saved", done.seq)
+                continue
+            attempt = done.attempt
+            name = attempt["subscription"]
+            metrics.event_attempts.labels(
+                name, attempt["outcome"], attempt["error_class"] or "none"
+            ).inc()
+            if attempt["outcome"] == AttemptOutcome.DELIVERED:
+                metrics.events_delivered.labels(name).inc()
+            logger.log(
+                logging.DEBUG if attempt["error_class"] is None else logging.INFO,
+                "event attempt event=%s subscription=%s attempt=%d outcome=%s error_class=%s "
+                "code=%s status=%s",
+                attempt["event_id"],
+                name,
+                attempt["attempt"],
+                attempt["outcome"],
+                attempt["error_class"] or "-",
+                attempt["error_code"] or "-",
+                done.values["status"],
+            )
+        return saved
+
+    async def write_circuit_events(self) -> int:
+        """Append the channel circuit changes queued in memory to the outbox; how many events
+        were written (only those some subscription takes)."""
+        changes = self.runtime.circuit_changes
+        if changes is None or not len(changes):
+            return 0
+        taken = changes.take()
+        events = [event for change in taken if (event := channel_event(change)) is not None]
+        try:
+            written = await self.store.append(self.runtime.outbox, events)
+        except Exception:
+            for change in taken:  # written on the next pass
+                changes.saw(change)
+            raise
+        count_emitted(written)
+        return len(written)
+
+    async def sweep(self) -> int:
+        """Take back deliveries whose dispatcher's lease ran out; count what is unsettled."""
+        self._last_sweep = asyncio.get_running_loop().time()
+        recovered = await self.store.recover_expired_leases(self.clock())
+        if recovered:
+            logger.warning("recovered %d event deliveries from expired leases", recovered)
+        unsettled = await self.store.unsettled()
+        for name in self.subscriptions:
+            metrics.events_pending.labels(name).set(unsettled.get(name, 0))
+        return recovered
+
+
+def _may_try(circuit: CircuitBreaker) -> bool:
+    """Whether a delivery could go through ``circuit`` now (without taking its trial)."""
+    return not circuit.enabled or circuit.state is CircuitState.CLOSED or circuit.retry_in() == 0
