@@ -10,6 +10,7 @@ are skipped with a message when missing, except under ``CI`` where they must be 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
 import json
@@ -88,7 +89,13 @@ class Sink:
         return f"http://{host!s}:{port}"
 
 
-ANSWERS = {"/ok": (200, {"id": "sink-message"}), "/fail": (500, "down"), "/gone": (410, "gone")}
+ANSWERS = {
+    "/ok": (200, {"id": "sink-message"}),
+    "/fail": (500, "down"),
+    "/gone": (410, "gone"),
+    "/events": (200, {}),
+}
+EVENTS_SECRET = "whsec_" + base64.b64encode(b"ops-events-secret-0123456789").decode()
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +133,8 @@ def ops_config(sink: Sink) -> dict[str, Any]:
 
     ``default``: one hop that delivers. ``fallback``: a 500 then a channel that delivers (its
     circuit opens after 3 failures, so later ones are skipped). ``doomed``: a 410, so the
-    notification fails at once. ``broadcast``: strategy all.
+    notification fails at once. ``broadcast``: strategy all. Every event goes to the sink's
+    ``/events``.
     """
     return {
         "auth": {
@@ -149,6 +157,11 @@ def ops_config(sink: Sink) -> dict[str, Any]:
             "fallback": {"channels": ["flaky", "backup"], "retry": {"schedule": ["1m"]}},
             "doomed": {"channels": ["rejecting"]},
             "broadcast": {"channels": ["backup", "console"], "strategy": "all"},
+        },
+        "events": {
+            "subscriptions": [
+                {"name": "ops", "url": sink.base_url + "/events", "secret": EVENTS_SECRET}
+            ]
         },
     }
 
