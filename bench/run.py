@@ -16,6 +16,8 @@ deliver   a 20,000-row due backlog (copied by one INSERT … SELECT generate_ser
           Herald itself accepted), then Herald's worker, or bench/baseline_deliver.py, is started
           and delivers to the sink. Rate = delivered / (last save − first attempt), from the
           rows' own timestamps; each run is cut after --deliver-window seconds. deliver_ratio.
+          Then the same worker with one events subscription (every event type, to the sink):
+          events_ratio = its rate / the rate without.
 latency   accept→delivered (sink receive time − created_at) p50/p99 with an open-loop client at
           a quarter of Herald's median ingest rate, and one at a time on an idle service.
 backlog   the worker's claim-and-deliver rate over its first 1,000 deliveries with 1,000 due
@@ -67,9 +69,12 @@ GOALS = {
     "ingest_ratio": (">=", 0.7),
     "deliver_ratio": (">=", 0.7),
     "backlog_ratio": (">=", 0.8),
+    "events_ratio": (">=", 0.7),
     "idle_p50_ms": ("<=", 15.0),
     "rss_mb": ("<=", 150.0),
 }
+EVENTS_SECRET = "whsec_YmVuY2gtZXZlbnRzLXNlY3JldC0wMTIzNDU2Nzg5"
+"""The bench subscription's signing secret (``whsec_`` + base64, as herald.yaml asks)."""
 BACKLOG = 20_000
 BIG_BACKLOG = 1_000_000
 SMALL_BACKLOG = 1_000
@@ -330,6 +335,7 @@ class Bench:
         self.serve: Proc | None = None
         self.serve_port = 0
         self.config = self.tmp / "herald.yaml"
+        self.events_config = self.tmp / "herald-events.yaml"
         self.snapshot = self.tmp / "snapshot"
         self.template_ready = False
 
@@ -356,7 +362,7 @@ class Bench:
         shutil.copytree(ROOT / "migrations", self.snapshot / "migrations", ignore=ignore)
 
     def write_config(self) -> None:
-        self.config.write_text(
+        config = (
             "# written by bench/run.py\n"
             "network:\n"
             '  allowed_networks: ["127.0.0.0/8"]\n'
@@ -367,6 +373,15 @@ class Bench:
             "routes:\n"
             "  default:\n"
             "    channels: [hooks]\n"
+        )
+        self.config.write_text(config)
+        # events_ratio: the same, and one subscription taking every event
+        self.events_config.write_text(
+            config + "events:\n"
+            "  subscriptions:\n"
+            "    - name: bench\n"
+            f"      url: {self.sink_url}/events\n"
+            f"      secret: {EVENTS_SECRET}\n"
         )
 
     def setup(self) -> None:
@@ -659,8 +674,9 @@ class Bench:
 
     def deliver(self) -> None:
         assert self.pg is not None
-        herald_runs, baseline_runs, fastpoll_runs = [], [], []
+        herald_runs, baseline_runs, fastpoll_runs, events_runs = [], [], [], []
         variants = [("herald", herald_runs), ("baseline", baseline_runs)]
+        variants.append(("herald_events", events_runs))
         if self.args.fastpoll:
             variants.append(("herald_poll_10ms", fastpoll_runs))
         for run in range(self.args.runs):
@@ -673,6 +689,8 @@ class Bench:
                     env = self.herald_env(sqlalchemy_url(self.dsn))
                     if label == "herald_poll_10ms":
                         env["HERALD_POLL_INTERVAL"] = "10ms"
+                    if label == "herald_events":
+                        env["HERALD_CONFIG"] = str(self.events_config)
                     proc = self.procs.start("worker", [HERALD, "worker"], env)
                     self.wait_listening(proc)
                 else:
@@ -717,7 +735,12 @@ class Bench:
             "herald": herald,
             "baseline_deliver": base,
             "herald_poll_10ms": summarise(fastpoll_runs, keys) if fastpoll_runs else None,
+            "herald_events": summarise(events_runs, keys),
             "deliver_ratio": paired_ratio(herald_runs, baseline_runs, "rate"),
+            "events_ratio": paired_ratio(events_runs, herald_runs, "rate"),
+            "events_ratio_runs": [
+                ratio(e["rate"], h["rate"]) for e, h in zip(events_runs, herald_runs, strict=True)
+            ],
             "ratio_of_medians": ratio(herald["rate"], base["rate"]),
             "ratio_runs": [
                 ratio(h["rate"], b["rate"]) for h, b in zip(herald_runs, baseline_runs, strict=True)
@@ -1329,6 +1352,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         "ingest_ratio": results.get("ingest", {}).get("ingest_ratio"),
         "deliver_ratio": results.get("deliver", {}).get("deliver_ratio"),
         "backlog_ratio": results.get("backlog", {}).get("backlog_ratio"),
+        "events_ratio": results.get("deliver", {}).get("events_ratio"),
         "idle_p50_ms": results.get("latency", {}).get("idle", {}).get("p50_ms"),
         "rss_mb": results.get("rss", {}).get("rss_mb"),
     }
@@ -1408,6 +1432,25 @@ def markdown(report: dict[str, Any]) -> str:
                 " / ".join(fmt(x, 2) for x in d["ratio_runs"]),
             )
         )
+        if d.get("herald_events"):
+            row(
+                "deliver with every event to a subscription, notifications/s",
+                d["herald_events"],
+                "rate",
+            )
+            row(
+                "deliver with events: worker CPU ms per notification",
+                d["herald_events"],
+                "cpu_ms_per_notification",
+                2,
+            )
+            rows.append(
+                (
+                    "**events_ratio**",
+                    fmt(d["events_ratio"], 2),
+                    " / ".join(fmt(x, 2) for x in d["events_ratio_runs"]),
+                )
+            )
     if "latency" in r:
         lat = r["latency"]
         row(f"latency at {fmt(lat['rate'])}/s: p50 ms", lat["loaded"], "p50_ms", 1)
