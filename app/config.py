@@ -8,10 +8,9 @@ validates every section and every channel against its type's model, and raises o
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -30,10 +29,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, CircuitConfig, check_http_url
+from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl
 from app.channels.registry import ChannelRegistry
 from app.channels.webhook import secret_key
-from app.domain import EventType, Strategy
+from app.domain import CALLBACK, EventType, Strategy, event_types_matching
 from app.durations import Duration
 from app.ratelimit import RateLimit, parse_rate
 from app.store.db import normalize_database_url
@@ -155,17 +154,23 @@ class NetworkConfig(BaseModel):
     allowed_networks: list[IPv4Network | IPv6Network] = Field(default_factory=list)
 
 
-def event_types_matching(glob: str) -> list[EventType]:
-    """The event types a subscription's ``types`` entry names (``notification.*``, ``*``)."""
-    return [member for member in EventType if fnmatch.fnmatchcase(member, glob)]
+def event_glob_problem(
+    value: str, among: Collection[EventType] = frozenset(EventType)
+) -> str | None:
+    """Why ``value`` names none of the event types ``among`` (an unknown type, or a glob that
+    matches none of them); ``None`` when it names some."""
+    if any(member in among for member in event_types_matching(value)):
+        return None
+    known = [str(member) for member in EventType if member in among]
+    if any(char in value for char in "*?["):
+        return f"{value!r} matches no event type (known: {', '.join(known)})"
+    return unknown("event type", value, known)
 
 
 def _event_type_glob(value: str) -> str:
-    if not event_types_matching(value):
-        known = [str(member) for member in EventType]
-        if any(char in value for char in "*?["):
-            raise ValueError(f"{value!r} matches no event type (known: {', '.join(known)})")
-        raise ValueError(unknown("event type", value, known))
+    problem = event_glob_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -176,11 +181,6 @@ def _whsec(value: SecretStr) -> SecretStr:
     if not value.get_secret_value().startswith("whsec_"):
         raise ValueError("secret must be whsec_ followed by base64")
     secret_key(value.get_secret_value())
-    return value
-
-
-def _http_url(value: str) -> str:
-    check_http_url(value)
     return value
 
 
@@ -196,7 +196,7 @@ class SubscriptionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str = Field(pattern=NAME_PATTERN)
-    url: Annotated[str, AfterValidator(_http_url)]
+    url: HttpUrl
     """Where events are POSTed; the outbound guard checks it on every send."""
     secret: Annotated[SecretStr, AfterValidator(_whsec)]
     """``whsec_<base64>``: every request is signed (Standard Webhooks)."""
@@ -225,9 +225,24 @@ class SubscriptionConfig(BaseModel):
 
 
 class EventsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Validation errors never echo the input: a secret is in it.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+    callback_secret: Annotated[SecretStr, AfterValidator(_whsec)] | None = None
+    """``whsec_<base64>``: signs every request to a notification's ``callback_url``; without
+    it a request naming a ``callback_url`` is refused (422)."""
+
+    @cached_property
+    def callback(self) -> SubscriptionConfig | None:
+        """How callbacks are sent: as a subscription named ``callback`` with the default
+        timeout, retries and circuit (a circuit per destination), whose URL each delivery
+        names. ``None`` without ``callback_secret``."""
+        if self.callback_secret is None:
+            return None
+        return SubscriptionConfig.model_construct(
+            name=CALLBACK, url="", secret=self.callback_secret
+        )
 
 
 class _FileModel(BaseModel):
@@ -446,6 +461,10 @@ def _subscription_problems(shape: _FileModel) -> list[str]:
         path = f"events.subscriptions.{index}"
         if subscription.name in seen:
             problems.append(f"{path}.name: subscription {subscription.name!r} is defined twice")
+        if subscription.name == CALLBACK:
+            problems.append(
+                f"{path}.name: {CALLBACK!r} is reserved for notifications' callback_url"
+            )
         seen.add(subscription.name)
         for at, route in enumerate(subscription.routes):
             if route not in shape.routes:

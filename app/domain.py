@@ -9,6 +9,7 @@ member is its string, so rows and JSON read back as plain strings compare equal 
 
 from __future__ import annotations
 
+import fnmatch
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -227,6 +228,10 @@ class NewNotification(Protocol):
     def send_at(self) -> datetime | None: ...
     @property
     def expires_at(self) -> datetime | None: ...
+    @property
+    def callback_url(self) -> str | None: ...
+    @property
+    def callback_events(self) -> Sequence[str] | None: ...
 
 
 class StoredNotification(TypedDict):
@@ -266,6 +271,9 @@ class StoredNotification(TypedDict):
     claimed_by: str | None
     lease_expires_at: datetime | None
     owner: str | None
+    callback_url: str | None
+    callback_events: list[str] | None
+    """The globs over event types its callback takes (set whenever ``callback_url`` is)."""
     created_at: datetime
     updated_at: datetime
 
@@ -341,6 +349,46 @@ CHANNEL_EVENTS = frozenset(
     }
 )
 """Events about a channel, not a notification: they carry no notification id, owner or route."""
+
+NOTIFICATION_EVENTS = frozenset(EventType) - CHANNEL_EVENTS
+"""Events about one notification: what its callback may take."""
+
+DEFAULT_CALLBACK_EVENTS = tuple(FINAL_EVENTS.values())
+"""What a ``callback_url`` receives when the request names no ``callback_events``: the
+notification's final status."""
+
+CALLBACK = "callback"
+"""The delivery target of a notification's own ``callback_url``, beside the subscriptions
+(a name no subscription may take)."""
+
+
+def event_types_matching(glob: str) -> list[EventType]:
+    """The event types a glob names (``notification.*``, ``*``), as a subscription's ``types``
+    and a request's ``callback_events`` give them."""
+    return [member for member in EventType if fnmatch.fnmatchcase(member, glob)]
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """A notification's own receiver of its events: its ``callback_url`` and the event types
+    its ``callback_events`` name."""
+
+    url: str
+    types: frozenset[EventType]
+
+    @classmethod
+    def of(cls, url: str | None, globs: Sequence[str] | None) -> Callback | None:
+        """The callback of a stored notification (``None`` without a ``callback_url``; no
+        ``globs``: ``DEFAULT_CALLBACK_EVENTS``)."""
+        if url is None:
+            return None
+        if globs is None:
+            return cls(url, frozenset(DEFAULT_CALLBACK_EVENTS))
+        return cls(url, frozenset(t for glob in globs for t in event_types_matching(glob)))
+
+    def takes(self, event_type: EventType) -> bool:
+        return event_type in self.types
+
 
 EVENT_VERSION = 1
 """The version of the event body; a change a receiver could trip over gets a new one."""

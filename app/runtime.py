@@ -28,12 +28,13 @@ from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircui
 from app.delivery.orchestrator import Link
 from app.domain import CHANNEL_EVENTS, CircuitState, Strategy
 from app.events.circuits import CircuitChanges
-from app.events.outbox import Outbox
+from app.events.outbox import Outbox, count_emitted
 from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
 from app.store.db import create_engine, session_factory
 from app.store.intake import Intake
+from app.store.sql import OutboxRows
 
 HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
 
@@ -74,8 +75,8 @@ class Runtime:
 
     @cached_property
     def outbox(self) -> Outbox:
-        """Which subscriptions take which events; appends them in a change's transaction."""
-        return Outbox(self.config.events.subscriptions, self.engine.dialect)
+        """Who takes which events, and the events of each change."""
+        return Outbox(self.config.events)
 
     def wake_worker(self) -> None:
         """Tell an in-process worker that something is due now."""
@@ -84,6 +85,13 @@ class Runtime:
     def wake_events(self) -> None:
         """Tell an in-process event dispatcher that events were written."""
         self.events_wakeup.set()
+
+    def emitted(self, events: OutboxRows | None) -> None:
+        """Once the transaction that wrote ``events`` committed: count them and wake the
+        event dispatcher."""
+        if events:
+            count_emitted(events.events)
+            self.wake_events()
 
 
 def settle_heap() -> None:

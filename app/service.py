@@ -24,6 +24,7 @@ from app.config import HeraldConfig, RetryPolicy
 from app.delivery.orchestrator import settle, utcnow
 from app.domain import (
     CANCELLABLE,
+    DEFAULT_CALLBACK_EVENTS,
     DEFAULT_ROUTE,
     RETRYABLE,
     AttemptTrigger,
@@ -45,6 +46,7 @@ from app.errors import (
     UnknownName,
     Unprocessable,
 )
+from app.events.outbox import write_events
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
@@ -53,7 +55,7 @@ from app.store.intake import DuplicateKey
 from app.store.migrate import current_revision, head_revision
 from app.store.models import IdempotencyKey
 from app.store.repositories import IdempotencyRepository, NotificationRepository
-from app.store.sql import Row
+from app.store.sql import OutboxRows, Row
 
 logger = logging.getLogger("herald.api")
 
@@ -92,16 +94,31 @@ def resolve_route(
 
 
 def admit(runtime: Runtime, request: NewNotification, loc: Loc = ("body",)) -> ResolvedRoute:
-    """The checks a valid body must still pass against the config: names and the guard."""
+    """The checks a valid body must still pass against the config: names, the guard, and a
+    secret to sign callbacks with."""
     route = resolve_route(runtime.config, request, loc)
     if request.recipient.webhook_url:
-        refusal = url_refusal(runtime.guard, request.recipient.webhook_url)
-        if refusal is not None:
+        _guarded(runtime, request.recipient.webhook_url, "recipient.webhook_url", loc)
+    if request.callback_url is not None:
+        if not runtime.outbox.callbacks:
+            message = "callbacks are not configured: set events.callback_secret in herald.yaml"
             raise Unprocessable(
-                f"recipient.webhook_url is refused: {refusal}",
-                errors=[{"loc": [*loc, "recipient", "webhook_url"], "msg": refusal}],
+                f"callback_url is refused: {message}",
+                errors=[{"loc": [*loc, "callback_url"], "msg": message}],
             )
+        _guarded(runtime, request.callback_url, "callback_url", loc)
     return route
+
+
+def _guarded(runtime: Runtime, url: str, field: str, loc: Loc) -> None:
+    """Refuse (422) a URL the request names (``field``, dotted, at ``loc``) that the outbound
+    guard refuses before any lookup."""
+    refusal = url_refusal(runtime.guard, url)
+    if refusal is not None:
+        raise Unprocessable(
+            f"{field} is refused: {refusal}",
+            errors=[{"loc": [*loc, *field.split(".")], "msg": refusal}],
+        )
 
 
 async def accept_batch(
@@ -148,14 +165,16 @@ async def accept_batch(
     if not accepted and key is None:
         return body, False
     due = any(_due(row, now) for row in accepted)
+    events = runtime.outbox.accepted(accepted) if accepted else None
     winner = await _unless_raced(
-        runtime.intake.add_many(accepted, key=key, announce=due),
+        runtime.intake.add_many(accepted, key=key, announce=due, events=events),
         lambda: _batch_replay(runtime, scope, idempotency_key or "", digest),
     )
     if winner is not None:
         return winner, True
     for row in accepted:
         metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
+    runtime.emitted(events)
     if due:
         runtime.wake_worker()
     return body, False
@@ -243,9 +262,20 @@ def new_notification(
         "claimed_by": None,
         "lease_expires_at": None,
         "owner": owner,
+        "callback_url": request.callback_url,
+        "callback_events": _callback_events(request),
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _callback_events(request: NewNotification) -> list[str] | None:
+    """What the callback takes, as stored: the request's globs, or the default's types."""
+    if request.callback_url is None:
+        return None
+    if request.callback_events is None:
+        return [str(event_type) for event_type in DEFAULT_CALLBACK_EVENTS]
+    return list(request.callback_events)
 
 
 def _due(row: StoredNotification, now: datetime) -> bool:
@@ -272,12 +302,14 @@ async def accept(
     row = new_notification(request, route, now=now, owner=owner)
     key = key_row(scope, idempotency_key, digest, now, notification_id=row["id"])
     due = _due(row, now)
+    events = runtime.outbox.accepted([row])
     winner = await _unless_raced(
-        runtime.intake.add_many([row], key=key, announce=due),
+        runtime.intake.add_many([row], key=key, announce=due, events=events),
         lambda: _replay(runtime, scope, idempotency_key or "", digest),
     )
     if winner is not None:
         return winner, True
+    runtime.emitted(events)
     metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
     # DEBUG, not INFO: one line per request was a large share of the API's CPU per accept
     # (bench/results/levers.md, "log line at DEBUG"), and every notification shows at INFO
@@ -366,13 +398,20 @@ async def attempts(
 
 
 async def cancel(
-    session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
+    runtime: Runtime,
+    session: AsyncSession,
+    notification_id: uuid.UUID,
+    *,
+    owner: str | None = None,
 ) -> StoredNotification:
+    """Cancel a pending notification; its ``notification.cancelled`` is written in the same
+    transaction."""
     current = await get(session, notification_id, owner=owner)
     if current["status"] not in CANCELLABLE:
         raise InvalidTransition("cancel", current["status"], CANCELLABLE)
     now = utcnow()
     hops = settle(_hops(current), NotificationStatus.CANCELLED)
+    events = runtime.outbox.cancelled(current, hops, now)
     updated = await _transition(
         session,
         current,
@@ -384,7 +423,9 @@ async def cancel(
             "hops": [hop.as_dict() for hop in hops],
             "updated_at": now,
         },
+        events,
     )
+    runtime.emitted(events)
     metrics.notifications_finished.labels(
         metrics.route_label(updated["route"]), NotificationStatus.CANCELLED
     ).inc()
@@ -440,7 +481,10 @@ async def _transition(
     allowed: tuple[str, ...],
     action: str,
     values: dict[str, Any],
+    events: OutboxRows | None = None,
 ) -> StoredNotification:
+    """Change ``current`` if it is still in an ``allowed`` status, with the outbox's rows of
+    the ``events`` the change causes, and commit."""
     updated = await NotificationRepository(session).transition(
         current["id"], from_statuses=allowed, values=values
     )
@@ -449,6 +493,7 @@ async def _transition(
         await session.rollback()
         latest = await get(session, current["id"])
         raise InvalidTransition(action, latest["status"], allowed)
+    await write_events(session, events)
     await session.commit()
     return updated
 

@@ -44,7 +44,9 @@ class EventOut(Output):
 class EventDeliveryOut(Output):
     """Where the event stands for one subscription."""
 
-    subscription: str
+    subscription: str = Field(
+        description="The subscription's name; callback for the notification's callback_url."
+    )
     status: EventDeliveryStatus
     attempts: int
     next_attempt_at: datetime | None

@@ -70,7 +70,7 @@ async def list_events(
 ) -> EventPage:
     """Only the events of the caller's own notifications, unless its key has the admin scope
     (channel events belong to no one: admin only). An event is kept when at least one
-    subscription takes it."""
+    subscription, or its notification's callback_url, takes it."""
     before_id = None
     if cursor is not None:
         try:
@@ -136,7 +136,8 @@ async def redeliver_event(
 ) -> EventDetail:
     """A delivery that ended (delivered or failed) starts a new set of retries; one still
     queued or being sent is left as it is; a subscription added since that takes the event
-    gets it too. 409 when no configured subscription takes the event."""
+    gets it too, and so does the notification's callback_url if it got it. 409 when none
+    does."""
     record = await log.redeliver(runtime, session, event_id, owner=owner_filter(principal))
     return await detail(session, record)
 

@@ -387,10 +387,10 @@ async def list_attempts(
     responses=error_responses(404, 409, 422, 503) | AUTH_ERRORS,
 )
 async def cancel_notification(
-    notification_id: uuid.UUID, principal: AdminScope, session: SessionDep
+    notification_id: uuid.UUID, principal: AdminScope, runtime: RuntimeDep, session: SessionDep
 ) -> NotificationDetail:
     owner = owner_filter(principal)
-    return detail_of(await service.cancel(session, notification_id, owner=owner))
+    return detail_of(await service.cancel(runtime, session, notification_id, owner=owner))
 
 
 @router.post(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     AwareDatetime,
     BaseModel,
@@ -18,8 +19,11 @@ from pydantic import (
     model_validator,
 )
 
-from app.channels.base import Recipient
+from app.channels.base import URL_LIMIT, HttpUrl, Recipient
+from app.config import event_glob_problem
 from app.domain import (
+    DEFAULT_CALLBACK_EVENTS,
+    NOTIFICATION_EVENTS,
     AttemptOutcome,
     AttemptTrigger,
     ChannelHealth,
@@ -47,6 +51,21 @@ METADATA_LIMIT = 16 * 1024
 
 def _utf8_len(value: str) -> int:
     return len(value.encode("utf-8"))
+
+
+CALLBACK_EVENTS_LIMIT = 16
+_DEFAULT_CALLBACK_EVENTS = ", ".join(str(event_type) for event_type in DEFAULT_CALLBACK_EVENTS)
+
+
+def _callback_event_glob(value: str) -> str:
+    problem = event_glob_problem(value, NOTIFICATION_EVENTS)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+CallbackEventGlob = Annotated[str, Field(max_length=64), AfterValidator(_callback_event_glob)]
+"""A glob over the event types of one notification (``channel.*`` events are no one's)."""
 
 
 class NotificationCreate(BaseModel):
@@ -92,6 +111,21 @@ class NotificationCreate(BaseModel):
         description="Give up (status expired) if not delivered by then; must be in the future. "
         "Without it, the route's ttl sets it, counted from send_at when given, else from "
         "acceptance.",
+    )
+    callback_url: HttpUrl | None = Field(
+        default=None,
+        max_length=URL_LIMIT,
+        description="Where this notification's own events are POSTed, signed with the "
+        "server's events.callback_secret (Standard Webhooks), retried and recorded like a "
+        "subscription's. The outbound guard applies as to recipient.webhook_url.",
+    )
+    callback_events: list[CallbackEventGlob] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=CALLBACK_EVENTS_LIMIT,
+        description="Globs over the notification's event types (notification.*, "
+        f"attempt.failed) the callback_url receives; default: {_DEFAULT_CALLBACK_EVENTS}.",
+        examples=[["notification.*"]],
     )
 
     @field_validator("*", mode="before")
@@ -140,6 +174,8 @@ class NotificationCreate(BaseModel):
             raise ValueError("give at least one of text and html")
         if self.send_at and self.expires_at and self.expires_at <= self.send_at:
             raise ValueError("expires_at must be later than send_at")
+        if self.callback_events is not None and self.callback_url is None:
+            raise ValueError("callback_events needs a callback_url")
         return self
 
 
@@ -211,6 +247,10 @@ class NotificationOut(Output):
     hops: list[Hop]
     send_at: datetime | None
     expires_at: datetime | None
+    callback_url: str | None = Field(description="Where its own events are POSTed, if anywhere.")
+    callback_events: list[str] | None = Field(
+        description="The globs over event types its callback_url receives."
+    )
     created_at: datetime
     updated_at: datetime
 

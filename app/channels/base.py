@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.addresses import EMAIL_LIMIT, checked_e164, email_problem
 from app.channels.outbound import Outbound
@@ -122,6 +122,18 @@ def check_http_url(value: str) -> None:
         raise ValueError(f"not a valid URL: {exc}") from None
 
 
+def _http_url(value: str) -> str:
+    check_http_url(value)
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+"""An http(s) URL the HTTP client can parse (``check_http_url``), as a field's type."""
+
+URL_LIMIT = 2048
+"""The longest URL a request may name (``recipient.webhook_url``, ``callback_url``)."""
+
+
 def origin(url: str) -> str | None:
     """``scheme://host:port`` of an http(s) URL (the port always given), or ``None`` if it has
     none. Only the origin: no credentials, path or query, so it may be shown and logged."""
@@ -198,7 +210,7 @@ class Recipient(BaseModel):
         examples=["+14155550100"],
     )
     telegram_chat_id: str | None = Field(default=None, max_length=64)
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: HttpUrl | None = Field(default=None, max_length=URL_LIMIT)
 
     @classmethod
     def stored(cls, value: Mapping[str, Any]) -> Recipient:
@@ -217,13 +229,6 @@ class Recipient(BaseModel):
     @classmethod
     def _e164(cls, value: str | None) -> str | None:
         return None if value is None else checked_e164(value, "not a valid")
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_http_url(value)
-        return value
 
 
 @dataclass(frozen=True, slots=True)

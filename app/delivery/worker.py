@@ -37,12 +37,13 @@ from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, supervised
 from app.domain import AttemptTrigger, RoundUpdate
+from app.events.outbox import Outbox
 from app.ids import uuid7
 from app.nesting import shown
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.queue import Claimed, FinishedRound, WorkQueue
 from app.store.repositories import IDEMPOTENCY_RETENTION
-from app.store.sql import Row
+from app.store.sql import OutboxRows, Row
 
 logger = logging.getLogger("herald.worker")
 T = TypeVar("T")
@@ -137,6 +138,15 @@ class Resources(Protocol):
         ...
 
     def wake_worker(self) -> None: ...
+
+    @property
+    def outbox(self) -> Outbox:
+        """Who takes which events: a round's events are built only when somebody does."""
+        ...
+
+    def emitted(self, events: OutboxRows | None) -> None:
+        """Once a save that wrote ``events`` committed: count them, wake the dispatcher."""
+        ...
 
 
 class Worker:
@@ -388,16 +398,33 @@ class Worker:
             delivered_at=outcome.delivered_at,
         )
         rows = [attempt_row(notification.id, record) for record in outcome.attempts]
+        events = self._events(notification, outcome, change.updated_at)
+        finished = FinishedRound(notification.id, change, rows, events)
         saved = await self._retrying(
             f"saving the round of {notification.id}",
-            lambda: self._saves.save(FinishedRound(notification.id, change, rows)),
+            lambda: self._saves.save(finished),
         )
         if not saved:
             logger.warning(
                 "lease on %s was lost before the round was saved; another worker owns it",
                 notification.id,
             )
+        else:
+            self.runtime.emitted(events)
         return saved
+
+    def _events(self, notification: Claimed, outcome: Outcome, at: datetime) -> OutboxRows | None:
+        """The outbox's rows of what the round decided, saved with it (``None``: nobody
+        takes any of it, and nothing was built)."""
+        outbox = self.runtime.outbox
+        return outbox.of_round(
+            notification_id=notification.id,
+            owner=notification.owner,
+            route=notification.route,
+            callback=outbox.callback(notification.callback_url, notification.callback_events),
+            outcome=outcome,
+            at=at,
+        )
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
         """Run a database step, retrying while the database is unreachable.

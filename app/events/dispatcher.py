@@ -14,6 +14,10 @@ than Retry-After) and ``config`` are retried on the subscription's schedule with
 ``permanent`` (4xx, a redirect, a blocked address) ends the delivery ``failed``, as does the
 end of the schedule. Each subscription has a circuit breaker: while it is open its deliveries
 stay queued, untried.
+
+Callbacks (a notification's ``callback_url``) are sent as the subscription named ``callback``
+is (``EventsConfig.callback``), to the URL stored on each delivery, with a circuit per
+destination: one caller's failing endpoint must not hold back the others' callbacks.
 """
 
 from __future__ import annotations
@@ -28,16 +32,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from app import metrics
-from app.channels.base import DeliveryResult, ErrorClass, redact_result
+from app.channels.base import DeliveryResult, ErrorClass, Message, origin, redact_result
 from app.channels.http_errors import post_and_classify
 from app.channels.webhook import secret_key, signed_headers
 from app.config import SubscriptionConfig
-from app.delivery.circuit import CircuitBreaker
+from app.delivery.circuit import CircuitBreaker, DestinationCircuits
 from app.delivery.orchestrator import LOCAL_CODES, TIMEOUT_GRACE, utcnow
 from app.delivery.outage import Outage
 from app.delivery.retry import next_round_at
 from app.delivery.supervise import supervised
-from app.domain import AttemptOutcome, CircuitState, EventDeliveryStatus
+from app.domain import CALLBACK, AttemptOutcome, CircuitState, EventDeliveryStatus
 from app.events.body import channel_event
 from app.events.outbox import count_emitted
 from app.events.store import ClaimedDelivery, DispatchStore, FinishedDelivery
@@ -74,13 +78,22 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.concurrency = concurrency
         self.store = DispatchStore(runtime.sessions)
-        subscriptions = runtime.config.events.subscriptions
+        events = runtime.config.events
+        subscriptions = list(events.subscriptions)
         self.subscriptions = {s.name: s for s in subscriptions}
-        self._keys = {s.name: secret_key(s.secret.get_secret_value()) for s in subscriptions}
         self.circuits = {
             s.name: CircuitBreaker(f"subscription {s.name}", s.circuit, clock=monotonic)
             for s in subscriptions
         }
+        self.destinations: DestinationCircuits | None = None
+        """The callbacks' circuits, one per destination (``None``: no callbacks are sent)."""
+        if events.callback is not None:
+            subscriptions.append(events.callback)
+            self.subscriptions[CALLBACK] = events.callback
+            self.destinations = DestinationCircuits(
+                CALLBACK, events.callback.circuit, _no_message, clock=monotonic
+            )
+        self._keys = {s.name: secret_key(s.secret.get_secret_value()) for s in subscriptions}
         self._with_content = {s.name for s in subscriptions if s.include_content}
         longest = max((s.timeout for s in subscriptions), default=0.0)
         self._lease = max(runtime.settings.lease, longest + TIMEOUT_GRACE + LEASE_MARGIN)
@@ -200,7 +213,11 @@ class Dispatcher:
 
     async def claim(self, limit: int) -> list[ClaimedDelivery]:
         now = self.clock()
-        ready = [name for name, circuit in self.circuits.items() if _may_try(circuit)]
+        ready = [
+            name
+            for name in self.subscriptions
+            if name not in self.circuits or _may_try(self.circuits[name])
+        ]
         return await self.store.claim(
             worker_id=self.dispatcher_id,
             now=now,
@@ -214,7 +231,8 @@ class Dispatcher:
         """POST one event to its subscription: the try to save, or, when the subscription's
         circuit lets nothing through, the delivery to hand back untried."""
         subscription = self.subscriptions[delivery.subscription]
-        circuit = self.circuits[delivery.subscription]
+        destination = None if delivery.url is None else origin(delivery.url) or delivery.url
+        circuit = self._circuit(delivery.subscription, destination)
         if not circuit.allow():
             return delivery.seq, self.clock() + timedelta(seconds=max(1.0, circuit.retry_in()))
         started_at = self.clock()
@@ -226,7 +244,15 @@ class Dispatcher:
             circuit.release()
         else:
             circuit.record(result)
+        if destination is not None and self.destinations is not None:
+            self.destinations.keep(destination, circuit)
         return self._finished(subscription, delivery, result, started_at, duration_ms)
+
+    def _circuit(self, subscription: str, destination: str | None) -> CircuitBreaker:
+        """A subscription's circuit, or a callback destination's."""
+        if destination is None or self.destinations is None:
+            return self.circuits[subscription]
+        return self.destinations.breaker(destination)
 
     async def _post(
         self, subscription: SubscriptionConfig, delivery: ClaimedDelivery
@@ -241,7 +267,7 @@ class Dispatcher:
             async with asyncio.timeout(subscription.timeout + TIMEOUT_GRACE):
                 return await post_and_classify(
                     self.runtime.http,
-                    subscription.url,
+                    delivery.url or subscription.url,
                     content=body,
                     headers=headers,
                     timeout=subscription.timeout,
@@ -369,6 +395,11 @@ class Dispatcher:
         for name in self.subscriptions:
             metrics.events_pending.labels(name).set(unsettled.get(name, 0))
         return recovered
+
+
+def _no_message(message: Message) -> str | None:
+    """Callbacks name their destination per delivery, not per message."""
+    return None
 
 
 def _may_try(circuit: CircuitBreaker) -> bool:

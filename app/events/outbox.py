@@ -2,33 +2,45 @@
 
 An event is never lost (it commits with its change) and never announced for a change that
 rolled back (it rolls back with it). Each event is written once to ``events`` and once per
-subscription that takes it to ``event_deliveries``, which the dispatcher works through; an event
-no subscription takes is not written at all, so a Herald without subscriptions does no work
-for events (``Outbox.wants`` lets a caller skip building them).
+taker to ``event_deliveries``, which the dispatcher works through: each subscription that takes
+it, and the notification's own callback (``callback_url``) when that takes it. An event nobody
+takes is not written at all, and not even built: each change asks the outbox for its events
+(``accepted``, ``of_round``, ``cancelled``), which first checks cheaply whether anyone wants
+them, so a Herald without subscriptions or callbacks does no work for events.
 
-The caller's unit of work commits; ``append`` only executes. After the commit the caller counts
-what it wrote (``count_emitted``), so a rollback is never counted.
+The rows (``OutboxRows``) are written by the change's own store, in its own statement or
+transaction: the accept's single statement (``Intake``), the worker's save of its rounds
+(``WorkQueue``), a session (``write_events``: a cancel, a circuit's events). After the commit the
+caller counts what it wrote (``count_emitted``), so a rollback is never counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
 
-from sqlalchemy import Table, insert
-from sqlalchemy.engine import Dialect
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import metrics
-from app.config import SubscriptionConfig
-from app.delivery.orchestrator import utcnow
-from app.domain import AttemptTrigger, Event, EventDeliveryStatus, EventType
-from app.store.models import EventDelivery, EventRecord
-from app.store.sql import Row, bind_processors
-
-EVENTS = cast(Table, EventRecord.__table__)
-EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
+from app.config import EventsConfig
+from app.delivery.orchestrator import Outcome, utcnow
+from app.domain import (
+    CALLBACK,
+    FINAL_EVENTS,
+    AttemptOutcome,
+    AttemptTrigger,
+    Callback,
+    Event,
+    EventDeliveryStatus,
+    EventType,
+    Hop,
+    NotificationStatus,
+    StoredNotification,
+)
+from app.events import body
+from app.store.sql import EVENT_DELIVERIES, EVENTS, OutboxRows, Row
 
 
 def event_row(event: Event) -> Row:
@@ -43,11 +55,13 @@ def event_row(event: Event) -> Row:
     }
 
 
-def delivery_row(event: Event, subscription: str, now: datetime) -> Row:
-    """A new ``event_deliveries`` row: due at once (``seq`` comes from the database)."""
+def delivery_row(event: Event, subscription: str, now: datetime, url: str | None = None) -> Row:
+    """A new ``event_deliveries`` row: due at once (``seq`` comes from the database); ``url``
+    for a callback."""
     return {
         "event_id": event.id,
         "subscription": subscription,
+        "url": url,
         "notification_id": event.notification_id,
         "status": EventDeliveryStatus.PENDING,
         "attempts": 0,
@@ -63,64 +77,74 @@ def delivery_row(event: Event, subscription: str, now: datetime) -> Row:
     }
 
 
-class _DriverInsert:
-    """``INSERT INTO table (columns) VALUES ($1, …)`` for the driver connection (asyncpg),
-    with the values passed through SQLAlchemy's bind processors as the ORM would."""
-
-    def __init__(self, table: Table, dialect: Dialect, columns: Sequence[str]) -> None:
-        processors = bind_processors(table, dialect)
-        self.columns = list(columns)
-        self.processors = [processors[name] for name in self.columns]
-        places = ", ".join(f"${i + 1}" for i in range(len(self.columns)))
-        self.sql = f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES ({places})"
-
-    def args(self, row: Row) -> list[Any]:
-        return [
-            row[name] if process is None else process(row[name])
-            for name, process in zip(self.columns, self.processors, strict=True)
-        ]
-
-
 class Outbox:
-    """Which subscriptions take which events, and the writing of events with their change."""
+    """Who takes which events, the events of each change, and their rows."""
 
-    def __init__(self, subscriptions: Sequence[SubscriptionConfig], dialect: Dialect) -> None:
+    def __init__(self, config: EventsConfig) -> None:
+        subscriptions = config.subscriptions
         self.subscriptions = {subscription.name: subscription for subscription in subscriptions}
+        self.callbacks = config.callback_secret is not None
+        """Whether callbacks are sent (``events.callback_secret`` is configured)."""
         self._by_type = {
             event_type: tuple(s for s in subscriptions if event_type in s.event_types)
             for event_type in EventType
         }
-        self._events = _DriverInsert(EVENTS, dialect, [c.name for c in EVENTS.columns])
-        self._deliveries = _DriverInsert(
-            EVENT_DELIVERIES, dialect, [c.name for c in EVENT_DELIVERIES.columns if c.name != "seq"]
+
+    def callback(self, url: str | None, globs: Sequence[str] | None) -> Callback | None:
+        """A notification's callback, while callbacks are sent."""
+        return Callback.of(url, globs) if self.callbacks else None
+
+    def wants(
+        self,
+        event_type: EventType,
+        *,
+        route: str | None,
+        owner: str | None,
+        callback: Callback | None = None,
+    ) -> bool:
+        """Whether any subscription, or ``callback``, takes such an event (if none, there is
+        nothing to build)."""
+        return (callback is not None and callback.takes(event_type)) or any(
+            s.takes(event_type, route, owner) for s in self._by_type[event_type]
         )
 
-    def wants(self, event_type: EventType, *, route: str | None, owner: str | None) -> bool:
-        """Whether any subscription takes such an event (if none, there is nothing to build)."""
-        return any(s.takes(event_type, route, owner) for s in self._by_type[event_type])
-
-    def takers(self, event: Event) -> list[str]:
-        """The names of the subscriptions that take ``event``, in config order."""
-        return [
+    def takers(self, event: Event, callback: Callback | None = None) -> list[str]:
+        """The names of the subscriptions that take ``event``, in config order, then
+        ``callback`` when the notification's callback takes it."""
+        names = [
             s.name
             for s in self._by_type[event.type]
             if s.takes(event.type, event.route, event.owner)
         ]
+        if callback is not None and callback.takes(event.type):
+            names.append(CALLBACK)
+        return names
 
     def rows(
-        self, events: Iterable[Event], now: datetime | None = None
-    ) -> tuple[list[Event], list[Row], list[Row]]:
-        """The events some subscription takes, their ``events`` rows and their
-        ``event_deliveries`` rows (in event order: the order ``seq`` will keep)."""
+        self,
+        events: Iterable[Event],
+        now: datetime | None = None,
+        callbacks: Mapping[uuid.UUID, Callback] | None = None,
+    ) -> OutboxRows:
+        """The rows of the events somebody takes (``callbacks``: by notification id), in
+        event order: the order ``seq`` will keep."""
         now = now or utcnow()
         kept: list[Event] = []
         deliveries: list[Row] = []
         for event in events:
-            takers = self.takers(event)
+            callback = None
+            if callbacks and event.notification_id is not None:
+                callback = callbacks.get(event.notification_id)
+            takers = self.takers(event, callback)
             if takers:
                 kept.append(event)
-                deliveries.extend(delivery_row(event, name, now) for name in takers)
-        return kept, [event_row(event) for event in kept], deliveries
+                deliveries.extend(
+                    delivery_row(event, name, now, callback.url if callback else None)
+                    if name == CALLBACK
+                    else delivery_row(event, name, now)
+                    for name in takers
+                )
+        return OutboxRows(kept, [event_row(event) for event in kept], deliveries)
 
     async def append(
         self,
@@ -129,28 +153,108 @@ class Outbox:
         *,
         now: datetime | None = None,
     ) -> list[Event]:
-        """Write ``events`` in ``executor``'s transaction (a session or a Core connection);
-        the ones written (those some subscription takes)."""
-        kept, event_rows, deliveries = self.rows(events, now)
-        if kept:
-            await executor.execute(insert(EVENTS), event_rows)
-            await executor.execute(insert(EVENT_DELIVERIES), deliveries)
-        return kept
+        """Write events that belong to no notification's callback (a channel's circuit
+        moved) in ``executor``'s transaction; the ones written (those some subscription
+        takes)."""
+        rows = self.rows(events, now)
+        await write_events(executor, rows)
+        return list(rows.events)
 
-    async def append_driver(
-        self, connection: Any, events: Iterable[Event], *, now: datetime | None = None
-    ) -> list[Event]:
-        """``append`` on a driver (asyncpg) connection inside its open transaction, for a
-        change written in plain SQL (``app.store.delivery``)."""
-        kept, event_rows, deliveries = self.rows(events, now)
-        if kept:
-            await connection.executemany(
-                self._events.sql, [self._events.args(row) for row in event_rows]
+    # --- the events of each change ------------------------------------------------------
+
+    def accepted(self, notifications: Sequence[StoredNotification]) -> OutboxRows | None:
+        """``notification.accepted`` of each newly stored notification somebody wants it of;
+        ``None`` when nobody does."""
+        if not self.callbacks and not self._by_type[EventType.NOTIFICATION_ACCEPTED]:
+            return None
+        events: list[Event] = []
+        callbacks: dict[uuid.UUID, Callback] = {}
+        for notification in notifications:
+            callback = self.callback(notification["callback_url"], notification["callback_events"])
+            wanted = self.wants(
+                EventType.NOTIFICATION_ACCEPTED,
+                route=notification["route"],
+                owner=notification["owner"],
+                callback=callback,
             )
-            await connection.executemany(
-                self._deliveries.sql, [self._deliveries.args(row) for row in deliveries]
+            if not wanted:
+                continue
+            events.append(
+                body.notification_event(
+                    notification_id=notification["id"],
+                    owner=notification["owner"],
+                    route=notification["route"],
+                    status=NotificationStatus.PENDING,
+                    delivered_via=None,
+                    hops=[Hop.from_dict(hop) for hop in notification["hops"]],
+                    at=notification["created_at"],
+                )
             )
-        return kept
+            if callback is not None:
+                callbacks[notification["id"]] = callback
+        return self.rows(events, notifications[0]["created_at"], callbacks) if events else None
+
+    def of_round(
+        self,
+        *,
+        notification_id: uuid.UUID,
+        owner: str | None,
+        route: str | None,
+        callback: Callback | None,
+        outcome: Outcome,
+        at: datetime,
+    ) -> OutboxRows | None:
+        """What a round (or an expiry) decided (``body.round_events``), if anybody wants it;
+        ``None`` when nobody does."""
+        if callback is None and not self.subscriptions:
+            return None
+        wanted = (
+            outcome.final
+            and self.wants(
+                FINAL_EVENTS[outcome.status], route=route, owner=owner, callback=callback
+            )
+        ) or (
+            self.wants(EventType.ATTEMPT_FAILED, route=route, owner=owner, callback=callback)
+            and any(record.outcome is AttemptOutcome.FAILED for record in outcome.attempts)
+        )
+        if not wanted:
+            return None
+        events = body.round_events(
+            notification_id=notification_id, owner=owner, route=route, outcome=outcome, at=at
+        )
+        callbacks = {notification_id: callback} if callback is not None else None
+        return self.rows(events, at, callbacks) or None
+
+    def cancelled(
+        self, notification: StoredNotification, hops: Sequence[Hop], at: datetime
+    ) -> OutboxRows | None:
+        """``notification.cancelled`` of ``notification`` (its ``hops`` once cancelled), if
+        anybody wants it; ``None`` when nobody does."""
+        callback = self.callback(notification["callback_url"], notification["callback_events"])
+        route, owner = notification["route"], notification["owner"]
+        if not self.wants(
+            EventType.NOTIFICATION_CANCELLED, route=route, owner=owner, callback=callback
+        ):
+            return None
+        event = body.notification_event(
+            notification_id=notification["id"],
+            owner=owner,
+            route=route,
+            status=NotificationStatus.CANCELLED,
+            delivered_via=notification["delivered_via"],
+            hops=hops,
+            at=at,
+        )
+        callbacks = {notification["id"]: callback} if callback is not None else None
+        return self.rows([event], at, callbacks)
+
+
+async def write_events(executor: AsyncSession | AsyncConnection, rows: OutboxRows | None) -> None:
+    """Write the outbox's ``rows`` in ``executor``'s transaction (a session or a Core
+    connection)."""
+    if rows:
+        await executor.execute(insert(EVENTS), list(rows.event_rows))
+        await executor.execute(insert(EVENT_DELIVERIES), list(rows.deliveries))
 
 
 def count_emitted(events: Iterable[Event]) -> None:

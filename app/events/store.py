@@ -21,9 +21,9 @@ from app.domain import (
     EventType,
 )
 from app.events.body import CONTENT_COLUMNS, content
-from app.events.outbox import EVENT_DELIVERIES, EVENTS, Outbox, delivery_row
+from app.events.outbox import Outbox, delivery_row
 from app.store.models import EventAttempt, EventDelivery, EventRecord
-from app.store.sql import NOTIFICATIONS, Row
+from app.store.sql import EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, Row
 
 EVENT_ATTEMPTS = cast(Table, EventAttempt.__table__)
 
@@ -47,6 +47,8 @@ class ClaimedDelivery:
 
     seq: int
     subscription: str
+    url: str | None
+    """A callback's URL (``None``: the subscription's own)."""
     attempts: int
     attempt_base: int
     trigger: AttemptTrigger
@@ -133,6 +135,7 @@ class DispatchStore:
                 _D.c.seq,
                 _D.c.event_id,
                 _D.c.subscription,
+                _D.c.url,
                 _D.c.attempts,
                 _D.c.attempt_base,
                 _D.c.trigger,
@@ -159,6 +162,7 @@ class DispatchStore:
             ClaimedDelivery(
                 seq=row.seq,
                 subscription=row.subscription,
+                url=row.url,
                 attempts=row.attempts,
                 attempt_base=row.attempt_base,
                 trigger=AttemptTrigger(row.trigger),

@@ -1,8 +1,9 @@
 """How newly accepted notifications are stored: the API's hot path, so no ORM unit of work.
 
 One implementation for a single POST and a batch alike: ``Intake.add_many`` stores the rows,
-the idempotency key of their request and the wake-up for listening workers atomically, and a
-taken key comes out as ``DuplicateKey`` whichever the number of rows.
+the idempotency key of their request, their ``notification.accepted`` events (the outbox's
+rows, when anybody takes them) and the wake-up for listening workers atomically, and a taken
+key comes out as ``DuplicateKey`` whichever the number of rows.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.sql import (
     DUE_CHANNEL,
+    EVENT_DELIVERIES,
+    EVENTS,
     IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
+    OutboxRows,
     PreparedInsert,
     Row,
     driver_connection,
@@ -45,8 +49,11 @@ class Intake:
     as ``unnest`` of an array per column, one statement text for any number of rows (a
     ``VALUES`` list as long as the batch was a new statement at every size, and slower:
     bench/results/levers.md, "batches as `unnest`"). Values pass through the same SQLAlchemy
-    bind processors the ORM applies, so rows read back identically. On SQLite (no ``LISTEN``:
-    the service wakes its in-process worker) Core INSERTs in one transaction.
+    bind processors the ORM applies, so rows read back identically. Events, when there are
+    any, join the same statement as ``unnest`` inserts into ``events`` and
+    ``event_deliveries``; without them the statement is the one it would be with no events
+    feature at all. On SQLite (no ``LISTEN``: the service wakes its in-process worker) Core
+    INSERTs in one transaction.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -54,12 +61,17 @@ class Intake:
         self.postgresql = engine.dialect.name == "postgresql"
         self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
         self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
+        self._events = PreparedInsert(EVENTS, engine.dialect)
+        self._deliveries = PreparedInsert(EVENT_DELIVERIES, engine.dialect, skip=("seq",))
         self._statements = {
-            (rows, with_key, announce): self._statement(rows, with_key, announce)
+            (rows, with_key, announce, with_events): self._statement(
+                rows, with_key, announce, with_events
+            )
             for rows in (0, 1, MANY)
             for with_key in (False, True)
             for announce in (False, True)
-            if rows or with_key
+            for with_events in (False, True)
+            if (rows or with_key) and (rows or not with_events)
         }
 
     async def add_many(
@@ -68,9 +80,11 @@ class Intake:
         *,
         key: Row | None = None,
         announce: bool = False,
+        events: OutboxRows | None = None,
     ) -> None:
-        """Store ``rows`` of ``notifications`` and the idempotency ``key`` of their request, all
-        or nothing; with ``announce``, listening workers hear of them once they are stored.
+        """Store ``rows`` of ``notifications``, the idempotency ``key`` of their request and
+        the outbox's rows of their ``events``, all or nothing; with ``announce``, listening
+        workers hear of them once they are stored.
 
         ``DuplicateKey`` if another request holds the key already: nothing is stored.
         """
@@ -78,20 +92,27 @@ class Intake:
             return
         try:
             if self.postgresql:
-                await self._add_in_one_statement(rows, key, announce)
+                await self._add_in_one_statement(rows, key, announce, events)
             else:
                 async with self.engine.begin() as conn:
                     if rows:
                         await conn.execute(insert(NOTIFICATIONS), list(rows))
                     if key is not None:
                         await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
+                    if events:
+                        await conn.execute(insert(EVENTS), list(events.event_rows))
+                        await conn.execute(insert(EVENT_DELIVERIES), list(events.deliveries))
         except IntegrityError as exc:
             if key is not None and _duplicate_key(exc):
                 raise DuplicateKey() from exc
             raise
 
     async def _add_in_one_statement(
-        self, rows: Sequence[Mapping[str, Any]], key: Row | None, announce: bool
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        key: Row | None,
+        announce: bool,
+        events: OutboxRows | None,
     ) -> None:
         args: list[Any]
         if len(rows) == 1:
@@ -102,22 +123,32 @@ class Intake:
             args = []
         if key is not None:
             args += self._keys.args(key)
-        sql = self._statements[min(len(rows), MANY), key is not None, announce]
+        if events:
+            args += self._events.args_many(events.event_rows)
+            args += self._deliveries.args_many(events.deliveries)
+        sql = self._statements[min(len(rows), MANY), key is not None, announce, bool(events)]
         async with driver_connection(self.engine, sql) as conn:
             await conn.execute(sql, *args)
 
-    def _statement(self, rows: int, with_key: bool, announce: bool) -> str:
+    def _statement(self, rows: int, with_key: bool, announce: bool, with_events: bool) -> str:
         """The CTE for no rows (a batch whose every item was refused, with its key), one, or
-        ``MANY``; every form takes one argument a column, so the key's come after as many."""
+        ``MANY``; every form takes one argument a column, so the key's come after as many,
+        and the events' (an array a column, whatever their number) after those."""
         parts = []
+        first = 1
         if rows:
             insert_rows = (
                 self._notifications.sql(1) if rows == 1 else self._notifications.sql_many(1)
             )
             parts.append(f"n AS ({insert_rows})")
+            first += len(self._notifications.columns)
         if with_key:
-            first = len(self._notifications.columns) + 1 if rows else 1
             parts.append(f"k AS ({self._keys.sql(first)})")
+            first += len(self._keys.columns)
+        if with_events:
+            parts.append(f"e AS ({self._events.sql_many(first)})")
+            first += len(self._events.columns)
+            parts.append(f"d AS ({self._deliveries.sql_many(first)})")
         main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
         return f"WITH {', '.join(parts)} {main}"
 

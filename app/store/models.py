@@ -100,6 +100,10 @@ class Notification(Base):
     lease_expires_at: Mapped[datetime | None]
     owner: Mapped[str | None] = mapped_column(String(64))
     """Name of the API key that created it (none while auth is off)."""
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    """Where its own events go (``app.domain.Callback``), besides the subscriptions."""
+    callback_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """The globs over event types its callback takes; set whenever ``callback_url`` is."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -213,6 +217,10 @@ class EventDelivery(Base):
     )
     event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
     subscription: Mapped[str] = mapped_column(String(64))
+    """A configured subscription's name, or ``callback`` (``app.domain.CALLBACK``)."""
+    url: Mapped[str | None] = mapped_column(String(2048))
+    """A callback's URL (the notification's ``callback_url``); null for a subscription, whose
+    URL is in the config."""
     notification_id: Mapped[uuid.UUID | None]
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -43,7 +43,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.domain import AttemptTrigger, Hop, NotificationStatus, RoundUpdate, Strategy
-from app.store.sql import ATTEMPTS, IDEMPOTENCY_KEYS, NOTIFICATIONS, Row, driver_connection
+from app.store.sql import (
+    ATTEMPTS,
+    EVENT_DELIVERIES,
+    EVENTS,
+    IDEMPOTENCY_KEYS,
+    NOTIFICATIONS,
+    OutboxRows,
+    Row,
+    driver_connection,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,9 @@ class Claimed:
     hops: list[Hop]
     expires_at: datetime | None
     created_at: datetime
+    owner: str | None
+    callback_url: str | None
+    callback_events: list[str] | None
 
 
 CLAIMED_COLUMNS = tuple(Claimed.__dataclass_fields__)
@@ -89,11 +101,13 @@ def claimed_of(row: Sequence[Any]) -> Claimed:
 
 @dataclass(frozen=True, slots=True)
 class FinishedRound:
-    """One round to save: what it changes on the notification and its ``attempts`` rows."""
+    """One round to save: what it changes on the notification, its ``attempts`` rows, and the
+    outbox's rows of the events it causes (``None``: nobody takes them)."""
 
     notification_id: uuid.UUID
     change: RoundUpdate
     attempts: Sequence[Row]
+    events: OutboxRows | None = None
 
 
 _WRITTEN_WHEN_SET = tuple(field.name for field in fields(RoundUpdate) if field.default is None)
@@ -171,6 +185,12 @@ class Statements:
 
         self.add_attempts = insert(ATTEMPTS)
         """Attempts rows (every column given)."""
+
+        self.add_events = insert(EVENTS)
+        """``events`` rows (every column given)."""
+
+        self.add_event_deliveries = insert(EVENT_DELIVERIES)
+        """``event_deliveries`` rows (every column but ``seq``, which the database takes)."""
 
         self.renew = (
             update(NOTIFICATIONS)
@@ -286,11 +306,15 @@ class WorkQueue:
 
         Returns the ids that were saved. A round whose notification this worker no longer holds
         (the lease ran out and another worker took it over, or it was released) is skipped
-        whole: neither its attempts nor its state are written, so it is not counted twice.
+        whole: neither its attempts nor its state nor its events are written, so it is not
+        counted twice.
 
         However many rounds, one transaction: one statement locks the rows still ours, one
         executemany ``UPDATE`` per set of changed columns writes them, one executemany
-        ``INSERT`` their attempts (bench/results/levers.md, "group commit").
+        ``INSERT`` their attempts (bench/results/levers.md, "group commit"), and, when rounds
+        carry events, one for their ``events`` and one for their ``event_deliveries`` (taken
+        in the order the rounds' events happened, after their rows were locked: ``seq``
+        orders each notification's events).
         """
         if not rounds:
             return set()
@@ -309,6 +333,9 @@ class WorkQueue:
             attempts = [attempt for finished in kept for attempt in finished.attempts]
             if attempts:
                 await connection.many(statements.add_attempts, attempts)
+            events = [finished.events for finished in kept if finished.events]
+            if events:
+                await _add_events(connection, statements, events)
         return ours
 
     async def renew(
@@ -339,6 +366,18 @@ class WorkQueue:
     async def _count(self, statement: Statement, params: Row) -> int:
         async with self._database.autocommit(statement) as connection:
             return await connection.count(statement, params)
+
+
+async def _add_events(
+    connection: _Connection, statements: Statements, events: Sequence[OutboxRows]
+) -> None:
+    """Insert the outbox's rows of the rounds that carry events."""
+    await connection.many(
+        statements.add_events, [row for rows in events for row in rows.event_rows]
+    )
+    await connection.many(
+        statements.add_event_deliveries, [row for rows in events for row in rows.deliveries]
+    )
 
 
 def _by_columns(rounds: Sequence[FinishedRound], worker_id: str) -> list[list[Row]]:

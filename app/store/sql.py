@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import asyncpg
@@ -18,17 +19,34 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util import greenlet_spawn
 
+from app.domain import Event
 from app.store.db import unavailable_reason
-from app.store.models import Attempt, IdempotencyKey, Notification
+from app.store.models import Attempt, EventDelivery, EventRecord, IdempotencyKey, Notification
 
 DUE_CHANNEL = "herald_due"
 
 NOTIFICATIONS = cast(Table, Notification.__table__)
 IDEMPOTENCY_KEYS = cast(Table, IdempotencyKey.__table__)
 ATTEMPTS = cast(Table, Attempt.__table__)
+EVENTS = cast(Table, EventRecord.__table__)
+EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRows:
+    """Events to write with the change that causes them (``app.events.outbox``): the events
+    some subscription or callback takes, their ``events`` rows and their ``event_deliveries``
+    rows (``seq`` left to the database), in the order they happened."""
+
+    events: Sequence[Event] = ()
+    event_rows: Sequence[Row] = ()
+    deliveries: Sequence[Row] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.events)
 
 
 @asynccontextmanager
@@ -102,13 +120,16 @@ def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
 class PreparedInsert:
     """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``) or of many (``unnest`` of an
     array per column: one statement text whatever the number of rows), and the driver-level
-    values for them."""
+    values for them. Every column is given, but those the database fills (``skip``: a serial
+    key)."""
 
-    def __init__(self, table: Table, dialect: Dialect) -> None:
+    def __init__(self, table: Table, dialect: Dialect, *, skip: Sequence[str] = ()) -> None:
         self.table = table
         self.dialect = dialect
-        self.columns = [column.name for column in table.columns]
-        self.processors = list(bind_processors(table, dialect).values())
+        self._given = [column for column in table.columns if column.name not in skip]
+        self.columns = [column.name for column in self._given]
+        processors = bind_processors(table, dialect)
+        self.processors = [processors[name] for name in self.columns]
 
     def sql(self, first: int) -> str:
         places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
@@ -118,7 +139,7 @@ class PreparedInsert:
         """The statement for ``args_many``: ``$first`` onwards are one array per column."""
         arrays = ", ".join(
             f"${first + i}::{column.type.compile(self.dialect)}[]"
-            for i, column in enumerate(self.table.columns)
+            for i, column in enumerate(self._given)
         )
         return (
             f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) "

@@ -71,6 +71,8 @@ async def test_accepted_with_location_and_the_whole_resource(h: Harness) -> None
         "hops": [{"channel": "console", "state": "pending", "attempts": 0, "last_error": None}],
         "send_at": None,
         "expires_at": None,
+        "callback_url": None,
+        "callback_events": None,
     }
 
     # The Location resolves to the same resource.

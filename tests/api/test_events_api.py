@@ -249,16 +249,24 @@ async def test_what_subscriptions_receive_matches_the_webhook_schemas(
     h: Harness, sink: HttpServer
 ) -> None:
     document = spec()
-    created = await h.send(text="x", route="default")
-    notification = accepted(uuid.UUID(created["id"]), h=h)
+    await h.send(text="x", route="default")
+    await h.run_worker()
+    failing = await h.send(text="y", channels=["console"])
+    await h.set_fields(failing["id"], channels=["gone"], hops=[{"channel": "gone"}])
+    await h.run_worker()
     change = body.CircuitChange("console", "log", CircuitState.OPEN, True, "why", 30.0, h.clock())
     channel = body.channel_event(change)
     assert channel is not None
-    await emit(h, notification, delivered(notification), channel)
+    await emit(h, channel)
     while await dispatcher(h).run_once():
         pass
     bodies = received(sink, "/ev")
-    assert len(bodies) == 3
+    assert {b["type"] for b in bodies} == {
+        "notification.accepted",
+        "notification.delivered",
+        "attempt.failed",
+        "channel.quarantined",
+    }
     for payload in bodies:
         reference = document["webhooks"][payload["type"]]["post"]["requestBody"]["content"][
             "application/json"

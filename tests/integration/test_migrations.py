@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.store.migrate import alembic_config, upgrade_async
 from app.store.models import Base
+from tests.support.events import events_config, subscription
 from tests.support.harness import herald
 
 CONFIG = {
@@ -71,3 +72,35 @@ async def test_batch_keys_down_and_up_again(db_url: str) -> None:
         assert "idempotent-replayed" not in fresh.headers
         replayed = await h.client.post("/v1/notifications/batch", **batch)
         assert replayed.headers["idempotent-replayed"] == "true"
+
+
+async def test_callbacks_down_and_up_again(db_url: str) -> None:
+    """0004 down drops the callback columns and the deliveries to callbacks (they could go
+    nowhere without their URL), keeping everything else; up again, callbacks work."""
+    config = events_config(subscription("https://hooks.example.com/in"), callbacks=True)
+    async with herald(db_url, config) as h:
+        kept = await h.send(text="x", callback_url="https://cb.example.com/in")
+        await h.run_worker()
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0003")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: [col["name"] for col in inspect(c).get_columns("notifications")]
+            )
+            subscriptions = (
+                await connection.execute(text("SELECT subscription FROM event_deliveries"))
+            ).scalars()
+            assert "callback_url" not in columns
+            assert sorted(subscriptions) == ["ops", "ops"], "accepted and delivered, not callback"
+    finally:
+        await engine.dispose()
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, config) as h:
+        assert (await h.get(kept["id"]))["callback_url"] is None
+        again = await h.send(text="y", callback_url="https://cb.example.com/in")
+        assert again["callback_url"] == "https://cb.example.com/in"

@@ -20,6 +20,7 @@ from tests.support.harness import Harness
 from tests.support.http_server import HttpServer, Received
 
 EVENTS_SECRET = "whsec_" + base64.b64encode(b"herald-events-signing-key-32byte").decode()
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"herald-callback-signing-key-32by").decode()
 
 
 def subscription(url: str, name: str = "ops", **options: Any) -> dict[str, Any]:
@@ -34,12 +35,18 @@ def subscription(url: str, name: str = "ops", **options: Any) -> dict[str, Any]:
     }
 
 
-def events_config(*subscriptions: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """A Herald with a log channel, a default route and these subscriptions."""
+def events_config(
+    *subscriptions: dict[str, Any], callbacks: bool = False, **sections: Any
+) -> dict[str, Any]:
+    """A Herald with a log channel, a default route and these subscriptions; with
+    ``callbacks``, a ``callback_secret`` (``CALLBACK_SECRET``) too."""
+    events: dict[str, Any] = {"subscriptions": list(subscriptions)}
+    if callbacks:
+        events["callback_secret"] = CALLBACK_SECRET
     return {
         "channels": {"console": {"type": "log"}},
         "routes": {"default": {"channels": ["console"]}, "other": {"channels": ["console"]}},
-        "events": {"subscriptions": list(subscriptions)},
+        "events": events,
         **sections,
     }
 
@@ -91,13 +98,23 @@ def delivered(event: Event, *, via: str = "console", at: datetime | None = None)
     )
 
 
-def verified(request: Received) -> dict[str, Any]:
-    """The body of a request to a subscription, after checking its signature."""
-    payload: dict[str, Any] = Webhook(EVENTS_SECRET).verify(request.body, request.headers)
+def verified(request: Received, secret: str = EVENTS_SECRET) -> dict[str, Any]:
+    """The body of a request to a subscription (or a callback: its ``secret``), after checking
+    its signature."""
+    payload: dict[str, Any] = Webhook(secret).verify(request.body, request.headers)
     assert request.headers["webhook-id"] == payload["id"]
     return payload
 
 
-def received(sink: HttpServer, path: str) -> list[dict[str, Any]]:
+def received(sink: HttpServer, path: str, secret: str = EVENTS_SECRET) -> list[dict[str, Any]]:
     """Every verified body that reached ``path``, in arrival order."""
-    return [verified(request) for request in sink.requests_to(path)]
+    return [verified(request, secret) for request in sink.requests_to(path)]
+
+
+async def drain(h: Harness, **options: Any) -> int:
+    """Dispatch until nothing more is due at the harness's clock; how many tries."""
+    sender = dispatcher(h, **options)
+    total = 0
+    while claimed := await sender.run_once():
+        total += claimed
+    return total

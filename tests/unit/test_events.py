@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
 from app.channels.base import CircuitConfig, DeliveryResult, ErrorClass
 from app.delivery.circuit import CircuitBreaker
 from app.delivery.orchestrator import Link, Orchestrator
 from app.domain import (
+    FINAL_EVENTS,
+    Callback,
     CircuitState,
     Event,
     EventType,
@@ -300,6 +301,32 @@ def test_subscription_names_are_unique() -> None:
     ]
 
 
+def test_callback_is_a_reserved_subscription_name() -> None:
+    assert problems(config(sub("callback"))) == [
+        "events.subscriptions.0.name: 'callback' is reserved for notifications' callback_url"
+    ]
+
+
+@pytest.mark.parametrize("secret", ["not-a-secret", "whsec_***"])
+def test_a_bad_callback_secret_is_a_config_error_that_echoes_nothing(secret: str) -> None:
+    raw = config()
+    raw["events"]["callback_secret"] = secret
+    (found,) = problems(raw)
+    assert found.startswith("events.callback_secret: secret must be whsec_"), found
+    assert secret not in found
+
+
+def test_callbacks_are_sent_as_a_subscription_with_the_defaults() -> None:
+    assert parse(config()).events.callback is None
+    raw = config()
+    raw["events"]["callback_secret"] = SECRET
+    callback = parse(raw).events.callback
+    assert callback is not None
+    assert (callback.name, callback.timeout, callback.include_content) == ("callback", 10.0, False)
+    assert callback.retry.schedule == parse(config(sub())).events.subscriptions[0].retry.schedule
+    assert callback.secret.get_secret_value() == SECRET
+
+
 def test_a_missing_url_or_secret_is_named() -> None:
     assert problems(config({"name": "ops"})) == [
         "events.subscriptions.0.url: Field required",
@@ -310,10 +337,12 @@ def test_a_missing_url_or_secret_is_named() -> None:
 # --- which subscription takes which event --------------------------------------------------
 
 
-def outbox(*subscriptions: dict[str, Any]) -> Outbox:
+def outbox(*subscriptions: dict[str, Any], callback_secret: str | None = None) -> Outbox:
     keys = {"auth": {"api_keys": [{"name": "backend", "key": "k"}, {"name": "ops", "key": "o"}]}}
-    parsed = parse(config(*subscriptions, **keys))
-    return Outbox(parsed.events.subscriptions, PGDialect_asyncpg())
+    raw = config(*subscriptions, **keys)
+    if callback_secret is not None:
+        raw["events"]["callback_secret"] = callback_secret
+    return Outbox(parse(raw).events)
 
 
 def event(event_type: EventType, route: str | None = "alerts", owner: str | None = None) -> Event:
@@ -351,17 +380,17 @@ def test_rows_keep_only_what_some_subscription_takes_in_event_order() -> None:
         event(EventType.ATTEMPT_FAILED),
         event(EventType.NOTIFICATION_FAILED),
     ]
-    kept, rows, deliveries = box.rows(events, NOW)
-    assert kept == events
-    assert [row["id"] for row in rows] == [e.id for e in events]
-    assert [(d["event_id"], d["subscription"]) for d in deliveries] == [
-        (events[0].id, "b"),
-        (events[1].id, "a"),
-        (events[1].id, "b"),
+    rows = box.rows(events, NOW)
+    assert rows.events == events
+    assert [row["id"] for row in rows.event_rows] == [e.id for e in events]
+    assert [(d["event_id"], d["subscription"], d["url"]) for d in rows.deliveries] == [
+        (events[0].id, "b", None),
+        (events[1].id, "a", None),
+        (events[1].id, "b", None),
     ]
-    assert {d["status"] for d in deliveries} == {"pending"}
-    assert {d["next_attempt_at"] for d in deliveries} == {NOW}
-    assert outbox(sub(types=["channel.*"])).rows(events, NOW) == ([], [], [])
+    assert {d["status"] for d in rows.deliveries} == {"pending"}
+    assert {d["next_attempt_at"] for d in rows.deliveries} == {NOW}
+    assert not outbox(sub(types=["channel.*"])).rows(events, NOW)
 
 
 def test_the_example_configs_commented_subscription_is_valid() -> None:
@@ -369,7 +398,9 @@ def test_the_example_configs_commented_subscription_is_valid() -> None:
     start = lines.index("# events:")
     block = "\n".join(line.removeprefix("# ") for line in lines[start:] if line.startswith("# "))
     raw = yaml.safe_load(block)
-    (parsed,) = parse({**config(), **raw}).events.subscriptions
+    events = parse({**config(), **raw}).events
+    (parsed,) = events.subscriptions
+    assert events.callback is not None, "callbacks are signed"
     assert parsed.name == "ops-receiver"
     assert EventType.CHANNEL_QUARANTINED in parsed.event_types
 
@@ -385,3 +416,52 @@ def test_a_notification_in_flight_has_no_event_of_its_own() -> None:
             hops=[],
             at=NOW,
         )
+
+
+# --- callbacks -----------------------------------------------------------------------------
+
+
+def test_a_callback_takes_its_globs_or_else_the_final_statuses() -> None:
+    assert Callback.of(None, ["*"]) is None
+    default = Callback.of("https://cb.example.com/", None)
+    assert default is not None and default.types == set(FINAL_EVENTS.values())
+    chosen = Callback.of("https://cb.example.com/", ["attempt.*", "notification.accepted"])
+    assert chosen is not None
+    assert chosen.types == {EventType.ATTEMPT_FAILED, EventType.NOTIFICATION_ACCEPTED}
+
+
+def notification_event(event_type: EventType) -> Event:
+    return Event(uuid.uuid4(), event_type, datetime.now(UTC), NOTIFICATION, None, "alerts", {})
+
+
+def test_a_callback_is_a_taker_with_its_url_only_while_callbacks_are_sent() -> None:
+    box = outbox(sub("a", types=["attempt.failed"]), callback_secret=SECRET)
+    callback = box.callback("https://cb.example.com/in", ["notification.*"])
+    assert callback is not None
+    events = [
+        notification_event(EventType.ATTEMPT_FAILED),
+        notification_event(EventType.NOTIFICATION_FAILED),
+    ]
+    rows = box.rows(events, NOW, {NOTIFICATION: callback})
+    assert [(d["subscription"], d["url"]) for d in rows.deliveries] == [
+        ("a", None),
+        ("callback", "https://cb.example.com/in"),
+    ]
+    assert box.rows(events, NOW).deliveries[1:] == [], "another notification's: no callback"
+    assert box.wants(EventType.NOTIFICATION_FAILED, route=None, owner=None, callback=callback)
+    assert outbox(sub("a")).callback("https://cb.example.com/in", None) is None, "no secret"
+
+
+async def test_a_round_nobody_wants_builds_no_event() -> None:
+    chain = [Link(channel=FakeChannel("tg", DOWN)), Link(channel=FakeChannel("sms", OK))]
+    outcome = await Orchestrator(clock=lambda: NOW).run_round(
+        message(), chain, fresh_hops(["tg", "sms"]), plan()
+    )
+    of = {"notification_id": NOTIFICATION, "owner": None, "route": "alerts", "at": NOW}
+    assert outbox().of_round(callback=None, outcome=outcome, **of) is None
+    channels_only = outbox(sub(types=["channel.*"]))
+    assert channels_only.of_round(callback=None, outcome=outcome, **of) is None
+    finals = outbox(sub(types=["notification.delivered"]))
+    rows = finals.of_round(callback=None, outcome=outcome, **of)
+    assert rows is not None
+    assert [e.type for e in rows.events] == [EventType.NOTIFICATION_DELIVERED]
