@@ -138,6 +138,10 @@ class Resources(Protocol):
 
     def wake_worker(self) -> None: ...
 
+    def announce_final(self, notification_id: uuid.UUID) -> None:
+        """Wake the requests waiting for this notification, just saved in a final state."""
+        ...
+
 
 class Worker:
     def __init__(
@@ -367,6 +371,7 @@ class Worker:
             self._slot_free.set()
         saved = await self._save(notification, outcome)
         self._observe(notification, outcome, saved)
+        self._announce(notification, outcome, saved)
         return outcome
 
     def _link(self, name: str) -> Link:
@@ -452,6 +457,11 @@ class Worker:
         if outcome.delivered_at is not None:
             latency = (outcome.delivered_at - notification.created_at).total_seconds()
             metrics.delivery_latency.labels(route).observe(max(0.0, latency))
+
+    def _announce(self, notification: Claimed, outcome: Outcome, saved: bool) -> None:
+        """Once a final state is committed, wake the requests waiting for it (``?wait=``)."""
+        if saved and outcome.final:
+            self.runtime.announce_final(notification.id)
 
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
