@@ -12,19 +12,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from app.channels.registry import default_registry
 from app.config import Settings
-from app.delivery.listener import asyncpg_dsn
 from app.delivery.worker import Worker
 from app.main import create_app
 from app.metrics import REGISTRY
 from app.runtime import Runtime, open_runtime
 from app.store.sql import FINAL_CHANNEL
 from tests.api.test_auth import BACKEND, OPS, READER, auth_config, bearer
+from tests.integration.test_supervision import admin, until
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import HttpServer, serve_asgi, serve_http
 
@@ -55,14 +54,6 @@ async def timed(request: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - began
 
 
-async def until(condition: Any, within: float = 5.0) -> None:
-    began = time.monotonic()
-    while not await condition():
-        if time.monotonic() - began > within:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.02)
-
-
 def listener_restarts() -> float:
     labels = {"task": "wait_listener"}
     return REGISTRY.get_sample_value("herald_task_restarts_total", labels) or 0.0
@@ -72,14 +63,47 @@ def waits(result: str) -> float:
     return REGISTRY.get_sample_value("herald_waits_total", {"result": result}) or 0.0
 
 
+WORKERS = ["in-process", "elsewhere"]
+"""Where the worker that delivers runs: in the API's process (the harness's own), or in a
+process of its own (PostgreSQL only)."""
+
+
+@asynccontextmanager
+async def worker_elsewhere(api: Harness) -> AsyncIterator[Runtime]:
+    """A worker in a runtime of its own on the same database, as ``herald worker`` would run
+    beside ``herald serve --no-worker``: its saves reach the API only through PostgreSQL."""
+    settings = Settings(database_url=api.runtime.settings.database_url, poll_interval=0.05)
+    async with open_runtime(settings, api.runtime.config, default_registry()) as runtime:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Worker(runtime).run(stop))
+        try:
+            yield runtime
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+
+
+@asynccontextmanager
+async def a_worker(api: Harness, where: str) -> AsyncIterator[None]:
+    if where == "in-process":
+        async with running_worker(api):
+            yield
+        return
+    if api.runtime.settings.database_url.startswith("sqlite"):
+        pytest.skip("one process serves and delivers on SQLite")
+    async with worker_elsewhere(api):
+        yield
+
+
+@pytest.mark.parametrize("where", WORKERS)
 @pytest.mark.parametrize("road", ["fast", "fastapi"])
 async def test_post_with_wait_answers_the_final_state_of_a_route_that_delivers(
-    db_url: str, road: str
+    db_url: str, road: str, where: str
 ) -> None:
     async with serve_http() as sink, herald(db_url, hook_config(sink)) as h:
         sink.delay("/a", 0.3)  # the answer must wait for the round, not race it
         before = waits("final")
-        async with running_worker(h):
+        async with a_worker(h, where):
             # A non-JSON content type with a JSON body is not the fast road's: FastAPI answers.
             headers = {} if road == "fast" else {"Content-Type": "application/cloudevents+json"}
             response, took = await timed(
@@ -120,12 +144,13 @@ async def test_post_with_wait_on_a_route_that_retries_later_answers_after_the_wa
         assert waits("timeout") == before + 1
 
 
-async def test_get_with_wait_is_woken_by_the_in_process_worker(db_url: str) -> None:
+@pytest.mark.parametrize("where", WORKERS)
+async def test_get_with_wait_is_woken_by_the_worker(db_url: str, where: str) -> None:
     async with serve_http() as sink, herald(db_url, hook_config(sink)) as h:
         sink.delay("/a", 0.5)
         created = await h.send(text="x")
-        async with running_worker(h):
-            await until(lambda: _value(len(sink.requests_to("/a")) == 1))
+        async with a_worker(h, where):
+            await until(lambda: len(sink.requests_to("/a")) == 1)
             response, took = await timed(
                 h.client.get(f"/v1/notifications/{created['id']}?wait=10s")
             )
@@ -200,7 +225,7 @@ async def test_a_cancel_wakes_a_waiting_request(db_url: str) -> None:
         waiting = asyncio.create_task(
             timed(h.client.get(f"/v1/notifications/{created['id']}?wait=10s"))
         )
-        await until(lambda: _value(len(h.runtime.waiters) == 1))
+        await until(lambda: len(h.runtime.waiters) == 1)
         cancelled = await h.client.post(f"/v1/notifications/{created['id']}/cancel")
         assert cancelled.status_code == 200, cancelled.text
         response, took = await waiting
@@ -216,7 +241,7 @@ async def test_waiting_requests_over_the_limit_are_answered_at_once(db_url: str)
         created = await h.send(text="x", headers=bearer(BACKEND), send_at="2099-01-01T00:00:00Z")
         url = f"/v1/notifications/{created['id']}?wait=5s"
         first = asyncio.create_task(h.client.get(url, headers=bearer(BACKEND)))
-        await until(lambda: _value(len(h.runtime.waiters) == 1))
+        await until(lambda: len(h.runtime.waiters) == 1)
         before = waits("busy")
         busy, took = await timed(h.client.get(url, headers=bearer(BACKEND)))
         assert (busy.status_code, busy.headers["herald-wait"]) == (200, "busy"), "per key"
@@ -235,7 +260,7 @@ async def test_a_client_that_hangs_up_frees_its_place(db_url: str) -> None:
             async with httpx.AsyncClient() as client:
                 with pytest.raises(httpx.ReadTimeout):
                     await client.get(url, timeout=httpx.Timeout(5, read=0.3))
-            await until(lambda: _value(len(h.runtime.waiters) == 0), within=2)
+            await until(lambda: len(h.runtime.waiters) == 0, within=2)
             sample = REGISTRY.get_sample_value(
                 "herald_http_requests_total",
                 {"method": "GET", "path": "/v1/notifications/{notification_id}", "status": "499"},
@@ -244,53 +269,6 @@ async def test_a_client_that_hangs_up_frees_its_place(db_url: str) -> None:
 
 
 # --- across processes: NOTIFY herald_final ----------------------------------------------------
-
-
-@pytest.fixture
-def pg_url(db_url: str) -> str:
-    if db_url.startswith("sqlite"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    return db_url
-
-
-@asynccontextmanager
-async def worker_elsewhere(api: Harness) -> AsyncIterator[Runtime]:
-    """A worker in a runtime of its own on the same database, as ``herald worker`` would run
-    beside ``herald serve --no-worker``: its saves reach the API only through PostgreSQL."""
-    settings = Settings(database_url=api.runtime.settings.database_url, poll_interval=0.05)
-    async with open_runtime(settings, api.runtime.config, default_registry()) as runtime:
-        stop = asyncio.Event()
-        task = asyncio.create_task(Worker(runtime).run(stop))
-        try:
-            yield runtime
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=10)
-
-
-async def test_a_worker_in_another_process_wakes_a_waiting_get(pg_url: str) -> None:
-    async with serve_http() as sink, herald(pg_url, hook_config(sink)) as api:
-        sink.delay("/a", 0.5)
-        created = await api.send(text="x")
-        async with worker_elsewhere(api):
-            await until(lambda: _value(len(sink.requests_to("/a")) == 1))
-            response, took = await timed(
-                api.client.get(f"/v1/notifications/{created['id']}?wait=10s")
-            )
-        assert (response.status_code, response.json()["status"]) == (200, "delivered")
-        assert "herald-wait" not in response.headers
-        assert took < 3, "woken by NOTIFY herald_final, not by the end of the wait"
-
-
-async def test_a_worker_in_another_process_wakes_a_waiting_post(pg_url: str) -> None:
-    async with serve_http() as sink, herald(pg_url, hook_config(sink)) as api:
-        sink.delay("/a", 0.3)
-        async with worker_elsewhere(api):
-            response, took = await timed(
-                api.client.post("/v1/notifications?wait=10s", json={"text": "x"})
-            )
-        assert (response.status_code, response.json()["status"]) == (202, "delivered")
-        assert took < 3
 
 
 async def test_a_cancel_in_another_process_wakes_a_waiting_request(pg_url: str) -> None:
@@ -303,7 +281,7 @@ async def test_a_cancel_in_another_process_wakes_a_waiting_request(pg_url: str) 
         waiting = asyncio.create_task(
             timed(api.client.get(f"/v1/notifications/{created['id']}?wait=10s"))
         )
-        await until(lambda: _value(len(api.runtime.waiters) == 1))
+        await until(lambda: len(api.runtime.waiters) == 1)
         async with admin(pg_url) as db:
             await until(lambda: db.fetchval(WAIT_LISTENER))
         assert (await other.client.post(f"/v1/notifications/{created['id']}/cancel")).is_success
@@ -345,7 +323,7 @@ async def test_a_lost_wait_listener_reconnects_and_waiters_still_wake(pg_url: st
         sink.delay("/a", 0.5)
         created = await api.send(text="y")
         async with worker_elsewhere(api):
-            await until(lambda: _value(len(sink.requests_to("/a")) == 1))
+            await until(lambda: len(sink.requests_to("/a")) == 1)
             response, took = await timed(
                 api.client.get(f"/v1/notifications/{created['id']}?wait=10s")
             )
@@ -354,16 +332,3 @@ async def test_a_lost_wait_listener_reconnects_and_waiters_still_wake(pg_url: st
         await api.client.post(f"/v1/notifications/{first['id']}/cancel")
         assert (await waiting).json()["status"] == "cancelled"
         assert listener_restarts() == before + 1
-
-
-@asynccontextmanager
-async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(asyncpg_dsn(pg_url))
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-async def _value(value: bool) -> bool:
-    return value
