@@ -365,7 +365,7 @@ async def wait_final(
     It does not poll: it reads the state once after registering its waiter (a change committed
     before then is seen), once each time it is woken (app/delivery/waiters.py), and once more
     if its time runs out. Each read has a session of its own, so no connection is held while
-    it waits.
+    it waits. A server shutting down ends the wait at once, as if its time had run out.
     """
     deadline = asyncio.get_running_loop().time() + seconds
     with runtime.waiters.watch(notification_id, key) as woken:
@@ -380,6 +380,8 @@ async def wait_final(
                 return _waited(await _read(runtime, notification_id, owner), WaitEnd.TIMEOUT)
             woken.clear()
             current = await _read(runtime, notification_id, owner)
+            if runtime.waiters.closing:
+                return _waited(current, WaitEnd.TIMEOUT)
     return _waited(current, WaitEnd.FINAL)
 
 

@@ -65,6 +65,8 @@ class Waiters:
         self._count = 0
         self._stop = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self.closing = False
+        """Set by ``stop_waiting``: the server is shutting down."""
 
     def __len__(self) -> int:
         return self._count
@@ -73,7 +75,8 @@ class Waiters:
     def watch(self, notification_id: uuid.UUID, key: str | None) -> Iterator[asyncio.Event | None]:
         """A waiter for ``notification_id``, set when it may have become final, for the block;
         ``None`` when this process (or API key ``key``) holds as many waiters as it may."""
-        if self._count >= self.limit or (key is not None and self._by_key[key] >= self.per_key):
+        full = self._count >= self.limit or (key is not None and self._by_key[key] >= self.per_key)
+        if full or self.closing:
             yield None
             return
         woken = asyncio.Event()
@@ -108,6 +111,12 @@ class Waiters:
         for waiting in self._by_id.values():
             for woken in waiting:
                 woken.set()
+
+    def stop_waiting(self) -> None:
+        """End every wait now and take no new one: the server is shutting down, and a waiting
+        request would hold its drain for up to the longest wait."""
+        self.closing = True
+        self.wake_all()
 
     def heard(self, payload: str | None) -> None:
         """What the listener heard: ids as ``FinalAnnouncer`` sends them, or ``None`` when it

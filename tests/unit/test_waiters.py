@@ -96,3 +96,13 @@ def test_a_wait_is_a_duration_of_at_most_30_seconds(given: str, seconds: float) 
 def test_a_wait_that_is_not_one_is_refused(given: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         wait_seconds(given)
+
+
+async def test_stop_waiting_wakes_every_waiter_and_takes_no_new_one() -> None:
+    waiters = Waiters()
+    with waiters.watch(uuid.uuid4(), None) as woken:
+        assert woken is not None
+        waiters.stop_waiting()
+        assert woken.is_set()
+        with waiters.watch(uuid.uuid4(), None) as refused:
+            assert refused is None
