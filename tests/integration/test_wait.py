@@ -6,6 +6,7 @@ process, or from another process over ``NOTIFY herald_final``) or by a cancel, n
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -252,20 +253,39 @@ async def test_waiting_requests_over_the_limit_are_answered_at_once(db_url: str)
         assert (await first).json()["status"] == "cancelled"
 
 
-async def test_a_client_that_hangs_up_frees_its_place(db_url: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "content_type"),
+    [("GET", None), ("POST", "application/json"), ("POST", "application/cloudevents+json")],
+    ids=["get", "post-fast", "post-fastapi"],
+)
+async def test_a_client_that_hangs_up_frees_its_place(
+    db_url: str, method: str, content_type: str | None
+) -> None:
     async with herald(db_url, {"channels": {"log": {"type": "log"}}, "routes": {}}) as h:
-        created = await h.send(channels=["log"], text="x", send_at="2099-01-01T00:00:00Z")
+        later = {"channels": ["log"], "text": "x", "send_at": "2099-01-01T00:00:00Z"}
+        created = await h.send(**later)
+        path = "/v1/notifications" + ("/{notification_id}" if method == "GET" else "")
+        labels = {"method": method, "path": path, "status": "499"}
+        before = REGISTRY.get_sample_value("herald_http_requests_total", labels) or 0
         async with serve_asgi(create_app(runtime=h.runtime), log_level="warning") as port:
-            url = f"http://127.0.0.1:{port}/v1/notifications/{created['id']}?wait=30s"
-            async with httpx.AsyncClient() as client:
-                with pytest.raises(httpx.ReadTimeout):
-                    await client.get(url, timeout=httpx.Timeout(5, read=0.3))
+            base = f"http://127.0.0.1:{port}/v1/notifications"
+            async with httpx.AsyncClient(timeout=40) as client:
+                if method == "GET":
+                    request = client.get(f"{base}/{created['id']}", params={"wait": "30s"})
+                else:
+                    request = client.post(
+                        base,
+                        params={"wait": "30s"},
+                        content=json.dumps(later),
+                        headers={"Content-Type": str(content_type)},
+                    )
+                waiting = asyncio.create_task(request)
+                await until(lambda: len(h.runtime.waiters) == 1)
+                waiting.cancel()  # the client hangs up
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
             await until(lambda: len(h.runtime.waiters) == 0, within=2)
-            sample = REGISTRY.get_sample_value(
-                "herald_http_requests_total",
-                {"method": "GET", "path": "/v1/notifications/{notification_id}", "status": "499"},
-            )
-            assert sample and sample >= 1
+            assert REGISTRY.get_sample_value("herald_http_requests_total", labels) == before + 1
 
 
 # --- across processes: NOTIFY herald_final ----------------------------------------------------
