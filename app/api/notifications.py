@@ -242,11 +242,11 @@ class FastAccept:
     CPU per accept (bench/results/levers.md, "`FastAccept`: plain Starlette route"). This plain
     Starlette route sits in front of ``create_notification`` and serves a request only when it
     is one FastAPI would accept: a JSON body (``application/json``) that ``NotificationCreate``
-    validates, an ``Idempotency-Key`` of at most 255 characters and no ``wait`` query parameter,
-    or one that ``WaitSeconds`` validates. It checks them in FastAPI's
-    order (the body is parsed before the caller is authorized, and validated after), and
-    anything else is handed, body and all, to ``create_notification``'s FastAPI route, which
-    answers exactly as it always did. The work itself is ``_accept``, shared by both roads.
+    validates, an ``Idempotency-Key`` of at most 255 characters, and no ``wait`` query
+    parameter or one that ``WaitSeconds`` validates. It checks them in FastAPI's order (the
+    body is parsed before the caller is authorized, and validated after), and anything else is
+    handed, body and all, to ``create_notification``'s FastAPI route, which answers exactly as
+    it always did. The work itself is ``_accept``, shared by both roads.
 
     Built when the app is (``create_app``), it refuses to start if ``create_notification``
     takes a parameter it does not replicate (``check_fast_road``).
