@@ -8,9 +8,11 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import ValidationError
@@ -19,6 +21,9 @@ from app import __version__, logs
 from app.channels.registry import ChannelRegistry, DuplicateChannelType, default_registry
 from app.config import ConfigError, HeraldConfig, Settings, listing, load_config
 from app.store.db import normalize_database_url
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
 
 logger = logging.getLogger("herald")
 
@@ -128,6 +133,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 os._exit(1)
             logger.info("%s: draining, then stopping", signal.Signals(sig).name)
             self.should_exit = True
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """Answer the requests waiting for a final state (``?wait=``) now: the drain
+            would otherwise last as long as the longest of them."""
+            runtime: Runtime | None = getattr(app.state, "runtime", None)
+            if runtime is not None:
+                runtime.waiters.stop_waiting()
+            await super().shutdown(sockets)
 
     server = Server(
         uvicorn.Config(

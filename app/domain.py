@@ -61,6 +61,21 @@ RETRYABLE = (NotificationStatus.FAILED, NotificationStatus.EXPIRED, Notification
 """Statuses ``POST …/retry`` moves back to ``pending``."""
 
 
+class WaitEnd(StrEnum):
+    """How a request that waited for a final state (``?wait=``) ended. Any end but ``final`` is
+    sent as the answer's ``Herald-Wait`` header: the status in the body is not final yet."""
+
+    FINAL = "final"
+    TIMEOUT = "timeout"
+    """The wait ran out."""
+    BUSY = "busy"
+    """The process (or the API key) held as many waiting requests as it may: answered at once."""
+
+
+WAIT_LIMIT = 30.0
+"""The longest ``?wait=``, in seconds."""
+
+
 class Strategy(StrEnum):
     FALLBACK = "fallback"
     ALL = "all"

@@ -137,8 +137,21 @@ leases_recovered = Counter(
 
 task_restarts = Counter(
     "herald_task_restarts_total",
-    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events.",
+    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events, "
+    "wait_listener.",
     ["task"],
+    registry=REGISTRY,
+)
+
+waiters = Gauge(
+    "herald_waiters",
+    "Requests this process holds until their notification is final (?wait=).",
+    registry=REGISTRY,
+)
+waits = Counter(
+    "herald_waits_total",
+    "Requests that waited (?wait=), by how the wait ended: final, timeout, busy.",
+    ["result"],
     registry=REGISTRY,
 )
 

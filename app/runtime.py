@@ -1,7 +1,8 @@
 """The resources one Herald process holds, built once and closed once.
 
 ``open_runtime`` is used by the FastAPI lifespan, by ``herald worker`` and by the tests, so all
-three run the same objects: engine, sessions, HTTP client, channel instances, the wake-up event.
+three run the same objects: engine, sessions, HTTP client, channel instances, the wake-up event,
+the requests waiting for a final state.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,18 +27,22 @@ from app.channels.registry import ChannelRegistry
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
+from app.delivery.listener import Heard, listen_to
 from app.delivery.orchestrator import Link
+from app.delivery.waiters import FinalAnnouncer, Listen, Waiters
 from app.domain import CHANNEL_EVENTS, CircuitState, Strategy
 from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox, count_emitted
 from app.ratelimit import RateLimiter
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
-from app.store.db import create_engine, session_factory
+from app.store.db import create_engine, is_sqlite, session_factory
 from app.store.intake import Intake
-from app.store.sql import OutboxRows
+from app.store.sql import FINAL_CHANNEL, OutboxRows
 
 HTTP_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+ANNOUNCE_GRACE = 2.0
+"""At close, how long final states not yet announced to other processes may take to be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +73,11 @@ class Runtime:
     """Channel circuit changes waiting for the event dispatcher to write them (``None``: no
     subscription takes ``channel.*`` events)."""
     events_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: Waiters = field(default_factory=Waiters)
+    """Requests held until their notification is final (``?wait=``)."""
+    announcer: FinalAnnouncer | None = None
+    """Tells other processes' waiters of final states (PostgreSQL ``NOTIFY``); ``None`` on
+    SQLite, where one process serves and delivers."""
 
     @cached_property
     def intake(self) -> Intake:
@@ -92,6 +103,13 @@ class Runtime:
         if events:
             count_emitted(events.events)
             self.wake_events()
+
+    def announce_final(self, notification_id: uuid.UUID) -> None:
+        """Wake the requests waiting for ``notification_id``, whose final state has just been
+        committed: here at once, in other processes through ``NOTIFY`` (app/delivery/waiters.py)."""
+        self.waiters.wake((notification_id,))
+        if self.announcer is not None:
+            self.announcer.announce(notification_id)
 
 
 def settle_heap() -> None:
@@ -151,6 +169,15 @@ def build_channels(
     return channels, links
 
 
+def _final_listener(database_url: str) -> Listen:
+    """How this process's waiters hear other processes' final states."""
+
+    def listen(heard: Heard, stop: asyncio.Event) -> Awaitable[None]:
+        return listen_to(database_url, FINAL_CHANNEL, heard, stop)
+
+    return listen
+
+
 @asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -175,6 +202,7 @@ async def open_runtime(
     channels, links = build_channels(
         config, registry, ChannelContext(http=http, clock=clock), circuit_changes
     )
+    postgres = not is_sqlite(settings.database_url)
     runtime = Runtime(
         settings=settings,
         config=config,
@@ -187,10 +215,15 @@ async def open_runtime(
         channels=channels,
         links=links,
         circuit_changes=circuit_changes,
+        waiters=Waiters(_final_listener(settings.database_url) if postgres else None),
+        announcer=FinalAnnouncer(engine) if postgres else None,
     )
     try:
         yield runtime
     finally:
+        await runtime.waiters.aclose()
+        if runtime.announcer is not None:
+            await runtime.announcer.aclose(ANNOUNCE_GRACE)
         for channel in channels.values():
             await channel.aclose()
         await http.aclose()

@@ -9,6 +9,7 @@ and gets domain values back (a ``StoredNotification``, ``StoredAttempt`` rows, a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -26,6 +27,7 @@ from app.domain import (
     CANCELLABLE,
     DEFAULT_CALLBACK_EVENTS,
     DEFAULT_ROUTE,
+    FINAL_STATUSES,
     RETRYABLE,
     AttemptTrigger,
     Hop,
@@ -36,6 +38,7 @@ from app.domain import (
     StoredAttempt,
     StoredNotification,
     Strategy,
+    WaitEnd,
     fresh_hops,
 )
 from app.errors import (
@@ -377,6 +380,55 @@ async def get(
     if notification is None:
         raise NotificationNotFound(notification_id)
     return notification
+
+
+async def wait_final(
+    runtime: Runtime,
+    notification_id: uuid.UUID,
+    seconds: float,
+    *,
+    owner: str | None = None,
+    key: str | None = None,
+) -> tuple[StoredNotification, WaitEnd]:
+    """The notification once it is final (``WaitEnd.FINAL``), else as it stands when
+    ``seconds`` have passed (``TIMEOUT``), or at once when this process holds as many waiting
+    requests as it may, or API key ``key`` does (``BUSY``). ``NotificationNotFound`` as ``get``.
+
+    It does not poll: it reads the state once after registering its waiter (a change committed
+    before then is seen), once each time it is woken (app/delivery/waiters.py), and once more
+    if its time runs out. Each read has a session of its own, so no connection is held while
+    it waits. A server shutting down ends the wait at once, as if its time had run out.
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    with runtime.waiters.watch(notification_id, key) as woken:
+        current = await _read(runtime, notification_id, owner)
+        while current["status"] not in FINAL_STATUSES:
+            if woken is None:
+                return _waited(current, WaitEnd.BUSY)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await woken.wait()
+            except TimeoutError:
+                return _waited(await _read(runtime, notification_id, owner), WaitEnd.TIMEOUT)
+            woken.clear()
+            current = await _read(runtime, notification_id, owner)
+            if runtime.waiters.closing:
+                return _waited(current, WaitEnd.TIMEOUT)
+    return _waited(current, WaitEnd.FINAL)
+
+
+async def _read(
+    runtime: Runtime, notification_id: uuid.UUID, owner: str | None
+) -> StoredNotification:
+    async with runtime.sessions() as session:
+        return await get(session, notification_id, owner=owner)
+
+
+def _waited(notification: StoredNotification, end: WaitEnd) -> tuple[StoredNotification, WaitEnd]:
+    if notification["status"] in FINAL_STATUSES:
+        end = WaitEnd.FINAL  # it became final as the time ran out
+    metrics.waits.labels(end).inc()
+    return notification, end
 
 
 async def list_page(

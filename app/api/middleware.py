@@ -52,8 +52,9 @@ class Edge:
     - the HTTP metrics: requests counted and timed by method, route template and status (never
       the raw path);
     - an error nothing else handled: logged once with the request id, answered 500;
-    - a client that hangs up before its body arrived: no answer (nobody is there to read it),
-      one INFO line, counted with status 499.
+    - a client that hangs up before it is answered (before its body arrived, or while its
+      request waits with ``?wait=``): no answer (nobody is there to read it), one INFO line,
+      counted with status 499.
     """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
@@ -110,7 +111,7 @@ class Edge:
                         await self._refuse(scope, receive, edge_send)
                 except ClientDisconnect:
                     status = CLIENT_CLOSED
-                    logger.info("client disconnected before its request was read")
+                    logger.info("client disconnected before it was answered")
                 except Exception as exc:
                     if started:
                         raise

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import uuid
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
+from pydantic import BeforeValidator, TypeAdapter, ValidationError, WithJsonSchema
 from pydantic_core import to_json
+from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from app import service
@@ -39,13 +42,15 @@ from app.api.schemas import (
     NotificationOut,
     NotificationPage,
 )
-from app.domain import ListFilter, NotificationStatus, StoredNotification
+from app.domain import WAIT_LIMIT, ListFilter, NotificationStatus, StoredNotification, WaitEnd
+from app.durations import format_duration, parse_duration
 from app.errors import HeraldError, Unprocessable
 from app.security.auth import Principal
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=JSONBodyRoute)
 
 IDEMPOTENCY_KEY_LIMIT = 255
+T = TypeVar("T")
 
 REPLAYED_HEADER = {
     "Idempotent-Replayed": {
@@ -78,6 +83,55 @@ BatchIdempotencyKeyHeader = Annotated[
 ]
 
 
+WAIT_HEADER = "Herald-Wait"
+WAITED_HEADER = {
+    WAIT_HEADER: {
+        "description": (
+            "Present when the request asked to wait and the notification is not final: "
+            "timeout, the wait ran out; busy, this server (or the API key) already holds as "
+            "many waiting requests as it may, so it answered at once."
+        ),
+        "schema": {"type": "string", "enum": [WaitEnd.TIMEOUT, WaitEnd.BUSY]},
+    }
+}
+
+
+def wait_seconds(value: object) -> float:
+    """Seconds of a ``wait``: a duration (``500ms``, ``10s``, a number of seconds), at most
+    ``WAIT_LIMIT``; ``ValueError`` otherwise."""
+    most = format_duration(WAIT_LIMIT)
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"invalid wait {value!r}: use a duration such as 500ms or 10s, or a number of "
+            f"seconds, at most {most}"
+        ) from None
+    if seconds > WAIT_LIMIT:
+        raise ValueError(f"wait is at most {most}")
+    return seconds
+
+
+WaitSeconds = Annotated[
+    float | None,
+    BeforeValidator(wait_seconds),
+    WithJsonSchema({"type": "string", "examples": ["10s"]}),
+]
+WaitQuery = Annotated[
+    WaitSeconds,
+    Query(
+        description=(
+            "Hold the answer until the notification is final (delivered, failed, partial, "
+            "expired or cancelled), for at most this long: a duration such as 500ms or 10s, "
+            f"or a number of seconds; at most {format_duration(WAIT_LIMIT)}. The answer is "
+            f"the notification as it then stands, with {WAIT_HEADER}: timeout when the wait "
+            "ran out first."
+        ),
+    ),
+]
+_WAIT = TypeAdapter(WaitSeconds)
+
+
 def detail_of(notification: StoredNotification) -> NotificationDetail:
     return NotificationDetail.model_validate(notification)
 
@@ -97,8 +151,9 @@ def location_of(notification_id: uuid.UUID) -> str:
         200: {
             "model": NotificationDetail,
             "description": "Replay of an earlier request with the same Idempotency-Key.",
-            "headers": REPLAYED_HEADER,
+            "headers": REPLAYED_HEADER | WAITED_HEADER,
         },
+        202: {"headers": WAITED_HEADER},
         **error_responses(413, 415, 422, 503),
         **AUTH_ERRORS,
     },
@@ -108,9 +163,10 @@ async def create_notification(
     principal: SendScope,
     request: Request,
     idempotency_key: IdempotencyKeyHeader = None,
+    wait: WaitQuery = None,
 ) -> Response:
     """It belongs to the calling API key, which also scopes its Idempotency-Key."""
-    return await _accept(request, body, principal, idempotency_key)
+    return await _accept(request, body, principal, idempotency_key, wait)
 
 
 async def _accept(
@@ -118,18 +174,26 @@ async def _accept(
     body: NotificationCreate,
     principal: Principal | None,
     idempotency_key: str | None,
+    wait: float | None,
 ) -> Response:
+    runtime = runtime_of(request)
     stored, replayed = await service.accept(
-        runtime_of(request),
+        runtime,
         body,
         idempotency_key=idempotency_key,
         digest=body_hash(body.model_dump(mode="json")) if idempotency_key else "",
         owner=principal.name if principal else None,
     )
-    detail = detail_of(stored)
-    headers = {"Location": location_of(detail.id)}
+    headers = {"Location": location_of(stored["id"])}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
+    if wait:
+        stored, end = await _held(
+            request, service.wait_final(runtime, stored["id"], wait, key=_key(principal))
+        )
+        if end is not WaitEnd.FINAL:
+            headers[WAIT_HEADER] = end
+    detail = detail_of(stored)
     return Response(
         detail.model_dump_json(),
         status_code=200 if replayed else 202,
@@ -143,6 +207,7 @@ FAST_ROAD_PARAMETERS: dict[str, tuple[Any, Any]] = {
     "principal": (SendScope, inspect.Parameter.empty),
     "request": (Request, inspect.Parameter.empty),
     "idempotency_key": (IdempotencyKeyHeader, None),
+    "wait": (WaitQuery, None),
 }
 """What ``FastAccept`` replicates of ``create_notification``: each parameter's annotation (the
 very ``Annotated`` alias, so a changed scope or header limit counts too) and default."""
@@ -177,10 +242,11 @@ class FastAccept:
     CPU per accept (bench/results/levers.md, "`FastAccept`: plain Starlette route"). This plain
     Starlette route sits in front of ``create_notification`` and serves a request only when it
     is one FastAPI would accept: a JSON body (``application/json``) that ``NotificationCreate``
-    validates and an ``Idempotency-Key`` of at most 255 characters. It checks them in FastAPI's
-    order (the body is parsed before the caller is authorized, and validated after), and
-    anything else is handed, body and all, to ``create_notification``'s FastAPI route, which
-    answers exactly as it always did. The work itself is ``_accept``, shared by both roads.
+    validates, an ``Idempotency-Key`` of at most 255 characters, and no ``wait`` query
+    parameter or one that ``WaitSeconds`` validates. It checks them in FastAPI's order (the
+    body is parsed before the caller is authorized, and validated after), and anything else is
+    handed, body and all, to ``create_notification``'s FastAPI route, which answers exactly as
+    it always did. The work itself is ``_accept``, shared by both roads.
 
     Built when the app is (``create_app``), it refuses to start if ``create_notification``
     takes a parameter it does not replicate (``check_fast_road``).
@@ -203,8 +269,9 @@ class FastAccept:
         if body is not None:
             principal = await self.authorize(request)
             key = request.headers.get("idempotency-key")
-            if key is None or len(key) <= IDEMPOTENCY_KEY_LIMIT:
-                response = await _accept(request, body, principal, key)
+            valid, wait = _valid_wait(request)
+            if valid and (key is None or len(key) <= IDEMPOTENCY_KEY_LIMIT):
+                response = await _accept(request, body, principal, key, wait)
                 await response(scope, receive, send)
                 return
         await self.route.handle(scope, _body_first(raw, receive), send)
@@ -217,6 +284,47 @@ def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:
         )
     except (HeraldError, ValidationError):  # the FastAPI route reads it again, and answers
         return None
+
+
+def _valid_wait(request: Request) -> tuple[bool, float | None]:
+    """Whether the request's ``wait`` is one FastAPI would take, and its seconds."""
+    if not request.scope["query_string"]:
+        return True, None
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return True, None
+    try:
+        return True, _WAIT.validate_python(raw)
+    except ValidationError:  # the FastAPI route reads it again, and answers
+        return False, None
+
+
+def _key(principal: Principal | None) -> str | None:
+    """The API key a waiting request counts against."""
+    return principal.name if principal else None
+
+
+async def _held(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
+    """What ``waiting`` returns; ``ClientDisconnect`` (counted as status 499) when the client
+    hangs up first, which ends the wait and frees its place."""
+    wait = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        done, _ = await asyncio.wait((wait, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        wait.cancel()  # no-op when it is done
+        gone.cancel()
+    if wait in done:
+        return wait.result()
+    with contextlib.suppress(asyncio.CancelledError):
+        await wait
+    raise ClientDisconnect()
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone (the request's body, if any, was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _body_first(body: bytes, receive: Receive) -> Receive:
@@ -355,13 +463,29 @@ async def list_notifications(
     operation_id="get_notification",
     response_model=NotificationDetail,
     summary="A notification's status, hops and last error",
-    responses=error_responses(404, 422, 503) | AUTH_ERRORS,
+    responses={200: {"headers": WAITED_HEADER}} | error_responses(404, 422, 503) | AUTH_ERRORS,
 )
 async def get_notification(
-    notification_id: uuid.UUID, principal: ReadScope, session: SessionDep
+    notification_id: uuid.UUID,
+    principal: ReadScope,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    wait: WaitQuery = None,
 ) -> NotificationDetail:
     """Another API key's notification is 404 unless the caller's key has the admin scope."""
-    return detail_of(await service.get(session, notification_id, owner=owner_filter(principal)))
+    owner = owner_filter(principal)
+    if not wait:
+        return detail_of(await service.get(session, notification_id, owner=owner))
+    stored, end = await _held(
+        request,
+        service.wait_final(
+            runtime_of(request), notification_id, wait, owner=owner, key=_key(principal)
+        ),
+    )
+    if end is not WaitEnd.FINAL:
+        response.headers[WAIT_HEADER] = end
+    return detail_of(stored)
 
 
 @router.get(
@@ -390,7 +514,9 @@ async def cancel_notification(
     notification_id: uuid.UUID, principal: AdminScope, runtime: RuntimeDep, session: SessionDep
 ) -> NotificationDetail:
     owner = owner_filter(principal)
-    return detail_of(await service.cancel(runtime, session, notification_id, owner=owner))
+    cancelled = await service.cancel(runtime, session, notification_id, owner=owner)
+    runtime.announce_final(notification_id)
+    return detail_of(cancelled)
 
 
 @router.post(

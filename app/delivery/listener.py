@@ -1,16 +1,21 @@
-"""Wake-ups over PostgreSQL ``LISTEN/NOTIFY``: new due work reaches every worker at once.
+"""Wake-ups over PostgreSQL ``LISTEN/NOTIFY``: news reaches every process at once.
 
-The API (any process) runs ``pg_notify('herald_due', '')`` in the transaction that makes work
-due; PostgreSQL delivers it on commit to every listening worker, which sets its wake-up event.
-The listener holds one dedicated connection; when it cannot connect or the connection drops it
-raises, and the worker's supervisor (supervise.py) starts it again with backoff. While it is
-down, the poll (``HERALD_POLL_INTERVAL``) still finds the work.
+Two channels carry it. On ``herald_due`` the API (any process) runs ``pg_notify('herald_due',
+'')`` in the transaction that makes work due; PostgreSQL delivers it on commit to every
+listening worker, which sets its wake-up event. On ``herald_final`` a worker names the
+notifications whose final state it has just written, for the requests waiting on them
+(``?wait=``, waiters.py) in every API process.
+
+A listener holds one dedicated connection; when it cannot connect or the connection drops it
+raises, and its supervisor (supervise.py) starts it again with backoff. While it is down, the
+poll (``HERALD_POLL_INTERVAL``) still finds the work, and a waiting request still answers when
+its wait runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -26,15 +31,27 @@ def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+Heard = Callable[[str | None], None]
+"""Called with each notification's payload, and with ``None`` once listening: whatever was
+sent before then was missed."""
+
+
 async def listen(database_url: str, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
-    """Set ``wakeup`` on every notification until ``stop``; ``ConnectionError`` if the
-    connection drops before."""
+    """Set ``wakeup`` on every ``herald_due`` notification until ``stop``, and once listening
+    (work may have become due while nobody was); ``ConnectionError`` if the connection drops
+    before."""
+    await listen_to(database_url, DUE_CHANNEL, lambda _: wakeup.set(), stop)
+
+
+async def listen_to(database_url: str, channel: str, heard: Heard, stop: asyncio.Event) -> None:
+    """Tell ``heard`` every notification on ``channel`` until ``stop``; ``ConnectionError`` if
+    the connection drops before."""
     connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=CONNECT_TIMEOUT)
     try:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _: lost.set())
-        await connection.add_listener(DUE_CHANNEL, lambda *_: wakeup.set())
-        wakeup.set()  # work may have become due while we were not listening
+        await connection.add_listener(channel, lambda *args: heard(args[3]))
+        heard(None)
         await _first(stop.wait(), lost.wait())
         if not stop.is_set():
             raise ConnectionError("LISTEN connection lost")

@@ -148,6 +148,10 @@ class Resources(Protocol):
         """Once a save that wrote ``events`` committed: count them, wake the dispatcher."""
         ...
 
+    def announce_final(self, notification_id: uuid.UUID) -> None:
+        """Wake the requests waiting for this notification, just saved in a final state."""
+        ...
+
 
 class Worker:
     def __init__(
@@ -377,6 +381,7 @@ class Worker:
             self._slot_free.set()
         saved = await self._save(notification, outcome)
         self._observe(notification, outcome, saved)
+        self._announce(notification, outcome, saved)
         return outcome
 
     def _link(self, name: str) -> Link:
@@ -479,6 +484,11 @@ class Worker:
         if outcome.delivered_at is not None:
             latency = (outcome.delivered_at - notification.created_at).total_seconds()
             metrics.delivery_latency.labels(route).observe(max(0.0, latency))
+
+    def _announce(self, notification: Claimed, outcome: Outcome, saved: bool) -> None:
+        """Once a final state is committed, wake the requests waiting for it (``?wait=``)."""
+        if saved and outcome.final:
+            self.runtime.announce_final(notification.id)
 
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:

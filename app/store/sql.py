@@ -24,6 +24,10 @@ from app.store.db import unavailable_reason
 from app.store.models import Attempt, EventDelivery, EventRecord, IdempotencyKey, Notification
 
 DUE_CHANNEL = "herald_due"
+FINAL_CHANNEL = "herald_final"
+"""Its payload: the ids of notifications just written in a final state, comma-separated."""
+NOTIFY_PAYLOAD_LIMIT = 7999
+"""Bytes a ``NOTIFY`` payload may hold (PostgreSQL's limit, less one)."""
 
 NOTIFICATIONS = cast(Table, Notification.__table__)
 IDEMPOTENCY_KEYS = cast(Table, IdempotencyKey.__table__)
@@ -162,3 +166,12 @@ class PreparedInsert:
 async def notify_due(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:
     if dialect.name == "postgresql":
         await executor.execute(text("SELECT pg_notify(:channel, '')"), {"channel": DUE_CHANNEL})
+
+
+NOTIFY_FINAL = "SELECT pg_notify($1, $2)"
+
+
+async def notify_final(engine: AsyncEngine, payload: str) -> None:
+    """``NOTIFY herald_final`` with ``payload`` (PostgreSQL), outside any transaction."""
+    async with driver_connection(engine, NOTIFY_FINAL) as driver:
+        await driver.execute(NOTIFY_FINAL, FINAL_CHANNEL, payload)

@@ -20,6 +20,7 @@ from app.api.deps import AdminScope, SendScope
 from app.api.notifications import (
     FastAccept,
     IdempotencyKeyHeader,
+    WaitQuery,
     check_fast_road,
     create_notification,
     router,
@@ -191,6 +192,55 @@ async def test_both_roads_answer_alike(
         assert_problem(fast, fast.status_code, slug=fast.json()["type"].rpartition(":")[2])
 
 
+WAIT_CASES: dict[str, tuple[str, int]] = {
+    "seconds": ("wait=0.2", 202),
+    "milliseconds": ("wait=200ms", 202),
+    "zero": ("wait=0s", 202),
+    "empty": ("wait=", 422),
+    "malformed": ("wait=soon", 422),
+    "negative": ("wait=-1s", 422),
+    "above-the-maximum": ("wait=31s", 422),
+    "a-day": ("wait=1d", 422),
+    "twice-last-wins": ("wait=1s&wait=45s", 422),
+    "other-parameter": ("dry_run=1", 202),
+}
+
+
+@pytest.mark.parametrize("case", WAIT_CASES)
+async def test_both_roads_answer_a_wait_alike(
+    h: Harness, fastapi_only: httpx.AsyncClient, fallbacks: list[str], case: str
+) -> None:
+    query, status = WAIT_CASES[case]
+    url = f"/v1/notifications?{query}"
+    fast = await h.client.post(url, json=BODY)
+    assert fallbacks == ([] if status == 202 else ["application/json"]), "served by the fast road"
+    slow = await fastapi_only.post(url, json=BODY)
+    assert answer(fast) == answer(slow)
+    assert fast.status_code == status, fast.text
+    if status == 422:
+        problem = assert_problem(fast, 422)
+        assert [error["loc"] for error in problem["errors"]] == [["query", "wait"]]
+    elif "wait=0s" not in query and "wait" in query:
+        assert fast.headers["herald-wait"] == "timeout", "send_at is far ahead: still pending"
+    else:
+        assert "herald-wait" not in fast.headers
+
+
+async def test_a_bad_wait_and_a_bad_body_are_reported_together(
+    h: Harness, fastapi_only: httpx.AsyncClient
+) -> None:
+    url = "/v1/notifications?wait=31s"
+    fast = await h.client.post(url, json={"text": 1}, headers={"Idempotency-Key": "k" * 256})
+    slow = await fastapi_only.post(url, json={"text": 1}, headers={"Idempotency-Key": "k" * 256})
+    assert answer(fast) == answer(slow)
+    problem = assert_problem(fast, 422)
+    assert [error["loc"] for error in problem["errors"]] == [
+        ["query", "wait"],
+        ["header", "Idempotency-Key"],
+        ["body", "text"],
+    ]
+
+
 async def test_with_keys_the_checks_keep_fastapis_order(db_url: str, fallbacks: list[str]) -> None:
     raw = {**BASIC_CONFIG, "auth": {"api_keys": [{"name": "s", "key": KEY, "scopes": ["send"]}]}}
     config = parse_config(raw, default_registry(), source="test")
@@ -206,6 +256,9 @@ async def test_with_keys_the_checks_keep_fastapis_order(db_url: str, fallbacks: 
         assert_problem(invalid, 401, slug="unauthorized")
         assert fallbacks == ["application/json"] * 2
         assert_problem(await h.client.post(url, json=BODY), 401, slug="unauthorized")
+        # The caller is authorized before the query is validated, as FastAPI does.
+        bad_wait = await h.client.post(f"{url}?wait=31s", json=BODY)
+        assert_problem(bad_wait, 401, slug="unauthorized")
         unknown_key = await h.client.post(url, json=BODY, headers={"X-API-Key": "sk-nope"})
         assert_problem(unknown_key, 401, slug="unauthorized")
         assert len(fallbacks) == 2, "a well-formed body is refused by the short road itself"
@@ -213,6 +266,8 @@ async def test_with_keys_the_checks_keep_fastapis_order(db_url: str, fallbacks: 
         assert accepted.status_code == 202, accepted.text
         assert accepted.json()["id"]
         assert len(fallbacks) == 2
+        assert_problem(await h.client.post(f"{url}?wait=31s", json=BODY, headers=bearer), 422)
+        assert len(fallbacks) == 3, "a bad wait is answered by the FastAPI route"
 
 
 # -- requests both roads accept ------------------------------------------------------------------
@@ -321,6 +376,7 @@ async def grown(
     principal: SendScope,
     request: Request,
     idempotency_key: IdempotencyKeyHeader = None,
+    wait: WaitQuery = None,
     dry_run: bool = False,
 ) -> None:
     """``create_notification`` with a parameter the fast road knows nothing of."""
@@ -331,11 +387,14 @@ async def rescoped(
     principal: AdminScope,
     request: Request,
     idempotency_key: IdempotencyKeyHeader = None,
+    wait: WaitQuery = None,
 ) -> None:
     """``create_notification`` asking another scope."""
 
 
-async def shrunk(body: NotificationCreate, principal: SendScope, request: Request) -> None:
+async def shrunk(
+    body: NotificationCreate, principal: SendScope, request: Request, wait: WaitQuery = None
+) -> None:
     """``create_notification`` without its Idempotency-Key."""
 
 
@@ -344,6 +403,7 @@ async def same(
     principal: SendScope,
     request: Request,
     idempotency_key: IdempotencyKeyHeader = None,
+    wait: WaitQuery = None,
 ) -> None:
     """``create_notification``'s parameters, as the fast road replicates them."""
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -96,26 +98,55 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path, sqlite_env: dict[str, s
     assert "channels.email.port:" in result.stderr
 
 
-def test_serve_delivers_and_stops_on_sigterm(sqlite_env: dict[str, str]) -> None:
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``herald serve`` on a free port, ready: the process and its base URL."""
     port = free_port()
     server = subprocess.Popen(
         [HERALD, "serve", "--port", str(port)],
-        env=sqlite_env,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert wait_for(f"http://127.0.0.1:{port}/readyz").status_code == 200
-        created = httpx.post(f"http://127.0.0.1:{port}/v1/notifications", json={"text": "hi"})
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(f"{base}/readyz").status_code == 200
+        yield server, base
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_serve_delivers_and_stops_on_sigterm(sqlite_env: dict[str, str]) -> None:
+    with serving(sqlite_env) as (server, base):
+        created = httpx.post(f"{base}/v1/notifications", json={"text": "hi"})
         assert created.status_code == 202
-        location = f"http://127.0.0.1:{port}{created.headers['location']}"
+        location = f"{base}{created.headers['location']}"
         began = time.monotonic()
         while httpx.get(location).json()["status"] != "delivered":
             assert time.monotonic() - began < 10
             time.sleep(0.02)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
+
+
+def test_serve_answers_waiting_requests_at_once_on_sigterm(sqlite_env: dict[str, str]) -> None:
+    """A request held by ?wait= would hold the drain for up to 30 s: it is answered at once."""
+    with serving(sqlite_env) as (server, base):
+        later = {"text": "later", "send_at": "2099-01-01T00:00:00Z"}
+        created = httpx.post(f"{base}/v1/notifications", json=later)
+        assert created.status_code == 202
+        with httpx.Client(base_url=base, timeout=40) as client, ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(client.get, created.headers["location"], params={"wait": "30s"})
+            began = time.monotonic()
+            while "herald_waiters 1.0" not in httpx.get(f"{base}/metrics").text:
+                assert time.monotonic() - began < 10
+                time.sleep(0.05)
+            server.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            answer = waiting.result(timeout=20)
+            assert time.monotonic() - stopped < 5
+        assert (answer.status_code, answer.headers["herald-wait"]) == (200, "timeout")
+        assert answer.json()["status"] == "pending"
+        assert server.wait(timeout=30) == 0

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import asyncpg
-import pytest
 
 from app.channels.registry import default_registry
 from app.config import Settings
@@ -33,13 +32,6 @@ async def wait_for_status(h: Any, notification_id: str, status: str, within: flo
             raise AssertionError(f"{notification_id} not {status} within {within}s")
         await asyncio.sleep(0.01)
     return time.monotonic() - began
-
-
-@pytest.fixture
-def pg_url(db_url: str) -> str:
-    if db_url.startswith("sqlite"):
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    return db_url
 
 
 async def test_a_separate_worker_wakes_on_notify(pg_url: str) -> None:

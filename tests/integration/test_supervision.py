@@ -57,13 +57,6 @@ async def status_is(h: Harness, notification_id: str, status: str) -> bool:
     return bool((await h.get(notification_id))["status"] == status)
 
 
-@pytest.fixture
-def pg_url(db_url: str) -> str:
-    if db_url.startswith("sqlite"):
-        pytest.skip("terminates PostgreSQL backends")
-    return db_url
-
-
 @asynccontextmanager
 async def admin(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(asyncpg_dsn(pg_url))
