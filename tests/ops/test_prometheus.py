@@ -23,6 +23,7 @@ import yaml
 
 from app import metrics
 from tests.ops.support import (
+    FINAL,
     ROOT,
     HeraldProcess,
     free_port,
@@ -256,6 +257,8 @@ def send_traffic(herald: HeraldProcess) -> int:
             assert client.get(unknown).status_code == 404
             assert client.post("/v1/notifications", json={"route": "nope"}).status_code == 422
             client.get("/v1/notifications", params={"limit": 5}).raise_for_status()
+            waited = client.get(f"/v1/notifications/{wave[0]}", params={"wait": "5s"})
+            assert waited.json()["status"] in FINAL, waited.text
             wait_final(client, wave)
             ids += wave
             time.sleep(1.2)  # let a scrape see each wave, so rates are not flat
