@@ -118,7 +118,7 @@ FOCUS = (
     "app.store.queue:claimed_of",
     "app.store.queue:WorkQueue.save_rounds",
     "app.store.queue:PlainSql.args",
-    "app.delivery.saves:RoundSaver._flush",
+    "app.delivery.saves:GroupSaver._flush",
     "app.delivery.worker:attempt_row",
     "app.delivery.worker:Worker.sweep",
     "sqlalchemy.orm:Session._flush",

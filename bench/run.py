@@ -523,7 +523,11 @@ class Bench:
 
     def truncate(self) -> None:
         assert self.pg is not None
-        self.pg.execute("TRUNCATE notifications, attempts, idempotency_keys")
+        # the events tables too: a run of herald_events must not inherit the last one's backlog
+        self.pg.execute(
+            "TRUNCATE notifications, attempts, idempotency_keys, "
+            "events, event_deliveries, event_attempts"
+        )
 
     def make_template(self) -> None:
         """One notification accepted by Herald's own API: the model every backlog row copies."""

@@ -4,16 +4,21 @@ It never touches the notifications' claim or save, and the delivery loop never w
 a subscriber that is down, slow or refusing costs this loop's slots and tables only.
 
 Each pass: write the circuit changes queued in memory as events (their own transaction), take
-back deliveries whose dispatcher died (every ``SWEEP_EVERY``), claim due deliveries under a
-lease (``DispatchStore.claim``: one notification's events in order), and POST each, signed by
-the Standard Webhooks scheme (``webhook-id`` is the event id on every try), through Herald's
-guarded outbound client. Tries that finish are saved together (the delivery's new state and
-its attempt row in one transaction) while the others are still sending. A failure is
-classified as a channel's is (``http_errors``): ``transient`` and ``rate_limited`` (no sooner
-than Retry-After) and ``config`` are retried on the subscription's schedule with jitter,
-``permanent`` (4xx, a redirect, a blocked address) ends the delivery ``failed``, as does the
-end of the schedule. Each subscription has a circuit breaker: while it is open its deliveries
-stay queued, untried.
+back deliveries whose dispatcher died (every ``SWEEP_EVERY``), and claim as many due deliveries
+as there are free slots, under a lease (``DispatchStore.claim``: one notification's events in
+order). Each is POSTed by a task of its own, signed by the Standard Webhooks scheme
+(``webhook-id`` is the event id on every try), through Herald's guarded outbound client. Its
+slot frees up as soon as the POST is over; its try (the delivery's new state and its attempt
+row) is then saved with the others that finished meanwhile, in one transaction (group commit,
+as the worker saves its rounds: app/delivery/saves.py). A pass runs again when a slot frees up
+(if every slot was busy), when new events are written or a save settled deliveries (the next
+event of their notifications may be due), or after the poll interval.
+
+A failure is classified as a channel's is (``http_errors``): ``transient`` and ``rate_limited``
+(no sooner than Retry-After) and ``config`` are retried on the subscription's schedule with
+jitter, ``permanent`` (4xx, a redirect, a blocked address) ends the delivery ``failed``, as
+does the end of the schedule. Each subscription has a circuit breaker: while it is open its
+deliveries stay queued, untried.
 
 Callbacks (a notification's ``callback_url``) are sent as the subscription named ``callback``
 is (``EventsConfig.callback``), to the URL stored on each delivery, with a circuit per
@@ -40,11 +45,18 @@ from app.delivery.circuit import CircuitBreaker, DestinationCircuits
 from app.delivery.orchestrator import LOCAL_CODES, TIMEOUT_GRACE, utcnow
 from app.delivery.outage import Outage
 from app.delivery.retry import next_round_at
+from app.delivery.saves import GroupSaver
 from app.delivery.supervise import supervised
 from app.domain import CALLBACK, AttemptOutcome, CircuitState, EventDeliveryStatus
 from app.events.body import channel_event
 from app.events.outbox import count_emitted
-from app.events.store import ClaimedDelivery, DispatchStore, FinishedDelivery
+from app.events.store import (
+    ClaimedDelivery,
+    DispatchStore,
+    FinishedDelivery,
+    ReleasedDelivery,
+    Settled,
+)
 from app.ids import uuid7
 from app.runtime import Runtime
 from app.store.db import unavailable_reason
@@ -56,9 +68,8 @@ CONCURRENCY = 16
 SWEEP_EVERY = 5.0
 LEASE_MARGIN = 5.0
 """A claim outlasts the longest subscription timeout by this much, so no send outlives it."""
-
-Released = tuple[int, datetime]
-"""A claimed delivery handed back untried, due again at that time."""
+SAVE_GRACE = 5.0
+"""At shutdown, how long tries that finished but are not yet written may take to be saved."""
 
 
 class Dispatcher:
@@ -77,7 +88,7 @@ class Dispatcher:
         self.clock = clock
         self.rng = rng or random.Random()
         self.concurrency = concurrency
-        self.store = DispatchStore(runtime.sessions)
+        self.store = DispatchStore(runtime.engine, runtime.sessions)
         events = runtime.config.events
         subscriptions = list(events.subscriptions)
         self.subscriptions = {s.name: s for s in subscriptions}
@@ -97,8 +108,18 @@ class Dispatcher:
         self._with_content = {s.name for s in subscriptions if s.include_content}
         longest = max((s.timeout for s in subscriptions), default=0.0)
         self._lease = max(runtime.settings.lease, longest + TIMEOUT_GRACE + LEASE_MARGIN)
-        self._in_flight: dict[asyncio.Task[FinishedDelivery | Released], ClaimedDelivery] = {}
-        self._unsaved: list[FinishedDelivery | Released] = []
+        self._saves: GroupSaver[Settled] = GroupSaver(self._write, _seq, what="event tries")
+        self._tasks: set[asyncio.Task[None]] = set()
+        """A task per claimed delivery: sending it, then waiting for its save."""
+        self._sending: set[asyncio.Task[None]] = set()
+        """The tasks whose POST is not over: each holds one of ``concurrency`` slots."""
+        self._slot_free = asyncio.Event()
+        self._settled = asyncio.Event()
+        """Set when a save settled deliveries: the next event of their notifications may be
+        due."""
+        self._unsaved: list[Settled] = []
+        """What could not be saved while the database was unreachable (and deliveries whose
+        send was cut short at shutdown): written by the next pass."""
         self._last_sweep = -math.inf
 
     # --- the loop ------------------------------------------------------------------------
@@ -116,81 +137,87 @@ class Dispatcher:
 
     async def _loop(self, stop: asyncio.Event) -> None:
         outage = Outage(logger, step_level=logging.DEBUG)
+        wakeup = self.runtime.events_wakeup
         while not stop.is_set():
             try:
-                self.runtime.events_wakeup.clear()
+                for event in (wakeup, self._slot_free, self._settled):
+                    event.clear()
                 await self._save_unsaved()
                 await self.write_circuit_events()
                 if asyncio.get_running_loop().time() - self._last_sweep >= SWEEP_EVERY:
                     await self.sweep()
-                room = self.concurrency - len(self._in_flight)
-                claimed = await self.claim(room)
+                room = self.concurrency - len(self._sending)
+                claimed = await self.claim(room) if room > 0 else []
                 outage.recovered()
             except Exception as exc:
                 if unavailable_reason(exc) is None:
                     raise
-                await self._pause(stop, outage.failed(exc), with_sends=False)
+                await _pause(stop, (), outage.failed(exc))
                 continue
             for delivery in claimed:
-                task = asyncio.create_task(self.send(delivery))
-                self._in_flight[task] = delivery
-            if not claimed or len(claimed) < room:
-                # Nothing more is due, or every slot is busy: sleep until something changes.
-                await self._pause(stop, self.runtime.settings.poll_interval)
-            self._collect()
+                task = asyncio.create_task(self._dispatch(delivery))
+                self._tasks.add(task)
+                self._sending.add(task)
+                task.add_done_callback(self._done)
+            if room <= 0:
+                # Every slot is busy: claim again as soon as one frees up.
+                await _pause(stop, (self._slot_free,), None)
+            elif len(claimed) < room:
+                # Nothing more is due: sleep until something may be.
+                await _pause(stop, (wakeup, self._settled), self.runtime.settings.poll_interval)
+            # A full claim means more may be due: go round at once.
 
-    async def _pause(self, stop: asyncio.Event, seconds: float, *, with_sends: bool = True) -> None:
-        """Sleep until ``stop``, new events, a send finishing (``with_sends``) or ``seconds``."""
-        waiters = [
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(self.runtime.events_wakeup.wait()),
-        ]
+    async def _dispatch(self, delivery: ClaimedDelivery) -> None:
+        """Send one claimed delivery, free its slot, then save the try with the next batch."""
+        task = asyncio.current_task()
         try:
-            await asyncio.wait(
-                [*waiters, *(self._in_flight if with_sends else ())],
-                timeout=seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            settled = await self.send(delivery)
+        except asyncio.CancelledError:  # shutdown: handed back untried
+            self._unsaved.append(ReleasedDelivery(delivery.seq, self.clock()))
+            raise
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            self._sending.discard(task)
+            self._slot_free.set()
+        try:
+            saved = await self._saves.save(settled)
+        except Exception as exc:
+            if unavailable_reason(exc) is None:
+                raise
+            self._unsaved.append(settled)
+            return
+        self._observe(settled, saved)
+        if saved:
+            self._settled.set()
 
-    def _collect(self) -> None:
-        """Move the sends that finished to the list of tries to save."""
-        for task in [task for task in self._in_flight if task.done()]:
-            delivery = self._in_flight.pop(task)
-            if task.cancelled():
-                continue
-            exc = task.exception()
-            if exc is not None:  # a bug of ours: the lease runs out and the sweep retries
-                logger.error("sending event %s failed", delivery.event.id, exc_info=exc)
-                continue
-            self._unsaved.append(task.result())
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sending.discard(task)
+        self._slot_free.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A bug of ours: the lease runs out and the sweep hands the delivery back.
+            logger.error("an event delivery failed before its try was saved", exc_info=exc)
+
+    async def _write(self, batch: Sequence[Settled]) -> set[int]:
+        return await self.store.save(batch, worker_id=self.dispatcher_id, now=self.clock())
 
     async def _save_unsaved(self) -> None:
         unsaved, self._unsaved = self._unsaved, []
-        finished = [item for item in unsaved if isinstance(item, FinishedDelivery)]
-        released = [item for item in unsaved if not isinstance(item, FinishedDelivery)]
         try:
-            await self.save(finished)
-            await self.store.release(released, worker_id=self.dispatcher_id, now=self.clock())
+            await self.save(unsaved)
         except Exception:
             self._unsaved = unsaved + self._unsaved  # tried again next pass (or left to leases)
             raise
 
     async def _shutdown(self) -> None:
-        if self._in_flight:
+        if self._tasks:
             _, pending = await asyncio.wait(
-                list(self._in_flight), timeout=self.runtime.settings.shutdown_timeout
+                list(self._tasks), timeout=self.runtime.settings.shutdown_timeout
             )
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            unfinished = [self._in_flight[task] for task in pending]
-            self._collect()
-            now = self.clock()
-            self._unsaved += [(delivery.seq, now) for delivery in unfinished]
-            self._in_flight.clear()
+        if not await self._saves.drain(SAVE_GRACE):
+            logger.warning("gave up on saving event tries still queued after %.0fs", SAVE_GRACE)
         if self._unsaved:
             try:
                 await self._save_unsaved()
@@ -205,10 +232,7 @@ class Dispatcher:
         claimed. For tests and tools."""
         await self.write_circuit_events()
         claimed = await self.claim(self.concurrency)
-        results = await asyncio.gather(*(self.send(delivery) for delivery in claimed))
-        await self.save([r for r in results if isinstance(r, FinishedDelivery)])
-        released = [r for r in results if not isinstance(r, FinishedDelivery)]
-        await self.store.release(released, worker_id=self.dispatcher_id, now=self.clock())
+        await self.save(await asyncio.gather(*(self.send(delivery) for delivery in claimed)))
         return len(claimed)
 
     async def claim(self, limit: int) -> list[ClaimedDelivery]:
@@ -227,14 +251,15 @@ class Dispatcher:
             limit=limit,
         )
 
-    async def send(self, delivery: ClaimedDelivery) -> FinishedDelivery | Released:
+    async def send(self, delivery: ClaimedDelivery) -> Settled:
         """POST one event to its subscription: the try to save, or, when the subscription's
         circuit lets nothing through, the delivery to hand back untried."""
         subscription = self.subscriptions[delivery.subscription]
         destination = None if delivery.url is None else origin(delivery.url) or delivery.url
         circuit = self._circuit(delivery.subscription, destination)
         if not circuit.allow():
-            return delivery.seq, self.clock() + timedelta(seconds=max(1.0, circuit.retry_in()))
+            due = self.clock() + timedelta(seconds=max(1.0, circuit.retry_in()))
+            return ReleasedDelivery(delivery.seq, due)
         started_at = self.clock()
         began = time.perf_counter()
         result = await self._post(subscription, delivery)
@@ -288,12 +313,7 @@ class Dispatcher:
         now = self.clock()
         attempt = delivery.attempts + 1
         error = result.error
-        values: dict[str, object] = {
-            "attempts": attempt,
-            "claimed_by": None,
-            "lease_expires_at": None,
-            "updated_at": now,
-        }
+        values: dict[str, object] = {"attempts": attempt, "updated_at": now}
         if error is None:
             values |= {
                 "status": EventDeliveryStatus.DELIVERED,
@@ -316,6 +336,7 @@ class Dispatcher:
             values |= {
                 "status": EventDeliveryStatus.PENDING if retry_at else EventDeliveryStatus.FAILED,
                 "next_attempt_at": retry_at,
+                "delivered_at": None,
                 "last_error": {"class": error.cls, "code": error.code, "message": error.message},
             }
         return FinishedDelivery(
@@ -338,35 +359,42 @@ class Dispatcher:
             },
         )
 
-    async def save(self, finished: Sequence[FinishedDelivery]) -> set[int]:
-        """Write finished tries; count and log the ones written."""
-        if not finished:
+    async def save(self, settled: Sequence[Settled]) -> set[int]:
+        """Write finished tries and hand back untried deliveries, in one transaction; count
+        and log the tries written. The ``seq`` of those written."""
+        if not settled:
             return set()
-        saved = await self.store.save(finished, worker_id=self.dispatcher_id)
-        for done in finished:
-            if done.seq not in saved:
-                logger.warning("lease on event delivery %d was lost before it was saved", done.seq)
-                continue
-            attempt = done.attempt
-            name = attempt["subscription"]
-            metrics.event_attempts.labels(
-                name, attempt["outcome"], attempt["error_class"] or "none"
-            ).inc()
-            if attempt["outcome"] == AttemptOutcome.DELIVERED:
-                metrics.events_delivered.labels(name).inc()
-            logger.log(
-                logging.DEBUG if attempt["error_class"] is None else logging.INFO,
-                "event attempt event=%s subscription=%s attempt=%d outcome=%s error_class=%s "
-                "code=%s status=%s",
-                attempt["event_id"],
-                name,
-                attempt["attempt"],
-                attempt["outcome"],
-                attempt["error_class"] or "-",
-                attempt["error_code"] or "-",
-                done.values["status"],
-            )
+        saved = await self._write(settled)
+        for item in settled:
+            self._observe(item, item.seq in saved)
         return saved
+
+    def _observe(self, item: Settled, saved: bool) -> None:
+        """Count and log a try once its save is over."""
+        if not isinstance(item, FinishedDelivery):
+            return
+        if not saved:
+            logger.warning("lease on event delivery %d was lost before it was saved", item.seq)
+            return
+        attempt = item.attempt
+        name = attempt["subscription"]
+        metrics.event_attempts.labels(
+            name, attempt["outcome"], attempt["error_class"] or "none"
+        ).inc()
+        if attempt["outcome"] == AttemptOutcome.DELIVERED:
+            metrics.events_delivered.labels(name).inc()
+        logger.log(
+            logging.DEBUG if attempt["error_class"] is None else logging.INFO,
+            "event attempt event=%s subscription=%s attempt=%d outcome=%s error_class=%s "
+            "code=%s status=%s",
+            attempt["event_id"],
+            name,
+            attempt["attempt"],
+            attempt["outcome"],
+            attempt["error_class"] or "-",
+            attempt["error_code"] or "-",
+            item.values["status"],
+        )
 
     async def write_circuit_events(self) -> int:
         """Append the channel circuit changes queued in memory to the outbox; how many events
@@ -395,6 +423,22 @@ class Dispatcher:
         for name in self.subscriptions:
             metrics.events_pending.labels(name).set(unsettled.get(name, 0))
         return recovered
+
+
+async def _pause(
+    stop: asyncio.Event, events: Sequence[asyncio.Event], seconds: float | None
+) -> None:
+    """Sleep until ``stop`` or one of ``events`` is set, or ``seconds`` have passed."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in (stop, *events)]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _seq(settled: Settled) -> int:
+    return settled.seq
 
 
 def _no_message(message: Message) -> str | None:

@@ -1,6 +1,13 @@
 """Every query of the events feature: the dispatcher's claim, save, release and sweep, and the
-event log's reads and redelivery. Functions here execute; the caller's unit of work commits
-(the dispatcher's steps are each their own short transaction, opened here)."""
+event log's reads and redelivery.
+
+The dispatcher's statements (``DispatchStatements``) are SQLAlchemy Core built once per database
+and run as the worker's are (``app.store.queue.database_of``): plain SQL on the pooled asyncpg
+connection on PostgreSQL, through SQLAlchemy on SQLite. A claim is one statement in autocommit,
+a save of many tries one short transaction
+(bench/results/levers.md, "claim and save as plain statements"). The event log's functions run
+in the caller's session, which commits.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, bindparam, func, insert, literal_column, select, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.domain import (
     OPEN_EVENT_DELIVERIES,
@@ -23,7 +31,8 @@ from app.domain import (
 from app.events.body import CONTENT_COLUMNS, content
 from app.events.outbox import Outbox, delivery_row
 from app.store.models import EventAttempt, EventDelivery, EventRecord
-from app.store.sql import EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, Row
+from app.store.queue import among, database_of, recovery, still_held
+from app.store.sql import EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, Row, status_is
 
 EVENT_ATTEMPTS = cast(Table, EventAttempt.__table__)
 
@@ -59,25 +68,162 @@ class ClaimedDelivery:
 
 @dataclass(frozen=True, slots=True)
 class FinishedDelivery:
-    """What one try changes: the delivery's new values and its ``event_attempts`` row."""
+    """What one try changes: the delivery's new values (``TRY_COLUMNS``) and its
+    ``event_attempts`` row."""
 
     seq: int
     values: Row
     attempt: Row
 
 
+@dataclass(frozen=True, slots=True)
+class ReleasedDelivery:
+    """A claimed delivery handed back untried (shutdown, or its circuit let nothing through),
+    due again at ``due``; no attempt is counted."""
+
+    seq: int
+    due: datetime
+
+
+Settled = FinishedDelivery | ReleasedDelivery
+"""What a dispatcher writes of a delivery it holds."""
+
+TRY_COLUMNS = ("status", "attempts", "next_attempt_at", "delivered_at", "last_error", "updated_at")
+"""The columns every try writes (``FinishedDelivery.values``); the lease ends with it."""
+
 _D = EVENT_DELIVERIES
+_CLAIMED = (
+    _D.c.seq,
+    _D.c.event_id,
+    _D.c.subscription,
+    _D.c.url,
+    _D.c.attempts,
+    _D.c.attempt_base,
+    _D.c.trigger,
+)
+_EVENT = (
+    EVENTS.c.id,
+    EVENTS.c.type,
+    EVENTS.c.created_at,
+    EVENTS.c.notification_id,
+    EVENTS.c.owner,
+    EVENTS.c.route,
+    EVENTS.c.data,
+)
+"""An event's columns in ``Event``'s field order."""
 
 
-def _held(worker_id: str) -> tuple[Any, ...]:
-    return (_D.c.status == EventDeliveryStatus.DELIVERING, _D.c.claimed_by == worker_id)
+class DispatchStatements:
+    """Every statement of the dispatcher's loop, built once for one database.
+
+    Each names the statuses it looks for in its SQL text (``status_is``), as the partial
+    indexes on them need. Statements that lock several deliveries take them in ``seq`` order.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        held = (
+            status_is(_D.c.status, EventDeliveryStatus.DELIVERING),
+            _D.c.claimed_by == bindparam("worker_id"),
+        )
+        """Held by ``:worker_id`` under its lease."""
+        unclaimed = {"claimed_by": None, "lease_expires_at": None}
+
+        earlier = _D.alias("earlier")
+        blocked = (
+            select(earlier.c.seq)
+            .where(
+                earlier.c.subscription == _D.c.subscription,
+                earlier.c.notification_id == _D.c.notification_id,
+                earlier.c.seq < _D.c.seq,
+                status_is(earlier.c.status, *OPEN_EVENT_DELIVERIES),
+            )
+            .offset(literal_column("0"))
+            .exists()
+        )
+        """An earlier delivery of the same notification to the same subscription is not
+        settled. ``OFFSET 0`` keeps PostgreSQL from turning the check into a join: as a join,
+        on a table not analyzed yet (a new or truncated one), its planner compared every due
+        delivery with every open one; as a subquery it is one probe of
+        ``ix_event_deliveries_open`` per candidate, whatever the statistics."""
+        due = (
+            select(_D.c.seq)
+            .where(
+                status_is(_D.c.status, EventDeliveryStatus.PENDING),
+                _D.c.next_attempt_at <= bindparam("now"),
+                among(_D.c.subscription, "subscriptions", dialect),
+                ~blocked,
+            )
+            .order_by(_D.c.next_attempt_at, _D.c.seq)
+            .limit(bindparam("limit"))
+            .with_for_update(of=_D, skip_locked=True)
+        )
+        self.claim = (
+            update(_D)
+            .where(_D.c.seq.in_(due.scalar_subquery()))
+            .values(
+                status=EventDeliveryStatus.DELIVERING,
+                claimed_by=bindparam("worker_id"),
+                lease_expires_at=bindparam("lease_until"),
+                updated_at=bindparam("now"),
+            )
+            .returning(*_CLAIMED)
+        )
+        """Up to ``:limit`` deliveries to ``:subscriptions`` due at ``:now``, oldest due first,
+        none while an earlier event of its notification is unsettled for its subscription (so
+        one notification's events reach a subscription in the order they happened), marked
+        delivering under ``:worker_id``'s lease until ``:lease_until``; their ``_CLAIMED``
+        columns. ``SKIP LOCKED`` lets dispatchers on PostgreSQL claim side by side; SQLite
+        has one writer at a time."""
+
+        self.events = select(*_EVENT).where(among(EVENTS.c.id, "ids", dialect))
+        """The events of ``:ids``."""
+
+        self.contents = select(
+            NOTIFICATIONS.c.id, *(NOTIFICATIONS.c[name] for name in CONTENT_COLUMNS)
+        ).where(among(NOTIFICATIONS.c.id, "ids", dialect))
+        """What ``data.content`` shows of the notifications of ``:ids``."""
+
+        self.lock_held = (
+            select(_D.c.seq)
+            .where(among(_D.c.seq, "seqs", dialect), *held)
+            .order_by(_D.c.seq)
+            .with_for_update()
+        )
+        """The deliveries of ``:seqs`` that ``:worker_id`` still holds, locked; their seqs."""
+
+        self.save_try = update(_D).where(_D.c.seq == bindparam("b_seq"), *held).values(**unclaimed)
+        """One try's ``TRY_COLUMNS`` (its parameters named as columns) on ``:b_seq``; the lease
+        ends."""
+
+        self.add_attempts = insert(EVENT_ATTEMPTS)
+        """``event_attempts`` rows (every column given)."""
+
+        self.release = (
+            update(_D)
+            .where(_D.c.seq == bindparam("b_seq"), *held)
+            .values(
+                status=EventDeliveryStatus.PENDING,
+                next_attempt_at=bindparam("b_due"),
+                updated_at=bindparam("now"),
+                **unclaimed,
+            )
+        )
+        """``:b_seq`` handed back untried, due again at ``:b_due``."""
+
+        self.recover = recovery(
+            _D.c.seq, pending=EventDeliveryStatus.PENDING, held=EventDeliveryStatus.DELIVERING
+        )
+        """Deliveries whose lease ran out before ``:now`` (their dispatcher died), pending and
+        due at once."""
 
 
 class DispatchStore:
-    """The dispatcher's steps, each one short transaction."""
+    """The dispatcher's steps: each a statement in autocommit or one short transaction."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        self.statements = DispatchStatements(engine.dialect)
+        self._database = database_of(engine)
 
     async def claim(
         self,
@@ -90,151 +236,90 @@ class DispatchStore:
         limit: int,
     ) -> list[ClaimedDelivery]:
         """Mark up to ``limit`` due deliveries to ``subscriptions`` ``delivering`` under this
-        dispatcher's lease, oldest due first.
-
-        A delivery waits while an earlier event of the same notification is not settled for
-        the same subscription (pending, or being sent), so one notification's events reach a
-        subscription in the order they happened. ``FOR UPDATE SKIP LOCKED`` lets dispatchers
-        on PostgreSQL claim side by side; SQLite serialises writers.
-        """
+        dispatcher's lease (``DispatchStatements.claim``), with their events, in ``seq``
+        order; ``data.content`` for the ones to ``with_content``."""
         if not subscriptions or limit <= 0:
             return []
-        earlier = _D.alias("earlier")
-        blocked = (
-            select(earlier.c.seq)
-            .where(
-                earlier.c.subscription == _D.c.subscription,
-                earlier.c.notification_id == _D.c.notification_id,
-                earlier.c.seq < _D.c.seq,
-                earlier.c.status.in_(OPEN_EVENT_DELIVERIES),
-            )
-            .exists()
-        )
-        due = (
-            select(_D.c.seq)
-            .where(
-                _D.c.status == EventDeliveryStatus.PENDING,
-                _D.c.next_attempt_at <= now,
-                _D.c.subscription.in_(subscriptions),
-                ~blocked,
-            )
-            .order_by(_D.c.next_attempt_at, _D.c.seq)
-            .limit(limit)
-            .with_for_update(of=_D, skip_locked=True)
-        )
-        stmt = (
-            update(_D)
-            .where(_D.c.seq.in_(due.scalar_subquery()))
-            .values(
-                status=EventDeliveryStatus.DELIVERING,
-                claimed_by=worker_id,
-                lease_expires_at=lease_until,
-                updated_at=now,
-            )
-            .returning(
-                _D.c.seq,
-                _D.c.event_id,
-                _D.c.subscription,
-                _D.c.url,
-                _D.c.attempts,
-                _D.c.attempt_base,
-                _D.c.trigger,
-            )
-        )
-        async with self.sessions() as session, session.begin():
-            claimed = (await session.execute(stmt)).all()
+        statements = self.statements
+        params = {
+            "worker_id": worker_id,
+            "now": now,
+            "lease_until": lease_until,
+            "subscriptions": list(subscriptions),
+            "limit": limit,
+        }
+        async with self._database.autocommit(statements.claim) as connection:
+            claimed = await connection.rows(statements.claim, params)
             if not claimed:
                 return []
-            ids = {row.event_id for row in claimed}
-            events = {
-                row.id: event_of(row)
-                for row in await session.execute(select(EVENTS).where(EVENTS.c.id.in_(ids)))
-            }
+            ids = list({row[1] for row in claimed})
+            rows = await connection.rows(statements.events, {"ids": ids})
+            events = {row[0]: Event(row[0], EventType(row[1]), *row[2:]) for row in rows}
             # Content is read once per notification, for the subscriptions that include it.
-            wanted = {
-                events[row.event_id].notification_id
-                for row in claimed
-                if row.subscription in with_content
-            }
+            wanted = {events[row[1]].notification_id for row in claimed if row[2] in with_content}
             wanted.discard(None)
-            contents = await _contents(session, wanted) if wanted else {}
+            contents: dict[Any, dict[str, Any]] = {}
+            if wanted:
+                names = ("id", *CONTENT_COLUMNS)
+                rows = await connection.rows(statements.contents, {"ids": list(wanted)})
+                contents = {row[0]: content(dict(zip(names, row, strict=True))) for row in rows}
         return [
             ClaimedDelivery(
-                seq=row.seq,
-                subscription=row.subscription,
-                url=row.url,
-                attempts=row.attempts,
-                attempt_base=row.attempt_base,
-                trigger=AttemptTrigger(row.trigger),
-                event=(event := events[row.event_id]),
+                seq=seq,
+                subscription=subscription,
+                url=url,
+                attempts=attempts,
+                attempt_base=attempt_base,
+                trigger=AttemptTrigger(trigger),
+                event=(event := events[event_id]),
                 content=contents.get(event.notification_id)
-                if row.subscription in with_content
+                if subscription in with_content
                 else None,
             )
-            for row in sorted(claimed, key=lambda row: row.seq)
+            for seq, event_id, subscription, url, attempts, attempt_base, trigger in sorted(
+                claimed, key=lambda row: row[0]
+            )
+            if event_id in events  # else deleted since, and its delivery with it (cascade)
         ]
 
-    async def save(self, finished: Sequence[FinishedDelivery], *, worker_id: str) -> set[int]:
-        """Write tries whose delivery this dispatcher still holds (new values and attempt row
-        together, in one transaction); the ``seq`` of those written. A try whose lease was lost
-        (the sweep gave the delivery to another dispatcher) is dropped whole."""
-        saved: set[int] = set()
-        async with self.sessions() as session, session.begin():
-            for done in finished:
-                result = await session.execute(
-                    update(_D).where(_D.c.seq == done.seq, *_held(worker_id)).values(**done.values)
+    async def save(self, settled: Sequence[Settled], *, worker_id: str, now: datetime) -> set[int]:
+        """Write tries, and hand back deliveries untried, whose delivery this dispatcher still
+        holds, in one transaction (a try's new values and its attempt row together); the
+        ``seq`` of those written. One whose lease was lost (the sweep gave the delivery to
+        another dispatcher) is dropped whole."""
+        if not settled:
+            return set()
+        statements = self.statements
+        seqs = [item.seq for item in settled]
+        async with self._database.transaction(statements.lock_held) as connection:
+            ours: set[int] = await still_held(
+                connection, statements.lock_held, {"seqs": seqs, "worker_id": worker_id}
+            )
+            if not ours:
+                return ours
+            tries = [
+                item for item in settled if isinstance(item, FinishedDelivery) and item.seq in ours
+            ]
+            if tries:
+                await connection.many(
+                    statements.save_try,
+                    [done.values | {"b_seq": done.seq, "worker_id": worker_id} for done in tries],
                 )
-                if result.rowcount:  # type: ignore[attr-defined]
-                    saved.add(done.seq)
-            attempts = [done.attempt for done in finished if done.seq in saved]
-            if attempts:
-                await session.execute(insert(EVENT_ATTEMPTS), attempts)
-        return saved
-
-    async def release(
-        self, due: Sequence[tuple[int, datetime]], *, worker_id: str, now: datetime
-    ) -> int:
-        """Hand claimed deliveries back untried, each due again at its time (shutdown, or a
-        subscription whose circuit is open); no attempt is counted."""
-        if not due:
-            return 0
-        stmt = (
-            update(_D)
-            .where(_D.c.seq == bindparam("b_seq"), *_held(worker_id))
-            .values(
-                status=EventDeliveryStatus.PENDING,
-                claimed_by=None,
-                lease_expires_at=None,
-                next_attempt_at=bindparam("b_next"),
-                updated_at=now,
-            )
-        )
-        async with self.sessions() as session, session.begin():
-            connection = await session.connection()
-            result = await connection.execute(
-                stmt, [{"b_seq": seq, "b_next": when} for seq, when in due]
-            )
-        return int(result.rowcount)
+                await connection.many(statements.add_attempts, [done.attempt for done in tries])
+            released = [
+                {"b_seq": item.seq, "b_due": item.due, "now": now, "worker_id": worker_id}
+                for item in settled
+                if isinstance(item, ReleasedDelivery) and item.seq in ours
+            ]
+            if released:
+                await connection.many(statements.release, released)
+        return ours
 
     async def recover_expired_leases(self, now: datetime) -> int:
         """Return deliveries whose dispatcher died mid-send to ``pending``, due at once."""
-        stmt = (
-            update(_D)
-            .where(
-                _D.c.status == EventDeliveryStatus.DELIVERING,
-                _D.c.lease_expires_at < now,
-            )
-            .values(
-                status=EventDeliveryStatus.PENDING,
-                claimed_by=None,
-                lease_expires_at=None,
-                next_attempt_at=now,
-                updated_at=now,
-            )
-        )
-        async with self.sessions() as session, session.begin():
-            result = await session.execute(stmt)
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        recover = self.statements.recover
+        async with self._database.autocommit(recover) as connection:
+            return await connection.count(recover, {"now": now})
 
     async def append(self, outbox: Outbox, events: Sequence[Event]) -> list[Event]:
         """Write events that no other change carries (a channel's circuit moved) in a
@@ -246,19 +331,11 @@ class DispatchStore:
         """Deliveries pending or being sent, per subscription."""
         stmt = (
             select(_D.c.subscription, func.count())
-            .where(_D.c.status.in_(OPEN_EVENT_DELIVERIES))
+            .where(status_is(_D.c.status, *OPEN_EVENT_DELIVERIES))
             .group_by(_D.c.subscription)
         )
         async with self.sessions() as session:
             return {name: count for name, count in (await session.execute(stmt)).all()}
-
-
-async def _contents(
-    session: AsyncSession, notification_ids: Collection[uuid.UUID | None]
-) -> dict[uuid.UUID | None, dict[str, Any]]:
-    columns = [NOTIFICATIONS.c[name] for name in CONTENT_COLUMNS]
-    stmt = select(NOTIFICATIONS.c.id, *columns).where(NOTIFICATIONS.c.id.in_(notification_ids))
-    return {row.id: content(dict(row._mapping)) for row in await session.execute(stmt)}
 
 
 # --- the event log (API) -------------------------------------------------------------------

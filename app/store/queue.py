@@ -22,10 +22,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import (
     ARRAY,
+    Column,
     ColumnElement,
     Delete,
     Insert,
@@ -35,7 +37,6 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
-    literal_column,
     select,
     update,
 )
@@ -52,6 +53,7 @@ from app.store.sql import (
     OutboxRows,
     Row,
     driver_connection,
+    status_is,
 )
 
 
@@ -144,17 +146,19 @@ class Statements:
     """
 
     def __init__(self, dialect: Dialect) -> None:
-        held = (_is(NotificationStatus.DELIVERING), _N.claimed_by == bindparam("worker_id"))
-        """Held by ``:worker_id`` under its lease."""
-        expired = (
-            _is(NotificationStatus.DELIVERING),
-            _N.lease_expires_at < bindparam("now"),
+        held = (
+            status_is(_N.status, NotificationStatus.DELIVERING),
+            _N.claimed_by == bindparam("worker_id"),
         )
+        """Held by ``:worker_id`` under its lease."""
         unclaimed = {"claimed_by": None, "lease_expires_at": None}
 
         due = (
             select(_N.id)
-            .where(_is(NotificationStatus.PENDING), _N.next_attempt_at <= bindparam("now"))
+            .where(
+                status_is(_N.status, NotificationStatus.PENDING),
+                _N.next_attempt_at <= bindparam("now"),
+            )
             .order_by(_N.next_attempt_at)
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
@@ -173,7 +177,7 @@ class Statements:
         """Up to ``:limit`` notifications due at ``:now``, oldest due first, marked delivering
         under ``:worker_id``'s lease until ``:lease_until``; their ``CLAIMED_COLUMNS``."""
 
-        self.lock_held = _in_lock_order(select(_N.id).where(_among_ids(dialect), *held))
+        self.lock_held = _in_lock_order(select(_N.id).where(among(_N.id, "ids", dialect), *held))
         """The rows of ``:ids`` that ``:worker_id`` still holds, locked; their ids."""
         locked_held = _N.id.in_(self.lock_held.scalar_subquery())
 
@@ -207,16 +211,8 @@ class Statements:
         )
         """The rows of ``:ids`` that ``:worker_id`` holds, handed back untried."""
 
-        self.recover = (
-            update(NOTIFICATIONS)
-            .where(_N.id.in_(_in_lock_order(select(_N.id).where(*expired)).scalar_subquery()))
-            .where(*expired)
-            .values(
-                status=NotificationStatus.PENDING,
-                next_attempt_at=bindparam("now"),
-                updated_at=bindparam("now"),
-                **unclaimed,
-            )
+        self.recover = recovery(
+            _N.id, pending=NotificationStatus.PENDING, held=NotificationStatus.DELIVERING
         )
         """Notifications whose lease ran out before ``:now`` (their worker died), pending and
         due at once."""
@@ -227,21 +223,33 @@ class Statements:
         """Idempotency keys stored before ``:cutoff``."""
 
 
-def _is(status: NotificationStatus) -> ColumnElement[bool]:
-    """``status = 'pending'``, the value written into the SQL rather than bound: a partial index
-    on one status (``ix_notifications_due``, ``ix_notifications_lease``) serves only a query
-    whose own text implies its predicate, so a bound value would keep PostgreSQL's generic plan
-    of a prepared statement, and SQLite's planner, from using it."""
-    return _N.status == literal_column(f"'{status}'")
-
-
-def _among_ids(dialect: Dialect) -> ColumnElement[bool]:
-    """The notification's id is in the list ``:ids``: ``= ANY`` of one array parameter on
+def among(column: ColumnElement[Any], name: str, dialect: Dialect) -> ColumnElement[bool]:
+    """``column`` is in the list parameter ``:name``: ``= ANY`` of one array parameter on
     PostgreSQL (one statement, prepared once, whatever the count), an expanding ``IN``
     elsewhere. The one place the statements differ by database."""
     if dialect.name == "postgresql":
-        return _N.id == any_(bindparam("ids", type_=ARRAY(_N.id.type)))
-    return _N.id.in_(bindparam("ids", expanding=True))
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def recovery(key: Column[Any], *, pending: StrEnum, held: StrEnum) -> Update:
+    """The rows of ``key``'s table whose lease ran out before ``:now`` (their holder died),
+    locked in ``key`` order, marked ``pending`` and due at once: a leased table's sweep."""
+    table = key.table
+    expired = (status_is(table.c.status, held), table.c.lease_expires_at < bindparam("now"))
+    lapsed = select(key).where(*expired).order_by(key).with_for_update()
+    return (
+        update(table)
+        .where(key.in_(lapsed.scalar_subquery()))
+        .where(*expired)
+        .values(
+            status=pending,
+            next_attempt_at=bindparam("now"),
+            updated_at=bindparam("now"),
+            claimed_by=None,
+            lease_expires_at=None,
+        )
+    )
 
 
 def _in_lock_order(ids: Select[tuple[uuid.UUID]]) -> Select[tuple[uuid.UUID]]:
@@ -269,14 +277,23 @@ class _Connection(Protocol):
         ...
 
 
-class _Database(Protocol):
+class Database(Protocol):
+    """One way to run statements per database (``database_of``)."""
+
     def autocommit(self, statement: Statement) -> AbstractAsyncContextManager[_Connection]:
-        """A connection for one statement that is its own transaction."""
+        """A connection whose statements each commit by themselves (``statement``: the first
+        it runs; SQLite runs them in one transaction)."""
         ...
 
     def transaction(self, statement: Statement) -> AbstractAsyncContextManager[_Connection]:
         """A connection in a transaction (``statement``: the first it runs)."""
         ...
+
+
+def database_of(engine: AsyncEngine) -> Database:
+    """How the store's statements run on ``engine``'s database: plain SQL on the pooled
+    driver connection (PostgreSQL), or through SQLAlchemy (SQLite)."""
+    return _Driver(engine) if engine.dialect.name == "postgresql" else _Core(engine)
 
 
 class WorkQueue:
@@ -285,9 +302,7 @@ class WorkQueue:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.statements = Statements(engine.dialect)
-        self._database: _Database = (
-            _Driver(engine) if engine.dialect.name == "postgresql" else _Core(engine)
-        )
+        self._database = database_of(engine)
 
     async def claim(
         self, *, worker_id: str, now: datetime, lease_until: datetime, limit: int
@@ -321,10 +336,9 @@ class WorkQueue:
         statements = self.statements
         ids = [finished.notification_id for finished in rounds]
         async with self._database.transaction(statements.lock_held) as connection:
-            locked = await connection.rows(
-                statements.lock_held, {"ids": ids, "worker_id": worker_id}
+            ours: set[uuid.UUID] = await still_held(
+                connection, statements.lock_held, {"ids": ids, "worker_id": worker_id}
             )
-            ours: set[uuid.UUID] = {row[0] for row in locked}
             if not ours:
                 return ours
             kept = [finished for finished in rounds if finished.notification_id in ours]
@@ -366,6 +380,12 @@ class WorkQueue:
     async def _count(self, statement: Statement, params: Row) -> int:
         async with self._database.autocommit(statement) as connection:
             return await connection.count(statement, params)
+
+
+async def still_held(connection: _Connection, lock_held: Statement, params: Row) -> set[Any]:
+    """Lock the rows ``lock_held`` selects, those the lease holder named in ``params`` still
+    holds; their keys."""
+    return {row[0] for row in await connection.rows(lock_held, params)}
 
 
 async def _add_events(

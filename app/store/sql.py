@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Table, text
+from sqlalchemy import ColumnElement, Table, literal_column, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -37,6 +38,16 @@ EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
+
+
+def status_is(column: ColumnElement[str], *statuses: StrEnum) -> ColumnElement[bool]:
+    """``status = 'pending'`` (or ``status IN ('pending', 'delivering')`` for several), the
+    values written into the SQL rather than bound: a partial index on some statuses
+    (``ix_notifications_due``, ``ix_event_deliveries_open``…) serves only a query whose own text
+    implies its predicate, so bound values would keep PostgreSQL's generic plan of a prepared
+    statement, and SQLite's planner, from using it."""
+    values: list[ColumnElement[str]] = [literal_column(f"'{status}'") for status in statuses]
+    return column == values[0] if len(values) == 1 else column.in_(values)
 
 
 @dataclass(frozen=True, slots=True)
