@@ -378,7 +378,8 @@ async def test_the_loop_runs_beside_the_worker_and_a_stuck_receiver_delays_no_de
     async with serve_http() as sink:
         sink.delay("/stuck", 30)
         stuck = subscription(sink.url("/stuck"), "stuck", timeout="20s", routes=["other"])
-        async with herald(db_url, events_config(stuck)) as h:
+        # A short shutdown grace: the four sends still stuck are cut short and handed back.
+        async with herald(db_url, events_config(stuck), shutdown_timeout=1.0) as h:
             await emit(h, *(accepted(h=h, route="other") for _ in range(20)))
             stop = asyncio.Event()
             loop = asyncio.create_task(dispatcher(h, concurrency=4).run(stop))
