@@ -24,11 +24,10 @@ from app.api.event_schemas import (
     EventPage,
     NotificationEvent,
 )
-from app.api.notifications import _aware
+from app.api.paging import Cursor, Limit, aware, cursor_id
 from app.api.problems import AUTH_ERRORS, error_responses
 from app.api.schemas import Output
 from app.domain import CHANNEL_EVENTS, EventType
-from app.errors import Unprocessable
 from app.events import log
 from app.events.store import EventFilter, EventLog, event_of
 from app.store.models import EventRecord
@@ -63,27 +62,17 @@ async def list_events(
     since: Annotated[
         datetime | None, Query(description="Only events that happened at or after this time.")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor of a page.")
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> EventPage:
     """Only the events of the caller's own notifications, unless its key has the admin scope
     (channel events belong to no one: admin only). An event is kept when at least one
     subscription, or its notification's callback_url, takes it."""
-    before_id = None
-    if cursor is not None:
-        try:
-            before_id = uuid.UUID(cursor)
-        except ValueError:
-            raise Unprocessable(
-                "cursor is not one this API gave out",
-                errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
-            ) from None
+    before_id = cursor_id(cursor)
     filters = EventFilter(
         type=type,
         notification_id=notification_id,
-        since=_aware(since, "since"),
+        since=aware(since, "since"),
         owner=owner_filter(principal),
     )
     rows = await EventLog(session).list(filters, limit=limit + 1, before_id=before_id)

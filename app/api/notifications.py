@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import uuid
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request, status
@@ -30,6 +30,7 @@ from app.api.deps import (
     owner_filter,
     runtime_of,
 )
+from app.api.paging import Cursor, Limit, aware, cursor_id
 from app.api.problems import AUTH_ERRORS, error_responses, problem_of, validation_errors
 from app.api.schemas import (
     AttemptList,
@@ -422,21 +423,11 @@ async def list_notifications(
     ] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor of a page.")
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> NotificationPage:
     """Only the caller's own notifications, unless its key has the admin scope."""
-    before_id = None
-    if cursor is not None:
-        try:
-            before_id = uuid.UUID(cursor)
-        except ValueError:
-            raise Unprocessable(
-                "cursor is not one this API gave out",
-                errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
-            ) from None
+    before_id = cursor_id(cursor)
     for name, value in (("route", route), ("channel", channel)):
         if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
             raise Unprocessable(
@@ -447,8 +438,8 @@ async def list_notifications(
         status=status,
         route=route,
         channel=channel,
-        created_after=_aware(created_after, "created_after"),
-        created_before=_aware(created_before, "created_before"),
+        created_after=aware(created_after, "created_after"),
+        created_before=aware(created_before, "created_before"),
         owner=owner_filter(principal),
     )
     page, next_id = await service.list_page(session, filters, limit=limit, before=before_id)
@@ -531,18 +522,3 @@ async def retry_notification(
 ) -> NotificationDetail:
     owner = owner_filter(principal)
     return detail_of(await service.retry(runtime, session, notification_id, owner=owner))
-
-
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    """The time in UTC (a time without a zone is read as UTC); 422 past year 9999 in UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise Unprocessable(
-            f"{name} is out of range",
-            errors=[{"loc": ["query", name], "msg": "out of range in UTC"}],
-        ) from None
