@@ -203,3 +203,23 @@ class DestinationCircuits:
             for destination, circuit in reversed(self._kept.items())
             if circuit.state is not CircuitState.CLOSED
         ]
+
+
+LOCAL_CODES = frozenset({"local_rate_limit", "no_address", "blocked_address"})
+"""Failures decided before any provider call: they say nothing of the channel's health."""
+
+
+def observe(
+    circuit: CircuitBreaker,
+    result: DeliveryResult,
+    destinations: DestinationCircuits | None = None,
+    destination: str | None = None,
+) -> None:
+    """Count ``result`` on the circuit it went through: a failure decided before any provider
+    call gives back its trial instead, and a destination's circuit is kept for the next send."""
+    if result.error is not None and result.error.code in LOCAL_CODES:
+        circuit.release()
+    else:
+        circuit.record(result)
+    if destination is not None and destinations is not None:
+        destinations.keep(destination, circuit)

@@ -35,7 +35,7 @@ from app.channels.base import (
     Message,
     redact_result,
 )
-from app.delivery.circuit import CircuitBreaker, DestinationCircuits
+from app.delivery.circuit import CircuitBreaker, DestinationCircuits, observe
 from app.delivery.retry import next_round_at, rounds_allowed
 from app.domain import (
     FINAL_STATUSES,
@@ -56,8 +56,6 @@ logger = logging.getLogger("herald.delivery")
 RETRYABLE_SKIPS = frozenset({"circuit_open"})
 """Skip codes that may clear by the next round; every other skip is final for the hop."""
 
-LOCAL_CODES = frozenset({"local_rate_limit", "no_address", "blocked_address"})
-"""Failures decided before any provider call: they say nothing of the channel's health."""
 
 TIMEOUT_GRACE = 0.5
 """Seconds past the channel's own timeout before the orchestrator cancels a send."""
@@ -263,12 +261,7 @@ class Orchestrator:
         # (a circuit's reason is logged and shown by GET /v1/channels).
         result = redact_result(await self._call(message, link), link.secrets)
         if circuit is not None:
-            if result.error is not None and result.error.code in LOCAL_CODES:
-                circuit.release()
-            else:
-                circuit.record(result)
-            if destination is not None and link.destinations is not None:
-                link.destinations.keep(destination, circuit)
+            observe(circuit, result, link.destinations, destination)
         return result
 
     async def _call(self, message: Message, link: Link) -> DeliveryResult:

@@ -41,8 +41,8 @@ from app.channels.base import DeliveryResult, ErrorClass, Message, origin, redac
 from app.channels.http_errors import post_and_classify
 from app.channels.webhook import secret_key, signed_headers
 from app.config import SubscriptionConfig
-from app.delivery.circuit import CircuitBreaker, DestinationCircuits
-from app.delivery.orchestrator import LOCAL_CODES, TIMEOUT_GRACE, utcnow
+from app.delivery.circuit import CircuitBreaker, DestinationCircuits, observe
+from app.delivery.orchestrator import TIMEOUT_GRACE, utcnow
 from app.delivery.outage import Outage
 from app.delivery.retry import next_round_at
 from app.delivery.saves import GroupSaver
@@ -265,12 +265,7 @@ class Dispatcher:
         result = await self._post(subscription, delivery)
         duration_ms = round((time.perf_counter() - began) * 1000)
         result = redact_result(result, [subscription.secret.get_secret_value()])
-        if result.error is not None and result.error.code in LOCAL_CODES:
-            circuit.release()
-        else:
-            circuit.record(result)
-        if destination is not None and self.destinations is not None:
-            self.destinations.keep(destination, circuit)
+        observe(circuit, result, self.destinations, destination)
         return self._finished(subscription, delivery, result, started_at, duration_ms)
 
     def _circuit(self, subscription: str, destination: str | None) -> CircuitBreaker:
