@@ -1,4 +1,4 @@
-"""``herald``: serve | worker | migrate | check-config | openapi."""
+"""``herald``: serve | worker | events | migrate | check-config | openapi."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -159,12 +159,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.delivery.worker import Worker, supervise_worker
     from app.events.dispatcher import Dispatcher
+
+    def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
+        running: list[Awaitable[None]] = [supervise_worker(Worker(runtime), stop)]
+        if not args.no_events:
+            running.append(Dispatcher(runtime).run(stop))
+        return running
+
+    return _run_loops(args, "worker", loops)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from app.events.dispatcher import Dispatcher
+
+    def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
+        return [Dispatcher(runtime).run(stop)]
+
+    return _run_loops(args, "events", loops, needs_events=True)
+
+
+def _run_loops(
+    args: argparse.Namespace,
+    role: str,
+    loops: Callable[[Runtime, asyncio.Event], list[Awaitable[None]]],
+    *,
+    needs_events: bool = False,
+) -> int:
+    """Run ``loops`` (``herald worker``, ``herald events``) until SIGTERM or SIGINT, with
+    ``--metrics-port`` served, in one runtime; exit 0 once they stopped."""
     from app.runtime import open_runtime, settle_heap
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
     registry = _registry()
     config = _config(args.config or settings.config, registry)
+    if needs_events and not config.events.subscriptions and config.events.callback is None:
+        return _fail(
+            "nothing to dispatch: the config has no events.subscriptions and no "
+            "events.callback_secret"
+        )
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -174,7 +207,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
             start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
         except OSError as exc:
             return _fail(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}")
-        logger.info("worker metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
+        logger.info(
+            "%s metrics on http://%s:%d/metrics", role, args.metrics_host, args.metrics_port
+        )
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -191,9 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
             settle_heap()
-            await asyncio.gather(
-                supervise_worker(Worker(runtime), stop), Dispatcher(runtime).run(stop)
-            )
+            await asyncio.gather(*loops(runtime, stop))
 
     asyncio.run(run())
     return 0
@@ -257,15 +290,24 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    worker = commands.add_parser("worker", help="run the delivery loop only")
-    worker.add_argument("--config", help="herald.yaml (default: $HERALD_CONFIG)")
-    worker.add_argument(
-        "--metrics-port", type=int, help="serve this worker's Prometheus metrics on this port"
+    worker = commands.add_parser(
+        "worker",
+        help="run the delivery loop (and, unless --no-events, the event dispatcher)",
     )
     worker.add_argument(
-        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
+        "--no-events",
+        action="store_true",
+        help="delivery loop only; run `herald events` to send events and callbacks",
     )
+    _loop_options(worker, "worker")
     worker.set_defaults(func=cmd_worker)
+
+    events = commands.add_parser(
+        "events",
+        help="run the event dispatcher only (events and callbacks; beside `worker --no-events`)",
+    )
+    _loop_options(events, "dispatcher")
+    events.set_defaults(func=cmd_events)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("--database-url", help="default: $HERALD_DATABASE_URL")
@@ -278,6 +320,16 @@ def parser() -> argparse.ArgumentParser:
     openapi = commands.add_parser("openapi", help="print the OpenAPI spec (openapi.yaml)")
     openapi.set_defaults(func=cmd_openapi)
     return root
+
+
+def _loop_options(command: argparse.ArgumentParser, role: str) -> None:
+    command.add_argument("--config", help="herald.yaml (default: $HERALD_CONFIG)")
+    command.add_argument(
+        "--metrics-port", type=int, help=f"serve this {role}'s Prometheus metrics on this port"
+    )
+    command.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

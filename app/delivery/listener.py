@@ -1,8 +1,10 @@
 """Wake-ups over PostgreSQL ``LISTEN/NOTIFY``: news reaches every process at once.
 
-Two channels carry it. On ``herald_due`` the API (any process) runs ``pg_notify('herald_due',
+Three channels carry it. On ``herald_due`` the API (any process) runs ``pg_notify('herald_due',
 '')`` in the transaction that makes work due; PostgreSQL delivers it on commit to every
-listening worker, which sets its wake-up event. On ``herald_final`` a worker names the
+listening worker, which sets its wake-up event. ``herald_events`` is the same for the event
+dispatchers: sent in every transaction that writes event deliveries (an accept, a worker's
+save of its rounds, a cancel, a redelivery). On ``herald_final`` a worker names the
 notifications whose final state it has just written, for the requests waiting on them
 (``?wait=``, waiters.py) in every API process.
 
@@ -21,8 +23,6 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from app.store.sql import DUE_CHANNEL
-
 CONNECT_TIMEOUT = 10.0
 
 
@@ -36,11 +36,13 @@ Heard = Callable[[str | None], None]
 sent before then was missed."""
 
 
-async def listen(database_url: str, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
-    """Set ``wakeup`` on every ``herald_due`` notification until ``stop``, and once listening
+async def listen(
+    database_url: str, channel: str, wakeup: asyncio.Event, stop: asyncio.Event
+) -> None:
+    """Set ``wakeup`` on every notification on ``channel`` until ``stop``, and once listening
     (work may have become due while nobody was); ``ConnectionError`` if the connection drops
     before."""
-    await listen_to(database_url, DUE_CHANNEL, lambda _: wakeup.set(), stop)
+    await listen_to(database_url, channel, lambda _: wakeup.set(), stop)
 
 
 async def listen_to(database_url: str, channel: str, heard: Heard, stop: asyncio.Event) -> None:

@@ -37,13 +37,15 @@ from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, supervised
 from app.domain import AttemptTrigger, RoundUpdate
+from app.events.body import CircuitChange
+from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox
 from app.ids import uuid7
 from app.nesting import shown
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.queue import Claimed, FinishedRound, WorkQueue
 from app.store.repositories import IDEMPOTENCY_RETENTION
-from app.store.sql import OutboxRows, Row
+from app.store.sql import DUE_CHANNEL, OutboxRows, Row
 
 logger = logging.getLogger("herald.worker")
 T = TypeVar("T")
@@ -144,6 +146,11 @@ class Resources(Protocol):
         """Who takes which events: a round's events are built only when somebody does."""
         ...
 
+    @property
+    def circuit_changes(self) -> CircuitChanges | None:
+        """Channel circuit changes waiting to be written with the next round's save."""
+        ...
+
     def emitted(self, events: OutboxRows | None) -> None:
         """Once a save that wrote ``events`` committed: count them, wake the dispatcher."""
         ...
@@ -208,7 +215,9 @@ class Worker:
         ]
         if not is_sqlite(self.settings.database_url):
             url, wakeup = self.settings.database_url, self.runtime.wakeup
-            tasks.append(("listener", lambda stop: listen(url, wakeup, stop), MAX_BACKOFF))
+            tasks.append(
+                ("listener", lambda stop: listen(url, DUE_CHANNEL, wakeup, stop), MAX_BACKOFF)
+            )
         return tasks
 
     async def _loop(self, stop: asyncio.Event) -> None:
@@ -403,12 +412,19 @@ class Worker:
             delivered_at=outcome.delivered_at,
         )
         rows = [attempt_row(notification.id, record) for record in outcome.attempts]
-        events = self._events(notification, outcome, change.updated_at)
-        finished = FinishedRound(notification.id, change, rows, events)
-        saved = await self._retrying(
-            f"saving the round of {notification.id}",
-            lambda: self._saves.save(finished),
-        )
+        changes = self.runtime.circuit_changes
+        circuits = changes.take() if changes is not None else []
+        saved = False
+        try:
+            events = self._events(notification, outcome, change.updated_at, circuits)
+            finished = FinishedRound(notification.id, change, rows, events)
+            saved = await self._retrying(
+                f"saving the round of {notification.id}",
+                lambda: self._saves.save(finished),
+            )
+        finally:
+            if not saved and circuits and changes is not None:
+                changes.restore(circuits)  # written with the next round that saves
         if not saved:
             logger.warning(
                 "lease on %s was lost before the round was saved; another worker owns it",
@@ -418,9 +434,16 @@ class Worker:
             self.runtime.emitted(events)
         return saved
 
-    def _events(self, notification: Claimed, outcome: Outcome, at: datetime) -> OutboxRows | None:
-        """The outbox's rows of what the round decided, saved with it (``None``: nobody
-        takes any of it, and nothing was built)."""
+    def _events(
+        self,
+        notification: Claimed,
+        outcome: Outcome,
+        at: datetime,
+        circuits: list[CircuitChange],
+    ) -> OutboxRows | None:
+        """The outbox's rows of what the round decided and of the channel ``circuits`` that
+        moved meanwhile, saved with it (``None``: nobody takes any of it, and nothing was
+        built)."""
         outbox = self.runtime.outbox
         return outbox.of_round(
             notification_id=notification.id,
@@ -429,6 +452,7 @@ class Worker:
             callback=outbox.callback(notification.callback_url, notification.callback_events),
             outcome=outcome,
             at=at,
+            circuits=circuits,
         )
 
     async def _retrying(self, what: str, step: Callable[[], Awaitable[T]]) -> T:

@@ -1,10 +1,13 @@
-"""Circuit changes of this process's channels, held in memory until the dispatcher writes them.
+"""Circuit changes of this process's channels, held in memory until a round's save writes them.
 
-A circuit moves inside a delivery round; writing its event there would put a database write in
-the delivery path. The breaker's hook only appends to a bounded queue; the dispatcher's loop
-takes what is queued and appends it to the outbox in a transaction of its own. A process that
-stops before that loses those events (a circuit is per process state anyway, rebuilt from its
-own tries); past ``limit`` queued changes the oldest are dropped and counted.
+A circuit moves inside a delivery round, on a provider's answer; writing its event there would
+put a database write in the delivery path. The breaker's hook only appends to a bounded queue;
+the worker's next save of a round takes what is queued and writes its events in that same
+transaction (``Outbox.of_round``), so they cost no transaction of their own and reach the
+event dispatchers, in this process or another, as a round's events do. A save that did not
+happen (its lease was lost, the database was unreachable) gives them back for the next one. A
+process that stops before that loses those events (a circuit is per process state anyway,
+rebuilt from its own tries); past ``limit`` queued changes the oldest are dropped and counted.
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ class CircuitChanges:
             self.dropped += 1
             logger.warning("circuit change of %s dropped: too many unwritten", change.channel)
         self._queue.append(change)
+
+    def restore(self, taken: list[CircuitChange]) -> None:
+        """Queue again what ``take`` gave that could not be written, ahead of what was queued
+        since."""
+        since = list(self._queue)
+        self._queue.clear()
+        for change in (*taken, *since):
+            self.saw(change)
 
     def take(self) -> list[CircuitChange]:
         """Everything queued, oldest first; the queue is left empty."""

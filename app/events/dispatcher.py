@@ -1,18 +1,21 @@
 """The event dispatcher: a loop of its own that sends the outbox's events to subscriptions.
 
 It never touches the notifications' claim or save, and the delivery loop never waits for it:
-a subscriber that is down, slow or refusing costs this loop's slots and tables only.
+a subscriber that is down, slow or refusing costs this loop's slots and tables only. It runs
+beside the delivery loop (``herald serve``, ``herald worker``) or in a process of its own
+(``herald events``, as many as wanted on PostgreSQL: their claims skip each other's rows), where
+it does not share the delivery loop's CPU.
 
-Each pass: write the circuit changes queued in memory as events (their own transaction), take
-back deliveries whose dispatcher died (every ``SWEEP_EVERY``), and claim as many due deliveries
-as there are free slots, under a lease (``DispatchStore.claim``: one notification's events in
-order). Each is POSTed by a task of its own, signed by the Standard Webhooks scheme
-(``webhook-id`` is the event id on every try), through Herald's guarded outbound client. Its
-slot frees up as soon as the POST is over; its try (the delivery's new state and its attempt
-row) is then saved with the others that finished meanwhile, in one transaction (group commit,
-as the worker saves its rounds: app/delivery/saves.py). A pass runs again when a slot frees up
-(if every slot was busy), when new events are written or a save settled deliveries (the next
-event of their notifications may be due), or after the poll interval.
+Each pass: take back deliveries whose dispatcher died (every ``SWEEP_EVERY``), and claim as many
+due deliveries as there are free slots, under a lease (``DispatchStore.claim``: one
+notification's events in order). Each is POSTed by a task of its own, signed by the Standard
+Webhooks scheme (``webhook-id`` is the event id on every try), through Herald's guarded outbound
+client. Its slot frees up as soon as the POST is over; its try (the delivery's new state and its
+attempt row) is then saved with the others that finished meanwhile, in one transaction (group
+commit, as the worker saves its rounds: app/delivery/saves.py). A pass runs again when a slot
+frees up (if every slot was busy), when new events are written (in this process, or in any
+process on PostgreSQL: ``NOTIFY herald_events``) or a save settled deliveries (the next event of
+their notifications may be due), or after the poll interval.
 
 A failure is classified as a channel's is (``http_errors``): ``transient`` and ``rate_limited``
 (no sooner than Retry-After) and ``config`` are retried on the subscription's schedule with
@@ -33,7 +36,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from app import metrics
@@ -42,14 +45,13 @@ from app.channels.http_errors import post_and_classify
 from app.channels.webhook import secret_key, signed_headers
 from app.config import SubscriptionConfig
 from app.delivery.circuit import CircuitBreaker, DestinationCircuits, observe
+from app.delivery.listener import listen
 from app.delivery.orchestrator import TIMEOUT_GRACE, utcnow
-from app.delivery.outage import Outage
+from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.retry import next_round_at
 from app.delivery.saves import GroupSaver
 from app.delivery.supervise import supervised
 from app.domain import CALLBACK, AttemptOutcome, CircuitState, EventDeliveryStatus
-from app.events.body import channel_event
-from app.events.outbox import count_emitted
 from app.events.store import (
     ClaimedDelivery,
     DispatchStore,
@@ -59,7 +61,8 @@ from app.events.store import (
 )
 from app.ids import uuid7
 from app.runtime import Runtime
-from app.store.db import unavailable_reason
+from app.store.db import is_sqlite, unavailable_reason
+from app.store.sql import EVENTS_CHANNEL
 
 logger = logging.getLogger("herald.events")
 
@@ -126,14 +129,40 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until ``stop`` is set (restarted on a crash: supervise.py), then let the
-        sends in flight finish within the shutdown timeout and hand the rest back."""
+        sends in flight finish within the shutdown timeout and hand the rest back.
+
+        On PostgreSQL a side task listens on ``herald_events`` (supervised too), so events
+        written by any process (an API's accept, a worker's round, a cancel) wake this loop at
+        once; on SQLite the process that writes them wakes it in memory."""
         if not self.subscriptions:
             return
         logger.info("event dispatcher %s started", self.dispatcher_id)
+        side_stop = asyncio.Event()
+        side = []
+        url = self.runtime.settings.database_url
+        if not is_sqlite(url):
+            wakeup = self.runtime.events_wakeup
+
+            def listener(stop: asyncio.Event) -> Awaitable[None]:
+                return listen(url, EVENTS_CHANNEL, wakeup, stop)
+
+            side.append(
+                asyncio.create_task(
+                    supervised("events_listener", listener, side_stop, cap=MAX_BACKOFF),
+                    name="herald-events-listener",
+                )
+            )
         try:
             await supervised("events", self._loop, stop, first=1.0)
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                side_stop.set()
+                for task in side:
+                    task.cancel()  # one stuck on an unreachable database must not hold us
+                if side:
+                    await asyncio.wait(side)
 
     async def _loop(self, stop: asyncio.Event) -> None:
         outage = Outage(logger, step_level=logging.DEBUG)
@@ -143,7 +172,6 @@ class Dispatcher:
                 for event in (wakeup, self._slot_free, self._settled):
                     event.clear()
                 await self._save_unsaved()
-                await self.write_circuit_events()
                 if asyncio.get_running_loop().time() - self._last_sweep >= SWEEP_EVERY:
                     await self.sweep()
                 room = self.concurrency - len(self._sending)
@@ -228,9 +256,7 @@ class Dispatcher:
     # --- steps ---------------------------------------------------------------------------
 
     async def run_once(self) -> int:
-        """Write queued circuit events, claim one batch, send it and save it; how many were
-        claimed. For tests and tools."""
-        await self.write_circuit_events()
+        """Claim one batch, send it and save it; how many were claimed. For tests and tools."""
         claimed = await self.claim(self.concurrency)
         await self.save(await asyncio.gather(*(self.send(delivery) for delivery in claimed)))
         return len(claimed)
@@ -390,23 +416,6 @@ class Dispatcher:
             attempt["error_code"] or "-",
             item.values["status"],
         )
-
-    async def write_circuit_events(self) -> int:
-        """Append the channel circuit changes queued in memory to the outbox; how many events
-        were written (only those some subscription takes)."""
-        changes = self.runtime.circuit_changes
-        if changes is None or not len(changes):
-            return 0
-        taken = changes.take()
-        events = [event for change in taken if (event := channel_event(change)) is not None]
-        try:
-            written = await self.store.append(self.runtime.outbox, events)
-        except Exception:
-            for change in taken:  # written on the next pass
-                changes.saw(change)
-            raise
-        count_emitted(written)
-        return len(written)
 
     async def sweep(self) -> int:
         """Take back deliveries whose dispatcher's lease ran out; count what is unsettled."""

@@ -10,8 +10,10 @@ them, so a Herald without subscriptions or callbacks does no work for events.
 
 The rows (``OutboxRows``) are written by the change's own store, in its own statement or
 transaction: the accept's single statement (``Intake``), the worker's save of its rounds
-(``WorkQueue``), a session (``write_events``: a cancel, a circuit's events). After the commit the
-caller counts what it wrote (``count_emitted``), so a rollback is never counted.
+(``WorkQueue``: with the channel circuit changes queued meanwhile), a session
+(``write_events``: a cancel). Each of these transactions also sends ``NOTIFY herald_events`` on
+PostgreSQL, which wakes the event dispatchers of every process. After the commit the caller
+counts what it wrote (``count_emitted``), so a rollback is never counted.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from app.domain import (
     StoredNotification,
 )
 from app.events import body
-from app.store.sql import EVENT_DELIVERIES, EVENTS, OutboxRows, Row
+from app.events.body import CircuitChange, channel_event
+from app.store.sql import EVENT_DELIVERIES, EVENTS, OutboxRows, Row, notify_events
 
 
 def event_row(event: Event) -> Row:
@@ -203,11 +206,14 @@ class Outbox:
         callback: Callback | None,
         outcome: Outcome,
         at: datetime,
+        circuits: Sequence[CircuitChange] = (),
     ) -> OutboxRows | None:
-        """What a round (or an expiry) decided (``body.round_events``), if anybody wants it;
-        ``None`` when nobody does."""
+        """What a round (or an expiry) decided (``body.round_events``), if anybody wants it,
+        after the events of the channel ``circuits`` that moved meanwhile (``CircuitChanges``:
+        they are written with the round that saves next); ``None`` when nobody wants any."""
         if callback is None and not self.subscriptions:
             return None
+        events = [event for change in circuits if (event := channel_event(change)) is not None]
         wanted = (
             outcome.final
             and self.wants(
@@ -217,11 +223,12 @@ class Outbox:
             self.wants(EventType.ATTEMPT_FAILED, route=route, owner=owner, callback=callback)
             and any(record.outcome is AttemptOutcome.FAILED for record in outcome.attempts)
         )
-        if not wanted:
+        if wanted:
+            events += body.round_events(
+                notification_id=notification_id, owner=owner, route=route, outcome=outcome, at=at
+            )
+        if not events:
             return None
-        events = body.round_events(
-            notification_id=notification_id, owner=owner, route=route, outcome=outcome, at=at
-        )
         callbacks = {notification_id: callback} if callback is not None else None
         return self.rows(events, at, callbacks) or None
 
@@ -251,10 +258,16 @@ class Outbox:
 
 async def write_events(executor: AsyncSession | AsyncConnection, rows: OutboxRows | None) -> None:
     """Write the outbox's ``rows`` in ``executor``'s transaction (a session or a Core
-    connection)."""
+    connection), with the ``NOTIFY`` that wakes the event dispatchers on commit."""
     if rows:
         await executor.execute(insert(EVENTS), list(rows.event_rows))
         await executor.execute(insert(EVENT_DELIVERIES), list(rows.deliveries))
+        dialect = (
+            executor.dialect
+            if isinstance(executor, AsyncConnection)
+            else executor.get_bind().dialect
+        )
+        await notify_events(executor, dialect)
 
 
 def count_emitted(events: Iterable[Event]) -> None:

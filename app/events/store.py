@@ -29,10 +29,10 @@ from app.domain import (
     EventType,
 )
 from app.events.body import CONTENT_COLUMNS, content
-from app.events.outbox import Outbox, delivery_row
+from app.events.outbox import delivery_row
 from app.store.models import EventAttempt, EventDelivery, EventRecord
 from app.store.queue import among, database_of, recovery, still_held
-from app.store.sql import EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, Row, status_is
+from app.store.sql import EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, Row, notify_events, status_is
 
 EVENT_ATTEMPTS = cast(Table, EventAttempt.__table__)
 
@@ -321,12 +321,6 @@ class DispatchStore:
         async with self._database.autocommit(recover) as connection:
             return await connection.count(recover, {"now": now})
 
-    async def append(self, outbox: Outbox, events: Sequence[Event]) -> list[Event]:
-        """Write events that no other change carries (a channel's circuit moved) in a
-        transaction of their own; those written."""
-        async with self.sessions() as session, session.begin():
-            return await outbox.append(session, events)
-
     async def unsettled(self) -> dict[str, int]:
         """Deliveries pending or being sent, per subscription."""
         stmt = (
@@ -392,7 +386,8 @@ class EventLog:
     async def redeliver(self, event: Event, subscriptions: Collection[str], now: datetime) -> None:
         """Queue ``event`` again for ``subscriptions``: a settled delivery starts a new set of
         retries (``trigger: manual``); one being sent or waiting is left as it is; a
-        subscription with none (added to the config since) gets one."""
+        subscription with none (added to the config since) gets one. The event dispatchers
+        hear of it on commit (``NOTIFY``)."""
         existing = {d.subscription: d for d in await self.deliveries(event.id)}
         settled = [
             name
@@ -424,3 +419,4 @@ class EventLog:
                 for name in missing
             ]
             await self.session.execute(insert(EVENT_DELIVERIES), rows)
+        await notify_events(self.session, self.session.get_bind().dialect)

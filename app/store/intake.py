@@ -20,6 +20,7 @@ from app.store.sql import (
     DUE_CHANNEL,
     EVENT_DELIVERIES,
     EVENTS,
+    EVENTS_CHANNEL,
     IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
     OutboxRows,
@@ -51,9 +52,9 @@ class Intake:
     bench/results/levers.md, "batches as `unnest`"). Values pass through the same SQLAlchemy
     bind processors the ORM applies, so rows read back identically. Events, when there are
     any, join the same statement as ``unnest`` inserts into ``events`` and
-    ``event_deliveries``; without them the statement is the one it would be with no events
-    feature at all. On SQLite (no ``LISTEN``: the service wakes its in-process worker) Core
-    INSERTs in one transaction.
+    ``event_deliveries``, and a ``NOTIFY herald_events`` tells the event dispatchers; without
+    them the statement is the one it would be with no events feature at all. On SQLite (no
+    ``LISTEN``: the service wakes its in-process worker) Core INSERTs in one transaction.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -84,7 +85,8 @@ class Intake:
     ) -> None:
         """Store ``rows`` of ``notifications``, the idempotency ``key`` of their request and
         the outbox's rows of their ``events``, all or nothing; with ``announce``, listening
-        workers hear of them once they are stored.
+        workers hear of them once they are stored (and listening event dispatchers of the
+        events).
 
         ``DuplicateKey`` if another request holds the key already: nothing is stored.
         """
@@ -149,8 +151,9 @@ class Intake:
             parts.append(f"e AS ({self._events.sql_many(first)})")
             first += len(self._events.columns)
             parts.append(f"d AS ({self._deliveries.sql_many(first)})")
-        main = f"SELECT pg_notify('{DUE_CHANNEL}', '')" if announce else "SELECT 1"
-        return f"WITH {', '.join(parts)} {main}"
+        channels = ([DUE_CHANNEL] if announce else []) + ([EVENTS_CHANNEL] if with_events else [])
+        notify = ", ".join(f"pg_notify('{channel}', '')" for channel in channels)
+        return f"WITH {', '.join(parts)} SELECT {notify or 1}"
 
 
 def _duplicate_key(exc: IntegrityError) -> bool:

@@ -36,7 +36,9 @@ from sqlalchemy import (
     any_,
     bindparam,
     delete,
+    func,
     insert,
+    literal,
     select,
     update,
 )
@@ -48,6 +50,7 @@ from app.store.sql import (
     ATTEMPTS,
     EVENT_DELIVERIES,
     EVENTS,
+    EVENTS_CHANNEL,
     IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
     OutboxRows,
@@ -196,6 +199,9 @@ class Statements:
         self.add_event_deliveries = insert(EVENT_DELIVERIES)
         """``event_deliveries`` rows (every column but ``seq``, which the database takes)."""
 
+        self.notify_events = notify_statement(EVENTS_CHANNEL, dialect)
+        """``NOTIFY herald_events`` (PostgreSQL; ``None`` elsewhere)."""
+
         self.renew = (
             update(NOTIFICATIONS)
             .where(locked_held, *held)
@@ -230,6 +236,14 @@ def among(column: ColumnElement[Any], name: str, dialect: Dialect) -> ColumnElem
     if dialect.name == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(column.type)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def notify_statement(channel: str, dialect: Dialect) -> Select[Any] | None:
+    """``SELECT pg_notify(channel, '')`` on PostgreSQL (sent when the transaction commits);
+    ``None`` on SQLite, whose one process wakes its loops in memory."""
+    if dialect.name != "postgresql":
+        return None
+    return select(func.pg_notify(literal(channel), literal("")))
 
 
 def recovery(key: Column[Any], *, pending: StrEnum, held: StrEnum) -> Update:
@@ -329,7 +343,7 @@ class WorkQueue:
         ``INSERT`` their attempts (bench/results/levers.md, "group commit"), and, when rounds
         carry events, one for their ``events`` and one for their ``event_deliveries`` (taken
         in the order the rounds' events happened, after their rows were locked: ``seq``
-        orders each notification's events).
+        orders each notification's events) and a ``NOTIFY herald_events``.
         """
         if not rounds:
             return set()
@@ -391,13 +405,16 @@ async def still_held(connection: _Connection, lock_held: Statement, params: Row)
 async def _add_events(
     connection: _Connection, statements: Statements, events: Sequence[OutboxRows]
 ) -> None:
-    """Insert the outbox's rows of the rounds that carry events."""
+    """Insert the outbox's rows of the rounds that carry events, and tell the event
+    dispatchers (``NOTIFY``, sent on commit)."""
     await connection.many(
         statements.add_events, [row for rows in events for row in rows.event_rows]
     )
     await connection.many(
         statements.add_event_deliveries, [row for rows in events for row in rows.deliveries]
     )
+    if statements.notify_events is not None:
+        await connection.rows(statements.notify_events, {})
 
 
 def _by_columns(rounds: Sequence[FinishedRound], worker_id: str) -> list[list[Row]]:

@@ -25,6 +25,8 @@ from app.store.db import unavailable_reason
 from app.store.models import Attempt, EventDelivery, EventRecord, IdempotencyKey, Notification
 
 DUE_CHANNEL = "herald_due"
+EVENTS_CHANNEL = "herald_events"
+"""Sent in the transaction that writes event deliveries: event dispatchers claim them."""
 FINAL_CHANNEL = "herald_final"
 """Its payload: the ids of notifications just written in a final state, comma-separated."""
 NOTIFY_PAYLOAD_LIMIT = 7999
@@ -175,8 +177,18 @@ class PreparedInsert:
 
 
 async def notify_due(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:
+    """``NOTIFY herald_due`` in ``executor``'s transaction (PostgreSQL; nothing on SQLite)."""
+    await _notify(executor, dialect, DUE_CHANNEL)
+
+
+async def notify_events(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:
+    """``NOTIFY herald_events`` in ``executor``'s transaction (PostgreSQL; nothing on SQLite)."""
+    await _notify(executor, dialect, EVENTS_CHANNEL)
+
+
+async def _notify(executor: AsyncConnection | AsyncSession, dialect: Dialect, channel: str) -> None:
     if dialect.name == "postgresql":
-        await executor.execute(text("SELECT pg_notify(:channel, '')"), {"channel": DUE_CHANNEL})
+        await executor.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
 
 
 NOTIFY_FINAL = "SELECT pg_notify($1, $2)"
