@@ -445,21 +445,23 @@ class Bench:
         self.wait_listening(proc)
         return proc
 
-    def wait_listening(self, proc: Proc, timeout: float = 30.0) -> None:
-        """Until the worker's LISTEN connection is up (it claims right after start)."""
+    def wait_listening(self, *procs: Proc, timeout: float = 30.0) -> None:
+        """Until each of ``procs`` (a worker, an event dispatcher) has its LISTEN connection up
+        (they claim right after start)."""
         assert self.pg is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
+            for proc in procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
             listening = self.pg.val(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
                 self.database,
             )
-            if listening:
+            if listening >= len(procs):
                 return
             time.sleep(0.05)
-        raise RuntimeError("the worker did not LISTEN within 30s")
+        raise RuntimeError(f"{', '.join(p.name for p in procs)} did not LISTEN within 30s")
 
     def api(self, port: int | None = None) -> str:
         return f"http://127.0.0.1:{port or self.serve_port}/v1/notifications"
@@ -683,20 +685,30 @@ class Bench:
         variants.append(("herald_events", events_runs))
         if self.args.fastpoll:
             variants.append(("herald_poll_10ms", fastpoll_runs))
+        if self.args.deliver_variants:
+            chosen = self.args.deliver_variants.split(",")
+            variants = [(label, runs) for label, runs in variants if label in chosen]
         for run in range(self.args.runs):
             for label, runs in variants:
                 self.truncate()
                 http_json(f"{self.sink_url}/_reset", "POST", b"")
                 # start the deliverer idle, then make the backlog due at once (with NOTIFY):
                 # process start-up stays out of the CPU figures
+                dispatcher = None
                 if label.startswith("herald"):
                     env = self.herald_env(sqlalchemy_url(self.dsn))
                     if label == "herald_poll_10ms":
                         env["HERALD_POLL_INTERVAL"] = "10ms"
                     if label == "herald_events":
+                        # As README "PostgreSQL and separate workers" runs them: the delivery
+                        # loop and the event dispatcher each in a process of its own.
                         env["HERALD_CONFIG"] = str(self.events_config)
-                    proc = self.procs.start("worker", [HERALD, "worker"], env)
-                    self.wait_listening(proc)
+                        proc = self.procs.start("worker", [HERALD, "worker", "--no-events"], env)
+                        dispatcher = self.procs.start("events", [HERALD, "events"], env)
+                        self.wait_listening(proc, dispatcher)
+                    else:
+                        proc = self.procs.start("worker", [HERALD, "worker"], env)
+                        self.wait_listening(proc)
                 else:
                     proc = self.procs.start(
                         "baseline_deliver",
@@ -709,12 +721,17 @@ class Bench:
                         {"BENCH_DSN": self.dsn},
                     )
                     wait_log(proc, "baseline_deliver ready")
-                window = Window([proc, self.sink] if self.sink else [proc], self.pg, self.database)
+                ours = [proc, *([self.sink] if self.sink else []), *([dispatcher] if dispatcher else [])]
+                window = Window(ours, self.pg, self.database)
+                events_cpu0 = dispatcher.cpu_seconds() if dispatcher else 0.0
                 self.fill(BACKLOG, notify=True)
                 _, waited = self.wait_delivered(
                     BACKLOG, self.args.deliver_window, self.count_delivered, proc
                 )
                 cpu = window.close()
+                if dispatcher is not None:
+                    cpu["events_process_cpu_s"] = round(dispatcher.cpu_seconds() - events_cpu0, 3)
+                    self.procs.stop(dispatcher)
                 self.procs.stop(proc)
                 stats = self.delivered_stats()
                 stats |= {
@@ -722,6 +739,9 @@ class Bench:
                     "completed": stats["delivered"] >= BACKLOG,
                     "waited_s": round(waited, 2),
                     "sink_received": http_json(f"{self.sink_url}/_stats")["count"],
+                    "events_delivered": self.pg.val(
+                        "SELECT count(*) FROM event_deliveries WHERE status = 'delivered'"
+                    ),
                     "cpu": cpu,
                     "cpu_ms_per_notification": (
                         round(1000 * cpu["process_cpu_s"] / stats["delivered"], 3)
@@ -1545,6 +1565,11 @@ def main() -> None:
         "--fastpoll",
         action="store_true",
         help="also run the worker with HERALD_POLL_INTERVAL=10ms (informative deliver variant)",
+    )
+    parser.add_argument(
+        "--deliver-variants",
+        help="deliver: only these of herald,baseline,herald_events,herald_poll_10ms "
+        "(e.g. herald,herald_events for events_ratio alone)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database and temp files")
     parser.add_argument(

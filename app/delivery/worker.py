@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Literal, Protocol, TypeVar
 
-import sniffio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
@@ -35,7 +34,7 @@ from app.delivery.orchestrator import (
 )
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
-from app.delivery.supervise import Task, supervised
+from app.delivery.supervise import Task, name_async_library, supervised
 from app.domain import AttemptTrigger, RoundUpdate
 from app.events.body import CircuitChange
 from app.events.circuits import CircuitChanges
@@ -517,11 +516,8 @@ class Worker:
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
     """Run the worker until ``stop`` (its loops restart themselves on a crash: supervise.py),
-    with the async library named once for the process."""
-    # httpcore and anyio ask sniffio which async library runs several times per request. Told
-    # once through sniffio's own context variable (inherited by every task started from here),
-    # it answers without probing asyncio (bench/results/levers.md, "sniffio's context variable").
-    sniffio.current_async_library_cvar.set("asyncio")
+    with the async library named once for its tasks (``name_async_library``)."""
+    name_async_library()
     await worker.run(stop)
 
 

@@ -50,7 +50,7 @@ from app.delivery.orchestrator import TIMEOUT_GRACE, utcnow
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.retry import next_round_at
 from app.delivery.saves import GroupSaver
-from app.delivery.supervise import supervised
+from app.delivery.supervise import name_async_library, supervised
 from app.domain import CALLBACK, AttemptOutcome, CircuitState, EventDeliveryStatus
 from app.events.store import (
     ClaimedDelivery,
@@ -69,6 +69,9 @@ logger = logging.getLogger("herald.events")
 CONCURRENCY = 16
 """Events being sent at once per process."""
 SWEEP_EVERY = 5.0
+GATHER = 0.01
+"""While busy, how long the loop lets freed slots add up before it claims again, unless half
+of them free up sooner (bench/results/levers.md, "Event dispatcher")."""
 LEASE_MARGIN = 5.0
 """A claim outlasts the longest subscription timeout by this much, so no send outlives it."""
 SAVE_GRACE = 5.0
@@ -136,6 +139,7 @@ class Dispatcher:
         once; on SQLite the process that writes them wakes it in memory."""
         if not self.subscriptions:
             return
+        name_async_library()
         logger.info("event dispatcher %s started", self.dispatcher_id)
         side_stop = asyncio.Event()
         side = []
@@ -187,13 +191,28 @@ class Dispatcher:
                 self._tasks.add(task)
                 self._sending.add(task)
                 task.add_done_callback(self._done)
-            if room <= 0:
-                # Every slot is busy: claim again as soon as one frees up.
-                await _pause(stop, (self._slot_free,), None)
-            elif len(claimed) < room:
+            if room <= 0 or len(claimed) == room:
+                # Every slot is busy, or was just filled: more may be due. Claim again once
+                # half the slots are free, or GATHER after the first one freed up: a claim a
+                # batch, not one per try, and no slot idle for long.
+                await self._gather_room(stop)
+            else:
                 # Nothing more is due: sleep until something may be.
                 await _pause(stop, (wakeup, self._settled), self.runtime.settings.poll_interval)
-            # A full claim means more may be due: go round at once.
+
+    async def _gather_room(self, stop: asyncio.Event) -> None:
+        """Until half the slots are free, or ``GATHER`` seconds after one freed up."""
+        half = max(1, self.concurrency // 2)
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while not stop.is_set() and self.concurrency - len(self._sending) < half:
+            if deadline is None and len(self._sending) < self.concurrency:
+                deadline = loop.time() + GATHER
+            wait = None if deadline is None else deadline - loop.time()
+            if wait is not None and wait <= 0:
+                return
+            self._slot_free.clear()
+            await _pause(stop, (self._slot_free,), wait)
 
     async def _dispatch(self, delivery: ClaimedDelivery) -> None:
         """Send one claimed delivery, free its slot, then save the try with the next batch."""
