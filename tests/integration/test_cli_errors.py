@@ -24,7 +24,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "HERALD_CONFIG": str(config)}
 
 
-@pytest.mark.parametrize("command", [["serve"], ["worker"], ["migrate"]])
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["events"], ["migrate"]])
 @pytest.mark.parametrize(
     ("url", "says"),
     [
@@ -82,7 +82,7 @@ def test_plain_postgres_and_sqlite_urls_migrate_and_serve(
 TYPOS = "route:\n  default: {channels: [console]}\nchannels:\n  console: {type: log, timout: 5s}\n"
 
 
-def test_check_config_serve_and_worker_say_the_same_one_line_per_problem(
+def test_check_config_serve_worker_and_events_say_the_same_one_line_per_problem(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     bad = tmp_path / "typos.yaml"
@@ -93,7 +93,7 @@ def test_check_config_serve_and_worker_say_the_same_one_line_per_problem(
         "  route: unknown section 'route'; did you mean `routes`?",
         "  channels.console.timout: unknown field 'timout'; did you mean `timeout`?",
     ]
-    for command, status in (("check-config", 1), ("serve", 2), ("worker", 2)):
+    for command, status in (("check-config", 1), ("serve", 2), ("worker", 2), ("events", 2)):
         result = run_herald(command, env=env)
         assert (result.returncode, result.stderr.splitlines()) == (status, expected), command
 

@@ -1,22 +1,31 @@
-"""The ``herald`` command as a real process: worker metrics, signals, refusing bad config."""
+"""The ``herald`` command as a real process: worker metrics, signals, refusing bad config, the
+API, the worker and the event dispatcher each in a process of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+import yaml
 
+from app.delivery.listener import asyncpg_dsn
 from app.store.migrate import upgrade
+from tests.support.events import received, subscription
+from tests.support.http_server import HttpServer, serve_http
+from tests.support.processes import herald_process
 
 HERALD = str(Path(sys.executable).with_name("herald"))
 
@@ -150,3 +159,160 @@ def test_serve_answers_waiting_requests_at_once_on_sigterm(sqlite_env: dict[str,
         assert (answer.status_code, answer.headers["herald-wait"]) == (200, "timeout")
         assert answer.json()["status"] == "pending"
         assert server.wait(timeout=30) == 0
+
+
+def test_events_refuses_a_config_with_nothing_to_dispatch(sqlite_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [HERALD, "events"], env=sqlite_env, capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        [
+            "herald: nothing to dispatch: the config has no events.subscriptions and no "
+            "events.callback_secret"
+        ],
+    )
+
+
+async def test_api_worker_and_events_processes_are_woken_by_notify(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The layout README gives for PostgreSQL: ``herald serve --no-worker``, ``herald worker
+    --no-events`` and ``herald events``, each a process of its own. They poll every 30 s here,
+    so what brings each event within seconds is the ``NOTIFY herald_events`` its writer sent:
+    the accept's statement (API), the worker's save of its round, the cancel's and the
+    redelivery's transactions (API). Each step waits for its event before the next, so each
+    wake-up belongs to one writer; the subscriptions are chosen so that the accept of the
+    notification the worker delivers writes no event."""
+    async with serve_http() as sink:
+        config = tmp_path / "herald.yaml"
+        accepts = subscription(
+            sink.url("/accepted"), "accepts", types=["notification.accepted"], routes=["later"]
+        )
+        finals = subscription(
+            sink.url("/final"), "finals", types=["notification.delivered", "notification.cancelled"]
+        )
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "network": {"allowed_networks": ["127.0.0.0/8"]},
+                    "channels": {"hook": {"type": "webhook", "url": sink.url("/hook")}},
+                    "routes": {"default": {"channels": ["hook"]}, "later": {"channels": ["hook"]}},
+                    "events": {"subscriptions": [accepts, finals]},
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "HERALD_DATABASE_URL": pg_url,
+            "HERALD_CONFIG": str(config),
+            "HERALD_POLL_INTERVAL": "30s",
+            "HERALD_LOG_FORMAT": "console",
+        }
+        port, metrics_port = free_port(), free_port()
+        logs = {name: tmp_path / f"{name}.log" for name in ("api", "worker", "events")}
+        commands = {
+            "api": ["serve", "--no-worker", "--port", str(port)],
+            "worker": ["worker", "--no-events"],
+            "events": ["events", "--metrics-port", str(metrics_port)],
+        }
+        with ExitStack() as stack:
+            procs = {
+                name: stack.enter_context(
+                    herald_process(
+                        *args,
+                        env=env,
+                        stdout=stack.enter_context(logs[name].open("w")),
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+                for name, args in commands.items()
+            }
+            db = await asyncpg.connect(asyncpg_dsn(pg_url))
+            try:
+                await until(lambda: _listening(db), "the worker and the dispatcher LISTEN", 2)
+            finally:
+                await db.close()
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                await until(lambda: _ready(client), "the API is ready", True)
+
+                async def step(what: str, path: str, count: int, action: Awaitable[Any]) -> Any:
+                    began = time.monotonic()
+                    answer = await action
+                    assert answer.status_code in (200, 202), answer.text
+                    await until(lambda: _count(sink, path), what, count)
+                    took = time.monotonic() - began
+                    assert took < 5, f"{what}: {took:.1f}s, no NOTIFY woke the dispatcher"
+                    return answer
+
+                delivered = await step(
+                    "the worker's save",
+                    "/final",
+                    1,
+                    client.post("/v1/notifications", json={"text": "now"}),
+                )
+                later = {"route": "later", "text": "later", "send_at": "2099-01-01T00:00:00Z"}
+                held = await step(
+                    "the accept", "/accepted", 1, client.post("/v1/notifications", json=later)
+                )
+                held_id = held.json()["id"]
+                await step(
+                    "the cancel",
+                    "/final",
+                    2,
+                    client.post(f"/v1/notifications/{held_id}/cancel"),
+                )
+                accepted_event = received(sink, "/accepted")[0]["id"]
+                await step(
+                    "the redelivery",
+                    "/accepted",
+                    2,
+                    client.post(f"/v1/events/{accepted_event}/redeliver"),
+                )
+            assert len(sink.requests_to("/hook")) == 1
+            assert [(b["type"], b["notification_id"]) for b in received(sink, "/final")] == [
+                ("notification.delivered", delivered.json()["id"]),
+                ("notification.cancelled", held_id),
+            ]
+            assert [b["id"] for b in received(sink, "/accepted")] == [accepted_event] * 2
+            async with httpx.AsyncClient() as client:
+                metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+                counted = 'herald_events_delivered_total{subscription="finals"} 2.0'
+
+                async def counts() -> bool:
+                    return counted in (await client.get(metrics)).text
+
+                await until(counts, "the dispatcher counted them", True)
+            for proc in procs.values():
+                proc.send_signal(signal.SIGTERM)
+            codes = {name: await asyncio.to_thread(p.wait, 30) for name, p in procs.items()}
+            assert codes == dict.fromkeys(procs, 0)
+    assert "event dispatcher" not in logs["worker"].read_text(), "--no-events: no dispatcher"
+    assert "event dispatcher" in logs["events"].read_text()
+
+
+async def until(check: Callable[[], Awaitable[object]], what: str, expected: object) -> None:
+    """Poll ``check`` (bounded, 15 s) until it answers ``expected``; the loop stays free."""
+    began = time.monotonic()
+    while (found := await check()) != expected:
+        assert time.monotonic() - began < 15, f"not yet {what} after 15 s: {found}"
+        await asyncio.sleep(0.05)
+
+
+async def _listening(db: asyncpg.Connection) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN%'"
+    )
+    return count
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    try:
+        return (await client.get("/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def _count(sink: HttpServer, path: str) -> int:
+    return len(sink.requests_to(path))
