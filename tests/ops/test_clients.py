@@ -3,7 +3,9 @@
 Python: ``openapi-python-client`` generates a package into a temporary directory; the test
 imports it, sends a notification through the ``fallback`` route (a webhook answering 500,
 then one that delivers), polls it until it is delivered, reads its attempts and meets a 404
-and a 422 as typed problems.
+and a 422 as typed problems; another sends one with ``wait`` and gets its final state in the
+same answer, and waits on one that stays pending until ``Herald-Wait: timeout``. The
+TypeScript client does the same.
 
 TypeScript: ``openapi-typescript`` generates the types and ``openapi-fetch`` makes the calls
 (``tests/ops/ts-client``, versions pinned by its package-lock.json, installed with
@@ -21,6 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
@@ -148,6 +151,40 @@ def test_generated_python_client_sends_and_follows_a_notification(
         assert refused.parsed.errors, "a validation problem lists its errors"
 
 
+def test_generated_python_client_waits_for_the_final_state(
+    herald_client: ModuleType, herald_process: HeraldProcess
+) -> None:
+    """``wait`` on create and on get, as the generated client exposes it: the first answer is
+    already final; a wait that runs out answers the current state with ``Herald-Wait:
+    timeout``."""
+    models = importlib.import_module("herald_client.models")
+    create = importlib.import_module("herald_client.api.notifications.create_notification")
+    get = importlib.import_module("herald_client.api.notifications.get_notification")
+    client = herald_client.AuthenticatedClient(
+        base_url=herald_process.base_url, token=API_KEY, raise_on_unexpected_status=True
+    )
+    with client as c:
+        body = models.NotificationCreate(route="default", text="Waited for by Python")
+        created = create.sync_detailed(client=c, body=body, wait="10s")
+        assert created.status_code == 202
+        assert isinstance(created.parsed, models.NotificationDetail), created.parsed
+        assert created.parsed.status == models.NotificationStatus.DELIVERED
+        assert "herald-wait" not in created.headers
+
+        later = models.NotificationCreate(
+            route="default", text="Not yet", send_at=datetime(2099, 1, 1, tzinfo=UTC)
+        )
+        held = create.sync(client=c, body=later)
+        assert isinstance(held, models.NotificationDetail), held
+        began = time.monotonic()
+        waited = get.sync_detailed(client=c, notification_id=held.id, wait="500ms")
+        assert time.monotonic() - began >= 0.4
+        assert waited.status_code == 200
+        assert waited.headers["herald-wait"] == "timeout"
+        assert isinstance(waited.parsed, models.NotificationDetail), waited.parsed
+        assert waited.parsed.status == models.NotificationStatus.PENDING
+
+
 # --- TypeScript -------------------------------------------------------------------------------
 
 
@@ -222,3 +259,5 @@ def test_generated_typescript_client_sends_and_follows_a_notification(
     assert report["invalid"]["status"] == 422
     assert report["invalid"]["errors"], "a validation problem lists its errors"
     assert report["id"] in report["listedIds"]
+    assert report["waited"] == {"status": 202, "state": "delivered", "heraldWait": None}
+    assert report["waitedOut"] == {"status": 200, "state": "pending", "heraldWait": "timeout"}

@@ -1,5 +1,6 @@
 // Herald through a client generated from openapi.yaml (openapi-typescript + openapi-fetch):
-// send a notification, poll it until it is final, read its attempts, and meet two errors.
+// send a notification, poll it until it is final, read its attempts, meet two errors, and
+// send and read with `wait`.
 // tests/ops/test_clients.py compiles this with `tsc` (strict) and runs it against a live
 // `herald serve`; it prints one JSON line that the test checks.
 import createClient from "openapi-fetch";
@@ -69,6 +70,22 @@ const listed = await herald.GET("/v1/notifications", {
 });
 if (listed.error) fail("list", listed.error);
 
+// `wait`: the answer to the POST is already final; a wait that runs out answers the current
+// state with `Herald-Wait: timeout`.
+const waited = await herald.POST("/v1/notifications", {
+  params: { query: { wait: "10s" } },
+  body: { route: "default", text: "Waited for by TypeScript" },
+});
+if (waited.error) fail("create with wait", waited.error);
+const held = await herald.POST("/v1/notifications", {
+  body: { route: "default", text: "Not yet", send_at: "2099-01-01T00:00:00Z" },
+});
+if (held.error) fail("create for later", held.error);
+const waitedOut = await herald.GET("/v1/notifications/{notification_id}", {
+  params: { path: { notification_id: held.data.id }, query: { wait: "500ms" } },
+});
+if (waitedOut.error) fail("get with wait", waitedOut.error);
+
 console.log(
   JSON.stringify({
     createdStatus: created.response.status,
@@ -87,5 +104,15 @@ console.log(
     notFound: { status: missing.response.status, problem: missing.error ?? null },
     invalid: { status: invalid.response.status, errors: invalid.error?.errors ?? null },
     listedIds: listed.data.items.map((item) => item.id),
+    waited: {
+      status: waited.response.status,
+      state: waited.data.status,
+      heraldWait: waited.response.headers.get("herald-wait"),
+    },
+    waitedOut: {
+      status: waitedOut.response.status,
+      state: waitedOut.data.status,
+      heraldWait: waitedOut.response.headers.get("herald-wait"),
+    },
   }),
 );
