@@ -763,11 +763,12 @@ class Bench:
             "deliver_ratio": paired_ratio(herald_runs, baseline_runs, "rate"),
             "events_ratio": paired_ratio(events_runs, herald_runs, "rate"),
             "events_ratio_runs": [
-                ratio(e["rate"], h["rate"]) for e, h in zip(events_runs, herald_runs, strict=True)
+                ratio(e["rate"], h["rate"]) for e, h in zip(events_runs, herald_runs, strict=False)
             ],
             "ratio_of_medians": ratio(herald["rate"], base["rate"]),
             "ratio_runs": [
-                ratio(h["rate"], b["rate"]) for h, b in zip(herald_runs, baseline_runs, strict=True)
+                ratio(h["rate"], b["rate"])
+                for h, b in zip(herald_runs, baseline_runs, strict=False)
             ],
             "setup": f"{BACKLOG} due rows, one worker process (concurrency 32, batch 64) or "
             f"baseline_deliver (32 senders), cut after {self.args.deliver_window:g} s. "

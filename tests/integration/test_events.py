@@ -363,6 +363,42 @@ async def test_channel_circuit_changes_arrive_as_events(db_url: str) -> None:
             assert h.runtime.circuit_changes is not None and len(h.runtime.circuit_changes) == 0
 
 
+async def test_a_circuit_change_whose_round_was_not_saved_goes_with_the_next_save(
+    db_url: str,
+) -> None:
+    """A channel's circuit events are written by the save of a round, not by a transaction
+    of their own: when that save does not happen (its lease was lost), they are queued again
+    and the next round that saves writes them."""
+    async with serve_http() as sink:
+        config = {
+            "channels": {
+                "flaky": {
+                    "type": "webhook",
+                    "url": sink.url("/flaky"),
+                    "circuit": {"failures": 1, "cooldown": "1h"},
+                },
+                "console": {"type": "log"},
+            },
+            "routes": {"default": {"channels": ["flaky", "console"]}},
+            "events": {"subscriptions": [subscription(sink.url("/ev"), types=["channel.*"])]},
+        }
+        sink.script("/flaky", (500, {}, "down"))
+        async with herald(db_url, config) as h:
+            changes = h.runtime.circuit_changes
+            assert changes is not None
+            lost = await h.send(text="x")
+            (claimed,) = await h.worker.claim(10)
+            await h.set_fields(lost["id"], claimed_by="another-worker")
+            await h.worker.deliver(claimed)  # flaky fails: its circuit opens; not saved
+            assert len(changes) == 1, "queued again"
+            assert await drain(h) == 0
+            await h.send(text="y")
+            await h.run_worker()  # flaky skipped (open), console delivers: this save writes it
+            assert len(changes) == 0
+            assert await drain(h) == 1
+            assert [b["type"] for b in received(sink, "/ev")] == ["channel.circuit_opened"]
+
+
 async def test_no_subscription_to_channel_events_queues_nothing(db_url: str) -> None:
     config = events_config(subscription("https://hooks.example.com/in", types=["notification.*"]))
     async with herald(db_url, config) as h:
