@@ -12,10 +12,11 @@ notification's events in order). Each is POSTed by a task of its own, signed by 
 Webhooks scheme (``webhook-id`` is the event id on every try), through Herald's guarded outbound
 client. Its slot frees up as soon as the POST is over; its try (the delivery's new state and its
 attempt row) is then saved with the others that finished meanwhile, in one transaction (group
-commit, as the worker saves its rounds: app/delivery/saves.py). A pass runs again when a slot
-frees up (if every slot was busy), when new events are written (in this process, or in any
-process on PostgreSQL: ``NOTIFY herald_events``) or a save settled deliveries (the next event of
-their notifications may be due), or after the poll interval.
+commit, as the worker saves its rounds: app/delivery/saves.py). A pass runs again when slots
+free up after a claim that filled them (once half are free, or ``GATHER`` after the first: a
+claim per batch, not per try), when new events are written (in this process, or in any process
+on PostgreSQL: ``NOTIFY herald_events``) or a save settled deliveries (the next event of their
+notifications may be due), or after the poll interval.
 
 A failure is classified as a channel's is (``http_errors``): ``transient`` and ``rate_limited``
 (no sooner than Retry-After) and ``config`` are retried on the subscription's schedule with
