@@ -54,6 +54,7 @@ from tests.chaos.observe import (
     tally,
     wait_all_final,
 )
+from tests.chaos.test_chaos import log
 
 SECRET = "whsec_" + base64.b64encode(b"herald-chaos-events-signing-key!").decode()
 LEASE = 3.0
@@ -83,10 +84,6 @@ PLANS = {
 SIZES = pytest.mark.parametrize(
     "size", ["short", pytest.param("full", marks=pytest.mark.chaos_full)]
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @dataclass

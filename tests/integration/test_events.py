@@ -27,7 +27,7 @@ from tests.support.events import (
     subscription,
 )
 from tests.support.harness import Harness, herald, running_worker
-from tests.support.http_server import serve_http
+from tests.support.http_server import HttpServer, serve_http
 
 
 async def deliveries(h: Harness, event_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -321,24 +321,30 @@ async def test_events_of_a_change_that_rolled_back_are_never_written(db_url: str
             assert (await session.execute(select(func.count(EventRecord.id)))).scalar_one() == 0
 
 
+def circuits_config(sink: HttpServer, cooldown: str) -> dict[str, Any]:
+    """``flaky`` (its circuit opens on one failure, for ``cooldown``) then ``console`` on the
+    default route, ``locked`` then ``console`` on ``locked``; a subscription to ``channel.*``."""
+    return {
+        "channels": {
+            "flaky": {
+                "type": "webhook",
+                "url": sink.url("/flaky"),
+                "circuit": {"failures": 1, "cooldown": cooldown},
+            },
+            "locked": {"type": "webhook", "url": sink.url("/locked")},
+            "console": {"type": "log"},
+        },
+        "routes": {
+            "default": {"channels": ["flaky", "console"]},
+            "locked": {"channels": ["locked", "console"]},
+        },
+        "events": {"subscriptions": [subscription(sink.url("/ev"), types=["channel.*"])]},
+    }
+
+
 async def test_channel_circuit_changes_arrive_as_events(db_url: str) -> None:
     async with serve_http() as sink:
-        config = {
-            "channels": {
-                "flaky": {
-                    "type": "webhook",
-                    "url": sink.url("/flaky"),
-                    "circuit": {"failures": 1, "cooldown": "200ms"},
-                },
-                "locked": {"type": "webhook", "url": sink.url("/locked")},
-                "console": {"type": "log"},
-            },
-            "routes": {
-                "default": {"channels": ["flaky", "console"]},
-                "locked": {"channels": ["locked", "console"]},
-            },
-            "events": {"subscriptions": [subscription(sink.url("/ev"), types=["channel.*"])]},
-        }
+        config = circuits_config(sink, cooldown="200ms")
         sink.script("/flaky", (500, {}, "down"))
         sink.script("/locked", (401, {}, "bad token"))
         async with herald(db_url, config) as h:
@@ -370,18 +376,7 @@ async def test_a_circuit_change_whose_round_was_not_saved_goes_with_the_next_sav
     of their own: when that save does not happen (its lease was lost), they are queued again
     and the next round that saves writes them."""
     async with serve_http() as sink:
-        config = {
-            "channels": {
-                "flaky": {
-                    "type": "webhook",
-                    "url": sink.url("/flaky"),
-                    "circuit": {"failures": 1, "cooldown": "1h"},
-                },
-                "console": {"type": "log"},
-            },
-            "routes": {"default": {"channels": ["flaky", "console"]}},
-            "events": {"subscriptions": [subscription(sink.url("/ev"), types=["channel.*"])]},
-        }
+        config = circuits_config(sink, cooldown="1h")
         sink.script("/flaky", (500, {}, "down"))
         async with herald(db_url, config) as h:
             changes = h.runtime.circuit_changes
