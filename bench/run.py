@@ -721,7 +721,7 @@ class Bench:
                         {"BENCH_DSN": self.dsn},
                     )
                     wait_log(proc, "baseline_deliver ready")
-                ours = [proc, *([self.sink] if self.sink else []), *([dispatcher] if dispatcher else [])]
+                ours = [proc, *(p for p in (self.sink, dispatcher) if p is not None)]
                 window = Window(ours, self.pg, self.database)
                 events_cpu0 = dispatcher.cpu_seconds() if dispatcher else 0.0
                 self.fill(BACKLOG, notify=True)
@@ -729,8 +729,8 @@ class Bench:
                     BACKLOG, self.args.deliver_window, self.count_delivered, proc
                 )
                 cpu = window.close()
+                events_cpu = dispatcher.cpu_seconds() - events_cpu0 if dispatcher else None
                 if dispatcher is not None:
-                    cpu["events_process_cpu_s"] = round(dispatcher.cpu_seconds() - events_cpu0, 3)
                     self.procs.stop(dispatcher)
                 self.procs.stop(proc)
                 stats = self.delivered_stats()
@@ -739,8 +739,13 @@ class Bench:
                     "completed": stats["delivered"] >= BACKLOG,
                     "waited_s": round(waited, 2),
                     "sink_received": http_json(f"{self.sink_url}/_stats")["count"],
-                    "events_delivered": self.pg.val(
-                        "SELECT count(*) FROM event_deliveries WHERE status = 'delivered'"
+                    "events_delivered": (
+                        events := self.pg.val(
+                            "SELECT count(*) FROM event_deliveries WHERE status = 'delivered'"
+                        )
+                    ),
+                    "events_cpu_ms_per_event": (
+                        round(1000 * events_cpu / events, 3) if events_cpu and events else None
                     ),
                     "cpu": cpu,
                     "cpu_ms_per_notification": (
@@ -759,7 +764,7 @@ class Bench:
             "herald": herald,
             "baseline_deliver": base,
             "herald_poll_10ms": summarise(fastpoll_runs, keys) if fastpoll_runs else None,
-            "herald_events": summarise(events_runs, keys),
+            "herald_events": summarise(events_runs, (*keys, "events_cpu_ms_per_event")),
             "deliver_ratio": paired_ratio(herald_runs, baseline_runs, "rate"),
             "events_ratio": paired_ratio(events_runs, herald_runs, "rate"),
             "events_ratio_runs": [
@@ -771,7 +776,8 @@ class Bench:
                 for h, b in zip(herald_runs, baseline_runs, strict=False)
             ],
             "setup": f"{BACKLOG} due rows, one worker process (concurrency 32, batch 64) or "
-            f"baseline_deliver (32 senders), cut after {self.args.deliver_window:g} s. "
+            f"baseline_deliver (32 senders), cut after {self.args.deliver_window:g} s; "
+            "herald_events: herald worker --no-events beside one herald events process. "
             "With --fastpoll, herald_poll_10ms (not in the ratio): the same worker with "
             "HERALD_POLL_INTERVAL=10ms",
         }
@@ -1467,6 +1473,12 @@ def markdown(report: dict[str, Any]) -> str:
                 "deliver with events: worker CPU ms per notification",
                 d["herald_events"],
                 "cpu_ms_per_notification",
+                2,
+            )
+            row(
+                "deliver with events: `herald events` CPU ms per event",
+                d["herald_events"],
+                "events_cpu_ms_per_event",
                 2,
             )
             rows.append(
