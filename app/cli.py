@@ -1,4 +1,4 @@
-"""``herald``: serve | worker | migrate | check-config | openapi."""
+"""``herald``: serve | worker | ingest | migrate | check-config | openapi."""
 
 from __future__ import annotations
 
@@ -110,14 +110,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(refusal)
     logs.configure(settings.log_level, settings.log_format)
     port = args.port if args.port is not None else settings.port
-    app = create_app(settings, config, registry, run_worker=not args.no_worker)
+    ingest = not args.no_ingest and bool(config.ingest.streams) and config.ingest.serve
+    app = create_app(settings, config, registry, run_worker=not args.no_worker, run_ingest=ingest)
     logger.info(
-        "herald %s serving on http://%s:%d (%s, delivery loop %s)",
+        "herald %s serving on http://%s:%d (%s, delivery loop %s, ingest %s)",
         __version__,
         host,
         port,
         _database_kind(settings.database_url),
         "off" if args.no_worker else "on",
+        "on" if ingest else "off",
     )
 
     class Server(uvicorn.Server):
@@ -156,25 +158,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _serve_metrics(args: argparse.Namespace, what: str) -> str | None:
+    """Serve this process's metrics on ``--metrics-port`` if given; why it cannot, if so."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    from app.metrics import REGISTRY
+
+    try:
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
+    except OSError as exc:
+        return f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}"
+    logger.info("%s metrics on http://%s:%d/metrics", what, args.metrics_host, args.metrics_port)
+    return None
+
+
+def _run_loops(
+    settings: Settings, config: HeraldConfig, registry: ChannelRegistry, *, ingest: bool
+) -> None:
+    """Run the delivery loops (``herald worker``) or the ingest loops (``herald ingest``) until
+    SIGTERM or SIGINT: the first lets them finish what they hold, a second exits at once."""
     from app.delivery.worker import Worker, supervise_worker
     from app.events.dispatcher import Dispatcher
+    from app.ingest.consumer import Ingest
     from app.runtime import open_runtime, settle_heap
-
-    settings = _settings()
-    logs.configure(settings.log_level, settings.log_format)
-    registry = _registry()
-    config = _config(args.config or settings.config, registry)
-    if args.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        from app.metrics import REGISTRY
-
-        try:
-            start_http_server(args.metrics_port, addr=args.metrics_host, registry=REGISTRY)
-        except OSError as exc:
-            return _fail(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}")
-        logger.info("worker metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -184,18 +192,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if stop.is_set():
                 logger.warning("second %s: exiting at once", signal.Signals(signum).name)
                 os._exit(1)
-            logger.info("%s: finishing in-flight deliveries", signal.Signals(signum).name)
+            logger.info("%s: finishing what is in flight", signal.Signals(signum).name)
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
             settle_heap()
-            await asyncio.gather(
-                supervise_worker(Worker(runtime), stop), Dispatcher(runtime).run(stop)
-            )
+            if ingest:
+                await Ingest(runtime).run(stop)
+            else:
+                await asyncio.gather(
+                    supervise_worker(Worker(runtime), stop), Dispatcher(runtime).run(stop)
+                )
 
     asyncio.run(run())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    registry = _registry()
+    config = _config(args.config or settings.config, registry)
+    refusal = _serve_metrics(args, "worker")
+    if refusal is not None:
+        return _fail(refusal)
+    _run_loops(settings, config, registry, ingest=False)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    registry = _registry()
+    config = _config(args.config or settings.config, registry)
+    if not config.ingest.streams:
+        return _fail(
+            "nothing to ingest: the config has no ingest.streams (see examples/herald.yaml)"
+        )
+    refusal = _serve_metrics(args, "ingest")
+    if refusal is not None:
+        return _fail(refusal)
+    _run_loops(settings, config, registry, ingest=True)
     return 0
 
 
@@ -255,6 +293,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-worker", action="store_true", help="API only; run `herald worker` to deliver"
     )
+    serve.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="do not consume ingest.streams here; run `herald ingest` for them",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="run the delivery loop only")
@@ -266,6 +309,18 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
     )
     worker.set_defaults(func=cmd_worker)
+
+    ingest = commands.add_parser(
+        "ingest", help="consume the configured Redis Streams into notifications"
+    )
+    ingest.add_argument("--config", help="herald.yaml (default: $HERALD_CONFIG)")
+    ingest.add_argument(
+        "--metrics-port", type=int, help="serve this process's Prometheus metrics on this port"
+    )
+    ingest.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
+    )
+    ingest.set_defaults(func=cmd_ingest)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("--database-url", help="default: $HERALD_DATABASE_URL")
