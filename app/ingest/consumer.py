@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from app import metrics, service
 from app.delivery.outage import Outage
@@ -334,12 +334,16 @@ class StreamConsumer:
             self._db_outage.recovered()
             return list(results)
         if len(planned) == 1:
-            logger.error(
-                "stream %s: storing entry %s failed: %s",
+            entry_id = planned[0][0]
+            again = entry_id in self.failures
+            logger.log(
+                logging.WARNING if again else logging.ERROR,
+                "stream %s: storing entry %s failed%s: %s",
                 self.stream,
-                planned[0][0],
+                entry_id,
+                " again" if again else "",
                 brief(failure),
-                exc_info=failure,
+                exc_info=None if again else failure,
             )
             return [Failed(f"{type(failure).__name__}: {brief(failure)}")]
         alone: list[Result] = []
