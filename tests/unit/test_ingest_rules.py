@@ -190,3 +190,19 @@ def test_streams_need_redis_and_distinct_names() -> None:
 def test_the_redis_url_is_never_echoed() -> None:
     problems = config_problems({"redis": {"url": "ftp://user:secret@h"}})
     assert not any("secret" in problem for problem in problems), problems
+
+
+def test_the_commented_ingest_example_is_a_valid_config() -> None:
+    """examples/herald.yaml's ``ingest`` section, uncommented, validates against the rest."""
+    import yaml
+
+    from tests.ops.support import ROOT
+
+    text = (ROOT / "examples/herald.yaml").read_text()
+    block = text[text.index("# ingest:") :].splitlines()
+    uncommented = "\n".join(line[2:] if line.startswith("# ") else "" for line in block)
+    raw = yaml.safe_load(text)
+    raw["ingest"] = yaml.safe_load(uncommented)["ingest"]
+    config = parse_config(raw, default_registry(), env={})
+    assert [s.stream for s in config.ingest.streams] == ["events:orders"]
+    assert config.ingest.streams[0].dead_letter_stream == "events:orders:dead"
