@@ -347,7 +347,11 @@ async def accept(
 
 
 async def accept_keyed(
-    runtime: Runtime, items: Sequence[Keyed], *, owner: str | None = None
+    runtime: Runtime,
+    items: Sequence[Keyed],
+    *,
+    owner: str | None = None,
+    fresh: bool = False,
 ) -> list[Stored | HeraldError]:
     """Accept requests that each carry their own idempotency key, in one transaction: what
     ``accept`` does for each (the same checks, the same rows, the same key rule), with one
@@ -358,10 +362,15 @@ async def accept_keyed(
     either way the key's notification exists), or why the request is refused. When another
     process stores one of the keys first, the items are accepted one by one with ``accept``,
     which answers the race as a POST does.
+
+    ``fresh``: the keys are most likely unused (stream entries read for the first time), so
+    the items are stored without reading the keys first, and only if one of them turns out
+    taken are they accepted again with the read. That read was most of a batch's time on a
+    table PostgreSQL had not analysed yet (bench/results/levers.md, "ingest_stream").
     """
     scope = owner or ""
     now = utcnow()
-    used = await _used_keys(runtime, scope, [item.key for item in items])
+    used = {} if fresh else await _used_keys(runtime, scope, [item.key for item in items])
     outcomes: list[Stored | HeraldError] = []
     rows: list[StoredNotification] = []
     keys: list[Row] = []
@@ -389,6 +398,8 @@ async def accept_keyed(
     try:
         await runtime.intake.add_many(rows, keys=keys, announce=due, events=events)
     except DuplicateKey:
+        if fresh:
+            return await accept_keyed(runtime, items, owner=owner)
         return [await _accept_one(runtime, item, owner) for item in items]
     for row in rows:
         metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()

@@ -286,7 +286,7 @@ class StreamConsumer:
                 continue
             planned.append((entry_id, keyed))
         fields_of = dict((_text(i), f) for i, f in raw)
-        results = await self._store(planned, stop)
+        results = await self._store(planned, stop, fresh=not reclaimed)
         for (entry_id, _), result in zip(planned, results, strict=True):
             if isinstance(result, service.Stored):
                 acks.append(entry_id)
@@ -311,7 +311,11 @@ class StreamConsumer:
         self.failures[entry_id] = reason
 
     async def _store(
-        self, planned: Sequence[tuple[str, service.Keyed]], stop: asyncio.Event
+        self,
+        planned: Sequence[tuple[str, service.Keyed]],
+        stop: asyncio.Event,
+        *,
+        fresh: bool = False,
     ) -> list[Result]:
         """Accept the planned entries' requests in one transaction; through a database outage,
         hold the entries and try again; after any other failure, try each alone so that one
@@ -321,7 +325,9 @@ class StreamConsumer:
         items = [keyed for _, keyed in planned]
         while True:
             try:
-                results = await service.accept_keyed(self.runtime, items, owner=self.config.owner)
+                results = await service.accept_keyed(
+                    self.runtime, items, owner=self.config.owner, fresh=fresh
+                )
             except Exception as exc:
                 if unavailable_reason(exc) is None:
                     failure = exc
@@ -348,7 +354,7 @@ class StreamConsumer:
             return [Failed(f"{type(failure).__name__}: {brief(failure)}")]
         alone: list[Result] = []
         for one in planned:
-            alone.extend(await self._store([one], stop))
+            alone.extend(await self._store([one], stop, fresh=fresh))
         return alone
 
     async def _hold(self, ids: Sequence[str]) -> None:
