@@ -7,6 +7,8 @@ this process's consumer name:
    pending longer than ``claim_idle``: those of a consumer that died, or whose try failed.
    An entry delivered more than ``dead_letter.after`` times goes to the dead-letter stream.
 2. Otherwise ``XREADGROUP … >`` reads up to ``batch`` new entries, waiting ``block``.
+   ``concurrency`` lanes do this at once, so that one batch is stored while the next is read
+   (bench/results/levers.md, "ingest_stream").
 3. Each entry becomes a request by the stream's rules (``app.ingest.mapping``); the batch is
    accepted in one transaction (``service.accept_keyed``: POST's checks, key = stream + entry
    id, so an entry read twice makes one notification).
@@ -51,6 +53,8 @@ from app.runtime import Runtime
 from app.store.db import brief, unavailable_reason
 
 logger = logging.getLogger("herald.ingest")
+_quiet = logging.getLogger("herald.ingest.lanes")
+_quiet.setLevel(logging.ERROR)  # the lanes after the first: their outage lines repeat its own
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 """What Redis being unreachable (or still loading its data after a restart) looks like."""
@@ -142,15 +146,24 @@ class StreamConsumer:
                 metrics.ingest_entries.labels(self.stream, outcome)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop``; Redis being unreachable is waited out, not raised."""
+        """Consume until ``stop`` with ``ingest.concurrency`` lanes, each reading and settling
+        batches of its own (one claims idle entries too); Redis being unreachable is waited
+        out, not raised."""
+        await asyncio.gather(
+            *(self._lane(stop, first=lane == 0) for lane in range(self.settings.concurrency))
+        )
+
+    async def _lane(self, stop: asyncio.Event, *, first: bool) -> None:
+        # The first lane speaks for the stream: the others wait out the same outage silently.
+        outage = self._redis_outage if first else Outage(_quiet, f"Redis (stream {self.stream})")
         while not stop.is_set():
             try:
                 await self.create_group()
                 while not stop.is_set():
-                    await self.step(stop)
-                    self._redis_outage.recovered()
+                    await self.step(stop, claims=first)
+                    outage.recovered()
             except REDIS_DOWN as exc:
-                if await _stopped(stop, self._redis_outage.failed(exc)):
+                if await _stopped(stop, outage.failed(exc)):
                     return
 
     async def create_group(self) -> None:
@@ -170,10 +183,11 @@ class StreamConsumer:
                 self.config.group_start,
             )
 
-    async def step(self, stop: asyncio.Event) -> int:
-        """Claim idle entries, or else read new ones, and settle them; how many there were."""
+    async def step(self, stop: asyncio.Event, *, claims: bool = True) -> int:
+        """Claim idle entries (with ``claims``), or else read new ones, and settle them; how
+        many there were."""
         try:
-            entries = await self._claim()
+            entries = await self._claim() if claims else []
             reclaimed = bool(entries)
             if not entries:
                 entries = await self._read()

@@ -409,6 +409,8 @@ class IngestConfig(BaseModel):
     ``herald ingest`` processes do."""
     batch: int = Field(default=500, ge=1, le=1000)
     """Entries read, stored and acked together."""
+    concurrency: int = Field(default=4, ge=1, le=32)
+    """Batches of one stream in flight at once in one process."""
     block: Duration = Field(default=2.0, gt=0, le=60)
     """How long one read waits for new entries."""
     claim_idle: Duration = Field(default=30.0, ge=0.1, le=86400)
