@@ -66,7 +66,7 @@ def lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     """The value at ``path`` in ``context``; ``MISSING`` when there is none."""
     value: Any = context
     for part in path:
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):  # JSON objects are dicts (an ABC check costs more)
             value = value.get(part, MISSING)
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
