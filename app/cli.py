@@ -210,30 +210,27 @@ def _run_loops(
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
-    logs.configure(settings.log_level, settings.log_format)
-    registry = _registry()
-    config = _config(args.config or settings.config, registry)
-    refusal = _serve_metrics(args, "worker")
-    if refusal is not None:
-        return _fail(refusal)
-    _run_loops(settings, config, registry, ingest=False)
-    return 0
+    return _loops_command(args, ingest=False)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    return _loops_command(args, ingest=True)
+
+
+def _loops_command(args: argparse.Namespace, *, ingest: bool) -> int:
+    """``herald worker`` or ``herald ingest``: settings, config, metrics port, then the loops."""
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
     registry = _registry()
     config = _config(args.config or settings.config, registry)
-    if not config.ingest.streams:
+    if ingest and not config.ingest.streams:
         return _fail(
             "nothing to ingest: the config has no ingest.streams (see examples/herald.yaml)"
         )
-    refusal = _serve_metrics(args, "ingest")
+    refusal = _serve_metrics(args, "ingest" if ingest else "worker")
     if refusal is not None:
         return _fail(refusal)
-    _run_loops(settings, config, registry, ingest=True)
+    _run_loops(settings, config, registry, ingest=ingest)
     return 0
 
 
