@@ -181,7 +181,6 @@ def _run_loops(
     SIGTERM or SIGINT: the first lets them finish what they hold, a second exits at once."""
     from app.delivery.worker import Worker, supervise_worker
     from app.events.dispatcher import Dispatcher
-    from app.ingest.consumer import Ingest
     from app.runtime import open_runtime, settle_heap
 
     async def run() -> None:
@@ -200,6 +199,8 @@ def _run_loops(
         async with open_runtime(settings, config, registry) as runtime:
             settle_heap()
             if ingest:
+                from app.ingest.consumer import Ingest  # the worker needs none of the API's
+
                 await Ingest(runtime).run(stop)
             else:
                 await asyncio.gather(

@@ -205,18 +205,19 @@ async def test_redis_restarting_mid_way_loses_nothing(
         try:
             batch = [{"type": "order.created", "payload": {"id": f"B-{i}"}} for i in range(300)]
             await add_entries(producer, stream, batch[:150])
-            await eventually("the first entries", lambda: _count(h, 150), within=20)
+            await eventually("the first entries", lambda: _count(h, 150, most=301), within=20)
             await producer.aclose()
             redis_server.stop()
             await asyncio.sleep(1.0)  # the loop finds Redis gone and backs off
             assert not task.done()
+            await h.send(text="the API serves while Redis is down")
             redis_server.start()
             producer = Redis.from_url(redis_server.url)
             await add_entries(producer, stream, batch[150:])
-            await eventually("every entry", lambda: _count(h, 300), within=40)
+            await eventually("every entry", lambda: _count(h, 301), within=40)
             await eventually("every entry acked", lambda: _drained(producer, stream))
-            subjects = {n.text for n in await notifications(h)}
-            assert len(subjects) == 300
+            texts = {n.text for n in await notifications(h)}
+            assert len(texts) == 301
         finally:
             stop.set()
             await asyncio.wait_for(task, timeout=15)
@@ -224,11 +225,11 @@ async def test_redis_restarting_mid_way_loses_nothing(
                 await producer.aclose()
 
 
-async def _count(h: Harness, expected: int) -> bool:
+async def _count(h: Harness, expected: int, most: int | None = None) -> bool:
     async with h.runtime.sessions() as session:
         found = await session.scalar(select(func.count()).select_from(Notification))
-    assert found is not None and found <= expected, f"{found} notifications for {expected}"
-    return found == expected
+    assert found is not None and found <= (most or expected), f"{found} for {expected}"
+    return found >= expected
 
 
 async def _drained(redis: Redis, stream: str) -> bool:
