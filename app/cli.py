@@ -1,4 +1,4 @@
-"""``herald``: serve | worker | events | migrate | check-config | openapi."""
+"""``herald``: serve | worker | events | ingest | migrate | check-config | openapi."""
 
 from __future__ import annotations
 
@@ -110,14 +110,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(refusal)
     logs.configure(settings.log_level, settings.log_format)
     port = args.port if args.port is not None else settings.port
-    app = create_app(settings, config, registry, run_worker=not args.no_worker)
+    ingest = not args.no_ingest and bool(config.ingest.streams) and config.ingest.serve
+    app = create_app(settings, config, registry, run_worker=not args.no_worker, run_ingest=ingest)
     logger.info(
-        "herald %s serving on http://%s:%d (%s, delivery loop %s)",
+        "herald %s serving on http://%s:%d (%s, delivery loop %s, ingest %s)",
         __version__,
         host,
         port,
         _database_kind(settings.database_url),
         "off" if args.no_worker else "on",
+        "on" if ingest else "off",
     )
 
     class Server(uvicorn.Server):
@@ -175,7 +177,28 @@ def cmd_events(args: argparse.Namespace) -> int:
     def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
         return [Dispatcher(runtime).run(stop)]
 
-    return _run_loops(args, "events", loops, needs_events=True)
+    return _run_loops(args, "events", loops, refuse=_nothing_to_dispatch)
+
+
+def _nothing_to_dispatch(config: HeraldConfig) -> str | None:
+    if config.events.subscriptions or config.events.callback is not None:
+        return None
+    return "nothing to dispatch: the config has no events.subscriptions and no events.callback_secret"
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
+        from app.ingest.consumer import Ingest  # the worker needs none of the API's
+
+        return [Ingest(runtime).run(stop)]
+
+    return _run_loops(args, "ingest", loops, refuse=_nothing_to_ingest)
+
+
+def _nothing_to_ingest(config: HeraldConfig) -> str | None:
+    if config.ingest.streams:
+        return None
+    return "nothing to ingest: the config has no ingest.streams (see examples/herald.yaml)"
 
 
 def _run_loops(
@@ -183,21 +206,20 @@ def _run_loops(
     role: str,
     loops: Callable[[Runtime, asyncio.Event], list[Awaitable[None]]],
     *,
-    needs_events: bool = False,
+    refuse: Callable[[HeraldConfig], str | None] | None = None,
 ) -> int:
-    """Run ``loops`` (``herald worker``, ``herald events``) until SIGTERM or SIGINT, with
-    ``--metrics-port`` served, in one runtime; exit 0 once they stopped."""
+    """Run ``loops`` (``herald worker``, ``herald events``, ``herald ingest``) until SIGTERM or
+    SIGINT, with ``--metrics-port`` served, in one runtime; exit 0 once they stopped. ``refuse``
+    says why the config gives the command nothing to do, if it does not."""
     from app.runtime import open_runtime, settle_heap
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
     registry = _registry()
     config = _config(args.config or settings.config, registry)
-    if needs_events and not config.events.subscriptions and config.events.callback is None:
-        return _fail(
-            "nothing to dispatch: the config has no events.subscriptions and no "
-            "events.callback_secret"
-        )
+    refusal = refuse(config) if refuse is not None else None
+    if refusal is not None:
+        return _fail(refusal)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -219,7 +241,7 @@ def _run_loops(
             if stop.is_set():
                 logger.warning("second %s: exiting at once", signal.Signals(signum).name)
                 os._exit(1)
-            logger.info("%s: finishing in-flight deliveries", signal.Signals(signum).name)
+            logger.info("%s: finishing what is in flight", signal.Signals(signum).name)
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -288,6 +310,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-worker", action="store_true", help="API only; run `herald worker` to deliver"
     )
+    serve.add_argument(
+        "--no-ingest",
+        action="store_true",
+        help="do not consume ingest.streams here; run `herald ingest` for them",
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser(
@@ -308,6 +335,12 @@ def parser() -> argparse.ArgumentParser:
     )
     _loop_options(events, "dispatcher")
     events.set_defaults(func=cmd_events)
+
+    ingest = commands.add_parser(
+        "ingest", help="consume the configured Redis Streams into notifications"
+    )
+    _loop_options(ingest, "process")
+    ingest.set_defaults(func=cmd_ingest)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.add_argument("--database-url", help="default: $HERALD_DATABASE_URL")

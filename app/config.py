@@ -34,6 +34,7 @@ from app.channels.registry import ChannelRegistry
 from app.channels.webhook import secret_key
 from app.domain import CALLBACK, EventType, Strategy, event_types_matching
 from app.durations import Duration
+from app.ingest.rules import IngestConfig
 from app.ratelimit import RateLimit, parse_rate
 from app.store.db import normalize_database_url
 
@@ -255,6 +256,7 @@ class _FileModel(BaseModel):
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
 
 
 class HeraldConfig(BaseModel):
@@ -267,6 +269,7 @@ class HeraldConfig(BaseModel):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
 
 
 TOP_LEVEL = tuple(_FileModel.model_fields)
@@ -441,6 +444,7 @@ def parse_config(
                     + _undefined("channel", channel_name, "channels", list(shape.channels))
                 )
     problems.extend(_subscription_problems(shape))
+    problems.extend(_ingest_problems(shape))
     if problems:
         raise ConfigError(source, problems)
     return HeraldConfig(
@@ -449,6 +453,7 @@ def parse_config(
         channels=channels,
         routes=routes,
         events=shape.events,
+        ingest=shape.ingest,
     )
 
 
@@ -478,6 +483,30 @@ def _subscription_problems(shape: _FileModel) -> list[str]:
                     f"{path}.owners.{at}: "
                     + _undefined("API key", owner, "auth.api_keys", key_names)
                 )
+    return problems
+
+
+def _ingest_problems(shape: _FileModel) -> list[str]:
+    """What the ingest rules and the Alertmanager receiver name that the file does not define."""
+    problems: list[str] = []
+    routes = list(shape.routes)
+    key_names = [key.name for key in shape.auth.api_keys]
+    for index, stream in enumerate(shape.ingest.streams):
+        path = f"ingest.streams.{index}"
+        for at, rule in enumerate(stream.rules):
+            if rule.route is not None and rule.route not in shape.routes:
+                problems.append(
+                    f"{path}.rules.{at}.route: " + _undefined("route", rule.route, "routes", routes)
+                )
+        if stream.owner is not None and stream.owner not in key_names:
+            problems.append(
+                f"{path}.owner: " + _undefined("API key", stream.owner, "auth.api_keys", key_names)
+            )
+    default = shape.ingest.alertmanager.route
+    if default is not None and default not in shape.routes:
+        problems.append(
+            "ingest.alertmanager.route: " + _undefined("route", default, "routes", routes)
+        )
     return problems
 
 

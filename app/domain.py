@@ -460,3 +460,47 @@ class Event:
 def rfc3339(moment: datetime) -> str:
     """A UTC time as event bodies write it: ``2026-11-28T10:54:04.336849Z``."""
     return moment.isoformat().replace("+00:00", "Z")
+
+
+# --- events in: Redis Streams and Alertmanager (app/ingest) --------------------------------
+
+
+class IngestOutcome(StrEnum):
+    """What became of one stream entry (``herald_ingest_entries_total{outcome}``), or of one
+    Alertmanager notification (``herald_alertmanager_notifications_total{outcome}``)."""
+
+    ACCEPTED = "accepted"
+    """A new notification was stored."""
+    REPLAYED = "replayed"
+    """Its notification existed already (a redelivered entry, a resent alert group)."""
+    UNMATCHED = "unmatched"
+    """No rule matched; acked (or dead-lettered, as the stream's ``unmatched`` says)."""
+    DEAD_LETTERED = "dead_lettered"
+    """Moved to the dead-letter stream with the reason, and acked."""
+    FAILED = "failed"
+    """Processing failed for now: left pending, to be retried."""
+    SKIPPED = "skipped"
+    """Alertmanager only: a resolved group while ``resolved`` is off."""
+
+
+class Unmatched(StrEnum):
+    """What a stream does with an entry no rule matches."""
+
+    ACK = "ack"
+    DEAD_LETTER = "dead_letter"
+
+
+class AlertGrouping(StrEnum):
+    """How many notifications an Alertmanager webhook call becomes."""
+
+    GROUP = "group"
+    """One for the call's alert group."""
+    ALERT = "alert"
+    """One for each alert of the group."""
+
+
+class AlertStatus(StrEnum):
+    """An Alertmanager alert's or group's status."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 
 from app import __version__
-from app.api import channels, events, health, notifications, problems
+from app.api import channels, events, health, integrations, notifications, problems
 from app.api.deps import security_of, security_schemes
 from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
@@ -23,6 +23,7 @@ from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
 from app.delivery.worker import Worker, supervise_worker
 from app.events.dispatcher import Dispatcher
+from app.ingest.consumer import Ingest
 from app.runtime import Runtime, open_runtime, settle_heap
 
 logger = logging.getLogger("herald")
@@ -113,8 +114,12 @@ def create_app(
     *,
     runtime: Runtime | None = None,
     run_worker: bool = True,
+    run_ingest: bool = True,
 ) -> FastAPI:
-    """The application. With ``runtime`` given (tests, embedding) the caller owns it."""
+    """The application. With ``runtime`` given (tests, embedding) the caller owns it.
+
+    ``run_ingest``: consume the configured Redis Streams too, unless ``ingest.serve`` is off.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,6 +143,8 @@ def create_app(
                 if run_worker
                 else []
             )
+            if run_ingest and opened.config.ingest.streams and opened.config.ingest.serve:
+                tasks.append(asyncio.create_task(Ingest(opened).run(stop), name="herald-ingest"))
             try:
                 yield
             finally:
@@ -157,6 +164,10 @@ def create_app(
         openapi_tags=[
             {"name": "notifications", "description": "Send notifications and follow them."},
             {"name": "events", "description": "What happened, as sent to subscriptions."},
+            {
+                "name": "integrations",
+                "description": "Receivers of other systems' webhooks (Alertmanager).",
+            },
             {"name": "configuration", "description": "Channels and routes from herald.yaml."},
             {"name": "health", "description": "Liveness, readiness and metrics."},
         ],
@@ -167,6 +178,7 @@ def create_app(
     problems.install(app)
     app.include_router(notifications.router)
     app.include_router(events.router)
+    app.include_router(integrations.router)
     app.include_router(channels.router)
     app.include_router(health.router)
     app.webhooks.include_router(events.webhook_router)

@@ -138,7 +138,7 @@ leases_recovered = Counter(
 task_restarts = Counter(
     "herald_task_restarts_total",
     "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events, "
-    "wait_listener.",
+    "wait_listener, ingest.",
     ["task"],
     registry=REGISTRY,
 )
@@ -178,6 +178,34 @@ events_pending = Gauge(
     "Event deliveries not settled yet (pending or being sent) per subscription, as this "
     "process's dispatcher last counted them (every dispatcher counts the same rows).",
     ["subscription"],
+    registry=REGISTRY,
+)
+
+ingest_entries = Counter(
+    "herald_ingest_entries_total",
+    "Redis Stream entries handled, by stream and outcome: accepted, replayed, unmatched, "
+    "dead_lettered, failed (left pending for a retry).",
+    ["stream", "outcome"],
+    registry=REGISTRY,
+)
+ingest_pending = Gauge(
+    "herald_ingest_pending_entries",
+    "Entries the stream's group has read but not acked (being processed, or held by a "
+    "consumer that failed or died), as this process last read them.",
+    ["stream"],
+    registry=REGISTRY,
+)
+ingest_lag = Gauge(
+    "herald_ingest_lag_entries",
+    "Entries in the stream the group has not read yet, as this process last read them.",
+    ["stream"],
+    registry=REGISTRY,
+)
+alertmanager_notifications = Counter(
+    "herald_alertmanager_notifications_total",
+    "Notifications Alertmanager webhook calls asked for, by alert status (firing, resolved) "
+    "and outcome: accepted, replayed (a resent group), skipped (resolved, while off).",
+    ["status", "outcome"],
     registry=REGISTRY,
 )
 

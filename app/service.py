@@ -13,7 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -68,6 +68,24 @@ Json = dict[str, Any]
 
 Outcome = uuid.UUID | HeraldError
 """What became of one item of a batch: the id it is stored under, or why it was refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """A request with an ``Idempotency-Key`` of its own (a stream entry's, an alert group's)
+    and the fingerprint of its body (``digest``)."""
+
+    request: NewNotification
+    key: str
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A keyed request's notification: stored now, or before (``replayed``)."""
+
+    id: uuid.UUID
+    replayed: bool
 
 
 def resolve_route(
@@ -170,7 +188,7 @@ async def accept_batch(
     due = any(_due(row, now) for row in accepted)
     events = runtime.outbox.accepted(accepted) if accepted else None
     winner = await _unless_raced(
-        runtime.intake.add_many(accepted, key=key, announce=due, events=events),
+        runtime.intake.add_many(accepted, keys=[key] if key else (), announce=due, events=events),
         lambda: _batch_replay(runtime, scope, idempotency_key or "", digest),
     )
     if winner is not None:
@@ -307,7 +325,7 @@ async def accept(
     due = _due(row, now)
     events = runtime.outbox.accepted([row])
     winner = await _unless_raced(
-        runtime.intake.add_many([row], key=key, announce=due, events=events),
+        runtime.intake.add_many([row], keys=[key] if key else (), announce=due, events=events),
         lambda: _replay(runtime, scope, idempotency_key or "", digest),
     )
     if winner is not None:
@@ -326,6 +344,98 @@ async def accept(
     if due:
         runtime.wake_worker()
     return row, False
+
+
+async def accept_keyed(
+    runtime: Runtime,
+    items: Sequence[Keyed],
+    *,
+    owner: str | None = None,
+    fresh: bool = False,
+) -> list[Stored | HeraldError]:
+    """Accept requests that each carry their own idempotency key, in one transaction: what
+    ``accept`` does for each (the same checks, the same rows, the same key rule), with one
+    read of the keys already used and one write for all the new ones.
+
+    Each outcome, in the items' order, is the notification stored (``replayed`` when its key
+    was used already, with this body or, since the rules that made it changed, another one:
+    either way the key's notification exists), or why the request is refused. When another
+    process stores one of the keys first, the items are accepted one by one with ``accept``,
+    which answers the race as a POST does.
+
+    ``fresh``: the keys are most likely unused (stream entries read for the first time), so
+    the items are stored without reading the keys first, and only if one of them turns out
+    taken are they accepted again with the read. That read was most of a batch's time on a
+    table PostgreSQL had not analysed yet (bench/results/levers.md, "ingest_stream").
+    """
+    scope = owner or ""
+    now = utcnow()
+    used = {} if fresh else await _used_keys(runtime, scope, [item.key for item in items])
+    outcomes: list[Stored | HeraldError] = []
+    rows: list[StoredNotification] = []
+    keys: list[Row] = []
+    taken: dict[str, uuid.UUID] = {}
+    for item in items:
+        known = used.get(item.key) or taken.get(item.key)
+        if known is not None:
+            outcomes.append(Stored(known, replayed=True))
+            continue
+        try:
+            row = new_notification(item.request, admit(runtime, item.request), now=now, owner=owner)
+        except HeraldError as exc:
+            outcomes.append(exc)
+            continue
+        key = key_row(scope, item.key, item.digest, now, notification_id=row["id"])
+        assert key is not None  # every item has a key
+        rows.append(row)
+        keys.append(key)
+        taken[item.key] = row["id"]
+        outcomes.append(Stored(row["id"], replayed=False))
+    if not rows:
+        return outcomes
+    due = any(_due(row, now) for row in rows)
+    events = runtime.outbox.accepted(rows)
+    try:
+        await runtime.intake.add_many(rows, keys=keys, announce=due, events=events)
+    except DuplicateKey:
+        if fresh:
+            return await accept_keyed(runtime, items, owner=owner)
+        return [await _accept_one(runtime, item, owner) for item in items]
+    for row in rows:
+        metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
+    runtime.emitted(events)
+    if due:
+        runtime.wake_worker()
+    return outcomes
+
+
+async def _accept_one(runtime: Runtime, item: Keyed, owner: str | None) -> Stored | HeraldError:
+    try:
+        stored, replayed = await accept(
+            runtime, item.request, idempotency_key=item.key, digest=item.digest, owner=owner
+        )
+    except IdempotencyMismatch as exc:
+        # The key's notification was made from another body (the rules changed since): it
+        # exists all the same. A key a batch used has none: refused.
+        record = await _key_record(runtime, owner or "", item.key)
+        if record is None or record.notification_id is None:
+            return exc
+        return Stored(record.notification_id, replayed=True)
+    except HeraldError as exc:
+        return exc
+    return Stored(stored["id"], replayed)
+
+
+async def _used_keys(runtime: Runtime, scope: str, keys: Sequence[str]) -> dict[str, uuid.UUID]:
+    """Of ``keys``, those used already, with their notification (a batch's key has none)."""
+    async with runtime.sessions() as session:
+        records = await IdempotencyRepository(session).get_many(scope, keys)
+    return {r.key: r.notification_id for r in records if r.notification_id is not None}
+
+
+async def _key_record(runtime: Runtime, scope: str, key: str) -> IdempotencyKey | None:
+    async with runtime.sessions() as session:
+        return await IdempotencyRepository(session).get(scope, key)
 
 
 async def _unless_raced(

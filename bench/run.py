@@ -27,6 +27,12 @@ sqlite    the embedded default: one ``herald serve`` (API and worker) on SQLite:
           (worker on), deliver from a 20,000-row backlog.
 rss       VmRSS of a fresh ``herald serve --no-worker`` after 100,000 accepted notifications
           (--ingest-seconds of single POSTs with wrk, the rest through POST …/batch, 500 each).
+ingest_stream
+          a backlog of 100,000 entries in a Redis stream (BENCH_REDIS_URL, default the local
+          127.0.0.1:6379) becomes notifications through one ``herald ingest`` process, against
+          the same 100,000 POSTed to ``herald serve --no-worker`` as POST …/batch of 500 on 4
+          connections. Rate = rows / (last created_at − first), from the rows' own timestamps,
+          for both. ingest_stream_ratio = stream rate / batch rate.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ BIN = Path(sys.executable).parent
 PYTHON = str(Path(sys.executable))
 HERALD = str(BIN / "herald")
 ADMIN_DSN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+STREAM_BACKLOG = 100_000
 GOALS = {
     "ingest_ratio": (">=", 0.7),
     "deliver_ratio": (">=", 0.7),
@@ -72,6 +80,7 @@ GOALS = {
     "events_ratio": (">=", 0.7),
     "idle_p50_ms": ("<=", 15.0),
     "rss_mb": ("<=", 150.0),
+    "ingest_stream_ratio": (">=", 0.8),
 }
 EVENTS_SECRET = "whsec_YmVuY2gtZXZlbnRzLXNlY3JldC0wMTIzNDU2Nzg5"
 """The bench subscription's signing secret (``whsec_`` + base64, as herald.yaml asks)."""
@@ -1027,6 +1036,132 @@ class Bench:
             f"up to {RSS_TOTAL} accepted; VmRSS after (and half-way through the batches)",
         }
 
+    def ingest_stream(self) -> None:
+        """A backlog of ``STREAM_BACKLOG`` stream entries into notifications through ``herald
+        ingest``, against the same through POST /v1/notifications/batch (PostgreSQL)."""
+        import redis
+
+        assert self.pg is not None
+        item = json.loads(
+            b'{"subject":"Disk almost full","text":"db-1: / at 93%","severity":"warning",'
+            b'"source":"bench","metadata":{"host":"db-1","check":"disk"}}'
+        )
+        batch_file = self.tmp / "stream-batch.json"
+        batch_file.write_text(json.dumps({"items": [item] * BATCH}, separators=(",", ":")))
+        stream = f"herald-bench:{os.getpid()}"
+        config = self.tmp / "herald-stream.yaml"
+        config.write_text(
+            self.config.read_text() + "ingest:\n"
+            f"  redis: {{url: {json.dumps(REDIS_URL)}}}\n"
+            "  streams:\n"
+            f"    - stream: {json.dumps(stream)}\n"
+            "      rules:\n"
+            "        - match: {type: bench.disk}\n"
+            "          notification:\n"
+            '            subject: "{payload.subject}"\n'
+            '            text: "{payload.text}"\n'
+            '            severity: "{payload.severity}"\n'
+            '            source: "{payload.source}"\n'
+            '            metadata: "{payload.metadata}"\n'
+        )
+        client = redis.Redis.from_url(REDIS_URL)
+        payload = json.dumps(item)
+
+        def fill_stream() -> float:
+            client.delete(stream, f"{stream}:dead")
+            began = time.monotonic()
+            for _ in range(STREAM_BACKLOG // 10_000):
+                pipe = client.pipeline(transaction=False)
+                for _ in range(10_000):
+                    pipe.xadd(stream, {"type": "bench.disk", "payload": payload})
+                pipe.execute()
+            return time.monotonic() - began
+
+        def rate_of_rows() -> dict[str, Any]:
+            assert self.pg is not None
+            row = self.pg.fetch(
+                "SELECT count(*) AS n, min(created_at) AS first, max(created_at) AS last "
+                "FROM notifications"
+            )[0]
+            span = (row["last"] - row["first"]).total_seconds() if row["n"] else 0.0
+            return {
+                "rows": row["n"],
+                "span_s": round(span, 3),
+                "rate": round(row["n"] / span, 1) if span > 0 else None,
+            }
+
+        def count() -> int:
+            assert self.pg is not None
+            return int(self.pg.val("SELECT count(*) FROM notifications"))
+
+        batch_runs, stream_runs = [], []
+        try:
+            for run in range(self.args.runs):
+                self.truncate()
+                serve = self.start_serve(sqlalchemy_url(self.dsn), name="serve-batch")
+                window = Window([serve], self.pg, self.database)
+                out = self.loadgen(
+                    [
+                        "count",
+                        "--url",
+                        self.api() + "/batch",
+                        "--count",
+                        str(STREAM_BACKLOG // BATCH),
+                        "--connections",
+                        "4",
+                        "--body-file",
+                        str(batch_file),
+                    ],
+                    timeout=600,
+                )
+                cpu = window.close()
+                self.procs.stop(serve)
+                result = rate_of_rows() | {"client_seconds": round(out["seconds"], 2), "cpu": cpu}
+                result["cpu_ms_per_entry"] = round(
+                    1000 * cpu["process_cpu_s"] / max(1, result["rows"]), 4
+                )
+                batch_runs.append(result)
+                log(f"ingest_stream run {run + 1} batch: {result}")
+
+                self.truncate()
+                filled = fill_stream()
+                env = self.herald_env(sqlalchemy_url(self.dsn))
+                env["HERALD_CONFIG"] = str(config)
+                proc = self.procs.start("ingest", [HERALD, "ingest"], env)
+                window = Window([proc], self.pg, self.database)
+                done, waited = self.wait_delivered(STREAM_BACKLOG, 300, count, proc)
+                cpu = window.close()
+                self.procs.stop(proc)
+                result = rate_of_rows() | {
+                    "completed": done >= STREAM_BACKLOG,
+                    "waited_s": round(waited, 2),
+                    "fill_s": round(filled, 2),
+                    "pending": int(client.xpending(stream, "herald")["pending"]),
+                    "cpu": cpu,
+                }
+                result["cpu_ms_per_entry"] = round(
+                    1000 * cpu["process_cpu_s"] / max(1, result["rows"]), 4
+                )
+                stream_runs.append(result)
+                log(f"ingest_stream run {run + 1} stream: {result}")
+        finally:
+            client.delete(stream, f"{stream}:dead")
+            client.close()
+        self.truncate()
+        keys = ("rate", "cpu_ms_per_entry")
+        self.results["ingest_stream"] = {
+            "batch": summarise(batch_runs, keys),
+            "stream": summarise(stream_runs, keys),
+            "ingest_stream_ratio": paired_ratio(stream_runs, batch_runs, "rate"),
+            "ratio_runs": [
+                ratio(s["rate"], b["rate"]) for s, b in zip(stream_runs, batch_runs, strict=True)
+            ],
+            "setup": f"{STREAM_BACKLOG:,} notifications each way on PostgreSQL: POST "
+            f"/v1/notifications/batch ({BATCH} items, 4 connections) to herald serve "
+            f"--no-worker, then a {STREAM_BACKLOG:,}-entry stream backlog read by one herald "
+            "ingest (batch 500); rate from the rows' created_at span",
+        }
+
     def sqlite(self) -> None:
         directory = self.tmp / "sqlite"
         directory.mkdir(exist_ok=True)
@@ -1386,6 +1521,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         "events_ratio": results.get("deliver", {}).get("events_ratio"),
         "idle_p50_ms": results.get("latency", {}).get("idle", {}).get("p50_ms"),
         "rss_mb": results.get("rss", {}).get("rss_mb"),
+        "ingest_stream_ratio": results.get("ingest_stream", {}).get("ingest_stream_ratio"),
     }
     out = {}
     for name, (op, target) in GOALS.items():
@@ -1532,6 +1668,19 @@ def markdown(report: dict[str, Any]) -> str:
         row("sqlite ingest requests/s", s["ingest"], "rps")
         row("sqlite ingest p99 ms", s["ingest"], "p99_ms", 1)
         row("sqlite deliver notifications/s", s["deliver"], "rate")
+    if "ingest_stream" in r:
+        st = r["ingest_stream"]
+        row("ingest_stream: POST …/batch notifications/s", st["batch"], "rate")
+        row("ingest_stream: herald ingest notifications/s", st["stream"], "rate")
+        row("ingest_stream: herald ingest CPU ms per entry", st["stream"], "cpu_ms_per_entry", 3)
+        row("ingest_stream: serve CPU ms per batch item", st["batch"], "cpu_ms_per_entry", 3)
+        rows.append(
+            (
+                "**ingest_stream_ratio**",
+                fmt(st["ingest_stream_ratio"], 2),
+                " / ".join(fmt(x, 2) for x in st["ratio_runs"]),
+            )
+        )
     if "rss" in r:
         row("rss_mb of serve at start", r["rss"], "start_rss_mb", 1)
         row("rss_mb of serve half-way", r["rss"], "half_rss_mb", 1)
@@ -1557,7 +1706,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SCENARIOS = ("sink", "ingest", "deliver", "latency", "backlog", "sqlite", "rss")
+SCENARIOS = ("sink", "ingest", "deliver", "latency", "backlog", "sqlite", "rss", "ingest_stream")
 
 
 def main() -> None:

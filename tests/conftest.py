@@ -15,6 +15,11 @@ from tests.support.databases import (
     admin_url,
     postgres_reachable,
 )
+from tests.support.redis import (  # noqa: F401  (fixtures shared by every test)
+    prefix,
+    redis,
+    redis_server,
+)
 from tests.support.smtp_server import (  # noqa: F401  (fixtures shared by every test)
     ca,
     ca_file,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Scope
 from app.errors import MissingScope, TooManyRequests, Unauthorized
 from app.runtime import Runtime
-from app.security.auth import Principal
+from app.security.auth import ApiKeys, Principal
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -82,20 +82,48 @@ async def authenticate(request: Request) -> Principal | None:
         done: Principal | None = request.scope[_AUTHENTICATED]
         return done
     keys = runtime_of(request).api_keys
-    if not keys.enabled:
-        principal = None
-    else:
-        key = await presented_key(request)
-        if key is None:
-            raise Unauthorized(MISSING_KEY)
-        principal = keys.authenticate(key)
-        if principal is None:
-            raise Unauthorized(UNKNOWN_KEY, invalid=True)
-        over = keys.admit(principal)
-        if over is not None:
-            raise TooManyRequests(principal.name, *over)
+    principal = _principal(keys, await presented_key(request)) if keys.enabled else None
     request.scope[_AUTHENTICATED] = principal
     return principal
+
+
+def _principal(keys: ApiKeys, key: str | None) -> Principal:
+    """The holder of ``key``, counted against its rate; 401 for none or an unknown one, 429
+    over the rate."""
+    if key is None:
+        raise Unauthorized(MISSING_KEY)
+    principal = keys.authenticate(key)
+    if principal is None:
+        raise Unauthorized(UNKNOWN_KEY, invalid=True)
+    over = keys.admit(principal)
+    if over is not None:
+        raise TooManyRequests(principal.name, *over)
+    return principal
+
+
+async def send_scope_in_path(
+    request: Request,
+    api_key: Annotated[
+        str,
+        Path(
+            max_length=512,
+            description="An API key with the send scope, for senders that cannot set a "
+            "header. Ignored when auth is off.",
+        ),
+    ],
+) -> Principal | None:
+    """``SendScope`` for an operation whose URL carries the key (``…/{api_key}``)."""
+    keys = runtime_of(request).api_keys
+    if not keys.enabled:
+        return None
+    principal = _principal(keys, api_key)
+    if not principal.allows("send"):
+        raise MissingScope(principal.name, "send")
+    return principal
+
+
+SendScopeInPath = Annotated[Principal | None, Depends(send_scope_in_path)]
+"""``SendScope`` with the key in the URL path rather than a header."""
 
 
 class Authorizer:

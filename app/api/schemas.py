@@ -24,6 +24,7 @@ from app.config import event_glob_problem
 from app.domain import (
     DEFAULT_CALLBACK_EVENTS,
     NOTIFICATION_EVENTS,
+    AlertStatus,
     AttemptOutcome,
     AttemptTrigger,
     ChannelHealth,
@@ -411,3 +412,18 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+
+
+class AlertmanagerNotification(Output):
+    """One notification an Alertmanager webhook call made, or had made before."""
+
+    id: uuid.UUID
+    location: str
+    status: AlertStatus
+    alerts: int = Field(description="How many of the call's alerts it is about.")
+    replayed: bool = Field(description="True when it existed already (the group sent again).")
+
+
+class AlertmanagerResult(Output):
+    notifications: list[AlertmanagerNotification]
+    skipped: int = Field(description="Resolved notifications not made (resolved is off).")

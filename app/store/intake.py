@@ -65,54 +65,52 @@ class Intake:
         self._events = PreparedInsert(EVENTS, engine.dialect)
         self._deliveries = PreparedInsert(EVENT_DELIVERIES, engine.dialect, skip=("seq",))
         self._statements = {
-            (rows, with_key, announce, with_events): self._statement(
-                rows, with_key, announce, with_events
-            )
+            (rows, keys, announce, with_events): self._statement(rows, keys, announce, with_events)
             for rows in (0, 1, MANY)
-            for with_key in (False, True)
+            for keys in (0, 1, MANY)
             for announce in (False, True)
             for with_events in (False, True)
-            if (rows or with_key) and (rows or not with_events)
+            if (rows or keys) and (rows or not with_events)
         }
 
     async def add_many(
         self,
         rows: Sequence[Mapping[str, Any]],
         *,
-        key: Row | None = None,
+        keys: Sequence[Row] = (),
         announce: bool = False,
         events: OutboxRows | None = None,
     ) -> None:
-        """Store ``rows`` of ``notifications``, the idempotency ``key`` of their request and
-        the outbox's rows of their ``events``, all or nothing; with ``announce``, listening
-        workers hear of them once they are stored (and listening event dispatchers of the
-        events).
+        """Store ``rows`` of ``notifications``, the idempotency ``keys`` of their requests (one
+        for a POST or a batch, one per row for stream entries) and the outbox's rows of their
+        ``events``, all or nothing; with ``announce``, listening workers hear of them once they
+        are stored (and listening event dispatchers of the events).
 
-        ``DuplicateKey`` if another request holds the key already: nothing is stored.
+        ``DuplicateKey`` if another request holds one of the keys already: nothing is stored.
         """
-        if not rows and key is None:
+        if not rows and not keys:
             return
         try:
             if self.postgresql:
-                await self._add_in_one_statement(rows, key, announce, events)
+                await self._add_in_one_statement(rows, keys, announce, events)
             else:
                 async with self.engine.begin() as conn:
                     if rows:
                         await conn.execute(insert(NOTIFICATIONS), list(rows))
-                    if key is not None:
-                        await conn.execute(insert(IDEMPOTENCY_KEYS), [key])
+                    if keys:
+                        await conn.execute(insert(IDEMPOTENCY_KEYS), list(keys))
                     if events:
                         await conn.execute(insert(EVENTS), list(events.event_rows))
                         await conn.execute(insert(EVENT_DELIVERIES), list(events.deliveries))
         except IntegrityError as exc:
-            if key is not None and _duplicate_key(exc):
+            if keys and _duplicate_key(exc):
                 raise DuplicateKey() from exc
             raise
 
     async def _add_in_one_statement(
         self,
         rows: Sequence[Mapping[str, Any]],
-        key: Row | None,
+        keys: Sequence[Row],
         announce: bool,
         events: OutboxRows | None,
     ) -> None:
@@ -123,19 +121,22 @@ class Intake:
             args = self._notifications.args_many(rows)
         else:
             args = []
-        if key is not None:
-            args += self._keys.args(key)
+        if len(keys) == 1:
+            args += self._keys.args(keys[0])
+        elif keys:
+            args += self._keys.args_many(keys)
         if events:
             args += self._events.args_many(events.event_rows)
             args += self._deliveries.args_many(events.deliveries)
-        sql = self._statements[min(len(rows), MANY), key is not None, announce, bool(events)]
+        sql = self._statements[min(len(rows), MANY), min(len(keys), MANY), announce, bool(events)]
         async with driver_connection(self.engine, sql) as conn:
             await conn.execute(sql, *args)
 
-    def _statement(self, rows: int, with_key: bool, announce: bool, with_events: bool) -> str:
+    def _statement(self, rows: int, keys: int, announce: bool, with_events: bool) -> str:
         """The CTE for no rows (a batch whose every item was refused, with its key), one, or
-        ``MANY``; every form takes one argument a column, so the key's come after as many,
-        and the events' (an array a column, whatever their number) after those."""
+        ``MANY``, and as many keys; every form takes one argument a column, so the keys' come
+        after as many, and the events' (an array a column, whatever their number) after
+        those."""
         parts = []
         first = 1
         if rows:
@@ -144,8 +145,9 @@ class Intake:
             )
             parts.append(f"n AS ({insert_rows})")
             first += len(self._notifications.columns)
-        if with_key:
-            parts.append(f"k AS ({self._keys.sql(first)})")
+        if keys:
+            insert_keys = self._keys.sql(first) if keys == 1 else self._keys.sql_many(first)
+            parts.append(f"k AS ({insert_keys})")
             first += len(self._keys.columns)
         if with_events:
             parts.append(f"e AS ({self._events.sql_many(first)})")

@@ -114,6 +114,17 @@ class IdempotencyRepository:
     async def get(self, scope: str, key: str) -> IdempotencyKey | None:
         return await self.session.get(IdempotencyKey, (scope, key))
 
+    async def get_many(self, scope: str, keys: Sequence[str]) -> Sequence[IdempotencyKey]:
+        """The records of those of ``keys`` that were used in ``scope``."""
+        if not keys:
+            return []
+        result = await self.session.scalars(
+            select(IdempotencyKey).where(
+                IdempotencyKey.scope == scope, IdempotencyKey.key.in_(list(keys))
+            )
+        )
+        return result.all()
+
 
 def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -60,7 +60,7 @@ async def test_rows_read_back_as_they_were_stored(h: Harness, count: int) -> Non
         send_at="2099-01-01T00:00Z",
         recipient={"email": "a@example.com"},
     )
-    await h.runtime.intake.add_many(given, key=key("k", given[0]))
+    await h.runtime.intake.add_many(given, keys=[key("k", given[0])])
     async with h.runtime.sessions() as session:
         for row in given:
             assert await NotificationRepository(session).get(row["id"]) == row
@@ -69,9 +69,9 @@ async def test_rows_read_back_as_they_were_stored(h: Harness, count: int) -> Non
 
 @pytest.mark.parametrize("count", [0, 1, 3])
 async def test_a_taken_key_stores_nothing_whatever_the_rows(h: Harness, count: int) -> None:
-    await h.runtime.intake.add_many([], key=key("taken"))
+    await h.runtime.intake.add_many([], keys=[key("taken")])
     with pytest.raises(DuplicateKey):
-        await h.runtime.intake.add_many(rows(h.runtime, count), key=key("taken"), announce=True)
+        await h.runtime.intake.add_many(rows(h.runtime, count), keys=[key("taken")], announce=True)
     assert await stored(h) == (0, 1)
 
 
@@ -81,14 +81,14 @@ async def test_another_constraint_is_not_a_taken_key(h: Harness, count: int) -> 
     given = rows(h.runtime, count)
     await h.runtime.intake.add_many(given[-1:])
     with pytest.raises(IntegrityError) as raised:
-        await h.runtime.intake.add_many(given, key=key("fresh"))
+        await h.runtime.intake.add_many(given, keys=[key("fresh")])
     assert not isinstance(raised.value, DuplicateKey)
     assert await stored(h) == (1, 0)
 
 
 async def test_a_whole_batch_in_one_call(h: Harness) -> None:
     given = rows(h.runtime, BATCH_LIMIT)
-    await h.runtime.intake.add_many(given, key=key("big"), announce=True)
+    await h.runtime.intake.add_many(given, keys=[key("big")], announce=True)
     assert await stored(h) == (BATCH_LIMIT, 1)
     assert (await h.get(str(given[-1]["id"])))["text"] == "x"
 

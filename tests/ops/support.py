@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,12 +32,16 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HERALD = str(BIN / "herald")
 API_KEY = "ops-test-key-0123456789abcdef"
+REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+OPS_STREAM = f"herald-ops:{uuid.uuid4().hex[:10]}"
+"""The stream the ops Herald consumes (one per test process, deleted after)."""
 FINAL = {"delivered", "failed", "partial", "expired", "cancelled"}
 
 
@@ -157,11 +162,29 @@ def ops_config(sink: Sink) -> dict[str, Any]:
             "fallback": {"channels": ["flaky", "backup"], "retry": {"schedule": ["1m"]}},
             "doomed": {"channels": ["rejecting"]},
             "broadcast": {"channels": ["backup", "console"], "strategy": "all"},
+            "ingested": {"channels": ["backup"]},
         },
         "events": {
             "subscriptions": [
                 {"name": "ops", "url": sink.base_url + "/events", "secret": EVENTS_SECRET}
             ]
+        },
+        "ingest": {
+            "redis": {"url": REDIS_URL},
+            "block": "200ms",
+            "claim_idle": "1s",
+            "streams": [
+                {
+                    "stream": OPS_STREAM,
+                    "rules": [
+                        {
+                            "match": {"type": "ops.*"},
+                            "route": "ingested",
+                            "notification": {"text": "{type}: {payload.host}"},
+                        }
+                    ],
+                }
+            ],
         },
     }
 
@@ -228,6 +251,10 @@ def _run_herald(workdir: Path, config: dict[str, Any]) -> Iterator[HeraldProcess
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        streams = [s["stream"] for s in config.get("ingest", {}).get("streams", [])]
+        if streams:
+            with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
+                client.delete(*streams, *(f"{stream}:dead" for stream in streams))
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +324,73 @@ def cli_problems(argv: list[str]) -> list[str]:
     except SystemExit:
         problems.append(f"herald refuses {shlex.join(argv)}: {errors.getvalue().strip()}")
     return problems
+
+
+# --- events in: a Redis stream and Alertmanager ---------------------------------------------
+
+
+def stream_traffic(wave: int) -> int:
+    """Entries on ``OPS_STREAM``: two that match (notifications on route ``ingested``), one
+    no rule matches and one whose payload is not JSON (a dead letter); how many notifications
+    they make."""
+    entries = [
+        {"type": "ops.disk", "payload": json.dumps({"host": f"db-{wave}"})},
+        {"type": "ops.cpu", "payload": json.dumps({"host": f"app-{wave}"})},
+        {"type": "other.thing", "payload": "{}"},
+        {"type": "ops.broken", "payload": "{not json"},
+    ]
+    with contextlib.closing(redis.Redis.from_url(REDIS_URL)) as client:
+        for fields in entries:
+            client.xadd(OPS_STREAM, fields)  # type: ignore[arg-type]
+    return 2
+
+
+def alertmanager_payload(wave: int, status: str = "firing") -> dict[str, Any]:
+    """Alertmanager's webhook body (version 4) for one alert group of one alert."""
+    return {
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="OpsWave{wave}"}}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "herald",
+        "groupLabels": {"alertname": f"OpsWave{wave}"},
+        "commonLabels": {"alertname": f"OpsWave{wave}", "herald_route": "ingested"},
+        "commonAnnotations": {"summary": "ops traffic"},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": f"OpsWave{wave}", "severity": "warning"},
+                "annotations": {"summary": "ops traffic"},
+                "startsAt": "2026-12-01T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://127.0.0.1:9090/graph",
+                "fingerprint": f"{wave:016x}",
+            }
+        ],
+    }
+
+
+def alertmanager_traffic(client: httpx.Client, wave: int) -> list[str]:
+    """A firing group, the same group again (answered with its notification) and the group
+    resolved; the ids of the notifications made."""
+    ids = []
+    for status in ("firing", "firing", "resolved"):
+        response = client.post(
+            "/v1/integrations/alertmanager", json=alertmanager_payload(wave, status)
+        )
+        assert response.status_code == 202, response.text
+        ids += [n["id"] for n in response.json()["notifications"]]
+    assert ids[0] == ids[1], "a group sent again is its first notification"
+    return sorted(set(ids))
+
+
+def wait_ingested(client: httpx.Client, count: int, within: float = 30.0) -> None:
+    """Until ``count`` notifications on route ``ingested`` exist and are final."""
+
+    def done() -> bool:
+        items = client.get("/v1/notifications", params={"route": "ingested", "limit": 200})
+        found = items.json()["items"]
+        return len(found) >= count and all(item["status"] in FINAL for item in found)
+
+    wait_until(f"{count} ingested notifications to finish", done, within=within, every=0.2)

@@ -33,10 +33,10 @@ from app.cli import bind_refusal
 from app.config import HeraldConfig, Settings, load_config
 from app.security.guard import AddressGuard
 from app.store.db import create_engine
-from tests.ops.support import ROOT, cli_problems, free_port, wait_until
+from tests.ops.support import ROOT, cli_problems, free_port, need_tool, wait_until
 
 COMPOSE = ROOT / "docker-compose.yml"
-HERALD_SERVICES = ("migrate", "api", "worker")
+HERALD_SERVICES = ("migrate", "api", "worker", "ingest")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}")
 REQUIRED = "<required>"
 """What a ``${VAR:?message}`` (no default: Compose refuses to start without it) becomes here."""
@@ -146,6 +146,7 @@ def test_every_mounted_file_exists(services: dict[str, dict[str, Any]]) -> None:
         "deploy/grafana/provisioning",
         "deploy/grafana/herald.json",
         "deploy/webhook_receiver.py",
+        "deploy/alertmanager.yml",
     } <= set(mounted)
 
 
@@ -286,7 +287,8 @@ def test_postgres_takes_the_connections_of_the_api_and_four_workers(
     pool = inspect.signature(create_engine).parameters["pool_size"].default
     api = services["api"].get("deploy", {}).get("replicas", 1)
     workers = 4
-    needed = (api + workers) * pool + workers  # each worker's LISTEN connection
+    ingest = 1
+    needed = (api + workers + ingest) * pool + workers  # each worker's LISTEN connection
     migrate = 1
     reserved = int(options.get("superuser_reserved_connections", 3))
     assert int(options["max_connections"]) - reserved >= needed + migrate
@@ -361,3 +363,53 @@ def test_the_webhook_receiver_logs_each_request_and_checks_its_signature(
     assert [(r["signature_verified"], r["status"]) for r in requests] == [(True, 200), (False, 503)]
     assert requests[0]["body"] == {"type": "notification", "data": {"text": "hi"}}
     assert requests[0]["webhook-id"] == "msg_1"
+
+
+def test_alertmanager_sends_to_herald_with_the_api_key(
+    services: dict[str, dict[str, Any]], deploy_config: HeraldConfig
+) -> None:
+    """deploy/alertmanager.yml is valid (amtool), posts to the API's receiver with the key the
+    container writes from HERALD_API_KEY, and Prometheus sends its alerts to it."""
+    amtool = need_tool("amtool", "apt-get install prometheus-alertmanager; .ci/run does it")
+    config_path = ROOT / "deploy/alertmanager.yml"
+    checked = subprocess.run(
+        [amtool, "check-config", str(config_path)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = yaml.safe_load(config_path.read_text())
+    (receiver,) = config["receivers"]
+    assert config["route"]["receiver"] == receiver["name"]
+    (webhook,) = receiver["webhook_configs"]
+    assert webhook["url"] == "http://api:8000/v1/integrations/alertmanager"
+    assert webhook["send_resolved"] is True
+    key_file = webhook["http_config"]["authorization"]["credentials_file"]
+    alertmanager = services["alertmanager"]
+    assert key_file in alertmanager["command"][0], "the container writes the key it reads"
+    assert (
+        alertmanager["environment"]["HERALD_API_KEY"]
+        == services["api"]["environment"]["HERALD_API_KEY"]
+    )
+    mounts = dict(v.split(":")[:2] for v in alertmanager["volumes"])
+    assert mounts["./deploy/alertmanager.yml"] in alertmanager["command"][0]
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    (target,) = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093"
+    assert deploy_config.ingest.alertmanager.route in deploy_config.routes
+
+
+def test_ingest_reads_the_stack_redis(
+    services: dict[str, dict[str, Any]], deploy_config: HeraldConfig
+) -> None:
+    ingest = services["ingest"]
+    assert ingest["command"][:2] == ["herald", "ingest"]
+    assert ingest["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert deploy_config.ingest.redis is not None
+    assert deploy_config.ingest.redis.url.get_secret_value() == "redis://redis:6379/0"
+    assert deploy_config.ingest.streams and not deploy_config.ingest.serve, (
+        "the ingest service reads the streams; the API leaves them to it"
+    )
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    (sd,) = jobs["herald-ingest"]["dns_sd_configs"]
+    assert sd["names"] == ["ingest"]
+    assert str(sd["port"]) == ingest["command"][ingest["command"].index("--metrics-port") + 1]

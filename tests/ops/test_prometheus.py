@@ -1,7 +1,8 @@
 """The Grafana dashboard against a real Prometheus scraping a real Herald.
 
 A ``herald serve`` process delivers through local webhooks (one delivers, one answers 500 so
-its route falls back, one answers 410 so its notifications fail), a real ``prometheus``
+its route falls back, one answers 410 so its notifications fail), consumes a Redis stream and
+receives Alertmanager's webhook, a real ``prometheus``
 scrapes it every second, and every query of every panel of ``deploy/grafana/herald.json``
 runs through Prometheus's HTTP API: each must parse and return at least one series. The
 dashboard must also use every metric Herald exports and none that it does not.
@@ -26,10 +27,13 @@ from tests.ops.support import (
     FINAL,
     ROOT,
     HeraldProcess,
+    alertmanager_traffic,
     free_port,
     need_tool,
     send,
+    stream_traffic,
     wait_final,
+    wait_ingested,
     wait_until,
 )
 
@@ -245,8 +249,12 @@ def prometheus(
 def send_traffic(herald: HeraldProcess) -> int:
     """Three waves of success, fallback and failure, and some refused requests."""
     ids: list[str] = []
+    ingested = 0
     with herald.client() as client:
-        for _ in range(3):
+        for number in range(3):
+            ingested += stream_traffic(number)
+            alerted = alertmanager_traffic(client, number)
+            ingested += len(alerted)
             wave = [
                 *(send(client, text="direct") for _ in range(3)),
                 *(send(client, route="fallback", text="falls back") for _ in range(2)),
@@ -263,8 +271,9 @@ def send_traffic(herald: HeraldProcess) -> int:
             ids += wave
             time.sleep(1.2)  # let a scrape see each wave, so rates are not flat
         statuses = wait_final(client, ids)
+        wait_ingested(client, ingested)
     assert sorted(set(statuses.values())) == ["delivered", "failed"]
-    return len(ids)
+    return len(ids) + ingested
 
 
 @pytest.fixture(scope="module")

@@ -396,7 +396,8 @@ def test_rows_keep_only_what_some_subscription_takes_in_event_order() -> None:
 def test_the_example_configs_commented_subscription_is_valid() -> None:
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     start = lines.index("# events:")
-    block = "\n".join(line.removeprefix("# ") for line in lines[start:] if line.startswith("# "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("#")), len(lines))
+    block = "\n".join(line.removeprefix("# ") for line in lines[start:end] if line.startswith("# "))
     raw = yaml.safe_load(block)
     events = parse({**config(), **raw}).events
     (parsed,) = events.subscriptions

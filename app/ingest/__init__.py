@@ -1,0 +1,1 @@
+"""Events in: Redis Streams consumed by consumer groups, and the Alertmanager receiver."""
