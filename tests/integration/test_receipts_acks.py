@@ -164,11 +164,15 @@ async def test_twilio_undelivered_receipt_falls_through_to_email(
         # A forged signature is refused, and changes nothing.
         form = status_callback("undelivered", "21610")
         forged = {**twilio_signed(callback, form), "x-twilio-signature": "AAAA"}
-        answer = await h.client.post("/v1/inbound/twilio/sms", content=urlencode(form), headers=forged)
+        answer = await h.client.post(
+            "/v1/inbound/twilio/sms", content=urlencode(form), headers=forged
+        )
         assert answer.status_code == 403
         assert "21610" not in answer.text and MESSAGE_SID not in answer.text
         unsigned = {"content-type": "application/x-www-form-urlencoded"}
-        answer = await h.client.post("/v1/inbound/twilio/sms", content=urlencode(form), headers=unsigned)
+        answer = await h.client.post(
+            "/v1/inbound/twilio/sms", content=urlencode(form), headers=unsigned
+        )
         assert answer.status_code == 401
         assert await state(h, nid) == ("pending", ["awaiting_confirmation", "pending"])
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HERALD = str(BIN / "herald")
 API_KEY = "ops-test-key-0123456789abcdef"
-FINAL = {"delivered", "failed", "partial", "expired", "cancelled"}
+FINAL = {"delivered", "failed", "partial", "expired", "cancelled", "acknowledged"}
 
 
 def need_tool(name: str, how: str) -> str:
@@ -151,7 +151,15 @@ def ops_config(sink: Sink) -> dict[str, Any]:
             },
             "rejecting": {"type": "webhook", "url": sink.base_url + "/gone", "timeout": "5s"},
             "console": {"type": "log"},
+            "sms": {  # no route sends through it: it is there for its receipts endpoint
+                "type": "twilio",
+                "account_sid": "AC" + "0" * 32,
+                "auth_token": "ops-twilio-token",
+                "from_number": "+15005550006",
+                "api_base": sink.base_url,
+            },
         },
+        "server": {"public_url": "https://herald.ops.test"},
         "routes": {
             "default": {"channels": ["backup"]},
             "fallback": {"channels": ["flaky", "backup"], "retry": {"schedule": ["1m"]}},
