@@ -232,23 +232,7 @@ class Outbox:
     ) -> OutboxRows | None:
         """``notification.cancelled`` of ``notification`` (its ``hops`` once cancelled), if
         anybody wants it; ``None`` when nobody does."""
-        callback = self.callback(notification["callback_url"], notification["callback_events"])
-        route, owner = notification["route"], notification["owner"]
-        if not self.wants(
-            EventType.NOTIFICATION_CANCELLED, route=route, owner=owner, callback=callback
-        ):
-            return None
-        event = body.notification_event(
-            notification_id=notification["id"],
-            owner=owner,
-            route=route,
-            status=NotificationStatus.CANCELLED,
-            delivered_via=notification["delivered_via"],
-            hops=hops,
-            at=at,
-        )
-        callbacks = {notification["id"]: callback} if callback is not None else None
-        return self.rows([event], at, callbacks)
+        return self._ended(notification, NotificationStatus.CANCELLED, hops, at)
 
     def acknowledged(
         self,
@@ -259,17 +243,26 @@ class Outbox:
     ) -> OutboxRows | None:
         """``notification.acknowledged`` of ``notification`` (its ``hops`` once settled), if
         anybody wants it; ``None`` when nobody does."""
+        return self._ended(notification, NotificationStatus.ACKNOWLEDGED, hops, at, acknowledgement)
+
+    def _ended(
+        self,
+        notification: StoredNotification,
+        status: NotificationStatus,
+        hops: Sequence[Hop],
+        at: datetime,
+        acknowledgement: Mapping[str, Any] | None = None,
+    ) -> OutboxRows | None:
+        """The final ``status``'s event of a notification ended from outside its rounds."""
         callback = self.callback(notification["callback_url"], notification["callback_events"])
         route, owner = notification["route"], notification["owner"]
-        if not self.wants(
-            EventType.NOTIFICATION_ACKNOWLEDGED, route=route, owner=owner, callback=callback
-        ):
+        if not self.wants(FINAL_EVENTS[status], route=route, owner=owner, callback=callback):
             return None
         event = body.notification_event(
             notification_id=notification["id"],
             owner=owner,
             route=route,
-            status=NotificationStatus.ACKNOWLEDGED,
+            status=status,
             delivered_via=notification["delivered_via"],
             hops=hops,
             at=at,
