@@ -183,7 +183,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 def _nothing_to_dispatch(config: HeraldConfig) -> str | None:
     if config.events.subscriptions or config.events.callback is not None:
         return None
-    return "nothing to dispatch: the config has no events.subscriptions and no events.callback_secret"
+    return (
+        "nothing to dispatch: the config has no events.subscriptions and no events.callback_secret"
+    )
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -32,7 +32,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl
 from app.channels.registry import ChannelRegistry
 from app.channels.webhook import secret_key
-from app.domain import CALLBACK, EventType, Strategy, event_types_matching
+from app.domain import (
+    CALLBACK,
+    FIRST_SUCCESS,
+    ConfirmOn,
+    EventType,
+    HoldPolicy,
+    Strategy,
+    event_types_matching,
+)
 from app.durations import Duration
 from app.ingest.rules import IngestConfig
 from app.ratelimit import RateLimit, parse_rate
@@ -84,22 +92,75 @@ class RetryPolicy(BaseModel):
     """Each delay is multiplied by a random factor in [1 - jitter, 1 + jitter]."""
 
 
+class HopConfig(BaseModel):
+    """A route's channel with per-hop options: ``{channel: NAME, ack_within: DURATION}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channel: str
+    ack_within: Duration | None = Field(default=None, gt=0)
+    """``strategy: escalate`` only: how long to wait for an acknowledgement once this hop
+    delivered before the next hop is tried."""
+
+
+class ConfirmConfig(BaseModel):
+    """``confirm``: a delivered hop of a channel that sends receipts counts only once its
+    ``delivered`` receipt arrives within ``within``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    within: Duration = Field(gt=0)
+    on: list[ConfirmOn] = Field(default_factory=lambda: list(ConfirmOn), min_length=1)
+    """What sends the chain on to the next hop."""
+
+
 class RouteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    channels: list[str] = Field(min_length=1)
+    channels: list[str | HopConfig] = Field(min_length=1)
     strategy: Strategy = Strategy.FALLBACK
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     ttl: Duration | None = None
     """Default lifetime: a notification not delivered by then ends ``expired``."""
+    confirm: ConfirmConfig | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The chain: the channels' names, in order."""
+        return [item if isinstance(item, str) else item.channel for item in self.channels]
+
+    @property
+    def holds(self) -> HoldPolicy | None:
+        """How the route holds delivered hops open (``None``: never)."""
+        acks = tuple(None if isinstance(item, str) else item.ack_within for item in self.channels)
+        if self.confirm is None and not any(acks):
+            return None
+        return HoldPolicy(
+            confirm_within=self.confirm.within if self.confirm else None,
+            confirm_on=frozenset(self.confirm.on) if self.confirm else frozenset(ConfirmOn),
+            ack_within=acks if any(acks) else (),
+        )
 
     @field_validator("channels")
     @classmethod
-    def _distinct(cls, value: list[str]) -> list[str]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
+    def _distinct(cls, value: list[str | HopConfig]) -> list[str | HopConfig]:
+        names = [item if isinstance(item, str) else item.channel for item in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"channel listed more than once: {', '.join(repeated)}")
         return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_strategy(self) -> RouteConfig:
+        if self.strategy is not Strategy.ESCALATE:
+            for index, item in enumerate(self.channels):
+                if not isinstance(item, str) and item.ack_within is not None:
+                    raise ValueError(
+                        f"channels.{index}.ack_within applies only to strategy: escalate"
+                    )
+        if self.confirm is not None and self.strategy not in FIRST_SUCCESS:
+            raise ValueError("confirm applies only to strategy: fallback or escalate")
+        return self
 
 
 Scope = Literal["send", "read", "admin"]
@@ -246,6 +307,35 @@ class EventsConfig(BaseModel):
         )
 
 
+def _public_url(value: str) -> str:
+    return value.rstrip("/")
+
+
+class ServerConfig(BaseModel):
+    """``server``: how Herald is reached from outside, for what comes back to it (README,
+    "Receipts, acknowledgements and escalation")."""
+
+    # Validation errors never echo the input: the secret is in it.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    public_url: Annotated[HttpUrl, AfterValidator(_public_url)] | None = None
+    """Herald's base URL as providers and people reach it (``https://herald.example.com``):
+    status callbacks and acknowledgement links are built on it. Without it, receipts are off
+    and no acknowledgement link is sent."""
+    secret: SecretStr | None = None
+    """Signs acknowledgement links (HMAC-SHA256); at least 32 characters. Without it, no link is
+    sent (the API, Telegram's button and ``/ack`` still acknowledge)."""
+    ack_link_ttl: Duration = Field(default=7 * 86400.0, gt=0)
+    """How long an acknowledgement link stays valid."""
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("secret must be at least 32 characters (is its variable set?)")
+        return value
+
+
 class _FileModel(BaseModel):
     """The file's shape before each channel is validated by its own type's model."""
 
@@ -257,6 +347,7 @@ class _FileModel(BaseModel):
     routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     events: EventsConfig = Field(default_factory=EventsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 class HeraldConfig(BaseModel):
@@ -270,6 +361,7 @@ class HeraldConfig(BaseModel):
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     events: EventsConfig = Field(default_factory=EventsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 TOP_LEVEL = tuple(_FileModel.model_fields)
@@ -437,7 +529,7 @@ def parse_config(
         except ValidationError as exc:
             problems.extend(_error_lines(exc, RouteConfig, path))
             continue
-        for index, channel_name in enumerate(route.channels):
+        for index, channel_name in enumerate(route.names):
             if channel_name not in shape.channels:
                 problems.append(
                     f"{path}.channels.{index}: "
@@ -454,6 +546,7 @@ def parse_config(
         routes=routes,
         events=shape.events,
         ingest=shape.ingest,
+        server=shape.server,
     )
 
 

@@ -37,10 +37,13 @@ class NotificationStatus(StrEnum):
     PARTIAL = "partial"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    ACKNOWLEDGED = "acknowledged"
+    """A person said "got it" (README, "Receipts, acknowledgements and escalation")."""
 
 
 FINAL_STATUSES = frozenset(
     {
+        NotificationStatus.ACKNOWLEDGED,
         NotificationStatus.DELIVERED,
         NotificationStatus.FAILED,
         NotificationStatus.PARTIAL,
@@ -79,6 +82,12 @@ WAIT_LIMIT = 30.0
 class Strategy(StrEnum):
     FALLBACK = "fallback"
     ALL = "all"
+    ESCALATE = "escalate"
+    """Deliver a hop, wait its ``ack_within`` for an acknowledgement, then the next hop."""
+
+
+FIRST_SUCCESS = frozenset({Strategy.FALLBACK, Strategy.ESCALATE})
+"""Strategies whose round stops at the first hop that delivers (or is held open)."""
 
 
 class HopState(StrEnum):
@@ -88,6 +97,11 @@ class HopState(StrEnum):
     ``failed`` permanently or out of rounds; ``skipped`` nothing to try (no address, disabled);
     ``unused`` not needed, an earlier hop delivered; ``cancelled`` and ``expired`` not tried
     (again) because the notification was cancelled or expired first.
+
+    Held open (``HOLD_STATES``): ``awaiting_confirmation`` delivered, waiting for the
+    provider's receipt (route option ``confirm``); ``awaiting_ack`` delivered, waiting for an
+    acknowledgement (``strategy: escalate``, the hop's ``ack_within``). ``unacknowledged``
+    delivered, but nobody acknowledged within its ``ack_within``: the chain went on.
     """
 
     PENDING = "pending"
@@ -98,7 +112,14 @@ class HopState(StrEnum):
     UNUSED = "unused"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    AWAITING_ACK = "awaiting_ack"
+    UNACKNOWLEDGED = "unacknowledged"
 
+
+HOLD_STATES = frozenset({HopState.AWAITING_CONFIRMATION, HopState.AWAITING_ACK})
+"""Hop states of a delivered hop held open until a deadline or an outside word (a receipt, an
+acknowledgement): the notification stays ``pending``, due at the deadline."""
 
 OPEN_HOP_STATES = frozenset({HopState.PENDING, HopState.RETRYING})
 """Hop states a round still tries."""
@@ -176,6 +197,156 @@ class Hop:
 def fresh_hops(chain: Sequence[str]) -> list[Hop]:
     """The hops of a chain no round has tried yet."""
     return [Hop(channel=name) for name in chain]
+
+
+# --- holds: receipts, confirmation and acknowledgements (issue 16) ---------------------------
+
+
+class ConfirmOn(StrEnum):
+    """What makes a route with ``confirm`` go on to the next hop after a hop delivered."""
+
+    UNDELIVERED = "undelivered"
+    """The provider's receipt says the message was not delivered (Twilio ``undelivered``)."""
+    FAILED = "failed"
+    """The provider's receipt says sending failed (Twilio and WhatsApp ``failed``)."""
+    TIMEOUT = "timeout"
+    """No ``delivered`` (or ``read``) receipt came within ``confirm.within``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """How a route holds a delivered hop open, fixed on the notification when it is accepted.
+
+    ``confirm_within``: wait that long for a ``delivered`` receipt from a channel that sends
+    receipts (``confirm_on`` says what goes on to the next hop). ``ack_within``: per hop, how
+    long an ``escalate`` route waits for an acknowledgement before the next hop (``None``: the
+    hop does not wait: once delivered, the chain ends there, as a fallback's would).
+    """
+
+    confirm_within: float | None = None
+    confirm_on: frozenset[ConfirmOn] = frozenset(ConfirmOn)
+    ack_within: tuple[float | None, ...] = ()
+
+    def ack_for(self, hop: int) -> float | None:
+        return self.ack_within[hop] if hop < len(self.ack_within) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "confirm_within": self.confirm_within,
+            "confirm_on": sorted(self.confirm_on),
+            "ack_within": list(self.ack_within),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> HoldPolicy | None:
+        if data is None:
+            return None
+        return cls(
+            confirm_within=data.get("confirm_within"),
+            confirm_on=frozenset(ConfirmOn(on) for on in data.get("confirm_on", ConfirmOn)),
+            ack_within=tuple(data.get("ack_within", ())),
+        )
+
+
+class ReceiptStatus(StrEnum):
+    """A provider's later word about a sent message, in Herald's words (Twilio's
+    ``accepted``/``scheduled``/``sending`` read as ``queued``, its ``canceled`` as ``failed``)."""
+
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+
+
+RECEIPT_RANK = {
+    ReceiptStatus.QUEUED: 0,
+    ReceiptStatus.SENT: 1,
+    ReceiptStatus.DELIVERED: 2,
+    ReceiptStatus.READ: 3,
+    ReceiptStatus.UNDELIVERED: 4,
+    ReceiptStatus.FAILED: 4,
+}
+"""How far a receipt says a message got; an attempt shows its furthest (then latest) one, since
+providers do not promise to send them in order."""
+
+CONFIRMING = frozenset({ReceiptStatus.DELIVERED, ReceiptStatus.READ})
+"""Receipts that confirm a hop held for confirmation."""
+
+REFUTING = {
+    ReceiptStatus.UNDELIVERED: ConfirmOn.UNDELIVERED,
+    ReceiptStatus.FAILED: ConfirmOn.FAILED,
+}
+"""Receipts that may send the chain on, and the ``confirm.on`` entry that lets them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One receipt as an inbound endpoint read it (verified already)."""
+
+    channel: str
+    channel_type: str
+    provider_message_id: str
+    status: ReceiptStatus
+    at: datetime
+    """When the provider says it happened (its timestamp, or when Herald received it)."""
+    code: str | None = None
+    """The provider's error code (Twilio ``ErrorCode``, WhatsApp ``errors[].code``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldAttempt:
+    """What a round settling a held hop reads: the hop's latest attempt and the receipts its
+    provider sent for it."""
+
+    id: uuid.UUID
+    started_at: datetime
+    receipts: Sequence[Receipt] = ()
+
+
+def best_receipt(receipts: Sequence[Receipt]) -> Receipt | None:
+    """The receipt an attempt shows: the furthest along, the latest of those."""
+    return max(receipts, key=lambda r: (RECEIPT_RANK[r.status], r.at), default=None)
+
+
+class AckVia(StrEnum):
+    """How a notification was acknowledged."""
+
+    API = "api"
+    EMAIL = "email"
+    NTFY = "ntfy"
+    TELEGRAM = "telegram"
+
+
+class AckOutcome(StrEnum):
+    """What became of one acknowledgement (``app.service.acknowledge``)."""
+
+    ACKNOWLEDGED = "acknowledged"
+    ALREADY_ACKNOWLEDGED = "already_acknowledged"
+    """Someone acknowledged it first: the notification says who, when and how."""
+    NOT_FOUND = "not_found"
+    """No such notification, or none the caller may act on."""
+    NOT_ACKABLE = "not_ackable"
+    """It ended otherwise first (failed, expired, partial, cancelled)."""
+
+
+ACKABLE = (
+    NotificationStatus.PENDING,
+    NotificationStatus.DELIVERING,
+    NotificationStatus.DELIVERED,
+)
+"""Statuses an acknowledgement moves to ``acknowledged``."""
+
+ACK_BY_LIMIT = 128
+"""The longest ``acknowledged_by`` kept (longer names are cut)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    outcome: AckOutcome
+    notification: StoredNotification | None = None
+    """As it stands after the acknowledgement (``None`` for ``not_found``)."""
 
 
 # --- what a round changes ----------------------------------------------------------------
@@ -289,6 +460,11 @@ class StoredNotification(TypedDict):
     callback_url: str | None
     callback_events: list[str] | None
     """The globs over event types its callback takes (set whenever ``callback_url`` is)."""
+    holds: dict[str, Any] | None
+    """Its route's ``HoldPolicy`` as stored (``None``: no hop is ever held open)."""
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    acknowledged_via: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -341,7 +517,9 @@ class EventType(StrEnum):
     NOTIFICATION_FAILED = "notification.failed"
     NOTIFICATION_EXPIRED = "notification.expired"
     NOTIFICATION_CANCELLED = "notification.cancelled"
+    NOTIFICATION_ACKNOWLEDGED = "notification.acknowledged"
     ATTEMPT_FAILED = "attempt.failed"
+    ATTEMPT_RECEIPT = "attempt.receipt"
     CHANNEL_CIRCUIT_OPENED = "channel.circuit_opened"
     CHANNEL_CIRCUIT_CLOSED = "channel.circuit_closed"
     CHANNEL_QUARANTINED = "channel.quarantined"
@@ -353,6 +531,7 @@ FINAL_EVENTS: dict[NotificationStatus, EventType] = {
     NotificationStatus.FAILED: EventType.NOTIFICATION_FAILED,
     NotificationStatus.EXPIRED: EventType.NOTIFICATION_EXPIRED,
     NotificationStatus.CANCELLED: EventType.NOTIFICATION_CANCELLED,
+    NotificationStatus.ACKNOWLEDGED: EventType.NOTIFICATION_ACKNOWLEDGED,
 }
 """The event a notification's final status is announced by."""
 

@@ -4,12 +4,16 @@
 
     HeraldError                      500  internal
     ├── Unauthorized                 401  unauthorized       (WWW-Authenticate: Bearer)
+    ├── Unsigned                     401  unsigned           (an inbound callback without its
+    │                                                         provider's signature)
     ├── Forbidden                    403  forbidden
-    │   └── MissingScope             (the API key lacks the scope the operation needs)
+    │   ├── MissingScope             (the API key lacks the scope the operation needs)
+    │   └── BadSignature             403  bad-signature      (forged, altered or stale)
     ├── NotFound                     404  not-found
     │   └── NotificationNotFound
     ├── Conflict                     409  conflict
-    │   └── InvalidTransition
+    │   ├── InvalidTransition
+    │   └── AlreadyAcknowledged      409  already-acknowledged
     ├── UnsupportedMediaType         415  unsupported-media-type
     ├── Unprocessable                422  validation
     │   ├── UnknownName              (route or channel that is not configured)
@@ -97,6 +101,22 @@ class MissingScope(Forbidden):
         self.scope = scope
 
 
+class Unsigned(HeraldError):
+    """An inbound callback (``/v1/inbound/…``) without its provider's signature."""
+
+    status = 401
+    slug = "unsigned"
+    title = "Unsigned"
+
+
+class BadSignature(Forbidden):
+    """An inbound callback or a link whose signature is wrong, or that is stale (expired, or
+    older than its provider ever retries)."""
+
+    slug = "bad-signature"
+    title = "Bad signature"
+
+
 class NotFound(HeraldError):
     """No such resource."""
 
@@ -128,6 +148,16 @@ class InvalidTransition(Conflict):
             f"cannot {action} a notification that is {status}; "
             f"{action} applies only to {' or '.join(allowed)} notifications"
         )
+
+
+class AlreadyAcknowledged(Conflict):
+    """Someone acknowledged the notification first."""
+
+    slug = "already-acknowledged"
+    title = "Already acknowledged"
+
+    def __init__(self, by: str | None, via: str | None, at: object) -> None:
+        super().__init__(f"already acknowledged by {by!r} via {via} at {at}")
 
 
 class UnsupportedMediaType(HeraldError):

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 
 from app import __version__
-from app.api import channels, events, health, integrations, notifications, problems
+from app.api import acks, channels, events, health, inbound, integrations, notifications, problems
 from app.api.deps import security_of, security_schemes
 from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
@@ -181,6 +181,8 @@ def create_app(
     app.include_router(integrations.router)
     app.include_router(channels.router)
     app.include_router(health.router)
+    app.include_router(inbound.router)
+    app.include_router(acks.router)
     app.webhooks.include_router(events.webhook_router)
     # In front of the FastAPI route it falls back to (which also documents the operation).
     fast = notifications.FastAccept()

@@ -208,6 +208,22 @@ alertmanager_notifications = Counter(
     ["status", "outcome"],
     registry=REGISTRY,
 )
+receipts = Counter(
+    "herald_receipts_total",
+    "Provider receipts (Twilio status callbacks, WhatsApp statuses) by channel and what "
+    "became of them: matched to an attempt, unmatched (kept until its send is saved), "
+    "duplicate, ignored (a status Herald does not track), or refused (unsigned, forged, stale).",
+    ["channel", "result"],
+    registry=REGISTRY,
+)
+acks = Counter(
+    "herald_acks_total",
+    "Acknowledgements by how they came (api, email, ntfy, telegram) and what became of them: "
+    "acknowledged, already_acknowledged, not_found, not_ackable, or refused (a link that is "
+    "forged or expired).",
+    ["via", "result"],
+    registry=REGISTRY,
+)
 
 STATUSES = tuple(NotificationStatus)
 

@@ -30,12 +30,14 @@ from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircui
 from app.delivery.listener import Heard, listen_to
 from app.delivery.orchestrator import Link
 from app.delivery.waiters import FinalAnnouncer, Listen, Waiters
-from app.domain import CHANNEL_EVENTS, CircuitState, Strategy
+from app.domain import CHANNEL_EVENTS, CircuitState, HoldPolicy, Strategy
 from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox, count_emitted
 from app.ratelimit import RateLimiter
+from app.receipts import Receipts
 from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
+from app.security.links import AckLinks
 from app.store.db import create_engine, is_sqlite, session_factory
 from app.store.intake import Intake
 from app.store.sql import FINAL_CHANNEL, OutboxRows
@@ -54,6 +56,7 @@ class ResolvedRoute:
     strategy: Strategy
     retry: RetryPolicy
     ttl: float | None
+    holds: HoldPolicy | None = None
 
 
 @dataclass
@@ -88,6 +91,19 @@ class Runtime:
     def outbox(self) -> Outbox:
         """Who takes which events, and the events of each change."""
         return Outbox(self.config.events)
+
+    @cached_property
+    def receipts(self) -> Receipts:
+        """Keeps providers' receipts and matches them to attempts."""
+        return Receipts(
+            self.sessions, self.outbox, emitted=self.emitted, wake_worker=self.wake_worker
+        )
+
+    @cached_property
+    def ack_links(self) -> AckLinks | None:
+        """Signs and checks acknowledgement links (``None``: ``server.public_url`` or
+        ``server.secret`` is not set)."""
+        return ack_links(self.config)
 
     def wake_worker(self) -> None:
         """Tell an in-process worker that something is due now."""
@@ -150,6 +166,7 @@ def build_channels(
             channel=channel,
             limiter=RateLimiter(*rate, clock=context.clock) if rate else None,
             secrets=tuple(channel.secrets()),
+            receipts=channel.sends_receipts,
         )
         # One caller's endpoint must not open the circuit for every caller: when the recipient
         # names the host, the channel has a circuit per destination and none of its own.
@@ -167,6 +184,14 @@ def build_channels(
                 )
         _export_circuit(name, CircuitState.CLOSED)
     return channels, links
+
+
+def ack_links(config: HeraldConfig) -> AckLinks | None:
+    """Acknowledgement links, when ``server.public_url`` and ``server.secret`` are set."""
+    server = config.server
+    if server.public_url is None or server.secret is None:
+        return None
+    return AckLinks(server.public_url, server.secret.get_secret_value(), server.ack_link_ttl)
 
 
 def _final_listener(database_url: str) -> Listen:
@@ -199,9 +224,13 @@ async def open_runtime(
     http = Outbound(GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)))
     takes_channel_events = any(s.event_types & CHANNEL_EVENTS for s in config.events.subscriptions)
     circuit_changes = CircuitChanges() if takes_channel_events else None
-    channels, links = build_channels(
-        config, registry, ChannelContext(http=http, clock=clock), circuit_changes
+    context = ChannelContext(
+        http=http,
+        clock=clock,
+        public_url=config.server.public_url,
+        links=ack_links(config),
     )
+    channels, links = build_channels(config, registry, context, circuit_changes)
     postgres = not is_sqlite(settings.database_url)
     runtime = Runtime(
         settings=settings,

@@ -24,21 +24,28 @@ from app import metrics
 from app.config import HeraldConfig, RetryPolicy
 from app.delivery.orchestrator import settle, utcnow
 from app.domain import (
+    ACK_BY_LIMIT,
+    ACKABLE,
     CANCELLABLE,
     DEFAULT_CALLBACK_EVENTS,
     DEFAULT_ROUTE,
     FINAL_STATUSES,
     RETRYABLE,
+    AckOutcome,
+    AckResult,
+    AckVia,
     AttemptTrigger,
     Hop,
     HopState,
     ListFilter,
     NewNotification,
     NotificationStatus,
+    Receipt,
     StoredAttempt,
     StoredNotification,
     Strategy,
     WaitEnd,
+    best_receipt,
     fresh_hops,
 )
 from app.errors import (
@@ -49,6 +56,7 @@ from app.errors import (
     UnknownName,
     Unprocessable,
 )
+from app.events.body import acknowledgement_data
 from app.events.outbox import write_events
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
@@ -57,6 +65,7 @@ from app.store.db import brief
 from app.store.intake import DuplicateKey
 from app.store.migrate import current_revision, head_revision
 from app.store.models import IdempotencyKey
+from app.store.receipts import ReceiptStore
 from app.store.repositories import IdempotencyRepository, NotificationRepository
 from app.store.sql import OutboxRows, Row
 
@@ -65,6 +74,15 @@ logger = logging.getLogger("herald.api")
 Loc = Sequence[str | int]
 T = TypeVar("T")
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ShownAttempt:
+    """An attempt as the API shows it: as stored, with its receipt."""
+
+    stored: StoredAttempt
+    receipt: Receipt | None
+
 
 Outcome = uuid.UUID | HeraldError
 """What became of one item of a batch: the id it is stored under, or why it was refused."""
@@ -111,7 +129,7 @@ def resolve_route(
                 errors=[{"loc": [*loc, "route"], "msg": "required: no default route"}],
             )
         raise UnknownName("route", [name], [*loc, "route"])
-    return ResolvedRoute(name, list(route.channels), route.strategy, route.retry, route.ttl)
+    return ResolvedRoute(name, route.names, route.strategy, route.retry, route.ttl, route.holds)
 
 
 def admit(runtime: Runtime, request: NewNotification, loc: Loc = ("body",)) -> ResolvedRoute:
@@ -285,6 +303,10 @@ def new_notification(
         "owner": owner,
         "callback_url": request.callback_url,
         "callback_events": _callback_events(request),
+        "holds": None if route.holds is None else route.holds.as_dict(),
+        "acknowledged_at": None,
+        "acknowledged_by": None,
+        "acknowledged_via": None,
         "created_at": now,
         "updated_at": now,
     }
@@ -553,10 +575,15 @@ async def list_page(
 
 async def attempts(
     session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
-) -> Sequence[StoredAttempt]:
-    """A notification's attempts, oldest first; ``NotificationNotFound`` as ``get``."""
+) -> Sequence[ShownAttempt]:
+    """A notification's attempts, oldest first, each with the receipt it shows (the
+    furthest its provider reported); ``NotificationNotFound`` as ``get``."""
     await get(session, notification_id, owner=owner)
-    return await NotificationRepository(session).attempts(notification_id)
+    stored = await NotificationRepository(session).attempts(notification_id)
+    receipts = await ReceiptStore(session).of_attempts([attempt["id"] for attempt in stored])
+    return [
+        ShownAttempt(attempt, best_receipt(receipts.get(attempt["id"], ()))) for attempt in stored
+    ]
 
 
 async def cancel(
@@ -631,6 +658,112 @@ async def retry(
     updated = await _transition(session, current, RETRYABLE, "retry", values)
     runtime.wake_worker()
     return updated
+
+
+ACK_SETTLE = 10.0
+"""How long an acknowledgement of a notification a worker is sending waits for that round to
+be saved before it answers (the acknowledgement is recorded at once; a worker that claims the
+notification later finishes it)."""
+ACK_POLL = 0.05
+ACK_TRIES = 100
+"""How many times an acknowledgement that lost a race (a claim, a save) reads the notification
+again before it gives up."""
+
+
+async def acknowledge(
+    runtime: Runtime,
+    notification_id: uuid.UUID,
+    *,
+    by: str,
+    via: AckVia,
+    owner: str | None = None,
+) -> AckResult:
+    """Acknowledge a notification: the one entry point for every way of doing it (the API,
+    a signed link, ntfy's action, Telegram's button and ``/ack``).
+
+    ``by`` names who (an API key, an email address, a Telegram user); ``owner``, when given,
+    limits it to that API key's notifications (others are ``not_found``). A ``pending`` or
+    ``delivered`` notification becomes ``acknowledged`` at once, in one conditional UPDATE
+    with its ``notification.acknowledged`` event, and a held hop's timer goes with it (the
+    notification is no longer due). Two acknowledgements at once: one wins, the other answers
+    ``already_acknowledged`` naming the winner. A notification a worker is sending right now
+    (``delivering``) has the acknowledgement recorded at once, then becomes ``acknowledged``
+    when that round is saved (or when a worker next claims it: ``Worker.deliver``).
+    """
+    by = by[:ACK_BY_LIMIT]
+    now = utcnow()
+    ours = {"acknowledged_at": now, "acknowledged_by": by, "acknowledged_via": via}
+    recorded = False
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + ACK_SETTLE
+    result: AckResult | None = None
+    for _ in range(ACK_TRIES):
+        async with runtime.sessions() as session:
+            repository = NotificationRepository(session)
+            current = await repository.get(notification_id, owner=owner)
+            if current is None:
+                result = AckResult(AckOutcome.NOT_FOUND)
+                break
+            status = current["status"]
+            if current["acknowledged_at"] is not None and not recorded:
+                result = AckResult(AckOutcome.ALREADY_ACKNOWLEDGED, current)
+                break
+            if recorded and status == NotificationStatus.ACKNOWLEDGED:
+                result = AckResult(AckOutcome.ACKNOWLEDGED, current)  # a worker finished it
+                break
+            if status not in ACKABLE:
+                result = AckResult(AckOutcome.NOT_ACKABLE, current)
+                break
+            if status == NotificationStatus.DELIVERING:
+                if not recorded:
+                    if await repository.transition(
+                        notification_id,
+                        from_statuses=(NotificationStatus.DELIVERING,),
+                        values=ours,
+                        unacknowledged=True,
+                    ):
+                        await session.commit()
+                        recorded = True
+                    continue
+                if loop.time() >= give_up:
+                    result = AckResult(AckOutcome.ACKNOWLEDGED, current)
+                    break
+                await asyncio.sleep(ACK_POLL)
+                continue
+            hops = settle(_hops(current), NotificationStatus.ACKNOWLEDGED)
+            events = runtime.outbox.acknowledged(
+                current, hops, acknowledgement_data(now, by, via), now
+            )
+            updated = await repository.transition(
+                notification_id,
+                from_statuses=(NotificationStatus.PENDING, NotificationStatus.DELIVERED),
+                values={
+                    **ours,
+                    "status": NotificationStatus.ACKNOWLEDGED,
+                    "next_attempt_at": None,
+                    "hops": [hop.as_dict() for hop in hops],
+                    "updated_at": now,
+                },
+                unacknowledged=not recorded,
+                unchanged_since=current["updated_at"],
+            )
+            if updated is None:  # claimed, saved or acknowledged meanwhile: read it again
+                await session.rollback()
+                continue
+            await write_events(session, events)
+            await session.commit()
+        runtime.emitted(events)
+        if status == NotificationStatus.PENDING:
+            metrics.notifications_finished.labels(
+                metrics.route_label(updated["route"]), NotificationStatus.ACKNOWLEDGED
+            ).inc()
+        runtime.announce_final(notification_id)
+        result = AckResult(AckOutcome.ACKNOWLEDGED, updated)
+        break
+    if result is None:
+        raise RuntimeError(f"acknowledging {notification_id} kept losing races")
+    metrics.acks.labels(via, result.outcome).inc()
+    return result
 
 
 def _hops(notification: StoredNotification) -> list[Hop]:

@@ -119,7 +119,7 @@ FOCUS = (
     "app.store.queue:WorkQueue.save_rounds",
     "app.store.queue:PlainSql.args",
     "app.delivery.saves:GroupSaver._flush",
-    "app.delivery.worker:attempt_row",
+    "app.delivery.orchestrator:AttemptRecord.row",
     "app.delivery.worker:Worker.sweep",
     "sqlalchemy.orm:Session._flush",
     "sqlalchemy.orm:Session.execute",

@@ -13,6 +13,7 @@ from app.api.schemas import (
     ChannelList,
     ChannelOut,
     Circuit,
+    ConfirmOut,
     RetryOut,
     RouteList,
     RouteOut,
@@ -108,7 +109,16 @@ async def list_routes(runtime: RuntimeDep) -> RouteList:
         items=[
             RouteOut(
                 name=name,
-                channels=route.channels,
+                channels=route.names,
+                ack_within=[
+                    None
+                    if isinstance(item, str) or item.ack_within is None
+                    else format_duration(item.ack_within)
+                    for item in route.channels
+                ],
+                confirm=None
+                if route.confirm is None
+                else ConfirmOut(within=format_duration(route.confirm.within), on=route.confirm.on),
                 strategy=route.strategy,
                 retry=RetryOut(
                     schedule=[format_duration(delay) for delay in route.retry.schedule],

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from app.api.schemas import ErrorInfo, Hop, Output
+from app.api.schemas import Acknowledgement, ErrorInfo, Hop, Output, ReceiptOut
 from app.channels.base import Recipient
 from app.domain import (
     EVENT_VERSION,
@@ -107,6 +107,9 @@ class NotificationEventData(Output):
     content: EventContent | None = Field(
         default=None, description="Present only when the subscription has include_content."
     )
+    acknowledgement: Acknowledgement | None = Field(
+        default=None, description="notification.acknowledged only: who, when and how."
+    )
 
 
 class EventAttemptInfo(Output):
@@ -127,6 +130,17 @@ class AttemptFailedData(NotificationEventData):
     attempt: EventAttemptInfo
 
 
+class ReceiptAttemptInfo(EventAttemptInfo):
+    """The attempt a receipt is about (error: null while it counts as delivered)."""
+
+    error: ErrorInfo | None  # type: ignore[assignment]
+
+
+class AttemptReceiptData(NotificationEventData):
+    attempt: ReceiptAttemptInfo
+    receipt: ReceiptOut
+
+
 class ChannelEventData(Output):
     channel: str
     channel_type: str
@@ -145,7 +159,8 @@ class _Envelope(Output):
 
 
 class NotificationEvent(_Envelope):
-    """notification.accepted, .delivered, .partial, .failed, .expired or .cancelled."""
+    """notification.accepted, .delivered, .partial, .failed, .expired, .cancelled or
+    .acknowledged."""
 
     notification_id: uuid.UUID
     data: NotificationEventData
@@ -156,6 +171,14 @@ class AttemptFailedEvent(_Envelope):
 
     notification_id: uuid.UUID
     data: AttemptFailedData
+
+
+class AttemptReceiptEvent(_Envelope):
+    """attempt.receipt: the provider said later what became of an attempt's message (Twilio's
+    status callback, WhatsApp's statuses)."""
+
+    notification_id: uuid.UUID
+    data: AttemptReceiptData
 
 
 class ChannelEvent(_Envelope):

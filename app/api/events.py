@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query
 from app.api.deps import AdminScope, ReadScope, RuntimeDep, SessionDep, owner_filter
 from app.api.event_schemas import (
     AttemptFailedEvent,
+    AttemptReceiptEvent,
     ChannelEvent,
     EventAttemptList,
     EventAttemptOut,
@@ -138,6 +139,8 @@ WEBHOOK_BODIES: dict[EventType, type[Output]] = {
     if event_type in CHANNEL_EVENTS
     else AttemptFailedEvent
     if event_type is EventType.ATTEMPT_FAILED
+    else AttemptReceiptEvent
+    if event_type is EventType.ATTEMPT_RECEIPT
     else NotificationEvent
     for event_type in EventType
 }

@@ -13,7 +13,15 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from pydantic import BeforeValidator, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic_core import to_json
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
@@ -43,9 +51,27 @@ from app.api.schemas import (
     NotificationOut,
     NotificationPage,
 )
-from app.domain import WAIT_LIMIT, ListFilter, NotificationStatus, StoredNotification, WaitEnd
+from app.domain import (
+    ACK_BY_LIMIT,
+    ACKABLE,
+    WAIT_LIMIT,
+    AckOutcome,
+    AckResult,
+    AckVia,
+    ListFilter,
+    NotificationStatus,
+    StoredNotification,
+    WaitEnd,
+)
 from app.durations import format_duration, parse_duration
-from app.errors import HeraldError, Unprocessable
+from app.errors import (
+    AlreadyAcknowledged,
+    HeraldError,
+    InvalidTransition,
+    NotificationNotFound,
+    Unprocessable,
+)
+from app.events.body import receipt_data
 from app.security.auth import Principal
 
 router = APIRouter(prefix="/v1/notifications", tags=["notifications"], route_class=JSONBodyRoute)
@@ -491,7 +517,17 @@ async def list_attempts(
 ) -> AttemptList:
     """Another API key's notification is 404 unless the caller's key has the admin scope."""
     attempts = await service.attempts(session, notification_id, owner=owner_filter(principal))
-    return AttemptList(items=[AttemptOut.model_validate(attempt) for attempt in attempts])
+    return AttemptList(
+        items=[
+            AttemptOut.model_validate(
+                {
+                    **shown.stored,
+                    "receipt": None if shown.receipt is None else receipt_data(shown.receipt),
+                }
+            )
+            for shown in attempts
+        ]
+    )
 
 
 @router.post(
@@ -522,3 +558,60 @@ async def retry_notification(
 ) -> NotificationDetail:
     owner = owner_filter(principal)
     return detail_of(await service.retry(runtime, session, notification_id, owner=owner))
+
+
+class AckRequest(BaseModel):
+    """Who acknowledges, if not the calling API key itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=ACK_BY_LIMIT,
+        description="The person acknowledging (say, the user of a chat bot that calls Herald). "
+        "Default: the API key's name.",
+    )
+
+
+@router.post(
+    "/{notification_id}/ack",
+    operation_id="acknowledge_notification",
+    response_model=NotificationDetail,
+    summary="Acknowledge a notification (stops an escalation)",
+    description=(
+        "A person says they got it: the notification becomes acknowledged, with who, when "
+        "and how, and an escalation sends nothing more. Needs the send scope of the key that "
+        "owns it, or admin. Acknowledging one that someone acknowledged first answers 409 "
+        "with the problem type urn:herald:problem:already-acknowledged, naming who did; one "
+        "that ended otherwise (failed, expired, partial, cancelled) answers 409 conflict."
+    ),
+    responses=error_responses(404, 409, 422, 503) | AUTH_ERRORS,
+)
+async def acknowledge_notification(
+    notification_id: uuid.UUID,
+    principal: SendScope,
+    runtime: RuntimeDep,
+    body: AckRequest | None = None,
+) -> NotificationDetail:
+    by = (body.by if body is not None else None) or (principal.name if principal else "api")
+    result = await service.acknowledge(
+        runtime, notification_id, by=by, via=AckVia.API, owner=owner_filter(principal)
+    )
+    return detail_of(acknowledged_or_raise(notification_id, result))
+
+
+def acknowledged_or_raise(notification_id: uuid.UUID, result: AckResult) -> StoredNotification:
+    """The notification an acknowledgement acted on; the error that says why it did not."""
+    notification = result.notification
+    if result.outcome is AckOutcome.NOT_FOUND or notification is None:
+        raise NotificationNotFound(notification_id)
+    if result.outcome is AckOutcome.ALREADY_ACKNOWLEDGED:
+        raise AlreadyAcknowledged(
+            notification["acknowledged_by"],
+            notification["acknowledged_via"],
+            notification["acknowledged_at"],
+        )
+    if result.outcome is AckOutcome.NOT_ACKABLE:
+        raise InvalidTransition("acknowledge", notification["status"], ACKABLE)
+    return notification

@@ -24,14 +24,17 @@ from app.config import event_glob_problem
 from app.domain import (
     DEFAULT_CALLBACK_EVENTS,
     NOTIFICATION_EVENTS,
+    AckVia,
     AlertStatus,
     AttemptOutcome,
     AttemptTrigger,
     ChannelHealth,
     CircuitState,
+    ConfirmOn,
     ErrorClass,
     HopState,
     NotificationStatus,
+    ReceiptStatus,
     Severity,
     Strategy,
 )
@@ -217,6 +220,17 @@ class Hop(Output):
     last_error: LastError | None = None
 
 
+class Acknowledgement(Output):
+    """Who acknowledged a notification, when and how."""
+
+    at: datetime
+    by: str = Field(
+        description="The API key (or the name it gave), the email address, the "
+        "ntfy topic or the Telegram user that acknowledged it."
+    )
+    via: AckVia
+
+
 class NotificationOut(Output):
     """A notification as lists show it (no bodies)."""
 
@@ -252,8 +266,27 @@ class NotificationOut(Output):
     callback_events: list[str] | None = Field(
         description="The globs over event types its callback_url receives."
     )
+    acknowledgement: Acknowledgement | None = Field(
+        description="Who acknowledged it, when and how (status acknowledged)."
+    )
     created_at: datetime
     updated_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _acknowledgement_of_columns(cls, value: Any) -> Any:
+        """A stored notification keeps its acknowledgement in three columns."""
+        if isinstance(value, Mapping) and "acknowledgement" not in value:
+            at = value.get("acknowledged_at")
+            acknowledgement = None
+            if at is not None:
+                acknowledgement = {
+                    "at": at,
+                    "by": value.get("acknowledged_by") or "",
+                    "via": value.get("acknowledged_via"),
+                }
+            return {**value, "acknowledgement": acknowledgement}
+        return value
 
     @field_validator("recipient", mode="before")
     @classmethod
@@ -279,6 +312,12 @@ class NotificationPage(Output):
     next_cursor: str | None = Field(description="Pass as cursor for the next (older) page.")
 
 
+class ReceiptOut(Output):
+    status: ReceiptStatus
+    at: datetime = Field(description="When the provider says it happened.")
+    code: str | None = Field(description="The provider's error code, if it gave one.")
+
+
 class AttemptOut(Output):
     id: uuid.UUID
     notification_id: uuid.UUID
@@ -294,6 +333,11 @@ class AttemptOut(Output):
     response_excerpt: str | None
     started_at: datetime
     duration_ms: int
+    receipt: ReceiptOut | None = Field(
+        default=None,
+        description="What the provider said later about the message (Twilio's status "
+        "callback, WhatsApp's statuses): the furthest status it reached, the latest of those.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -366,9 +410,22 @@ class RetryOut(Output):
     jitter: float
 
 
+class ConfirmOut(Output):
+    within: str
+    on: list[ConfirmOn]
+
+
 class RouteOut(Output):
     name: str
     channels: list[str]
+    ack_within: list[str | None] = Field(
+        description="Per channel, in order: how long an escalate route waits for an "
+        "acknowledgement once that hop delivered (null: it does not wait)."
+    )
+    confirm: ConfirmOut | None = Field(
+        description="Delivered hops of channels that send receipts count once a delivered "
+        "receipt arrives within this window."
+    )
     strategy: Strategy
     retry: RetryOut
     ttl: str | None

@@ -26,6 +26,7 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.domain import ErrorClass as ErrorClass  # re-exported for channel plugins
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
 from app.ratelimit import RateLimit, parse_rate
+from app.security.links import AckLinks
 from app.security.redaction import redact
 
 EXCERPT_LIMIT = 2048
@@ -245,6 +246,9 @@ class Message:
     source: str | None
     metadata: Mapping[str, Any]
     created_at: datetime
+    acks: bool = False
+    """The route waits for an acknowledgement (``strategy: escalate``): a channel that can
+    offers a way to give one (Telegram's button, ntfy's action, the email's link)."""
 
     def plain_text(self) -> str:
         """The text body, or the HTML with its tags stripped when only HTML was given."""
@@ -315,6 +319,11 @@ class ChannelContext:
     http: Outbound
     clock: Clock = SYSTEM_CLOCK
     """What a channel that waits (on a provider's ``retry_after``) reads and sleeps on."""
+    public_url: str | None = None
+    """Herald's base URL as providers reach it (``server.public_url``): a channel whose
+    provider sends receipts asks for them there. ``None``: receipts are off."""
+    links: AckLinks | None = None
+    """Signs acknowledgement links (``server.public_url`` and ``server.secret`` set)."""
 
 
 class ChannelType:
@@ -342,6 +351,12 @@ class ChannelType:
         """The origin (``scheme://host:port``) ``message`` goes to, for a recipient-addressed
         channel; ``None`` when the settings fix it or the recipient gives none."""
         return None
+
+    @property
+    def sends_receipts(self) -> bool:
+        """Whether the provider reports later what became of a message (a receipt) and Herald
+        takes it: a route's ``confirm`` then holds this channel's deliveries open."""
+        return False
 
     async def send(self, message: Message) -> DeliveryResult:
         """Deliver ``message``; what the provider said goes into the result unredacted."""

@@ -17,6 +17,11 @@ What the notification becomes:
   ``bug``, info ``information_source``, warning ``warning``, error ``x``, critical
   ``rotating_light``; then the configured ``tags``.
 
+Acknowledgements: when the route waits for one (``Message.acks``) and acknowledgement links are
+configured (``server.public_url`` and ``server.secret``), the message carries an ``http`` action
+button, "Acknowledge", that POSTs to a signed link (``app.security.links``) and clears the
+notification on the phone.
+
 Errors: ntfy answers with ``{"code": 40301, "http": 403, "error": "forbidden", "link": …}``
 (server/errors.go). The class follows the HTTP status as for every channel (401/403 ``config``,
 429 ``rate_limited`` with ``Retry-After`` when sent, 400/404/413 ``permanent``, 5xx and 507
@@ -142,7 +147,10 @@ class NtfyConfig(ChannelConfig):
         return self
 
 
-def payload(config: NtfyConfig, message: Message) -> dict[str, Any]:
+ACK_LABEL = "Acknowledge"
+
+
+def payload(config: NtfyConfig, message: Message, ack_url: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "topic": config.topic,
         "message": clip(message.plain_text(), MESSAGE_LIMIT, Unit.UTF8),
@@ -153,6 +161,10 @@ def payload(config: NtfyConfig, message: Message) -> dict[str, Any]:
         body["title"] = clip(message.subject, TITLE_LIMIT, Unit.UTF8)
     if config.click:
         body["click"] = config.click
+    if ack_url is not None:
+        body["actions"] = [
+            {"action": "http", "label": ACK_LABEL, "url": ack_url, "method": "POST", "clear": True}
+        ]
     return body
 
 
@@ -200,7 +212,9 @@ class NtfyChannel(ChannelType):
         return headers
 
     async def send(self, message: Message) -> DeliveryResult:
-        body = json.dumps(payload(self.config, message), ensure_ascii=False).encode("utf-8")
+        links = self.context.links
+        ack_url = links.url(message.id, self.name) if message.acks and links else None
+        body = json.dumps(payload(self.config, message, ack_url), ensure_ascii=False).encode()
         return await post_and_classify(
             self.context.http,
             f"{self.config.api_base}/",

@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import html
 import os
 import re
 import socket
@@ -271,11 +272,18 @@ class SmtpChannel(ChannelType):
         mail["Message-ID"] = message_id
         mail["Auto-Submitted"] = "auto-generated"
         mail["X-Herald-Notification-Id"] = str(message.id)
+        links = self.context.links
+        ack_url = links.url(message.id, self.name) if message.acks and links else None
+        text = message.plain_text() if message.html is not None else message.text or ""
+        if ack_url is not None:
+            text += f"\n\nAcknowledge: {ack_url}\n"
+        mail.set_content(text)
         if message.html is not None:
-            mail.set_content(message.plain_text())
-            mail.add_alternative(message.html, subtype="html")
-        else:
-            mail.set_content(message.text or "")
+            html_body = message.html
+            if ack_url is not None:
+                link = html.escape(ack_url, quote=True)
+                html_body += f'\n<p><a href="{link}">Acknowledge</a></p>\n'
+            mail.add_alternative(html_body, subtype="html")
         return mail, message_id.strip("<>")
 
     # -- sending ------------------------------------------------------------------------------

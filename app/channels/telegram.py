@@ -22,6 +22,11 @@ accepted part's ``message_id``, joined by commas (the first one alone for a one-
 later round starts again from part 1, so a multi-part message that failed half-way may repeat its
 first parts.
 
+Acknowledgements. When the route waits for one (``Message.acks``: ``strategy: escalate``), the
+last part carries an inline keyboard with one button, "Acknowledge", whose ``callback_data`` is
+``ack:<notification id>`` (``ack_callback_data``; 40 bytes, within Telegram's 64). Telegram
+hands the press to the bot as a ``callback_query`` (read by the channel's inbound loop).
+
 Secrets. The bot token is part of the URL path. It is a secret setting, so the orchestrator masks
 it wherever an answer or a transport error echoes it (``redact_result``). httpcore logs response
 headers at DEBUG (a header may echo the URL), and httpx's client logs each request URL at INFO
@@ -34,6 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections import Counter
 from typing import Any, Literal
 
@@ -251,6 +257,33 @@ def failure_from_answer(response: httpx.Response) -> DeliveryResult:
     return failed(error_class, f"http_{error_code}", said)
 
 
+# -- the acknowledge button ---------------------------------------------------------------------
+
+ACK_PREFIX = "ack:"
+ACK_BUTTON = "Acknowledge"
+
+
+def ack_callback_data(notification_id: uuid.UUID) -> str:
+    """The ``callback_data`` of a message's Acknowledge button."""
+    return f"{ACK_PREFIX}{notification_id}"
+
+
+def acked_by_callback(data: str) -> uuid.UUID | None:
+    """The notification an Acknowledge button's ``callback_data`` names (``None``: not one)."""
+    if not data.startswith(ACK_PREFIX):
+        return None
+    try:
+        return uuid.UUID(data.removeprefix(ACK_PREFIX))
+    except ValueError:
+        return None
+
+
+def ack_keyboard(notification_id: uuid.UUID) -> dict[str, Any]:
+    """``reply_markup``: an inline keyboard with the one Acknowledge button."""
+    button = {"text": ACK_BUTTON, "callback_data": ack_callback_data(notification_id)}
+    return {"inline_keyboard": [[button]]}
+
+
 # -- the channel --------------------------------------------------------------------------------
 
 
@@ -283,11 +316,17 @@ class TelegramChannel(ChannelType):
                 ErrorClass.PERMANENT, "empty_message", "nothing to send: the message is empty"
             )
         deadline = time.monotonic() + self.config.timeout
+        keyboard = ack_keyboard(message.id) if message.acks else None
         return await send_in_parts(
-            parts, lambda _number, part: self._send_part(chat_id, part, deadline)
+            parts,
+            lambda number, part: self._send_part(
+                chat_id, part, deadline, keyboard if number == len(parts) else None
+            ),
         )
 
-    async def _send_part(self, chat_id: str, part: Part, deadline: float) -> DeliveryResult:
+    async def _send_part(
+        self, chat_id: str, part: Part, deadline: float, keyboard: dict[str, Any] | None = None
+    ) -> DeliveryResult:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return DeliveryResult.failed(
@@ -298,6 +337,8 @@ class TelegramChannel(ChannelType):
             payload["parse_mode"] = part.parse_mode
         if self.config.disable_web_page_preview:
             payload["disable_web_page_preview"] = True
+        if keyboard is not None:
+            payload["reply_markup"] = keyboard
         try:
             response = await self.context.http.post(self._url, json=payload, timeout=remaining)
         except httpx.InvalidURL:

@@ -3,7 +3,10 @@
 One ``POST {api_base}/2010-04-01/Accounts/{account_sid}/Messages.json``, form-encoded (``To``,
 ``From`` or ``MessagingServiceSid``, ``Body``), HTTP basic auth with the account SID and auth
 token. Twilio answers ``201`` with the Message resource; its ``sid`` (``SM…``) is recorded as
-the provider message id. Delivery to the handset happens later and is not tracked here.
+the provider message id. Delivery to the handset happens later: with ``server.public_url`` set,
+each send asks Twilio for status callbacks (``StatusCallback``) at
+``{public_url}/v1/inbound/twilio/{channel}``, where ``app.inbound.twilio`` verifies and reads
+them (receipts).
 
 The recipient is ``recipient.phone`` in E.164 (see ``app.channels.phone``). The body is the
 subject and the text; Twilio accepts at most 1600 characters, so a longer body is cut and ends
@@ -165,10 +168,28 @@ def message_sid(response: httpx.Response) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
+INBOUND_PATH = "/v1/inbound/twilio/{channel}"
+"""Where Twilio's status callbacks for a channel are sent (``StatusCallback``)."""
+
+
+def status_callback_url(public_url: str, channel: str) -> str:
+    return public_url + INBOUND_PATH.format(channel=channel)
+
+
 class TwilioChannel(ChannelType):
     type_name = "twilio"
     config_model = TwilioConfig
     config: TwilioConfig
+
+    @property
+    def sends_receipts(self) -> bool:
+        return self.context.public_url is not None
+
+    @property
+    def status_callback(self) -> str | None:
+        """The ``StatusCallback`` URL of every send (``None``: receipts are off)."""
+        public_url = self.context.public_url
+        return None if public_url is None else status_callback_url(public_url, self.name)
 
     @property
     def messages_url(self) -> str:
@@ -182,6 +203,8 @@ class TwilioChannel(ChannelType):
         to, body = prepared
         cfg = self.config
         form: dict[str, Any] = {"To": to, "Body": body}
+        if self.status_callback is not None:
+            form["StatusCallback"] = self.status_callback
         if cfg.messaging_service_sid is not None:
             form["MessagingServiceSid"] = cfg.messaging_service_sid
         else:

@@ -5,7 +5,10 @@ One ``POST {api_base}/{api_version}/{phone_number_id}/messages`` with
 "recipient_type": "individual", "to": "<digits>", "type": "text", "text": {"preview_url": …,
 "body": …}}``. Meta answers ``200`` with ``{"messaging_product", "contacts": [{"input",
 "wa_id"}], "messages": [{"id": "wamid…"}]}``; ``messages[0].id`` is recorded as the provider
-message id. Delivery and read receipts arrive later by webhook and are not tracked here.
+message id. Delivery and read receipts arrive later by webhook: with ``app_secret`` and
+``verify_token`` set on the channel and ``server.public_url`` set, Meta's webhook for the app
+(its callback URL ``{public_url}/v1/inbound/whatsapp/{channel}``, set in the App Dashboard) is
+verified and read by ``app.inbound.whatsapp`` (receipts).
 
 The recipient is ``recipient.phone`` in E.164 (see ``app.channels.phone``), sent as digits
 without the ``+``. The body is the subject and the text, at most 4096 characters; a longer body
@@ -42,7 +45,7 @@ import re
 from typing import Any, Literal
 
 import httpx
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr, field_validator, model_validator
 
 from app.channels.base import (
     ChannelConfig,
@@ -85,6 +88,19 @@ class WhatsAppConfig(ChannelConfig):
     preview_url: bool = False
     """Ask WhatsApp to render a link preview for the first URL in the text."""
     api_base: str = "https://graph.facebook.com"
+    app_secret: SecretStr | None = None
+    """The Meta app's secret: webhooks (receipts) are signed with it (``X-Hub-Signature-256``)."""
+    verify_token: SecretStr | None = None
+    """The token Meta's webhook verification handshake (``hub.verify_token``) must present."""
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> WhatsAppConfig:
+        if (self.app_secret is None) != (self.verify_token is None):
+            raise ValueError("app_secret and verify_token go together (the webhook needs both)")
+        for secret, name in ((self.app_secret, "app_secret"), (self.verify_token, "verify_token")):
+            if secret is not None:
+                check_secret_set(secret, name)
+        return self
 
     @field_validator("access_token")
     @classmethod
@@ -200,10 +216,18 @@ def message_id(response: httpx.Response) -> str | None:
     return None
 
 
+INBOUND_PATH = "/v1/inbound/whatsapp/{channel}"
+"""Where Meta's webhook for a channel's app is pointed (the App Dashboard's callback URL)."""
+
+
 class WhatsAppChannel(ChannelType):
     type_name = "whatsapp"
     config_model = WhatsAppConfig
     config: WhatsAppConfig
+
+    @property
+    def sends_receipts(self) -> bool:
+        return self.context.public_url is not None and self.config.app_secret is not None
 
     @property
     def messages_url(self) -> str:

@@ -15,6 +15,17 @@ Hop states::
     unused    never tried because an earlier hop delivered (fallback)
     cancelled not tried (again) because the notification was cancelled
     expired   not tried (again) because the notification expired first
+    awaiting_confirmation / awaiting_ack
+              delivered, held open until a receipt or an acknowledgement, or its deadline
+    unacknowledged
+              delivered, but not acknowledged within its ack_within: the chain went on
+
+Holds (README, "Receipts, acknowledgements and escalation"). Confirmation and escalation are one
+mechanism: a delivered hop is held open (``HOLD_STATES``) and the notification stays ``pending``,
+due at the hold's deadline, so a worker claims it then as any due notification (the timer is a
+row, not a sleep). ``resume`` settles the holds from what the worker read (the held attempt and
+its receipts) and, when a hold ended without settling the notification, goes on with the hops
+after it, in the same round. An acknowledgement ends it from outside (``acknowledged``).
 """
 
 from __future__ import annotations
@@ -23,9 +34,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from app.channels.base import (
@@ -38,17 +50,26 @@ from app.channels.base import (
 from app.delivery.circuit import CircuitBreaker, DestinationCircuits, observe
 from app.delivery.retry import next_round_at, rounds_allowed
 from app.domain import (
+    CONFIRMING,
     FINAL_STATUSES,
+    FIRST_SUCCESS,
+    HOLD_STATES,
     OPEN_HOP_STATES,
+    REFUTING,
     STOPPING_STATUSES,
     AttemptOutcome,
     AttemptTrigger,
+    ConfirmOn,
     ErrorClass,
+    HeldAttempt,
+    HoldPolicy,
     Hop,
     HopState,
     NotificationStatus,
     Strategy,
 )
+from app.durations import format_duration
+from app.ids import uuid7
 from app.ratelimit import RateLimiter
 
 logger = logging.getLogger("herald.delivery")
@@ -84,6 +105,8 @@ class Link:
     circuit: CircuitBreaker | None = None
     secrets: Sequence[str] = ()
     destinations: DestinationCircuits | None = None
+    receipts: bool = False
+    """The channel's provider sends receipts for what it delivers (and Herald takes them)."""
 
     def breaker(self, message: Message) -> tuple[CircuitBreaker | None, str | None]:
         """The circuit ``message`` goes through, and its destination when it is per destination."""
@@ -105,6 +128,28 @@ class AttemptRecord:
     result: DeliveryResult
     started_at: datetime
     duration_ms: int
+
+    def row(self, notification_id: uuid.UUID) -> dict[str, Any]:
+        """The ``attempts`` row of this try (a plain row: it is only ever inserted)."""
+        error = self.result.error
+        return {
+            "id": uuid7(),
+            "notification_id": notification_id,
+            "channel": self.channel,
+            "channel_type": self.channel_type,
+            "round": self.round,
+            "hop": self.hop,
+            "trigger": self.trigger,
+            "outcome": self.outcome,
+            "error_class": str(error.cls) if error else None,
+            "error_code": error.code if error else None,
+            "error_message": error.message if error else None,
+            "provider_status": self.result.provider_status,
+            "provider_message_id": self.result.provider_message_id,
+            "response_excerpt": self.result.response_excerpt,
+            "started_at": self.started_at,
+            "duration_ms": self.duration_ms,
+        }
 
     @property
     def outcome(self) -> AttemptOutcome:
@@ -128,6 +173,15 @@ class Plan:
     """Rounds of the current set already run before this one."""
     trigger: AttemptTrigger
     expires_at: datetime | None
+    holds: HoldPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """An attempt that delivered, found failed after all by its receipts (or their absence)."""
+
+    attempt_id: uuid.UUID
+    error: DeliveryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +195,10 @@ class Outcome:
     delivered_via: str | list[str] | None = None
     delivered_at: datetime | None = None
     last_error: dict[str, Any] | None = None
+    revisions: list[Revision] = field(default_factory=list)
+    """Delivered attempts that a receipt (or its absence) showed failed."""
+    acknowledgement: dict[str, Any] | None = None
+    """Who acknowledged it, when and how (``acknowledged`` only)."""
 
     @property
     def final(self) -> bool:
@@ -171,13 +229,24 @@ def _hop_state_after(result: DeliveryResult) -> HopState:
     return HopState.RETRYING
 
 
+NOT_ACKNOWLEDGED = "not_acknowledged"
+"""The reason an escalation that nobody acknowledged ends ``failed`` or ``expired``."""
+
+
 def settle(hops: Sequence[Hop], status: NotificationStatus) -> list[Hop]:
-    """Hop states for a final status: no hop stays ``pending`` or ``retrying``."""
+    """Hop states for a final status: no hop stays ``pending``, ``retrying`` or held open (a
+    held hop was delivered: acknowledged with the notification, else unacknowledged if it
+    waited for an acknowledgement)."""
     if status not in FINAL_STATUSES:
         return list(hops)
     settled = []
     for hop in hops:
-        if status in STOPPING_STATUSES and hop.state in OPEN_HOP_STATES:
+        if hop.state == HopState.AWAITING_ACK:
+            acked = status == NotificationStatus.ACKNOWLEDGED
+            hop = replace(hop, state=HopState.DELIVERED if acked else HopState.UNACKNOWLEDGED)
+        elif hop.state == HopState.AWAITING_CONFIRMATION:
+            hop = replace(hop, state=HopState.DELIVERED)
+        elif status in STOPPING_STATUSES and hop.state in OPEN_HOP_STATES:
             hop = replace(hop, state=HopState(status))
         elif hop.state == HopState.PENDING:
             hop = replace(hop, state=HopState.UNUSED)
@@ -186,6 +255,62 @@ def settle(hops: Sequence[Hop], status: NotificationStatus) -> list[Hop]:
             hop = replace(hop, state=HopState.SKIPPED if skipped else HopState.FAILED)
         settled.append(hop)
     return settled
+
+
+def unacknowledged_error(hops: Sequence[Hop], status: NotificationStatus) -> dict[str, Any] | None:
+    """The ``last_error`` of a notification that ends ``failed`` or ``expired`` after some hop
+    went unacknowledged: the reason is ``not_acknowledged`` (``None`` otherwise)."""
+    if status not in (NotificationStatus.FAILED, NotificationStatus.EXPIRED):
+        return None
+    missed = [hop.channel for hop in hops if hop.state == HopState.UNACKNOWLEDGED]
+    if not missed:
+        return None
+    return {
+        "channel": missed[-1],
+        "class": str(ErrorClass.PERMANENT),
+        "code": NOT_ACKNOWLEDGED,
+        "message": f"delivered through {', '.join(missed)}, but nobody acknowledged it",
+    }
+
+
+def _held_state(
+    index: int, link: Link, plan: Plan, delivered_at: datetime
+) -> tuple[HopState, datetime] | None:
+    """The hold a hop that just delivered enters, and its deadline (``None``: not held)."""
+    holds = plan.holds
+    if holds is None:
+        return None
+    if holds.confirm_within is not None and link.receipts:
+        return HopState.AWAITING_CONFIRMATION, delivered_at + _seconds(holds.confirm_within)
+    return _ack_hold(index, plan, delivered_at)
+
+
+def _ack_hold(index: int, plan: Plan, delivered_at: datetime) -> tuple[HopState, datetime] | None:
+    ack_within = plan.holds.ack_for(index) if plan.holds is not None else None
+    if plan.strategy != Strategy.ESCALATE or ack_within is None:
+        return None
+    return HopState.AWAITING_ACK, delivered_at + _seconds(ack_within)
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+def _verdict(held: HeldAttempt, policy: HoldPolicy) -> tuple[bool, DeliveryError | None] | None:
+    """What the receipts of a hop held for confirmation say: ``(True, None)`` confirmed,
+    ``(False, error)`` refuted, ``None`` nothing decisive yet."""
+    refuted = [r for r in held.receipts if r.status in REFUTING]
+    for receipt in sorted(refuted, key=lambda r: r.at):
+        if REFUTING[receipt.status] in policy.confirm_on:
+            code = f" (error {receipt.code})" if receipt.code else ""
+            return False, DeliveryError(
+                ErrorClass.PERMANENT,
+                "receipt_failed",
+                f"the provider reported the message {receipt.status}{code}",
+            )
+    if any(r.status in CONFIRMING for r in held.receipts) or refuted:
+        return True, None  # a refutation confirm.on does not name counts as delivered
+    return None
 
 
 class Orchestrator:
@@ -201,7 +326,16 @@ class Orchestrator:
     def expire(self, hops: Sequence[Hop]) -> Outcome:
         """The outcome for a notification whose ``expires_at`` has passed: no attempt at all."""
         expired = NotificationStatus.EXPIRED
-        return Outcome(status=expired, hops=settle(hops, expired))
+        settled = settle(hops, expired)
+        return Outcome(
+            status=expired, hops=settled, last_error=unacknowledged_error(settled, expired)
+        )
+
+    def acknowledged(self, hops: Sequence[Hop], acknowledgement: dict[str, Any]) -> Outcome:
+        """The outcome for a notification acknowledged while a worker held it (recorded, not
+        yet final): no attempt. ``acknowledgement``: who, when and how."""
+        status = NotificationStatus.ACKNOWLEDGED
+        return Outcome(status=status, hops=settle(hops, status), acknowledgement=acknowledgement)
 
     async def run_round(
         self,
@@ -213,22 +347,123 @@ class Orchestrator:
         """Try the hops still worth trying, in order, and decide what follows."""
         hops = list(hops)
         attempts: list[AttemptRecord] = []
-        for index, link in enumerate(chain):
+        deadlines: dict[int, datetime] = {}
+        await self._pass(message, chain, hops, plan, 0, attempts, deadlines)
+        return self._decide(hops, attempts, plan, deadlines)
+
+    async def resume(
+        self,
+        message: Message,
+        chain: Sequence[Link],
+        hops: Sequence[Hop],
+        plan: Plan,
+        held: Mapping[int, HeldAttempt],
+    ) -> Outcome:
+        """Settle the held hops (``held``: what the worker read of each) and go on.
+
+        ``plan`` is the round the holds belong to (its number is not moved on). A hop held for
+        confirmation is confirmed by a ``delivered`` or ``read`` receipt, and refuted by an
+        ``undelivered`` or ``failed`` one (when ``confirm.on`` names it) or by its deadline
+        passing first (``timeout``): its attempt is then revised as failed (``receipt_failed``,
+        ``receipt_timeout``) and the chain goes on. A confirmed hop of an escalation then
+        waits for an acknowledgement; a hop whose ``ack_within`` passed is ``unacknowledged``
+        and the chain goes on. A hold whose deadline has not come keeps the notification
+        pending until it does.
+        """
+        now = self.clock()
+        hops = list(hops)
+        policy = plan.holds or HoldPolicy()
+        deadlines: dict[int, datetime] = {}
+        revisions: list[Revision] = []
+        delivered_at: datetime | None = None
+        go_on_after: int | None = None
+        for index, hop in enumerate(hops):
+            if hop.state not in HOLD_STATES:
+                continue
+            found = held.get(index)
+            if found is None:  # its attempt is gone: nothing to wait for
+                hops[index] = replace(hop, state=HopState.DELIVERED)
+                continue
+            state = hop.state
+            if state == HopState.AWAITING_CONFIRMATION:
+                deadline = found.started_at + _seconds(policy.confirm_within or 0.0)
+                verdict = _verdict(found, policy)
+                if verdict is None and now < deadline:
+                    deadlines[index] = deadline
+                    continue
+                if verdict is None:
+                    verdict = self._timed_out(policy)
+                confirmed, error = verdict
+                if not confirmed and error is not None:
+                    hops[index] = replace(
+                        hop, state=HopState.FAILED, last_error=_error_dict(hop.channel, error)
+                    )
+                    revisions.append(Revision(found.id, error))
+                    go_on_after = index
+                    continue
+                ack = _ack_hold(index, plan, found.started_at)
+                if ack is None:
+                    hops[index] = replace(hop, state=HopState.DELIVERED)
+                    delivered_at = found.started_at
+                    continue
+                state, deadline = ack
+                hops[index] = hop = replace(hop, state=state)
+            else:
+                deadline = found.started_at + _seconds(policy.ack_for(index) or 0.0)
+            if now < deadline:
+                deadlines[index] = deadline
+                continue
+            hops[index] = replace(hop, state=HopState.UNACKNOWLEDGED)
+            go_on_after = index
+        attempts: list[AttemptRecord] = []
+        if not deadlines and go_on_after is not None:
+            await self._pass(message, chain, hops, plan, go_on_after + 1, attempts, deadlines)
+        outcome = self._decide(hops, attempts, plan, deadlines, delivered_at)
+        return replace(outcome, revisions=revisions)
+
+    def _timed_out(self, policy: HoldPolicy) -> tuple[bool, DeliveryError | None]:
+        if ConfirmOn.TIMEOUT not in policy.confirm_on:
+            return True, None
+        within = format_duration(policy.confirm_within or 0.0)
+        return False, DeliveryError(
+            ErrorClass.PERMANENT,
+            "receipt_timeout",
+            f"no delivered receipt from the provider within {within}",
+        )
+
+    async def _pass(
+        self,
+        message: Message,
+        chain: Sequence[Link],
+        hops: list[Hop],
+        plan: Plan,
+        start: int,
+        attempts: list[AttemptRecord],
+        deadlines: dict[int, datetime],
+    ) -> None:
+        """Try the open hops from ``start`` on, in order, until one delivers (fallback and
+        escalate) or every one was tried (all); a hop that delivered may be held open."""
+        for index in range(start, len(chain)):
+            link = chain[index]
             if hops[index].state not in OPEN_HOP_STATES:
                 continue
             record = await self._attempt(message, link, index, plan)
             attempts.append(record)
             hop = hops[index]
             error = record.result.error
+            state = _hop_state_after(record.result)
+            if state == HopState.DELIVERED:
+                hold = _held_state(index, link, plan, record.started_at)
+                if hold is not None:
+                    state, deadlines[index] = hold
             hops[index] = replace(
                 hop,
-                state=_hop_state_after(record.result),
+                state=state,
                 attempts=hop.attempts + 1,
                 last_error=_error_dict(hop.channel, error) if error else hop.last_error,
             )
-            if error is None and plan.strategy == Strategy.FALLBACK:
+            if error is None and plan.strategy in FIRST_SUCCESS:
                 break
-        return self._decide(hops, attempts, plan)
 
     async def _attempt(self, message: Message, link: Link, index: int, plan: Plan) -> AttemptRecord:
         channel = link.channel
@@ -287,7 +522,14 @@ class Orchestrator:
                 ErrorClass.TRANSIENT, "channel_error", f"channel raised {type(exc).__name__}"
             )
 
-    def _decide(self, hops: list[Hop], attempts: list[AttemptRecord], plan: Plan) -> Outcome:
+    def _decide(
+        self,
+        hops: list[Hop],
+        attempts: list[AttemptRecord],
+        plan: Plan,
+        deadlines: Mapping[int, datetime],
+        confirmed_at: datetime | None = None,
+    ) -> Outcome:
         now = self.clock()
         states = [hop.state for hop in hops]
         delivered = [hop.channel for hop in hops if hop.state == HopState.DELIVERED]
@@ -302,7 +544,9 @@ class Orchestrator:
 
         Status = NotificationStatus
         more = retryable and rounds_done < rounds_allowed(plan.schedule)
-        if plan.strategy == Strategy.FALLBACK:
+        if deadlines:
+            status = Status.PENDING
+        elif plan.strategy in FIRST_SUCCESS:
             status = Status.DELIVERED if delivered else Status.PENDING if more else Status.FAILED
         elif all(state == HopState.DELIVERED for state in states):
             status = Status.DELIVERED
@@ -312,7 +556,11 @@ class Orchestrator:
             status = Status.PARTIAL if delivered else Status.FAILED
 
         next_attempt_at = None
-        if status == Status.PENDING:
+        if deadlines:
+            next_attempt_at = min(deadlines.values())
+            if plan.expires_at is not None:
+                next_attempt_at = min(next_attempt_at, plan.expires_at)
+        elif status == Status.PENDING:
             retry_afters = [
                 a.result.retry_after
                 for a in attempts
@@ -335,14 +583,16 @@ class Orchestrator:
         delivered_at = None
         if status in (Status.DELIVERED, Status.PARTIAL) and delivered:
             delivered_at = max(
-                (a.started_at for a in attempts if a.result.error is None), default=now
+                (a.started_at for a in attempts if a.result.error is None),
+                default=confirmed_at or now,
             )
+        settled = settle(hops, status)
         return Outcome(
             status=status,
-            hops=settle(hops, status),
+            hops=settled,
             attempts=attempts,
             next_attempt_at=next_attempt_at,
             delivered_via=via,
             delivered_at=delivered_at,
-            last_error=last_error,
+            last_error=unacknowledged_error(settled, status) or last_error,
         )

@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,26 +25,35 @@ from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message
 from app.config import Settings
 from app.delivery.listener import listen
 from app.delivery.orchestrator import (
-    AttemptRecord,
     Link,
     Orchestrator,
     Outcome,
     Plan,
+    Revision,
     utcnow,
 )
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, name_async_library, supervised
-from app.domain import AttemptTrigger, RoundUpdate
-from app.events.body import CircuitChange
+from app.domain import (
+    HOLD_STATES,
+    AttemptOutcome,
+    AttemptTrigger,
+    HopState,
+    RoundUpdate,
+    Strategy,
+)
+from app.events.body import CircuitChange, acknowledgement_data
 from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox
-from app.ids import uuid7
 from app.nesting import shown
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.queue import Claimed, FinishedRound, WorkQueue
 from app.store.repositories import IDEMPOTENCY_RETENTION
 from app.store.sql import DUE_CHANNEL, OutboxRows, Row
+
+if TYPE_CHECKING:
+    from app.receipts import Receipts
 
 logger = logging.getLogger("herald.worker")
 T = TypeVar("T")
@@ -92,30 +101,30 @@ def message_of(notification: Claimed) -> Message:
         source=notification.source,
         metadata=shown(notification.metadata),
         created_at=notification.created_at,
+        acks=notification.strategy == Strategy.ESCALATE,
     )
 
 
-def attempt_row(notification_id: uuid.UUID, record: AttemptRecord) -> Row:
-    """The ``attempts`` row of one try (a plain row: it is only ever inserted)."""
-    error = record.result.error
+def revision_row(revision: Revision) -> Row:
+    """``revise_attempt``'s parameters: the attempt now failed, and why."""
+    error = revision.error
     return {
-        "id": uuid7(),
-        "notification_id": notification_id,
-        "channel": record.channel,
-        "channel_type": record.channel_type,
-        "round": record.round,
-        "hop": record.hop,
-        "trigger": record.trigger,
-        "outcome": record.outcome,
-        "error_class": str(error.cls) if error else None,
-        "error_code": error.code if error else None,
-        "error_message": error.message if error else None,
-        "provider_status": record.result.provider_status,
-        "provider_message_id": record.result.provider_message_id,
-        "response_excerpt": record.result.response_excerpt,
-        "started_at": record.started_at,
-        "duration_ms": record.duration_ms,
+        "a_id": revision.attempt_id,
+        "outcome": AttemptOutcome.FAILED,
+        "error_class": str(error.cls),
+        "error_code": error.code,
+        "error_message": error.message,
     }
+
+
+def acknowledgement_of(notification: Claimed) -> dict[str, object]:
+    """``data.acknowledgement`` of an acknowledgement recorded while a worker held it."""
+    assert notification.acknowledged_at is not None
+    return acknowledgement_data(
+        notification.acknowledged_at,
+        notification.acknowledged_by or "",
+        notification.acknowledged_via or "",
+    )
 
 
 class Resources(Protocol):
@@ -156,6 +165,11 @@ class Resources(Protocol):
 
     def announce_final(self, notification_id: uuid.UUID) -> None:
         """Wake the requests waiting for this notification, just saved in a final state."""
+        ...
+
+    @property
+    def receipts(self) -> Receipts:
+        """Matches providers' receipts to the attempts they are about."""
         ...
 
 
@@ -356,8 +370,10 @@ class Worker:
         now = self.clock()
         loop = asyncio.get_running_loop()
         recovered = await self.store.recover_expired(now)
+        await self.runtime.receipts.match(now=now)  # those that came before their send's save
         if loop.time() - self._last_purge >= PURGE_EVERY:
             await self.store.purge_keys(now - IDEMPOTENCY_RETENTION)
+            await self.runtime.receipts.purge(now)
             self._last_purge = loop.time()
         if recovered:
             metrics.leases_recovered.inc(recovered)
@@ -366,10 +382,17 @@ class Worker:
         return recovered
 
     async def deliver(self, notification: Claimed) -> Outcome:
-        """Run one round (or expire) and save it; returns what was decided."""
+        """Run one round (or settle its held hops, or expire it) and save it; returns what
+        was decided."""
         hops = notification.hops
         expires_at = notification.expires_at
-        if expires_at is not None and expires_at <= self.clock():
+        held = [index for index, hop in enumerate(hops) if hop.state in HOLD_STATES]
+        # A round that settles held hops goes on with the round they were held in.
+        round_number = notification.round + (0 if held else 1)
+        if notification.acknowledged_at is not None:
+            # Acknowledged while a worker held it: recorded, made final here, nothing sent.
+            outcome = self.orchestrator.acknowledged(hops, acknowledgement_of(notification))
+        elif expires_at is not None and expires_at <= self.clock():
             outcome = self.orchestrator.expire(hops)
         else:
             chain = [self._link(name) for name in notification.channels]
@@ -377,46 +400,73 @@ class Worker:
                 strategy=notification.strategy,
                 schedule=notification.retry_schedule,
                 jitter=notification.retry_jitter,
-                round=notification.round + 1,
-                rounds_done=notification.round - notification.round_base,
+                round=round_number,
+                rounds_done=round_number - 1 - notification.round_base,
                 trigger=notification.trigger,
                 expires_at=expires_at,
+                holds=notification.holds,
             )
-            outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
+            message = message_of(notification)
+            if held:
+                found = await self._retrying(
+                    f"reading the held hops of {notification.id}",
+                    lambda: self.store.held(notification.id, held),
+                )
+                outcome = await self.orchestrator.resume(message, chain, hops, plan, found)
+            else:
+                outcome = await self.orchestrator.run_round(message, chain, hops, plan)
         task = asyncio.current_task()
         if task in self._in_flight:  # done with providers: its slot may take the next one
             self._saving.add(task)
             self._slot_free.set()
-        saved = await self._save(notification, outcome)
+        saved = await self._save(notification, outcome, round_number)
         self._observe(notification, outcome, saved)
         self._announce(notification, outcome, saved)
+        if saved:
+            await self._match_early_receipts(outcome)
         return outcome
+
+    async def _match_early_receipts(self, outcome: Outcome) -> None:
+        """Receipts for a send now held for confirmation may have come before its save
+        committed: match them now rather than at the next sweep."""
+        keys = [
+            (record.channel_type, record.result.provider_message_id)
+            for record in outcome.attempts
+            if record.result.provider_message_id is not None
+            and outcome.hops[record.hop].state == HopState.AWAITING_CONFIRMATION
+        ]
+        if keys:
+            try:
+                await self.runtime.receipts.match(keys, now=self.clock())
+            except Exception as exc:  # the sweep matches them later
+                logger.warning("matching early receipts failed: %s", brief(exc))
 
     def _link(self, name: str) -> Link:
         link = self.runtime.links.get(name)
         return link if link is not None else Link(channel=UnconfiguredChannel(name))
 
-    async def _save(self, notification: Claimed, outcome: Outcome) -> bool:
+    async def _save(self, notification: Claimed, outcome: Outcome, round_number: int) -> bool:
         tried = bool(outcome.attempts)
         change = RoundUpdate(
             status=outcome.status,
             hops=outcome.hops,
             next_attempt_at=outcome.next_attempt_at,
             updated_at=self.clock(),
-            round=notification.round + 1 if tried else None,
+            round=round_number if tried else None,
             trigger=AttemptTrigger.SCHEDULED if tried else None,
             attempt_count=notification.attempt_count + len(outcome.attempts) if tried else None,
             last_error=outcome.last_error,
             delivered_via=outcome.delivered_via,
             delivered_at=outcome.delivered_at,
         )
-        rows = [attempt_row(notification.id, record) for record in outcome.attempts]
+        rows = [record.row(notification.id) for record in outcome.attempts]
+        revisions = [revision_row(revision) for revision in outcome.revisions]
         changes = self.runtime.circuit_changes
         circuits = changes.take() if changes is not None else []
         saved = False
         try:
             events = self._events(notification, outcome, change.updated_at, circuits)
-            finished = FinishedRound(notification.id, change, rows, events)
+            finished = FinishedRound(notification.id, change, rows, events, revisions)
             saved = await self._retrying(
                 f"saving the round of {notification.id}",
                 lambda: self._saves.save(finished),

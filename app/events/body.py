@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from app.delivery.orchestrator import AttemptRecord, Outcome
+from app.delivery.orchestrator import Outcome
 from app.domain import (
     FINAL_EVENTS,
     AttemptOutcome,
@@ -25,6 +25,7 @@ from app.domain import (
     EventType,
     Hop,
     NotificationStatus,
+    Receipt,
     rfc3339,
 )
 from app.ids import uuid7
@@ -56,11 +57,16 @@ def notification_event(
     delivered_via: str | list[str] | None,
     hops: Sequence[Hop],
     at: datetime,
+    acknowledgement: Mapping[str, Any] | None = None,
 ) -> Event:
     """The event a notification's new ``status`` is announced by: ``notification.accepted``
     for ``pending`` (only the accept makes a notification pending with an event), the final
-    status's event otherwise (``cancelled`` by a cancel; the others come from a round:
+    status's event otherwise (``cancelled`` by a cancel, ``acknowledged`` by an
+    acknowledgement, which adds ``data.acknowledgement``; the others come from a round:
     ``round_events``). ``at``: when it changed."""
+    data = summary(status=status, route=route, delivered_via=delivered_via, hops=hops)
+    if acknowledgement is not None:
+        data["acknowledgement"] = dict(acknowledgement)
     return Event(
         id=uuid7(),
         type=STATUS_EVENTS[status],
@@ -68,8 +74,69 @@ def notification_event(
         notification_id=notification_id,
         owner=owner,
         route=route,
-        data=summary(status=status, route=route, delivered_via=delivered_via, hops=hops),
+        data=data,
     )
+
+
+def acknowledgement_data(at: datetime, by: str, via: str) -> dict[str, Any]:
+    """``data.acknowledgement`` of ``notification.acknowledged``, as the API shows it too."""
+    return {"at": rfc3339(at), "by": by, "via": via}
+
+
+def receipt_event(
+    *,
+    notification_id: uuid.UUID,
+    owner: str | None,
+    route: str | None,
+    state: Mapping[str, Any],
+    attempt: Mapping[str, Any],
+    receipt: Receipt,
+    at: datetime,
+) -> Event:
+    """``attempt.receipt``: the provider's later word about a sent attempt. ``state``: the
+    notification's ``summary``; ``attempt``: its ``attempts`` row;
+    ``at``: when Herald received the receipt."""
+    return Event(
+        id=uuid7(),
+        type=EventType.ATTEMPT_RECEIPT,
+        timestamp=at,
+        notification_id=notification_id,
+        owner=owner,
+        route=route,
+        data={
+            **state,
+            "attempt": stored_attempt_data(attempt),
+            "receipt": receipt_data(receipt),
+        },
+    )
+
+
+def receipt_data(receipt: Receipt) -> dict[str, Any]:
+    """A receipt as the attempt resource and ``attempt.receipt`` show it."""
+    return {"status": receipt.status, "at": rfc3339(receipt.at), "code": receipt.code}
+
+
+def stored_attempt_data(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An attempt event's ``data.attempt`` (``attempt.failed``, ``attempt.receipt``): where
+    and how the attempt went, read from its ``attempts`` row."""
+    error = None
+    if row["error_class"] is not None:
+        error = {
+            "class": row["error_class"],
+            "code": row["error_code"],
+            "message": row["error_message"],
+        }
+    return {
+        "channel": row["channel"],
+        "channel_type": row["channel_type"],
+        "round": row["round"],
+        "hop": row["hop"],
+        "trigger": row["trigger"],
+        "error": error,
+        "provider_status": row["provider_status"],
+        "started_at": rfc3339(row["started_at"]),
+        "duration_ms": row["duration_ms"],
+    }
 
 
 STATUS_EVENTS = {NotificationStatus.PENDING: EventType.NOTIFICATION_ACCEPTED, **FINAL_EVENTS}
@@ -102,7 +169,7 @@ def round_events(
             notification_id=notification_id,
             owner=owner,
             route=route,
-            data={**state, "attempt": attempt_data(record)},
+            data={**state, "attempt": stored_attempt_data(record.row(notification_id))},
         )
         for record in outcome.attempts
         if record.outcome is AttemptOutcome.FAILED
@@ -116,27 +183,10 @@ def round_events(
             delivered_via=outcome.delivered_via,
             hops=outcome.hops,
             at=at,
+            acknowledgement=outcome.acknowledgement,
         )
         events.append(final)
     return events
-
-
-def attempt_data(record: AttemptRecord) -> dict[str, Any]:
-    """An ``attempt.failed`` event's ``data.attempt``: where and how the attempt failed."""
-    error = record.result.error
-    return {
-        "channel": record.channel,
-        "channel_type": record.channel_type,
-        "round": record.round,
-        "hop": record.hop,
-        "trigger": record.trigger,
-        "error": None
-        if error is None
-        else {"class": error.cls, "code": error.code, "message": error.message},
-        "provider_status": record.result.provider_status,
-        "started_at": rfc3339(record.started_at),
-        "duration_ms": record.duration_ms,
-    }
 
 
 @dataclass(frozen=True, slots=True)

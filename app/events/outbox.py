@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -39,6 +40,7 @@ from app.domain import (
     EventType,
     Hop,
     NotificationStatus,
+    Receipt,
     StoredNotification,
 )
 from app.events import body
@@ -237,22 +239,76 @@ class Outbox:
     ) -> OutboxRows | None:
         """``notification.cancelled`` of ``notification`` (its ``hops`` once cancelled), if
         anybody wants it; ``None`` when nobody does."""
+        return self._ended(notification, NotificationStatus.CANCELLED, hops, at)
+
+    def acknowledged(
+        self,
+        notification: StoredNotification,
+        hops: Sequence[Hop],
+        acknowledgement: Mapping[str, Any],
+        at: datetime,
+    ) -> OutboxRows | None:
+        """``notification.acknowledged`` of ``notification`` (its ``hops`` once settled), if
+        anybody wants it; ``None`` when nobody does."""
+        return self._ended(notification, NotificationStatus.ACKNOWLEDGED, hops, at, acknowledgement)
+
+    def _ended(
+        self,
+        notification: StoredNotification,
+        status: NotificationStatus,
+        hops: Sequence[Hop],
+        at: datetime,
+        acknowledgement: Mapping[str, Any] | None = None,
+    ) -> OutboxRows | None:
+        """The final ``status``'s event of a notification ended from outside its rounds."""
         callback = self.callback(notification["callback_url"], notification["callback_events"])
         route, owner = notification["route"], notification["owner"]
-        if not self.wants(
-            EventType.NOTIFICATION_CANCELLED, route=route, owner=owner, callback=callback
-        ):
+        if not self.wants(FINAL_EVENTS[status], route=route, owner=owner, callback=callback):
             return None
         event = body.notification_event(
             notification_id=notification["id"],
             owner=owner,
             route=route,
-            status=NotificationStatus.CANCELLED,
+            status=status,
             delivered_via=notification["delivered_via"],
             hops=hops,
             at=at,
+            acknowledgement=acknowledgement,
         )
         callbacks = {notification["id"]: callback} if callback is not None else None
+        return self.rows([event], at, callbacks)
+
+    def receipt(
+        self,
+        notification: Mapping[str, Any],
+        attempt: Mapping[str, Any],
+        receipt: Receipt,
+        at: datetime,
+    ) -> OutboxRows | None:
+        """``attempt.receipt`` for a receipt just matched to ``attempt`` (an ``attempts``
+        row) of ``notification`` (its columns), if anybody wants it."""
+        callback = self.callback(notification["callback_url"], notification["callback_events"])
+        route, owner = notification["route"], notification["owner"]
+        if not self.wants(EventType.ATTEMPT_RECEIPT, route=route, owner=owner, callback=callback):
+            return None
+        state = body.summary(
+            status=NotificationStatus(notification["status"]),
+            route=route,
+            delivered_via=notification["delivered_via"],
+            hops=[Hop.from_dict(hop) for hop in notification["hops"]],
+        )
+        event = body.receipt_event(
+            notification_id=attempt["notification_id"],
+            owner=owner,
+            route=route,
+            state=state,
+            attempt=attempt,
+            receipt=receipt,
+            at=at,
+        )
+        callbacks = (
+            {event.notification_id: callback} if callback and event.notification_id else None
+        )
         return self.rows([event], at, callbacks)
 
 

@@ -104,6 +104,11 @@ class Notification(Base):
     """Where its own events go (``app.domain.Callback``), besides the subscriptions."""
     callback_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     """The globs over event types its callback takes; set whenever ``callback_url`` is."""
+    holds: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Its route's ``app.domain.HoldPolicy`` (confirmation, per-hop ``ack_within``)."""
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    acknowledged_via: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -148,11 +153,47 @@ class Attempt(Base):
     started_at: Mapped[datetime]
     duration_ms: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_attempts_notification_id", "notification_id", "id"),)
+    __table_args__ = (
+        Index("ix_attempts_notification_id", "notification_id", "id"),
+        Index("ix_attempts_provider_message_id", "provider_message_id"),
+    )
 
     @property
     def error(self) -> dict[str, Any] | None:
         return error_info(self.error_class, self.error_code, self.error_message)
+
+
+class ReceiptRecord(Base):
+    """A provider's receipt (``app.domain.Receipt``), kept by provider message id whether or
+    not its attempt is saved yet: ``attempt_id`` is set once it is matched to one."""
+
+    __tablename__ = "receipts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    channel_type: Mapped[str] = mapped_column(String(32))
+    provider_message_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    attempt_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("attempts.id", ondelete="CASCADE")
+    )
+    notification_id: Mapped[uuid.UUID | None]
+
+    __table_args__ = (
+        UniqueConstraint(
+            "channel_type", "provider_message_id", "status", name="uq_receipts_message_status"
+        ),
+        Index("ix_receipts_attempt_id", "attempt_id"),
+        Index(
+            "ix_receipts_unmatched",
+            "received_at",
+            postgresql_where=sql_text("attempt_id IS NULL"),
+            sqlite_where=sql_text("attempt_id IS NULL"),
+        ),
+    )
 
 
 class IdempotencyKey(Base):

@@ -45,7 +45,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.domain import AttemptTrigger, Hop, NotificationStatus, RoundUpdate, Strategy
+from app.domain import (
+    AttemptTrigger,
+    HeldAttempt,
+    HoldPolicy,
+    Hop,
+    NotificationStatus,
+    Receipt,
+    ReceiptStatus,
+    RoundUpdate,
+    Strategy,
+)
 from app.store.sql import (
     ATTEMPTS,
     EVENT_DELIVERIES,
@@ -53,6 +63,7 @@ from app.store.sql import (
     EVENTS_CHANNEL,
     IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
+    RECEIPTS,
     OutboxRows,
     Row,
     driver_connection,
@@ -87,12 +98,18 @@ class Claimed:
     owner: str | None
     callback_url: str | None
     callback_events: list[str] | None
+    holds: HoldPolicy | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    acknowledged_via: str | None
 
 
 CLAIMED_COLUMNS = tuple(Claimed.__dataclass_fields__)
 """The columns a claim returns, in ``Claimed``'s order."""
 
-_STRATEGY, _TRIGGER, _HOPS = (CLAIMED_COLUMNS.index(n) for n in ("strategy", "trigger", "hops"))
+_STRATEGY, _TRIGGER, _HOPS, _HOLDS = (
+    CLAIMED_COLUMNS.index(n) for n in ("strategy", "trigger", "hops", "holds")
+)
 
 
 def claimed_of(row: Sequence[Any]) -> Claimed:
@@ -101,6 +118,7 @@ def claimed_of(row: Sequence[Any]) -> Claimed:
     values[_STRATEGY] = Strategy(values[_STRATEGY])
     values[_TRIGGER] = AttemptTrigger(values[_TRIGGER])
     values[_HOPS] = [Hop.from_dict(hop) for hop in values[_HOPS]]
+    values[_HOLDS] = HoldPolicy.from_dict(values[_HOLDS])
     return Claimed(*values)
 
 
@@ -113,6 +131,8 @@ class FinishedRound:
     change: RoundUpdate
     attempts: Sequence[Row]
     events: OutboxRows | None = None
+    revisions: Sequence[Row] = ()
+    """``revise_attempt``'s parameters: delivered attempts a receipt showed failed."""
 
 
 _WRITTEN_WHEN_SET = tuple(field.name for field in fields(RoundUpdate) if field.default is None)
@@ -192,6 +212,23 @@ class Statements:
 
         self.add_attempts = insert(ATTEMPTS)
         """Attempts rows (every column given)."""
+
+        _A, _R = ATTEMPTS.c, RECEIPTS.c
+        self.revise_attempt = update(ATTEMPTS).where(_A.id == bindparam("a_id"))
+        """An attempt's outcome and error (its parameters named as columns) on ``:a_id``."""
+
+        self.held_attempt = (
+            select(_A.id, _A.started_at, _A.channel_type, _A.provider_message_id)
+            .where(_A.notification_id == bindparam("n_id"), _A.hop == bindparam("n_hop"))
+            .order_by(_A.started_at.desc(), _A.id.desc())
+            .limit(1)
+        )
+        """The latest attempt of hop ``:n_hop`` of notification ``:n_id``."""
+
+        self.receipts_of = select(
+            _R.channel, _R.channel_type, _R.provider_message_id, _R.status, _R.occurred_at, _R.code
+        ).where(_R.channel_type == bindparam("r_type"), _R.provider_message_id == bindparam("r_id"))
+        """The receipts for provider message ``:r_id`` of channel type ``:r_type``."""
 
         self.add_events = insert(EVENTS)
         """``events`` rows (every column given)."""
@@ -361,10 +398,38 @@ class WorkQueue:
             attempts = [attempt for finished in kept for attempt in finished.attempts]
             if attempts:
                 await connection.many(statements.add_attempts, attempts)
+            revisions = [row for finished in kept for row in finished.revisions]
+            if revisions:
+                await connection.many(statements.revise_attempt, revisions)
             events = [finished.events for finished in kept if finished.events]
             if events:
                 await _add_events(connection, statements, events)
         return ours
+
+    async def held(self, notification_id: uuid.UUID, hops: Sequence[int]) -> dict[int, HeldAttempt]:
+        """What a round settling held hops reads: each held hop's latest attempt and its
+        receipts (by provider message id, whether or not they were matched to it yet)."""
+        statements = self.statements
+        found: dict[int, HeldAttempt] = {}
+        async with self._database.autocommit(statements.held_attempt) as connection:
+            for hop in hops:
+                rows = await connection.rows(
+                    statements.held_attempt, {"n_id": notification_id, "n_hop": hop}
+                )
+                if not rows:
+                    continue
+                attempt_id, started_at, channel_type, message_id = rows[0]
+                receipts: list[Receipt] = []
+                if message_id is not None:
+                    params = {"r_type": channel_type, "r_id": message_id}
+                    receipts = [
+                        Receipt(channel, kind, mid, ReceiptStatus(status), at, code)
+                        for channel, kind, mid, status, at, code in await connection.rows(
+                            statements.receipts_of, params
+                        )
+                    ]
+                found[hop] = HeldAttempt(attempt_id, started_at, receipts)
+        return found
 
     async def renew(
         self, ids: Sequence[uuid.UUID], *, worker_id: str, lease_until: datetime

@@ -74,12 +74,15 @@ class NotificationRepository:
         *,
         from_statuses: Sequence[str],
         values: dict[str, Any],
+        unacknowledged: bool = False,
+        unchanged_since: datetime | None = None,
     ) -> StoredNotification | None:
-        """Change a notification only if its status is one of ``from_statuses``; ``values`` by
-        column name.
+        """Change a notification only if its status is one of ``from_statuses`` (and, with
+        ``unacknowledged``, nobody acknowledged it yet; with ``unchanged_since``, its
+        ``updated_at`` is still that); ``values`` by column name.
 
         One conditional UPDATE, so a worker claiming the row at the same moment cannot be
-        overwritten: exactly one of the two wins.
+        overwritten, nor two acknowledgements both win: exactly one of them wins.
         """
         table = NOTIFICATIONS
         stmt = (
@@ -88,6 +91,10 @@ class NotificationRepository:
             .values(**values)
             .returning(*table.c)
         )
+        if unacknowledged:
+            stmt = stmt.where(table.c.acknowledged_at.is_(None))
+        if unchanged_since is not None:
+            stmt = stmt.where(table.c.updated_at == unchanged_since)
         row = (await self.session.execute(stmt)).mappings().one_or_none()
         return None if row is None else cast(StoredNotification, dict(row))
 

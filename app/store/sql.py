@@ -22,7 +22,14 @@ from sqlalchemy.util import greenlet_spawn
 
 from app.domain import Event
 from app.store.db import unavailable_reason
-from app.store.models import Attempt, EventDelivery, EventRecord, IdempotencyKey, Notification
+from app.store.models import (
+    Attempt,
+    EventDelivery,
+    EventRecord,
+    IdempotencyKey,
+    Notification,
+    ReceiptRecord,
+)
 
 DUE_CHANNEL = "herald_due"
 EVENTS_CHANNEL = "herald_events"
@@ -37,6 +44,7 @@ IDEMPOTENCY_KEYS = cast(Table, IdempotencyKey.__table__)
 ATTEMPTS = cast(Table, Attempt.__table__)
 EVENTS = cast(Table, EventRecord.__table__)
 EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
+RECEIPTS = cast(Table, ReceiptRecord.__table__)
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""

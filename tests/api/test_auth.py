@@ -153,6 +153,7 @@ ENDPOINTS = [
     Endpoint(
         "retry", "POST", "/v1/notifications/{id}/retry", "admin", stage="failed", leaves="pending"
     ),
+    Endpoint("ack", "POST", "/v1/notifications/{id}/ack", "send", leaves="acknowledged"),
     Endpoint("events", "GET", "/v1/events", "read", event=True),
     Endpoint("event", "GET", "/v1/events/{id}", "read", event=True),
     Endpoint("event_attempts", "GET", "/v1/events/{id}/attempts", "read", event=True),
@@ -220,13 +221,15 @@ def cases() -> list[Case]:
                 Case(e, "any_key", as_key("reader"), "backend", ok),
             ]
             continue
+        # An operation on one notification with the send scope (ack) is its owner's: backend.
+        holder = "backend" if e.targets_one and e.scope == "send" else HOLDS[e.scope]
         rows += [
             Case(e, "no_key", {}, "backend", 401),
             Case(e, "wrong_key", bearer(WRONG), "backend", 401),
             Case(e, "wrong_key_x_api_key", {"X-API-Key": WRONG}, "backend", 401),
             Case(e, "lacks_scope", as_key(LACKS[e.scope]), "backend", 403),
-            Case(e, "right_key", as_key(HOLDS[e.scope]), "backend", ok),
-            Case(e, "right_key_x_api_key", {"X-API-Key": KEYS[HOLDS[e.scope]]}, "backend", ok),
+            Case(e, "right_key", as_key(holder), "backend", ok),
+            Case(e, "right_key_x_api_key", {"X-API-Key": KEYS[holder]}, "backend", ok),
         ]
         if e.targets_one or e.name in ("list", "events"):
             # Non-admin keys with the scope see only their own; read is the only such scope

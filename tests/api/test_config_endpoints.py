@@ -99,6 +99,8 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                 {
                     "name": "default",
                     "channels": ["hooks"],
+                    "ack_within": [None],
+                    "confirm": None,
                     "strategy": "fallback",
                     "retry": {"schedule": ["5s", "1m", "5m", "30m", "2h", "6h"], "jitter": 0.2},
                     "ttl": None,
@@ -107,6 +109,8 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                 {
                     "name": "alerts",
                     "channels": ["hooks", "email", "console"],
+                    "ack_within": [None, None, None],
+                    "confirm": None,
                     "strategy": "fallback",
                     "retry": {
                         "schedule": ["5s", "90s", "1m", "30m", "2h", "1d", "500ms"],
@@ -118,6 +122,8 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                 {
                     "name": "everyone",
                     "channels": ["email", "console"],
+                    "ack_within": [None, None],
+                    "confirm": None,
                     "strategy": "all",
                     "retry": {"schedule": ["5s", "1m", "5m", "30m", "2h", "6h"], "jitter": 0.2},
                     "ttl": "90m",

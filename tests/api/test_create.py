@@ -73,6 +73,7 @@ async def test_accepted_with_location_and_the_whole_resource(h: Harness) -> None
         "expires_at": None,
         "callback_url": None,
         "callback_events": None,
+        "acknowledgement": None,
     }
 
     # The Location resolves to the same resource.

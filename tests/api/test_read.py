@@ -126,6 +126,7 @@ async def test_attempts_record_each_hop_oldest_first(db_url: str) -> None:
             "provider_status",
             "provider_message_id",
             "response_excerpt",
+            "receipt",
             "started_at",
             "duration_ms",
         }

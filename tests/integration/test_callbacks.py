@@ -32,6 +32,7 @@ FINAL_TYPES = [
     "notification.failed",
     "notification.expired",
     "notification.cancelled",
+    "notification.acknowledged",
 ]
 
 

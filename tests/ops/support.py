@@ -42,7 +42,7 @@ API_KEY = "ops-test-key-0123456789abcdef"
 REDIS_URL = os.environ.get("HERALD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 OPS_STREAM = f"herald-ops:{uuid.uuid4().hex[:10]}"
 """The stream the ops Herald consumes (one per test process, deleted after)."""
-FINAL = {"delivered", "failed", "partial", "expired", "cancelled"}
+FINAL = {"delivered", "failed", "partial", "expired", "cancelled", "acknowledged"}
 
 
 def need_tool(name: str, how: str) -> str:
@@ -156,7 +156,15 @@ def ops_config(sink: Sink) -> dict[str, Any]:
             },
             "rejecting": {"type": "webhook", "url": sink.base_url + "/gone", "timeout": "5s"},
             "console": {"type": "log"},
+            "sms": {  # no route sends through it: it is there for its receipts endpoint
+                "type": "twilio",
+                "account_sid": "AC" + "0" * 32,
+                "auth_token": "ops-twilio-token",
+                "from_number": "+15005550006",
+                "api_base": sink.base_url,
+            },
         },
+        "server": {"public_url": "https://herald.ops.test"},
         "routes": {
             "default": {"channels": ["backup"]},
             "fallback": {"channels": ["flaky", "backup"], "retry": {"schedule": ["1m"]}},

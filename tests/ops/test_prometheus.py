@@ -268,11 +268,15 @@ def send_traffic(herald: HeraldProcess) -> int:
             waited = client.get(f"/v1/notifications/{wave[0]}", params={"wait": "5s"})
             assert waited.json()["status"] in FINAL, waited.text
             wait_final(client, wave)
+            acked = client.post(f"/v1/notifications/{wave[0]}/ack", json={"by": "ops"})
+            assert acked.status_code == 200, acked.text
+            unsigned = client.post("/v1/inbound/twilio/sms", data={"MessageSid": "SM0"})
+            assert unsigned.status_code == 401, unsigned.text
             ids += wave
             time.sleep(1.2)  # let a scrape see each wave, so rates are not flat
         statuses = wait_final(client, ids)
         wait_ingested(client, ingested)
-    assert sorted(set(statuses.values())) == ["delivered", "failed"]
+    assert sorted(set(statuses.values())) == ["acknowledged", "delivered", "failed"]
     return len(ids) + ingested
 
 

@@ -127,8 +127,8 @@ def test_route_errors() -> None:
 
 
 def test_unknown_section_and_unknown_channel_field() -> None:
-    found = problems({"server": {}, "channels": {"c": {"type": "log", "colour": "red"}}})
-    assert any(p.startswith("server:") for p in found)
+    found = problems({"sever": {}, "channels": {"c": {"type": "log", "colour": "red"}}})
+    assert any(p.startswith("sever:") for p in found)
 
 
 def test_unknown_channel_field() -> None:
@@ -292,7 +292,8 @@ def test_misspelt_names_get_a_suggestion() -> None:
         "auth.api_keys.0.nmae: unknown field 'nmae'; did you mean `name`?"
     ]
     assert problems({"zzz": 1})[0].startswith(
-        "zzz: unknown section 'zzz' (known: auth, network, channels, routes, events, ingest)"
+        "zzz: unknown section 'zzz' "
+        "(known: auth, network, channels, routes, events, ingest, server)"
     )
     route = problems(
         {"channels": {"console": {"type": "log"}}, "routes": {"r": {"channels": ["consle"]}}}

@@ -428,7 +428,11 @@ def test_a_callback_takes_its_globs_or_else_the_final_statuses() -> None:
     assert default is not None and default.types == set(FINAL_EVENTS.values())
     chosen = Callback.of("https://cb.example.com/", ["attempt.*", "notification.accepted"])
     assert chosen is not None
-    assert chosen.types == {EventType.ATTEMPT_FAILED, EventType.NOTIFICATION_ACCEPTED}
+    assert chosen.types == {
+        EventType.ATTEMPT_FAILED,
+        EventType.ATTEMPT_RECEIPT,
+        EventType.NOTIFICATION_ACCEPTED,
+    }
 
 
 def notification_event(event_type: EventType) -> Event:

@@ -1,0 +1,1 @@
+"""What providers and people send back to Herald: receipts, acknowledgements, commands."""
