@@ -25,6 +25,7 @@ from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
 from app.config import Settings
 from app.delivery.listener import listen
+from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import (
     AttemptRecord,
     Link,
@@ -140,6 +141,11 @@ class Resources(Protocol):
     def wake_worker(self) -> None: ...
 
     @property
+    def mutes(self) -> MuteBook:
+        """The route mutes in force (``/mute``): muted hops are left out of rounds."""
+        ...
+
+    @property
     def outbox(self) -> Outbox:
         """Who takes which events: a round's events are built only when somebody does."""
         ...
@@ -218,6 +224,8 @@ class Worker:
                 self.runtime.wakeup.clear()
                 self._slot_free.clear()
                 limit = self._room()
+                if limit > 0:
+                    await self.runtime.mutes.refresh(self.clock())
                 claimed = await self.claim(limit) if limit > 0 else []
                 outage.recovered()
             except Exception as exc:
@@ -239,6 +247,7 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it to the end; the number claimed. For tests and tools."""
+        await self.runtime.mutes.refresh(self.clock())
         claimed = await self.claim(self.settings.worker_batch_size)
         await asyncio.gather(*(self.deliver(n) for n in claimed))
         return len(claimed)
@@ -365,6 +374,9 @@ class Worker:
             outcome = self.orchestrator.expire(hops)
         else:
             chain = [self._link(name) for name in notification.channels]
+            muted = self.runtime.mutes.muted_hops(
+                notification.route, [link.channel.type_name for link in chain], self.clock()
+            )
             plan = Plan(
                 strategy=notification.strategy,
                 schedule=notification.retry_schedule,
@@ -373,6 +385,7 @@ class Worker:
                 rounds_done=notification.round - notification.round_base,
                 trigger=notification.trigger,
                 expires_at=expires_at,
+                muted=muted,
             )
             outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
         task = asyncio.current_task()
