@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl
 from app.channels.registry import ChannelRegistry
+from app.channels.telegram import TelegramConfig
 from app.channels.webhook import secret_key
 from app.domain import CALLBACK, EventType, Strategy, event_types_matching
 from app.durations import Duration
@@ -441,6 +442,7 @@ def parse_config(
                     + _undefined("channel", channel_name, "channels", list(shape.channels))
                 )
     problems.extend(_subscription_problems(shape))
+    problems.extend(_inbound_problems(channels))
     if problems:
         raise ConfigError(source, problems)
     return HeraldConfig(
@@ -478,6 +480,24 @@ def _subscription_problems(shape: _FileModel) -> list[str]:
                     f"{path}.owners.{at}: "
                     + _undefined("API key", owner, "auth.api_keys", key_names)
                 )
+    return problems
+
+
+def _inbound_problems(channels: Mapping[str, ChannelConfig]) -> list[str]:
+    """Two channels receiving for one bot: Telegram lets one ``getUpdates`` poller per bot
+    token at a time (a second is answered 409 Conflict), so only one channel may."""
+    problems: list[str] = []
+    receiving: dict[str, str] = {}
+    for name, channel in channels.items():
+        if not isinstance(channel, TelegramConfig) or channel.inbound is None:
+            continue
+        token = channel.token.get_secret_value()
+        first = receiving.setdefault(token, name)
+        if first != name:
+            problems.append(
+                f"channels.{name}.inbound: channel {first} already receives for this bot token; "
+                "Telegram allows one receiver per bot, so give inbound to one of them"
+            )
     return problems
 
 
