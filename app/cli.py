@@ -157,8 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from app.delivery.worker import Worker, supervise_worker
-    from app.events.dispatcher import Dispatcher
+    from app.loops import run_loops
     from app.runtime import open_runtime, settle_heap
 
     settings = _settings()
@@ -191,9 +190,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
             settle_heap()
-            await asyncio.gather(
-                supervise_worker(Worker(runtime), stop), Dispatcher(runtime).run(stop)
-            )
+            await run_loops(runtime, stop)
 
     asyncio.run(run())
     return 0

@@ -15,14 +15,13 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 
 from app import __version__
-from app.api import channels, events, health, notifications, problems
+from app.api import channels, events, health, inbound, notifications, problems
 from app.api.deps import security_of, security_schemes
 from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
-from app.delivery.worker import Worker, supervise_worker
-from app.events.dispatcher import Dispatcher
+from app.loops import run_loops
 from app.runtime import Runtime, open_runtime, settle_heap
 
 logger = logging.getLogger("herald")
@@ -129,12 +128,7 @@ def create_app(
             settle_heap()
             stop = asyncio.Event()
             tasks = (
-                [
-                    asyncio.create_task(
-                        supervise_worker(Worker(opened), stop), name="herald-worker"
-                    ),
-                    asyncio.create_task(Dispatcher(opened).run(stop), name="herald-events"),
-                ]
+                [asyncio.create_task(run_loops(opened, stop), name="herald-loops")]
                 if run_worker
                 else []
             )
@@ -157,6 +151,7 @@ def create_app(
         openapi_tags=[
             {"name": "notifications", "description": "Send notifications and follow them."},
             {"name": "events", "description": "What happened, as sent to subscriptions."},
+            {"name": "inbound", "description": "What chats sent Herald's bots."},
             {"name": "configuration", "description": "Channels and routes from herald.yaml."},
             {"name": "health", "description": "Liveness, readiness and metrics."},
         ],
@@ -167,6 +162,7 @@ def create_app(
     problems.install(app)
     app.include_router(notifications.router)
     app.include_router(events.router)
+    app.include_router(inbound.router)
     app.include_router(channels.router)
     app.include_router(health.router)
     app.webhooks.include_router(events.webhook_router)

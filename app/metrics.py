@@ -138,7 +138,7 @@ leases_recovered = Counter(
 task_restarts = Counter(
     "herald_task_restarts_total",
     "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events, "
-    "wait_listener.",
+    "wait_listener, inbound.",
     ["task"],
     registry=REGISTRY,
 )
@@ -178,6 +178,20 @@ events_pending = Gauge(
     "Event deliveries not settled yet (pending or being sent) per subscription, as this "
     "process's dispatcher last counted them (every dispatcher counts the same rows).",
     ["subscription"],
+    registry=REGISTRY,
+)
+
+inbound_messages = Counter(
+    "herald_inbound_messages_total",
+    "Updates a bot received (Telegram inbound), by channel and what Herald did: handled, "
+    "invalid (answered with help), ignored, not_allowed (from a chat not allowed), failed.",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
+inbound_poll_failures = Counter(
+    "herald_inbound_poll_failures_total",
+    "getUpdates calls that failed (connection refused, 5xx, 409 Conflict, 429), by channel.",
+    ["channel"],
     registry=REGISTRY,
 )
 
