@@ -24,8 +24,11 @@ import yaml
 from app import metrics
 from tests.ops.support import (
     FINAL,
+    OPS_CHAT,
     ROOT,
+    STRANGER_CHAT,
     HeraldProcess,
+    Sink,
     free_port,
     need_tool,
     send,
@@ -242,9 +245,12 @@ def prometheus(
             process.wait()
 
 
-def send_traffic(herald: HeraldProcess) -> int:
-    """Three waves of success, fallback and failure, and some refused requests."""
+def send_traffic(herald: HeraldProcess, sink: Sink) -> int:
+    """Three waves of success, fallback and failure, and some refused requests; a command to
+    the Telegram bot from the allowed chat and one from a chat not allowed."""
     ids: list[str] = []
+    sink.chat(OPS_CHAT, "/help")
+    sink.chat(STRANGER_CHAT, "/mute doomed 1h")  # not allowed: stored, counted, unanswered
     with herald.client() as client:
         for _ in range(3):
             wave = [
@@ -264,13 +270,14 @@ def send_traffic(herald: HeraldProcess) -> int:
             time.sleep(1.2)  # let a scrape see each wave, so rates are not flat
         statuses = wait_final(client, ids)
     assert sorted(set(statuses.values())) == ["delivered", "failed"]
+    assert [m["chat_id"] for m in sink.said] == [OPS_CHAT], "one answer: to /help"
     return len(ids)
 
 
 @pytest.fixture(scope="module")
-def scraped(herald_process: HeraldProcess, prometheus: Prometheus) -> Prometheus:
+def scraped(herald_process: HeraldProcess, sink: Sink, prometheus: Prometheus) -> Prometheus:
     """Prometheus, once it has scraped the traffic of ``send_traffic``."""
-    sent = send_traffic(herald_process)
+    sent = send_traffic(herald_process, sink)
 
     def scraped_all() -> bool:
         finished = prometheus.query("sum(herald_notifications_finished_total)")
