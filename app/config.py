@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl
+from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl, distinct_setting
 from app.channels.registry import ChannelRegistry
 from app.channels.telegram import TelegramConfig
 from app.channels.webhook import secret_key
@@ -96,10 +96,7 @@ class RouteConfig(BaseModel):
     @field_validator("channels")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
-        if repeated:
-            raise ValueError(f"channel listed more than once: {', '.join(repeated)}")
-        return value
+        return distinct_setting(value, "channel")
 
 
 Scope = Literal["send", "read", "admin"]

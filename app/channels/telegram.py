@@ -47,6 +47,7 @@ from app.channels.base import (
     ErrorClass,
     Message,
     api_base_setting,
+    distinct_setting,
     redact_result,
     stripped_setting,
 )
@@ -98,10 +99,7 @@ class TelegramInbound(BaseModel):
     @field_validator("allowed_chats")
     @classmethod
     def _distinct(cls, chats: list[str]) -> list[str]:
-        repeated = sorted({chat for chat in chats if chats.count(chat) > 1})
-        if repeated:
-            raise ValueError(f"chat listed more than once: {', '.join(repeated)}")
-        return chats
+        return distinct_setting(chats, "chat")
 
 
 class TelegramConfig(ChannelConfig):

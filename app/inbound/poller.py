@@ -131,40 +131,37 @@ class TelegramReceiver:
         database = Outage(logger, f"database (inbound {self.name})")
         while not stop.is_set():
             try:
-                offset = await self._take_lease()
+                pause = await self._pass(stop)
                 database.recovered()
             except Exception as exc:
                 if unavailable_reason(exc) is None:
                     raise
-                await _pause(stop, min(database.failed(exc), self.pass_time))
-                continue
-            if offset is None:
-                await _pause(stop, self.pass_time)
-                continue
-            try:
-                updates = await self._poll(offset, stop)
-            except BotApiError as exc:
-                await _pause(stop, self._failed(exc))
-                continue
-            if updates is None:  # stopped while waiting
-                return
-            self._recovered()
-            if not updates:
-                continue
-            try:
-                replies = await self.store(offset, updates)
-                database.recovered()
-            except LeaseLost:
-                logger.warning("inbound %s: lease lost before storing; not polling", self.name)
-                self.holding = False
-                continue
-            except Exception as exc:
-                if unavailable_reason(exc) is None:
-                    raise
-                await _pause(stop, min(database.failed(exc), self.pass_time))
-                continue
-            for reply in replies:
-                await self._answer(reply)
+                pause = min(database.failed(exc), self.pass_time)
+            if pause:
+                await _pause(stop, pause)
+
+    async def _pass(self, stop: asyncio.Event) -> float:
+        """Renew the lease, poll once, store and answer what came; the pause before the next
+        pass (a standby's, or a failed poll's backoff)."""
+        offset = await self._take_lease()
+        if offset is None:
+            return self.pass_time
+        try:
+            updates = await self._poll(offset, stop)
+        except BotApiError as exc:
+            return self._failed(exc)
+        self._recovered()
+        if not updates:  # none came, or stopped while waiting
+            return 0
+        try:
+            replies = await self.store(offset, updates)
+        except LeaseLost:
+            logger.warning("inbound %s: lease lost before storing; not polling", self.name)
+            self.holding = False
+            return 0
+        for reply in replies:
+            await self._answer(reply)
+        return 0
 
     async def _take_lease(self) -> int | None:
         """Hold or renew the lease; the offset to poll from, or ``None`` (another holds it)."""
