@@ -34,7 +34,14 @@ from app.metrics import REGISTRY
 from app.store.models import InboundMessage, InboundPoll
 from tests.support.harness import LOOPBACK, Harness, herald
 from tests.support.processes import HERALD
-from tests.support.telegram import BOT_USERNAME, TOKEN, FakeTelegram, fake_telegram
+from tests.support.telegram import (
+    BOT_USERNAME,
+    CONFLICT,
+    TOKEN,
+    FakeTelegram,
+    error,
+    fake_telegram,
+)
 from tests.support.waiting import until
 
 CHAT = "-1001234567890"
@@ -322,7 +329,7 @@ async def test_a_getupdates_outage_is_waited_out_and_nothing_is_lost(
         or 0.0
     )
     fake.message(CHAT, "/help")
-    fake.script(path, *[(502, {}, "<html>502 Bad Gateway</html>")] * 4)
+    fake.script(path, *[(502, {}, "<html>502 Bad Gateway</html>")] * 3, error(409, CONFLICT))
     async with herald(db_url, config(fake)) as h, receiving(h) as receiver:
         await until(lambda: len(fake.poll_times()) >= 4)
         times = fake.poll_times()[:4]
@@ -341,6 +348,8 @@ async def test_a_getupdates_outage_is_waited_out_and_nothing_is_lost(
     assert failures is not None and failures >= before + 5
     said = [r.getMessage() for r in caplog.records if r.name == "herald.inbound"]
     assert any("Telegram getUpdates: HTTP 502" in line for line in said), said
+    hint = "(http_409) (another client polls this bot, or a webhook is set for it)"
+    assert any(hint in line for line in said), said
     assert not any(TOKEN.split(":")[1] in line for line in said)
 
 
