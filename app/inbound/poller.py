@@ -2,7 +2,7 @@
 ``inbound``, in every process that delivers, of which exactly one polls each bot at a time.
 
 Who polls. Each channel's row in ``inbound_polls`` carries a lease: a process polls only while
-it holds it, and renews it on every pass (a pass lasts at most a third of the lease:
+it holds it, and renews it on every pass (a long poll waits at most a third of the lease:
 ``HERALD_LEASE``). The others look again every third of a lease, so when the holder dies
 another takes over once its lease has run out; a holder that stops gracefully hands the lease
 back at once. On SQLite, where one process delivers, the same rows simply always name it.
@@ -19,7 +19,7 @@ Telegram and come again (nothing lost). Answers go out after the commit, at most
 
 Faults. ``getUpdates`` failing (connection refused, 5xx, 409 while some other client polls the
 bot, 429) is waited out with a doubling pause (from ``FIRST_BACKOFF``, at most a third of
-the lease, longer if Telegram's ``retry_after`` asks), logged once and then briefly, and
+the lease; at least Telegram's ``retry_after`` within that), logged once and then briefly, and
 counted in ``herald_inbound_poll_failures_total``; the lease is kept meanwhile. A database
 outage is waited out the same way. Anything else is a bug: the loop's supervisor logs it,
 counts it in ``herald_task_restarts_total{task="inbound"}`` and starts the loop again.
@@ -37,7 +37,7 @@ from typing import Any
 
 from app import metrics
 from app.channels.base import DeliveryResult, ErrorClass
-from app.channels.telegram import BotApiError, TelegramChannel, TelegramInbound
+from app.channels.telegram import BotApiError, TelegramChannel
 from app.delivery.orchestrator import utcnow
 from app.delivery.outage import FIRST_BACKOFF, Backoff, Outage
 from app.delivery.supervise import supervised
@@ -97,7 +97,6 @@ class TelegramReceiver:
         self.runtime = runtime
         self.channel = channel
         self.name = channel.name
-        self.inbound: TelegramInbound = inbound
         self.allowed_chats = frozenset(inbound.allowed_chats)
         self.holder = holder or default_worker_id()
         self.handlers = handlers or Handlers()
@@ -105,7 +104,8 @@ class TelegramReceiver:
         lease = runtime.settings.lease
         self.lease = timedelta(seconds=lease)
         self.pass_time = lease / 3
-        """The longest a pass may take: the lease is renewed at least three times in one."""
+        """How long a long poll may wait, and a standby between its looks at the lease: the
+        holder renews it about three times a lease."""
         self.poll_timeout = max(1, min(LONGEST_POLL, int(self.pass_time)))
         self.backoff = Backoff(first_backoff, max(first_backoff, self.pass_time))
         self.bot_username: str | None = None
