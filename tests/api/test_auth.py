@@ -157,6 +157,7 @@ ENDPOINTS = [
     Endpoint("event", "GET", "/v1/events/{id}", "read", event=True),
     Endpoint("event_attempts", "GET", "/v1/events/{id}/attempts", "read", event=True),
     Endpoint("redeliver", "POST", "/v1/events/{id}/redeliver", "admin", event=True),
+    Endpoint("inbound", "GET", "/v1/inbound", "admin"),
     Endpoint("channels", "GET", "/v1/channels", "read"),
     Endpoint("routes", "GET", "/v1/routes", "read"),
     Endpoint("healthz", "GET", "/healthz", None),
