@@ -159,14 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from app.delivery.worker import Worker, supervise_worker
-    from app.events.dispatcher import Dispatcher
+    from app.loops import delivery_loops
 
     def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
-        running: list[Awaitable[None]] = [supervise_worker(Worker(runtime), stop)]
-        if not args.no_events:
-            running.append(Dispatcher(runtime).run(stop))
-        return running
+        return delivery_loops(runtime, stop, events=not args.no_events)
 
     return _run_loops(args, "worker", loops)
 

@@ -29,8 +29,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl
+from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl, distinct_setting
 from app.channels.registry import ChannelRegistry
+from app.channels.telegram import TelegramConfig
 from app.channels.webhook import secret_key
 from app.domain import (
     CALLBACK,
@@ -144,10 +145,9 @@ class RouteConfig(BaseModel):
     @field_validator("channels")
     @classmethod
     def _distinct(cls, value: list[str | HopConfig]) -> list[str | HopConfig]:
-        names = [item if isinstance(item, str) else item.channel for item in value]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"channel listed more than once: {', '.join(repeated)}")
+        distinct_setting(
+            [item if isinstance(item, str) else item.channel for item in value], "channel"
+        )
         return value
 
     @model_validator(mode="after")
@@ -537,6 +537,7 @@ def parse_config(
                 )
     problems.extend(_subscription_problems(shape))
     problems.extend(_ingest_problems(shape))
+    problems.extend(_inbound_problems(channels))
     if problems:
         raise ConfigError(source, problems)
     return HeraldConfig(
@@ -600,6 +601,24 @@ def _ingest_problems(shape: _FileModel) -> list[str]:
         problems.append(
             "ingest.alertmanager.route: " + _undefined("route", default, "routes", routes)
         )
+    return problems
+
+
+def _inbound_problems(channels: Mapping[str, ChannelConfig]) -> list[str]:
+    """Two channels receiving for one bot: Telegram lets one ``getUpdates`` poller per bot
+    token at a time (a second is answered 409 Conflict), so only one channel may."""
+    problems: list[str] = []
+    receiving: dict[str, str] = {}
+    for name, channel in channels.items():
+        if not isinstance(channel, TelegramConfig) or channel.inbound is None:
+            continue
+        token = channel.token.get_secret_value()
+        first = receiving.setdefault(token, name)
+        if first != name:
+            problems.append(
+                f"channels.{name}.inbound: channel {first} already receives for this bot token; "
+                "Telegram allows one receiver per bot, so give inbound to one of them"
+            )
     return problems
 
 

@@ -683,3 +683,57 @@ class AlertStatus(StrEnum):
 
     FIRING = "firing"
     RESOLVED = "resolved"
+
+
+# --- inbound messages and mutes (issue 16: Telegram inbound) ----------------------------------
+
+
+class InboundKind(StrEnum):
+    """What a chat sent Herald: a ``message`` (a command, or any text), or a
+    ``callback_query`` (a press on an inline-keyboard button of a message Herald sent)."""
+
+    MESSAGE = "message"
+    CALLBACK_QUERY = "callback_query"
+    OTHER = "other"
+    """An update of a kind Herald did not ask for (Telegram may send one sent before it
+    narrowed ``allowed_updates``): stored, never acted on."""
+
+
+class InboundOutcome(StrEnum):
+    """What Herald did with one inbound message (``herald_inbound_messages_total{outcome}``).
+
+    ``handled`` a command from an allowed chat, carried out and answered; ``invalid`` from an
+    allowed chat but no command Herald knows, or its arguments are wrong: answered with help;
+    ``ignored`` from an allowed chat but not a command (plain text, a command for another
+    bot, an update of another kind): no answer; ``not_allowed`` from a chat not in
+    ``allowed_chats``: no answer, nothing done; ``failed`` a command that broke on a bug of
+    Herald's: answered with an apology, nothing done.
+    """
+
+    HANDLED = "handled"
+    INVALID = "invalid"
+    IGNORED = "ignored"
+    NOT_ALLOWED = "not_allowed"
+    FAILED = "failed"
+
+
+MUTED = "muted"
+"""The skip code of a hop not tried because its route is muted for its channel type."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """A route's hops of one channel type left out of its chain until ``until`` (``/mute``)."""
+
+    route: str
+    channel_type: str
+    until: datetime
+    by: str
+    """Who muted it, as shown in the skipped attempt: ``ops-telegram chat -100123 (@alice)``."""
+
+    def reason(self) -> str:
+        """The skipped attempt's message."""
+        return (
+            f"route {self.route} is muted for {self.channel_type} until "
+            f"{rfc3339(self.until)} (by {self.by})"
+        )

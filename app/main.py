@@ -15,15 +15,24 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Route
 
 from app import __version__
-from app.api import acks, channels, events, health, inbound, integrations, notifications, problems
+from app.api import (
+    acks,
+    channels,
+    events,
+    health,
+    inbound,
+    integrations,
+    notifications,
+    problems,
+    receipts,
+)
 from app.api.deps import security_of, security_schemes
 from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
-from app.delivery.worker import Worker, supervise_worker
-from app.events.dispatcher import Dispatcher
 from app.ingest.consumer import Ingest
+from app.loops import run_loops
 from app.runtime import Runtime, open_runtime, settle_heap
 
 logger = logging.getLogger("herald")
@@ -134,12 +143,7 @@ def create_app(
             settle_heap()
             stop = asyncio.Event()
             tasks = (
-                [
-                    asyncio.create_task(
-                        supervise_worker(Worker(opened), stop), name="herald-worker"
-                    ),
-                    asyncio.create_task(Dispatcher(opened).run(stop), name="herald-events"),
-                ]
+                [asyncio.create_task(run_loops(opened, stop), name="herald-loops")]
                 if run_worker
                 else []
             )
@@ -168,6 +172,7 @@ def create_app(
                 "name": "integrations",
                 "description": "Receivers of other systems' webhooks (Alertmanager).",
             },
+            {"name": "inbound", "description": "What chats sent Herald' bots."},
             {"name": "configuration", "description": "Channels and routes from herald.yaml."},
             {"name": "health", "description": "Liveness, readiness and metrics."},
         ],
@@ -179,9 +184,10 @@ def create_app(
     app.include_router(notifications.router)
     app.include_router(events.router)
     app.include_router(integrations.router)
+    app.include_router(inbound.router)
     app.include_router(channels.router)
     app.include_router(health.router)
-    app.include_router(inbound.router)
+    app.include_router(receipts.router)
     app.include_router(acks.router)
     app.webhooks.include_router(events.webhook_router)
     # In front of the FastAPI route it falls back to (which also documents the operation).

@@ -138,7 +138,7 @@ leases_recovered = Counter(
 task_restarts = Counter(
     "herald_task_restarts_total",
     "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events, "
-    "wait_listener, ingest.",
+    "wait_listener, ingest, inbound.",
     ["task"],
     registry=REGISTRY,
 )
@@ -222,6 +222,19 @@ acks = Counter(
     "acknowledged, already_acknowledged, not_found, not_ackable, or refused (a link that is "
     "forged or expired).",
     ["via", "result"],
+    registry=REGISTRY,
+)
+inbound_messages = Counter(
+    "herald_inbound_messages_total",
+    "Updates a bot received (Telegram inbound), by channel and what Herald did: handled, "
+    "invalid (answered with help), ignored, not_allowed (from a chat not allowed), failed.",
+    ["channel", "outcome"],
+    registry=REGISTRY,
+)
+inbound_poll_failures = Counter(
+    "herald_inbound_poll_failures_total",
+    "getUpdates calls that failed (connection refused, 5xx, 409 Conflict, 429), by channel.",
+    ["channel"],
     registry=REGISTRY,
 )
 

@@ -28,6 +28,7 @@ from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
 from app.delivery.listener import Heard, listen_to
+from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import Link
 from app.delivery.waiters import FinalAnnouncer, Listen, Waiters
 from app.domain import CHANNEL_EVENTS, CircuitState, HoldPolicy, Strategy
@@ -86,6 +87,11 @@ class Runtime:
     def intake(self) -> Intake:
         """Where the API stores accepted notifications (the hot path, outside the ORM)."""
         return Intake(self.engine)
+
+    @cached_property
+    def mutes(self) -> MuteBook:
+        """The route mutes in force, as this process's worker last read them."""
+        return MuteBook(self.sessions)
 
     @cached_property
     def outbox(self) -> Outbox:

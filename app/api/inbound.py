@@ -1,131 +1,75 @@
-"""``/v1/inbound/…``: what providers send back (receipts), verified by each provider's own
-signature, never by an API key.
-
-Anything unsigned is refused with 401, anything forged or stale with 403, before the body is
-used; the refusal never echoes the body, its log line holds none of it, and it is counted
-(``herald_receipts_total{result="refused"}``). A verified callback is answered 200 whatever it
-says (a provider retries anything else): an unknown message id is kept and counted
-``unmatched``. The endpoint of a channel that takes no receipts (``server.public_url`` unset;
-for WhatsApp, no ``app_secret``) is 404. Not in the OpenAPI document: providers call these,
-not API clients (README, "Receipts, acknowledgements and escalation").
-"""
+"""``GET /v1/inbound``: what chats sent Herald's bots (Telegram inbound), and what Herald did."""
 
 from __future__ import annotations
 
-import hmac
-import logging
-from typing import TypeVar
-from urllib.parse import parse_qsl
+import uuid
+from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi import APIRouter, Query
+from pydantic import Field
 
-from app import metrics
-from app.api.body import parse_json
-from app.api.deps import RuntimeDep
-from app.channels.base import ChannelType
-from app.channels.twilio import TwilioChannel
-from app.channels.whatsapp import WhatsAppChannel
-from app.delivery.orchestrator import utcnow
-from app.errors import BadSignature, NotFound, Unprocessable, Unsigned
-from app.inbound import twilio, whatsapp
-from app.runtime import Runtime
+from app.api.deps import AdminScope, SessionDep
+from app.api.paging import Cursor, Limit, aware, cursor_id
+from app.api.problems import AUTH_ERRORS, error_responses
+from app.api.schemas import Output
+from app.domain import InboundKind, InboundOutcome
+from app.store.inbound import InboundFilter, InboundLog
 
-logger = logging.getLogger("herald.inbound")
-
-router = APIRouter(prefix="/v1/inbound", include_in_schema=False)
-
-C = TypeVar("C", bound=ChannelType)
-
-CHALLENGE_LIMIT = 256
-"""The longest ``hub.challenge`` echoed back."""
+router = APIRouter(prefix="/v1/inbound", tags=["inbound"])
 
 
-def _channel(runtime: Runtime, name: str, kind: type[C]) -> C:
-    channel = runtime.channels.get(name)
-    if not isinstance(channel, kind) or not channel.sends_receipts:
-        raise NotFound(f"no {kind.type_name} channel {name!r} takes receipts here")
-    return channel
+class InboundOut(Output):
+    """One update a bot received."""
+
+    id: uuid.UUID = Field(description="UUIDv7, in the order Herald stored them.")
+    channel: str = Field(description="The telegram channel whose bot received it.")
+    update_id: int = Field(description="Telegram's update_id.")
+    kind: InboundKind
+    chat_id: str | None
+    sender_id: str | None = Field(description="The Telegram user id of the sender.")
+    sender_name: str | None = Field(description="@username, else the first name.")
+    text: str | None = Field(description="The message's text, or the pressed button's data.")
+    command: str | None = Field(description="The command it held (status, mute, ack…).")
+    outcome: InboundOutcome = Field(
+        description="handled, invalid (answered with help), ignored (not a command), "
+        "not_allowed (from a chat not in allowed_chats: no answer), failed (a bug: logged)."
+    )
+    reply: str | None = Field(description="What Herald answered; null: no answer.")
+    sent_at: datetime | None = Field(description="When the chat sent it.")
+    received_at: datetime
 
 
-def _refuse(channel: str, provider: str, error: Unsigned | BadSignature) -> None:
-    metrics.receipts.labels(channel, "refused").inc()
-    logger.warning("refused a %s callback for channel %s: %s", provider, channel, error.detail)
-    raise error
+class InboundPage(Output):
+    items: list[InboundOut]
+    next_cursor: str | None = Field(description="Pass as cursor for the next (older) page.")
 
 
-@router.post("/twilio/{channel}")
-async def twilio_status(channel: str, request: Request, runtime: RuntimeDep) -> Response:
-    sms = _channel(runtime, channel, TwilioChannel)
-    given = request.headers.get(twilio.SIGNATURE_HEADER)
-    if not given:
-        _refuse(channel, "twilio", Unsigned(f"no {twilio.SIGNATURE_HEADER} header"))
-    raw = await request.body()
-    try:
-        params = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-    except UnicodeDecodeError:
-        params = []
-    url = sms.status_callback or ""
-    token = sms.config.auth_token.get_secret_value()
-    if not twilio.signed(token, url, params, given or ""):
-        _refuse(channel, "twilio", BadSignature("the signature does not match the request"))
-    found = twilio.receipt(channel, params, utcnow())
-    if found is None:
-        metrics.receipts.labels(channel, "ignored").inc()
-    else:
-        await runtime.receipts.record(channel, [found])
-    return Response(status_code=200)
-
-
-@router.get("/whatsapp/{channel}")
-async def whatsapp_verification(channel: str, request: Request, runtime: RuntimeDep) -> Response:
-    """Meta's verification handshake: answer the challenge if the token is ours."""
-    wa = _channel(runtime, channel, WhatsAppChannel)
-    query = request.query_params
-    token = query.get("hub.verify_token", "")
-    challenge = query.get("hub.challenge", "")
-    expected = wa.config.verify_token.get_secret_value() if wa.config.verify_token else ""
-    if query.get("hub.mode") != "subscribe" or not hmac.compare_digest(
-        expected.encode(), token.encode("utf-8", "replace")
-    ):
-        _refuse(channel, "whatsapp", BadSignature("wrong hub.mode or hub.verify_token"))
-    if not challenge or len(challenge) > CHALLENGE_LIMIT:
-        raise Unprocessable(
-            "hub.challenge is missing or too long",
-            errors=[{"loc": ["query", "hub.challenge"], "msg": "1-256 characters"}],
-        )
-    return PlainTextResponse(challenge)
-
-
-@router.post("/whatsapp/{channel}")
-async def whatsapp_statuses(channel: str, request: Request, runtime: RuntimeDep) -> Response:
-    wa = _channel(runtime, channel, WhatsAppChannel)
-    given = request.headers.get(whatsapp.SIGNATURE_HEADER)
-    if not given:
-        _refuse(channel, "whatsapp", Unsigned(f"no {whatsapp.SIGNATURE_HEADER} header"))
-    raw = await request.body()
-    secret = wa.config.app_secret.get_secret_value() if wa.config.app_secret else ""
-    if not whatsapp.signed(secret, raw, given or ""):
-        _refuse(channel, "whatsapp", BadSignature("the signature does not match the body"))
-    payload = parse_json(raw)
-    now = utcnow()
-    receipts = []
-    stale = ignored = 0
-    for status in whatsapp.statuses(payload):
-        found = whatsapp.receipt(channel, status, now)
-        if found == "stale":
-            stale += 1
-        elif isinstance(found, str):
-            ignored += 1
-        else:
-            receipts.append(found)
-    if ignored:
-        metrics.receipts.labels(channel, "ignored").inc(ignored)
-    if stale and not receipts:
-        metrics.receipts.labels(channel, "refused").inc(stale - 1)
-        _refuse(channel, "whatsapp", BadSignature("every status is older than a week: a replay"))
-    if stale:
-        metrics.receipts.labels(channel, "refused").inc(stale)
-    if receipts:
-        await runtime.receipts.record(channel, receipts)
-    return Response(status_code=200)
+@router.get(
+    "",
+    operation_id="list_inbound",
+    response_model=InboundPage,
+    summary="List inbound messages, newest first",
+    responses=error_responses(422, 503) | AUTH_ERRORS,
+)
+async def list_inbound(
+    principal: AdminScope,
+    session: SessionDep,
+    channel: Annotated[str | None, Query(max_length=64)] = None,
+    outcome: InboundOutcome | None = None,
+    since: Annotated[
+        datetime | None, Query(description="Only messages received at or after this time.")
+    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> InboundPage:
+    """Every command, button press and message the bots of telegram channels with inbound
+    received, from every chat (those not allowed included), with what Herald did about it.
+    Admin scope: they belong to no API key."""
+    filters = InboundFilter(channel=channel, outcome=outcome, since=aware(since, "since"))
+    rows = await InboundLog(session).messages(filters, limit=limit + 1, before_id=cursor_id(cursor))
+    page = rows[:limit]
+    return InboundPage(
+        items=[InboundOut.model_validate(row, from_attributes=True) for row in page],
+        next_cursor=str(page[-1].id) if len(rows) > limit else None,
+    )

@@ -182,6 +182,14 @@ def stripped_setting(value: str, refusal: str, pattern: re.Pattern[str] | None =
     return value
 
 
+def distinct_setting(values: list[str], what: str) -> list[str]:
+    """``values`` when none is listed twice; ``ValueError`` naming the repeats."""
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(repeated)}")
+    return values
+
+
 def check_secret_set(value: SecretStr, field: str) -> SecretStr:
     """Refuse a secret that is empty or blank, as an unset environment variable leaves it."""
     if not value.get_secret_value().strip():

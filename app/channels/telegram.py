@@ -41,10 +41,10 @@ import re
 import time
 import uuid
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import ConfigDict, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from app.channels.base import (
     ChannelConfig,
@@ -53,6 +53,8 @@ from app.channels.base import (
     ErrorClass,
     Message,
     api_base_setting,
+    distinct_setting,
+    redact_result,
     stripped_setting,
 )
 from app.channels.http_errors import (
@@ -70,6 +72,40 @@ MAX_DESCRIPTION = 500
 """How much of an error ``description`` goes into an attempt's message."""
 
 _TOKEN = re.compile(r"^[0-9]+:[A-Za-z0-9_-]+$")
+_CHAT_ID = re.compile(r"-?[0-9]{1,20}")
+MAX_ALLOWED_CHATS = 100
+
+
+def _chat_id_setting(value: object) -> str:
+    """A numeric chat id, from YAML's integer or a string of one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not _CHAT_ID.fullmatch(value.strip()):
+        raise ValueError(
+            "a chat id is the chat's number, such as -1001234567890 (a group) or 123456789 "
+            "(a person); @names are not accepted"
+        )
+    return value.strip()
+
+
+ChatId = Annotated[str, BeforeValidator(_chat_id_setting)]
+
+
+class TelegramInbound(BaseModel):
+    """``inbound``: what the bot receives (README, "Telegram inbound")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_chats: list[ChatId] = Field(min_length=1, max_length=MAX_ALLOWED_CHATS)
+    """The chats whose commands Herald carries out; anything from any other chat is stored,
+    counted and left unanswered."""
+    mode: Literal["poll"] = "poll"
+    """``poll``: a long-polling ``getUpdates`` loop (the only mode: no public URL needed)."""
+
+    @field_validator("allowed_chats")
+    @classmethod
+    def _distinct(cls, chats: list[str]) -> list[str]:
+        return distinct_setting(chats, "chat")
 
 
 class TelegramConfig(ChannelConfig):
@@ -84,6 +120,8 @@ class TelegramConfig(ChannelConfig):
     disable_web_page_preview: bool = True
     api_base: str = "https://api.telegram.org"
     """A self-hosted Bot API server or a test double; no trailing slash is kept."""
+    inbound: TelegramInbound | None = None
+    """Receive commands from these chats (``getUpdates``); none: the bot only sends."""
 
     @field_validator("token")
     @classmethod
@@ -192,6 +230,39 @@ _BAD_REQUEST_CODES = (
 )
 
 
+def _failure(response: httpx.Response) -> DeliveryResult | None:
+    """What went wrong, when the answer is not ``{"ok": true, …}``; ``None`` when it is."""
+    body = _body(response)
+    if response.is_success and body is None:
+        return DeliveryResult.failed(
+            ErrorClass.CONFIG,
+            "telegram_invalid_response",
+            f"HTTP {response.status_code} but not a Bot API answer: is api_base right?",
+            provider_status=response.status_code,
+            response_excerpt=response.text,
+        )
+    if not response.is_success or body is None or body.get("ok") is not True:
+        return failure_from_answer(response)
+    return None
+
+
+def _result(response: httpx.Response) -> Any:
+    """The ``result`` of an answer ``_failure`` found no fault with."""
+    body = _body(response)
+    return body.get("result") if body is not None else None
+
+
+class BotApiError(Exception):
+    """A Bot API call that failed, with the failure as a send would record it."""
+
+    def __init__(self, method: str, failure: DeliveryResult) -> None:
+        assert failure.error is not None
+        self.method = method
+        self.failure = failure
+        self.error = failure.error
+        super().__init__(f"{method}: {failure.error.message} ({failure.error.code})")
+
+
 def failure_from_answer(response: httpx.Response) -> DeliveryResult:
     """The error class and a stable code for a Bot API error answer."""
     status = response.status_code
@@ -295,9 +366,42 @@ class TelegramChannel(ChannelType):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._token = self.config.token.get_secret_value()
-        self._url = f"{self.config.api_base}/bot{self._token}/sendMessage"
+        self._url = self._method_url("sendMessage")
         _watch_token(self._token)
         self._watching = True
+
+    def _method_url(self, method: str) -> str:
+        return f"{self.config.api_base}/bot{self._token}/{method}"
+
+    async def call(
+        self,
+        method: str,
+        payload: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109 (the HTTP request's, as Outbound.post takes it)
+    ) -> Any:
+        """One Bot API method (``getUpdates``, ``sendMessage``…): its answer's ``result``.
+
+        A failure raises ``BotApiError`` carrying it as a send would record it (class, code,
+        message, ``retry_after``), the token masked."""
+        try:
+            response = await self.context.http.post(
+                self._method_url(method), json=payload, timeout=timeout
+            )
+        except httpx.InvalidURL:
+            raise BotApiError(
+                method,
+                DeliveryResult.failed(
+                    ErrorClass.CONFIG, "invalid_url", "api_base and token do not make a valid URL"
+                ),
+            ) from None
+        except httpx.HTTPError as exc:
+            failed = failure_from_transport(exc)
+            raise BotApiError(method, redact_result(failed, self.secrets())) from None
+        failure = _failure(response)
+        if failure is not None:
+            raise BotApiError(method, redact_result(failure, self.secrets()))
+        return _result(response)
 
     async def aclose(self) -> None:
         if self._watching:
@@ -351,18 +455,10 @@ class TelegramChannel(ChannelType):
         return self._read(response)
 
     def _read(self, response: httpx.Response) -> DeliveryResult:
-        body = _body(response)
-        if response.is_success and body is None:
-            return DeliveryResult.failed(
-                ErrorClass.CONFIG,
-                "telegram_invalid_response",
-                f"HTTP {response.status_code} but not a Bot API answer: is api_base right?",
-                provider_status=response.status_code,
-                response_excerpt=response.text,
-            )
-        if not response.is_success or body is None or body.get("ok") is not True:
-            return failure_from_answer(response)
-        result = body.get("result")
+        failure = _failure(response)
+        if failure is not None:
+            return failure
+        result = _result(response)
         message_id = _int(result.get("message_id")) if isinstance(result, dict) else None
         return DeliveryResult.ok(
             provider_status=response.status_code,

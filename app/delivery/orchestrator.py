@@ -11,7 +11,8 @@ Hop states::
     retrying  failed in a way worth another round (transient, rate_limited, config, circuit open)
     delivered the channel took the message
     failed    permanent failure, or rounds exhausted: never tried again
-    skipped   nothing to try (no address for this channel type, channel disabled)
+    skipped   nothing to try (no address for this channel type, channel disabled, the route
+              muted for the channel's type)
     unused    never tried because an earlier hop delivered (fallback)
     cancelled not tried (again) because the notification was cancelled
     expired   not tried (again) because the notification expired first
@@ -54,6 +55,7 @@ from app.domain import (
     FINAL_STATUSES,
     FIRST_SUCCESS,
     HOLD_STATES,
+    MUTED,
     OPEN_HOP_STATES,
     REFUTING,
     STOPPING_STATUSES,
@@ -174,6 +176,9 @@ class Plan:
     trigger: AttemptTrigger
     expires_at: datetime | None
     holds: HoldPolicy | None = None
+    muted: Mapping[int, str] = field(default_factory=dict)
+    """Hops (by index) left out of this round because their route is muted for their channel
+    type (``/mute``), each with the reason its skipped attempt records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +236,11 @@ def _hop_state_after(result: DeliveryResult) -> HopState:
 
 NOT_ACKNOWLEDGED = "not_acknowledged"
 """The reason an escalation that nobody acknowledged ends ``failed`` or ``expired``."""
+
+
+def is_muted(hop: Hop) -> bool:
+    """A hop skipped because its route was muted: as if it were not in the chain."""
+    return hop.state == HopState.SKIPPED and (hop.last_error or {}).get("code") == MUTED
 
 
 def settle(hops: Sequence[Hop], status: NotificationStatus) -> list[Hop]:
@@ -469,7 +479,12 @@ class Orchestrator:
         channel = link.channel
         started_at = self.clock()
         began = time.perf_counter()
-        result = await self._send(message, link)
+        muted = plan.muted.get(index)
+        result = (
+            DeliveryResult.skipped(MUTED, muted)
+            if muted is not None
+            else await self._send(message, link)
+        )
         return AttemptRecord(
             channel=channel.name,
             channel_type=channel.type_name,
@@ -544,11 +559,13 @@ class Orchestrator:
 
         Status = NotificationStatus
         more = retryable and rounds_done < rounds_allowed(plan.schedule)
+        # A muted hop is left out as if the route did not list it: ``all`` asks every other hop.
+        counted = [hop.state for hop in hops if not is_muted(hop)]
         if deadlines:
             status = Status.PENDING
         elif plan.strategy in FIRST_SUCCESS:
             status = Status.DELIVERED if delivered else Status.PENDING if more else Status.FAILED
-        elif all(state == HopState.DELIVERED for state in states):
+        elif counted and all(state == HopState.DELIVERED for state in counted):
             status = Status.DELIVERED
         elif more:
             status = Status.PENDING

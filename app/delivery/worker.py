@@ -24,6 +24,7 @@ from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
 from app.config import Settings
 from app.delivery.listener import listen
+from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import (
     Link,
     Orchestrator,
@@ -150,6 +151,11 @@ class Resources(Protocol):
     def wake_worker(self) -> None: ...
 
     @property
+    def mutes(self) -> MuteBook:
+        """The route mutes in force (``/mute``): muted hops are left out of rounds."""
+        ...
+
+    @property
     def outbox(self) -> Outbox:
         """Who takes which events: a round's events are built only when somebody does."""
         ...
@@ -240,6 +246,8 @@ class Worker:
                 self.runtime.wakeup.clear()
                 self._slot_free.clear()
                 limit = self._room()
+                if limit > 0:
+                    await self.runtime.mutes.refresh(self.clock())
                 claimed = await self.claim(limit) if limit > 0 else []
                 outage.recovered()
             except Exception as exc:
@@ -261,6 +269,7 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim one batch and deliver it to the end; the number claimed. For tests and tools."""
+        await self.runtime.mutes.refresh(self.clock())
         claimed = await self.claim(self.settings.worker_batch_size)
         await asyncio.gather(*(self.deliver(n) for n in claimed))
         return len(claimed)
@@ -396,6 +405,9 @@ class Worker:
             outcome = self.orchestrator.expire(hops)
         else:
             chain = [self._link(name) for name in notification.channels]
+            muted = self.runtime.mutes.muted_hops(
+                notification.route, [link.channel.type_name for link in chain], self.clock()
+            )
             plan = Plan(
                 strategy=notification.strategy,
                 schedule=notification.retry_schedule,
@@ -405,6 +417,7 @@ class Worker:
                 trigger=notification.trigger,
                 expires_at=expires_at,
                 holds=notification.holds,
+                muted=muted,
             )
             message = message_of(notification)
             if held:

@@ -1,5 +1,6 @@
 """Tables: notifications, their append-only attempts, and idempotency keys; the events outbox,
-its deliveries to each subscription and their append-only attempts."""
+its deliveries to each subscription and their append-only attempts; what chats sent Herald
+(inbound messages), where each inbound channel's polling stands, and the routes muted."""
 
 from __future__ import annotations
 
@@ -326,3 +327,68 @@ class EventAttempt(Base):
     @property
     def error(self) -> dict[str, Any] | None:
         return error_info(self.error_class, self.error_code, self.error_message)
+
+
+class InboundMessage(Base):
+    """One update a chat sent a bot (``app.domain.InboundKind``) and what Herald did with it.
+
+    Written in the transaction that moves its channel's offset past it (``InboundPoll``), so
+    each update is stored once: a restart neither replays it nor loses it.
+    """
+
+    __tablename__ = "inbound_messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    """UUIDv7: lists page newest first on it."""
+    channel: Mapped[str] = mapped_column(String(64))
+    update_id: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[str | None] = mapped_column(String(32))
+    sender_id: Mapped[str | None] = mapped_column(String(32))
+    sender_name: Mapped[str | None] = mapped_column(String(128))
+    """``@username``, else the first name."""
+    text: Mapped[str | None] = mapped_column(Text)
+    """The message's text, or the pressed button's data."""
+    command: Mapped[str | None] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reply: Mapped[str | None] = mapped_column(Text)
+    """What Herald answered (none: no answer)."""
+    sent_at: Mapped[datetime | None]
+    """When the chat sent it (Telegram's ``date``)."""
+    received_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("channel", "update_id", name="uq_inbound_messages_update"),
+        Index("ix_inbound_messages_channel_id", "channel", "id"),
+        Index("ix_inbound_messages_received_at", "received_at"),
+    )
+
+
+class InboundPoll(Base):
+    """Where one inbound channel's ``getUpdates`` polling stands, and who polls it.
+
+    ``next_offset`` is the first update not stored yet: every poll asks from it, which also
+    tells Telegram that the updates before it are done. ``holder`` polls under a lease until
+    ``lease_expires_at``, so one process at a time polls a bot; when it dies, another takes
+    over once the lease has run out.
+    """
+
+    __tablename__ = "inbound_polls"
+
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    holder: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class RouteMute(Base):
+    """A route whose hops of one channel type are left out until ``until`` (``/mute``)."""
+
+    __tablename__ = "route_mutes"
+
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel_type: Mapped[str] = mapped_column(String(32), primary_key=True)
+    until: Mapped[datetime]
+    muted_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]

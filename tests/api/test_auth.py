@@ -183,6 +183,7 @@ ENDPOINTS = [
             ],
         },
     ),
+    Endpoint("inbound", "GET", "/v1/inbound", "admin"),
     Endpoint("channels", "GET", "/v1/channels", "read"),
     Endpoint("routes", "GET", "/v1/routes", "read"),
     Endpoint("healthz", "GET", "/healthz", None),

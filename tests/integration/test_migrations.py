@@ -104,3 +104,26 @@ async def test_callbacks_down_and_up_again(db_url: str) -> None:
         assert (await h.get(kept["id"]))["callback_url"] is None
         again = await h.send(text="y", callback_url="https://cb.example.com/in")
         assert again["callback_url"] == "https://cb.example.com/in"
+
+
+async def test_telegram_inbound_down_and_up_again(db_url: str) -> None:
+    """0006 down drops the inbound log, the polling offsets and the mutes, and nothing else;
+    up again, the schema is the models' once more."""
+    async with herald(db_url, CONFIG) as h:
+        kept = await h.send(text="x")
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "-1")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+    assert {"inbound_messages", "inbound_polls", "route_mutes"}.isdisjoint(tables)
+    assert "notifications" in tables
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, CONFIG) as h:
+        assert (await h.get(kept["id"]))["text"] == "x"

@@ -9,7 +9,6 @@ the round in flight.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ from app.metrics import REGISTRY
 from app.runtime import open_runtime
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import HttpServer, serve_http
+from tests.support.waiting import until
 
 
 def hook_config(sink: HttpServer) -> dict[str, Any]:
@@ -43,14 +43,6 @@ def hook_config(sink: HttpServer) -> dict[str, Any]:
 
 def restarts(task: str) -> float:
     return REGISTRY.get_sample_value("herald_task_restarts_total", {"task": task}) or 0.0
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
-    began = time.monotonic()
-    while not await _value(condition()):
-        if time.monotonic() - began > within:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def status_is(h: Harness, notification_id: str, status: str) -> bool:
@@ -231,7 +223,3 @@ async def test_a_bug_in_a_task_is_logged_once_counted_and_the_task_restarts(
             (logging.ERROR, f"{task} task crashed: {error}; restarting in {pause}")
         ]
         assert lines[0].exc_info is not None, "the traceback, once"
-
-
-async def _value(value: bool | Awaitable[bool]) -> bool:
-    return await value if inspect.isawaitable(value) else value

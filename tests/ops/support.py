@@ -83,15 +83,37 @@ def wait_until(what: str, probe: Any, within: float = 20.0, every: float = 0.1) 
 
 @dataclass
 class Sink:
-    """HTTP server on loopback: ``/ok`` answers 200, ``/fail`` 500, ``/gone`` 410."""
+    """HTTP server on loopback: ``/ok`` answers 200, ``/fail`` 500, ``/gone`` 410; and the
+    Telegram Bot API of ``ops-telegram`` (``TELEGRAM_PATH``): ``getUpdates`` answers what
+    ``chat`` queued (briefly held when nothing is), ``sendMessage`` is kept in ``said``."""
 
     server: ThreadingHTTPServer
     hits: dict[str, int] = field(default_factory=dict)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    said: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
+
+    def chat(self, chat_id: str, text: str) -> None:
+        """Someone in ``chat_id`` sends ``text`` to ``ops-telegram``'s bot."""
+        message = {"message_id": 1, "chat": {"id": int(chat_id)}, "date": int(time.time())}
+        self.updates.append(
+            {"update_id": len(self.updates) + 1, "message": {**message, "text": text}}
+        )
+
+    def telegram(self, method: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if method == "getUpdates":
+            offset = int(request.get("offset") or 0)
+            waiting = [u for u in list(self.updates) if u["update_id"] >= offset]
+            if not waiting:
+                time.sleep(0.5)  # a short long poll
+            return 200, {"ok": True, "result": waiting}
+        if method == "sendMessage":
+            self.said.append(request)
+        return 200, {"ok": True, "result": {"message_id": 2, "username": "ops_bot"}}
 
 
 ANSWERS = {
@@ -101,6 +123,10 @@ ANSWERS = {
     "/events": (200, {}),
 }
 EVENTS_SECRET = "whsec_" + base64.b64encode(b"ops-events-secret-0123456789").decode()
+TELEGRAM_TOKEN = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+TELEGRAM_PATH = f"/bot{TELEGRAM_TOKEN}/"
+OPS_CHAT = "-1001234567890"
+STRANGER_CHAT = "-1009999999999"
 
 
 @pytest.fixture(scope="module")
@@ -109,25 +135,32 @@ def sink() -> Iterator[Sink]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
+            request = self.rfile.read(int(self.headers.get("content-length") or 0))
             hits[self.path] = hits.get(self.path, 0) + 1
-            status, content = ANSWERS.get(self.path, (404, "no such path"))
+            if self.path.startswith(TELEGRAM_PATH):
+                method = self.path.removeprefix(TELEGRAM_PATH)
+                status, content = sink.telegram(method, json.loads(request or b"{}"))
+            else:
+                status, content = ANSWERS.get(self.path, (404, "no such path"))
             body = json.dumps(content).encode() if isinstance(content, dict) else content.encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            # A held getUpdates whose Herald stopped meanwhile has nobody to answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    sink = Sink(server, hits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Sink(server, hits)
+        yield sink
     finally:
         server.shutdown()
         server.server_close()
@@ -139,7 +172,7 @@ def ops_config(sink: Sink) -> dict[str, Any]:
     ``default``: one hop that delivers. ``fallback``: a 500 then a channel that delivers (its
     circuit opens after 3 failures, so later ones are skipped). ``doomed``: a 410, so the
     notification fails at once. ``broadcast``: strategy all. Every event goes to the sink's
-    ``/events``.
+    ``/events``. ``ops-telegram`` takes commands from ``OPS_CHAT`` through the sink's Bot API.
     """
     return {
         "auth": {
@@ -162,6 +195,12 @@ def ops_config(sink: Sink) -> dict[str, Any]:
                 "auth_token": "ops-twilio-token",
                 "from_number": "+15005550006",
                 "api_base": sink.base_url,
+            },
+            "ops-telegram": {
+                "type": "telegram",
+                "token": TELEGRAM_TOKEN,
+                "api_base": sink.base_url,
+                "inbound": {"allowed_chats": [OPS_CHAT]},
             },
         },
         "server": {"public_url": "https://herald.ops.test"},

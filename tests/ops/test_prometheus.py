@@ -25,8 +25,11 @@ import yaml
 from app import metrics
 from tests.ops.support import (
     FINAL,
+    OPS_CHAT,
     ROOT,
+    STRANGER_CHAT,
     HeraldProcess,
+    Sink,
     alertmanager_traffic,
     free_port,
     need_tool,
@@ -246,10 +249,13 @@ def prometheus(
             process.wait()
 
 
-def send_traffic(herald: HeraldProcess) -> int:
-    """Three waves of success, fallback and failure, and some refused requests."""
+def send_traffic(herald: HeraldProcess, sink: Sink) -> int:
+    """Three waves of success, fallback and failure, and some refused requests; a command to
+    the Telegram bot from the allowed chat and one from a chat not allowed."""
     ids: list[str] = []
     ingested = 0
+    sink.chat(OPS_CHAT, "/help")
+    sink.chat(STRANGER_CHAT, "/mute doomed 1h")  # not allowed: stored, counted, unanswered
     with herald.client() as client:
         for number in range(3):
             ingested += stream_traffic(number)
@@ -277,13 +283,14 @@ def send_traffic(herald: HeraldProcess) -> int:
         statuses = wait_final(client, ids)
         wait_ingested(client, ingested)
     assert sorted(set(statuses.values())) == ["acknowledged", "delivered", "failed"]
+    assert [m["chat_id"] for m in sink.said] == [OPS_CHAT], "one answer: to /help"
     return len(ids) + ingested
 
 
 @pytest.fixture(scope="module")
-def scraped(herald_process: HeraldProcess, prometheus: Prometheus) -> Prometheus:
+def scraped(herald_process: HeraldProcess, sink: Sink, prometheus: Prometheus) -> Prometheus:
     """Prometheus, once it has scraped the traffic of ``send_traffic``."""
-    sent = send_traffic(herald_process)
+    sent = send_traffic(herald_process, sink)
 
     def scraped_all() -> bool:
         finished = prometheus.query("sum(herald_notifications_finished_total)")

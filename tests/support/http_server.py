@@ -86,14 +86,24 @@ class HttpServer:
             # Cut short when the server stops, so a test never waits out a long delay.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay)
-        queue = self._scripts.get(request.url.path)
-        status, headers, content = queue.popleft() if queue else self.default
+        status, headers, content = await self.answer(request, body, receive)
         if isinstance(content, dict | list):
             payload = json.dumps(content).encode()
             headers = {"content-type": "application/json", **headers}
         else:
             payload = content.encode() if isinstance(content, str) else content
         await Response(payload, status_code=status, headers=headers)(scope, receive, send)
+
+    async def answer(self, request: Request, body: bytes, receive: Any) -> Answer:
+        """The answer to a request: the next scripted for its path, else the default.
+        A subclass that acts as a provider answers the rest itself (``receive`` tells it when
+        the client goes away)."""
+        queue = self._scripts.get(request.url.path)
+        return queue.popleft() if queue else self.default
+
+    def scripted(self, path: str) -> bool:
+        """Whether answers are still scripted for ``path``."""
+        return bool(self._scripts.get(path))
 
 
 @asynccontextmanager

@@ -329,3 +329,47 @@ def test_check_config_reads_herald_config(
     monkeypatch.delenv("HERALD_CONFIG")
     assert main(["check-config"]) == 1
     assert "set HERALD_CONFIG" in capsys.readouterr().err
+
+
+TELEGRAM = {"type": "telegram", "token": "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"}
+
+
+def test_telegram_inbound_parses() -> None:
+    inbound = {"allowed_chats": [-1001234567890, "42"], "mode": "poll"}
+    config = parse({"channels": {"tg": {**TELEGRAM, "inbound": inbound}}})
+    assert config.channels["tg"].inbound.allowed_chats == ["-1001234567890", "42"]
+    assert parse({"channels": {"tg": TELEGRAM}}).channels["tg"].inbound is None
+
+
+@pytest.mark.parametrize(
+    ("inbound", "problem"),
+    [
+        ({"allowed_chats": []}, "inbound.allowed_chats: List should have at least 1 item"),
+        ({}, "inbound.allowed_chats: Field required"),
+        (
+            {"allowed_chats": [1, "@ops"]},
+            "inbound.allowed_chats.1: a chat id is the chat's number, such as -1001234567890",
+        ),
+        ({"allowed_chats": [1, "1"]}, "inbound.allowed_chats: chat listed more than once: 1"),
+        ({"allowed_chats": [1], "mode": "webhook"}, "inbound.mode: Input should be 'poll'"),
+        ({"allowed_chats": [1], "mod": "poll"}, "inbound.mod: unknown field 'mod'; did you mean"),
+    ],
+)
+def test_telegram_inbound_errors_name_the_field(inbound: object, problem: str) -> None:
+    (found,) = problems({"channels": {"tg": {**TELEGRAM, "inbound": inbound}}})
+    assert found.startswith(f"channels.tg.{problem}"), found
+
+
+def test_one_channel_per_bot_token_receives() -> None:
+    inbound = {"allowed_chats": [1]}
+    raw = {
+        "channels": {
+            "tg": {**TELEGRAM, "inbound": inbound},
+            "tg-too": {**TELEGRAM, "inbound": inbound},
+            "tg-send-only": TELEGRAM,
+        }
+    }
+    assert problems(raw) == [
+        "channels.tg-too.inbound: channel tg already receives for this bot token; Telegram "
+        "allows one receiver per bot, so give inbound to one of them"
+    ]

@@ -7,12 +7,14 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.channels.base import (
     ChannelConfig,
+    DeliveryError,
     DeliveryResult,
     ErrorClass,
     Message,
@@ -347,3 +349,47 @@ async def test_secrets_are_redacted_from_errors_and_excerpts() -> None:
     result = outcome.attempts[0].result
     assert "s3cr3t" not in (result.error.message + (result.response_excerpt or ""))
     assert "s3cr3t" not in str(outcome.last_error)
+
+
+async def test_a_muted_hop_is_skipped_without_a_call_and_the_chain_goes_on() -> None:
+    a, b = FakeChannel("a"), FakeChannel("b")
+    chain = [Link(channel=a), Link(channel=b)]
+    muted = replace(plan(), muted={0: "route alerts is muted for fake until …"})
+    outcome = await orchestrator().run_round(message(), chain, fresh_hops(["a", "b"]), muted)
+    assert (a.calls, b.calls) == (0, 1)
+    assert outcome.status == "delivered" and outcome.delivered_via == "b"
+    skipped = outcome.attempts[0]
+    assert (skipped.outcome, skipped.hop) == ("skipped", 0)
+    assert skipped.result.error == DeliveryError(
+        ErrorClass.SKIPPED, "muted", "route alerts is muted for fake until …"
+    )
+    assert [h.state for h in outcome.hops] == ["skipped", "delivered"]
+
+
+async def test_a_muted_hop_is_not_tried_again_in_later_rounds() -> None:
+    a, b = FakeChannel("a"), FakeChannel("b", DOWN, OK)
+    chain = [Link(channel=a), Link(channel=b)]
+    first = await orchestrator().run_round(
+        message(), chain, fresh_hops(["a", "b"]), replace(plan(), muted={0: "muted"})
+    )
+    assert first.status == "pending"
+    second = await orchestrator().run_round(message(), chain, first.hops, plan(rounds_done=1))
+    assert (a.calls, b.calls) == (0, 2), "the mute was lifted, but this notification left a out"
+    assert second.status == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("muted", "status", "via"),
+    [({0: "muted"}, "delivered", ["b"]), ({0: "muted", 1: "muted"}, "failed", None)],
+)
+async def test_strategy_all_leaves_muted_hops_out(
+    muted: dict[int, str], status: str, via: list[str] | None
+) -> None:
+    """Every hop the route lists but the muted ones must deliver; all muted is nothing
+    delivered."""
+    a, b = FakeChannel("a"), FakeChannel("b")
+    chain = [Link(channel=a), Link(channel=b)]
+    outcome = await orchestrator().run_round(
+        message(), chain, fresh_hops(["a", "b"]), replace(plan(strategy="all"), muted=muted)
+    )
+    assert (outcome.status, outcome.delivered_via) == (status, via)
