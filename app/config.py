@@ -35,6 +35,7 @@ from app.channels.webhook import secret_key
 from app.domain import CALLBACK, EventType, Strategy, event_types_matching
 from app.durations import Duration
 from app.ratelimit import RateLimit, parse_rate
+from app.retention import RetentionConfig, RetentionPeriods
 from app.store.db import normalize_database_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -91,6 +92,9 @@ class RouteConfig(BaseModel):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     ttl: Duration | None = None
     """Default lifetime: a notification not delivered by then ends ``expired``."""
+    retention: RetentionPeriods | None = None
+    """How long its finished notifications are kept, per status (others: the global
+    ``retention`` section's)."""
 
     @field_validator("channels")
     @classmethod
@@ -255,6 +259,7 @@ class _FileModel(BaseModel):
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     routes: dict[str, dict[str, Any]] = Field(default_factory=dict)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 class HeraldConfig(BaseModel):
@@ -267,6 +272,7 @@ class HeraldConfig(BaseModel):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     routes: dict[str, RouteConfig] = Field(default_factory=dict)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 TOP_LEVEL = tuple(_FileModel.model_fields)
@@ -449,6 +455,7 @@ def parse_config(
         channels=channels,
         routes=routes,
         events=shape.events,
+        retention=shape.retention,
     )
 
 

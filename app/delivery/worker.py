@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
-from app.config import Settings
+from app.config import HeraldConfig, Settings
 from app.delivery.listener import listen
 from app.delivery.orchestrator import (
     AttemptRecord,
@@ -34,6 +34,7 @@ from app.delivery.orchestrator import (
     utcnow,
 )
 from app.delivery.outage import MAX_BACKOFF, Outage
+from app.delivery.retention import RetentionSweep
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, supervised
 from app.domain import AttemptTrigger, RoundUpdate
@@ -125,6 +126,9 @@ class Resources(Protocol):
     def settings(self) -> Settings: ...
 
     @property
+    def config(self) -> HeraldConfig: ...
+
+    @property
     def engine(self) -> AsyncEngine: ...
 
     @property
@@ -174,6 +178,13 @@ class Worker:
         self.store = WorkQueue(runtime.engine)
         self._saves = RoundSaver(self.store, self.worker_id)
         self._last_purge = float("-inf")
+        config = runtime.config
+        self.retention = RetentionSweep(
+            runtime.engine,
+            config.retention,
+            {name: route.retention for name, route in config.routes.items()},
+            clock,
+        )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -205,6 +216,7 @@ class Worker:
         tasks: list[tuple[str, Task, float]] = [
             ("renewal", self._keep_leases, renew_every),
             ("sweep", self._sweep_often, MAX_BACKOFF),
+            ("retention", self.retention.run, MAX_BACKOFF),
         ]
         if not is_sqlite(self.settings.database_url):
             url, wakeup = self.settings.database_url, self.runtime.wakeup
