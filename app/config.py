@@ -34,6 +34,7 @@ from app.channels.registry import ChannelRegistry
 from app.channels.webhook import secret_key
 from app.domain import CALLBACK, EventType, Strategy, event_types_matching
 from app.durations import Duration
+from app.quiet import QuietHours
 from app.ratelimit import RateLimit, parse_rate
 from app.retention import RetentionConfig, RetentionPeriods
 from app.store.db import normalize_database_url
@@ -95,6 +96,9 @@ class RouteConfig(BaseModel):
     retention: RetentionPeriods | None = None
     """How long its finished notifications are kept, per status (others: the global
     ``retention`` section's)."""
+    quiet_hours: QuietHours | None = None
+    """Hops held or skipped during a local time window (a request's ``recipient.quiet_hours``
+    replaces it)."""
 
     @field_validator("channels")
     @classmethod
@@ -446,6 +450,7 @@ def parse_config(
                     f"{path}.channels.{index}: "
                     + _undefined("channel", channel_name, "channels", list(shape.channels))
                 )
+        problems.extend(_quiet_hop_problems(path, route, channels))
     problems.extend(_subscription_problems(shape))
     if problems:
         raise ConfigError(source, problems)
@@ -457,6 +462,21 @@ def parse_config(
         events=shape.events,
         retention=shape.retention,
     )
+
+
+def _quiet_hop_problems(
+    path: str, route: RouteConfig, channels: Mapping[str, ChannelConfig]
+) -> list[str]:
+    """A quiet-hours hop that is none of the route's channels nor their types never applies."""
+    if route.quiet_hours is None:
+        return []
+    known = [*route.channels, *(channels[n].type for n in route.channels if n in channels)]
+    return [
+        f"{path}.quiet_hours.hops.{index}: {hop!r} is none of the route's channels or their "
+        f"types ({', '.join(dict.fromkeys(known))})"
+        for index, hop in enumerate(route.quiet_hours.hops)
+        if hop not in known
+    ]
 
 
 def _subscription_problems(shape: _FileModel) -> list[str]:

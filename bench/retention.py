@@ -13,7 +13,7 @@ each; one ``INSERT … SELECT`` from a row Herald's own API accepted), then
    runs, until the seeded rows are gone: the p99 over the runs during which the sweep was
    purging, the time the purge took, and (SQLite) the file's size before and after.
 
-Goal (issue 19): purge p99 ≤ 2 × idle p99; the SQLite file shrinks. Prints one JSON object and
+Goal (issue 19): purge p99 ≤ 2x idle p99; the SQLite file shrinks. Prints one JSON object and
 writes it to --output.
 """
 

@@ -34,6 +34,7 @@ from app.delivery.orchestrator import (
     utcnow,
 )
 from app.delivery.outage import MAX_BACKOFF, Outage
+from app.delivery.quiet import run_round as quiet_round
 from app.delivery.retention import RetentionSweep
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, supervised
@@ -41,6 +42,7 @@ from app.domain import AttemptTrigger, RoundUpdate
 from app.events.outbox import Outbox
 from app.ids import uuid7
 from app.nesting import shown
+from app.quiet import QuietHours
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.queue import Claimed, FinishedRound, WorkQueue
 from app.store.repositories import IDEMPOTENCY_RETENTION
@@ -386,7 +388,11 @@ class Worker:
                 trigger=notification.trigger,
                 expires_at=expires_at,
             )
-            outcome = await self.orchestrator.run_round(message_of(notification), chain, hops, plan)
+            message = message_of(notification)
+            quiet = message.recipient.quiet_hours or self._route_quiet_hours(notification.route)
+            outcome = await quiet_round(
+                self.orchestrator, message, chain, hops, plan, quiet, self.clock()
+            )
         task = asyncio.current_task()
         if task in self._in_flight:  # done with providers: its slot may take the next one
             self._saving.add(task)
@@ -395,6 +401,11 @@ class Worker:
         self._observe(notification, outcome, saved)
         self._announce(notification, outcome, saved)
         return outcome
+
+    def _route_quiet_hours(self, name: str | None) -> QuietHours | None:
+        """A route's quiet hours (a recipient's own replace them)."""
+        route = self.runtime.config.routes.get(name or "")
+        return None if route is None else route.quiet_hours
 
     def _link(self, name: str) -> Link:
         link = self.runtime.links.get(name)
