@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.retention import RetentionConfig, RetentionPeriods, cutoffs
+from app.store.db import brief, unavailable_reason
 from app.store.retention import RetentionStore
 
 logger = logging.getLogger("herald.retention")
@@ -47,7 +48,14 @@ class RetentionSweep:
     async def run(self, stop: asyncio.Event) -> None:
         """Sweep every ``retention.every`` until ``stop``; at once when (re)started."""
         while not stop.is_set():
-            await self.sweep(stop)
+            try:
+                await self.sweep(stop)
+            except Exception as exc:
+                # The database is down: the delivery loop reports that; the purge waits for the
+                # next pass. Anything else is a bug of ours, for the supervisor to report.
+                if unavailable_reason(exc) is None:
+                    raise
+                logger.debug("retention sweep skipped: database unavailable: %s", brief(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.config.every)
 

@@ -292,7 +292,7 @@ def test_misspelt_names_get_a_suggestion() -> None:
         "auth.api_keys.0.nmae: unknown field 'nmae'; did you mean `name`?"
     ]
     assert problems({"zzz": 1})[0].startswith(
-        "zzz: unknown section 'zzz' (known: auth, network, channels, routes, events)"
+        "zzz: unknown section 'zzz' (known: auth, network, channels, routes, events, retention)"
     )
     route = problems(
         {"channels": {"console": {"type": "log"}}, "routes": {"r": {"channels": ["consle"]}}}
