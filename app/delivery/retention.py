@@ -96,6 +96,6 @@ class RetentionSweep:
 
     def _resize(self, took: float) -> None:
         if took > self.config.batch_time:
-            self.batch = max(MIN_BATCH, self.batch // 2)
+            self.batch = max(min(MIN_BATCH, self.config.batch_size), self.batch // 2)
         elif took < self.config.batch_time / 2:
             self.batch = min(self.config.batch_size, self.batch * 2)

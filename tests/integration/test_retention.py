@@ -124,7 +124,9 @@ async def test_events_go_with_the_notification_once_every_delivery_of_them_is_se
 
 
 async def test_a_large_purge_runs_in_bounded_batches(db_url: str) -> None:
-    async with herald(db_url, retention_config(retention={"batch_size": 7})) as h:
+    # batch_time 1ms: every batch is "slow", so the shrinking path runs too
+    settings = {"batch_size": 7, "batch_time": "1ms"}
+    async with herald(db_url, retention_config(retention=settings)) as h:
         items = [{"text": f"n{i}"} for i in range(40)]
         response = await h.client.post(BATCH, json={"items": items})
         assert response.status_code == 207
@@ -178,3 +180,28 @@ def test_a_route_retention_is_a_period_per_final_status() -> None:
     message = str(raised.value)
     assert "routes.default.retention.delivred: unknown field 'delivred'" in message
     assert "routes.other.retention.failed: invalid duration 'soon'" in message
+
+
+async def test_only_the_owner_and_admins_learn_that_an_id_was_purged(db_url: str) -> None:
+    keys = [
+        {"name": "alice", "key": "alice-key-0123456789abcdef", "scopes": ["send", "read"]},
+        {"name": "bob", "key": "bob-key-0123456789abcdef01", "scopes": ["send", "read"]},
+        {"name": "ops", "key": "ops-key-0123456789abcdef01", "scopes": ["admin"]},
+    ]
+    auth = {"auth": {"api_keys": keys}}
+    as_ = {key["name"]: {"Authorization": f"Bearer {key['key']}"} for key in keys}
+    async with herald(db_url, retention_config(**auth)) as h:
+        created = (await h.send(text="x", headers=as_["alice"]))["id"]
+        await h.run_worker()
+        h.clock.advance(2 * DAY)
+        assert await h.worker.retention.sweep() == 1
+        url = f"/v1/notifications/{created}"
+        types = {
+            name: (await h.client.get(url, headers=as_[name])).json()["type"]
+            for name in ("alice", "bob", "ops")
+        }
+    assert types == {
+        "alice": "urn:herald:problem:purged",
+        "bob": "urn:herald:problem:not-found",
+        "ops": "urn:herald:problem:purged",
+    }
