@@ -4,6 +4,7 @@ down and up again keeps what it can."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -104,3 +105,45 @@ async def test_callbacks_down_and_up_again(db_url: str) -> None:
         assert (await h.get(kept["id"]))["callback_url"] is None
         again = await h.send(text="y", callback_url="https://cb.example.com/in")
         assert again["callback_url"] == "https://cb.example.com/in"
+
+
+async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
+    db_url: str, tmp_path: Path
+) -> None:
+    """0010 up on a database made before it (SQLite: a file without auto-vacuum, switched by a
+    VACUUM) keeps every row; down drops the purged ranges and the indexes."""
+    if db_url.startswith("sqlite"):
+        db_url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+        await upgrade_async(db_url, "0004")
+        assert await auto_vacuum(db_url) == 0, "a file made before 0010 has none"
+    else:
+        await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0004")
+    async with herald(db_url, CONFIG) as h:
+        kept = await h.send(text="x")
+        await h.run_worker()
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    if db_url.startswith("sqlite"):
+        assert await auto_vacuum(db_url) == 2, "incremental"
+    async with herald(db_url, CONFIG) as h:
+        assert (await h.get(kept["id"]))["status"] == "delivered"
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0004")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+    assert "purged_ranges" not in tables and "notifications" in tables
+
+
+async def auto_vacuum(url: str) -> int:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return int((await connection.exec_driver_sql("PRAGMA auto_vacuum")).scalar_one())
+    finally:
+        await engine.dispose()
