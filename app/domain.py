@@ -460,3 +460,13 @@ class Event:
 def rfc3339(moment: datetime) -> str:
     """A UTC time as event bodies write it: ``2026-11-28T10:54:04.336849Z``."""
     return moment.isoformat().replace("+00:00", "Z")
+
+
+class QuietMode(StrEnum):
+    """What quiet hours do to their hops: hold (the notification waits until the window ends)
+    or skip (the hops are skipped and the chain goes on)."""
+
+    HOLD = "hold"
+    """Not tried: the notification waits until the window ends."""
+    SKIP = "skip"
+    """Skipped (an attempt with code ``quiet_hours``): the chain goes on to the next hop."""

@@ -18,21 +18,15 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.domain import Severity
+from app.domain import QuietMode, Severity
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 SEVERITY_ORDER = tuple(Severity)
 """Severities, least to most severe."""
-
-
-class QuietMode(StrEnum):
-    HOLD = "hold"
-    SKIP = "skip"
 
 
 def _wall_time(value: object) -> time:

@@ -21,8 +21,8 @@ from typing import Literal
 
 from app.channels.base import ChannelConfig, DeliveryResult, Message
 from app.delivery.orchestrator import Link, Orchestrator, Outcome, Plan, SendingChannel, settle
-from app.domain import OPEN_HOP_STATES, Hop, NotificationStatus, Strategy
-from app.quiet import QuietHours, QuietMode
+from app.domain import OPEN_HOP_STATES, Hop, NotificationStatus, QuietMode, Strategy
+from app.quiet import QuietHours
 
 QUIET_CODE = "quiet_hours"
 
