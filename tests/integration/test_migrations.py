@@ -138,6 +138,9 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     finally:
         await engine.dispose()
     assert "purged_ranges" not in tables and "notifications" in tables
+    await upgrade_async(db_url)  # the database goes back to the pool: at head, as it came
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
 
 
 async def auto_vacuum(url: str) -> int:
