@@ -44,7 +44,9 @@ from app.domain import (
 )
 from app.durations import Duration
 from app.ingest.rules import IngestConfig
+from app.quiet import QuietHours
 from app.ratelimit import RateLimit, parse_rate
+from app.retention import RetentionConfig, RetentionPeriods
 from app.store.db import normalize_database_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -141,6 +143,13 @@ class RouteConfig(BaseModel):
             confirm_on=frozenset(self.confirm.on) if self.confirm else frozenset(ConfirmOn),
             ack_within=acks if any(acks) else (),
         )
+
+    retention: RetentionPeriods | None = None
+    """How long its finished notifications are kept, per status (others: the global
+    ``retention`` section's)."""
+    quiet_hours: QuietHours | None = None
+    """Hops held or skipped during a local time window (a request's ``recipient.quiet_hours``
+    replaces it)."""
 
     @field_validator("channels")
     @classmethod
@@ -348,6 +357,7 @@ class _FileModel(BaseModel):
     events: EventsConfig = Field(default_factory=EventsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 class HeraldConfig(BaseModel):
@@ -362,6 +372,7 @@ class HeraldConfig(BaseModel):
     events: EventsConfig = Field(default_factory=EventsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
 
 TOP_LEVEL = tuple(_FileModel.model_fields)
@@ -535,6 +546,7 @@ def parse_config(
                     f"{path}.channels.{index}: "
                     + _undefined("channel", channel_name, "channels", list(shape.channels))
                 )
+        problems.extend(_quiet_hop_problems(path, route, channels))
     problems.extend(_subscription_problems(shape))
     problems.extend(_ingest_problems(shape))
     problems.extend(_inbound_problems(channels))
@@ -548,7 +560,23 @@ def parse_config(
         events=shape.events,
         ingest=shape.ingest,
         server=shape.server,
+        retention=shape.retention,
     )
+
+
+def _quiet_hop_problems(
+    path: str, route: RouteConfig, channels: Mapping[str, ChannelConfig]
+) -> list[str]:
+    """A quiet-hours hop that is none of the route's channels nor their types never applies."""
+    if route.quiet_hours is None:
+        return []
+    known = [*route.channels, *(channels[n].type for n in route.channels if n in channels)]
+    return [
+        f"{path}.quiet_hours.hops.{index}: {hop!r} is none of the route's channels or their "
+        f"types ({', '.join(dict.fromkeys(known))})"
+        for index, hop in enumerate(route.quiet_hours.hops)
+        if hop not in known
+    ]
 
 
 def _subscription_problems(shape: _FileModel) -> list[str]:

@@ -737,3 +737,13 @@ class Mute:
             f"route {self.route} is muted for {self.channel_type} until "
             f"{rfc3339(self.until)} (by {self.by})"
         )
+
+
+class QuietMode(StrEnum):
+    """What quiet hours do to their hops: hold (the notification waits until the window ends)
+    or skip (the hops are skipped and the chain goes on)."""
+
+    HOLD = "hold"
+    """Not tried: the notification waits until the window ends."""
+    SKIP = "skip"
+    """Skipped (an attempt with code ``quiet_hours``): the chain goes on to the next hop."""

@@ -11,6 +11,7 @@
     │   └── BadSignature             403  bad-signature      (forged, altered or stale)
     ├── NotFound                     404  not-found
     │   └── NotificationNotFound
+    │       └── NotificationPurged   404  purged     (retention deleted it)
     ├── Conflict                     409  conflict
     │   ├── InvalidTransition
     │   └── AlreadyAcknowledged      409  already-acknowledged
@@ -130,6 +131,20 @@ class NotificationNotFound(NotFound):
 
     def __init__(self, notification_id: object) -> None:
         super().__init__(f"no notification with id {notification_id}")
+
+
+class NotificationPurged(NotificationNotFound):
+    """The notification existed, and retention purged it once its period was over."""
+
+    slug = "purged"
+    title = "Not found: purged by retention"
+
+    def __init__(self, notification_id: object) -> None:
+        HeraldError.__init__(
+            self,
+            f"notification {notification_id} was purged: it had been finished for longer "
+            "than its route's retention period",
+        )
 
 
 class Conflict(HeraldError):

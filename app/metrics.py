@@ -18,7 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from app.domain import NotificationStatus
+from app.domain import FINAL_STATUSES, NotificationStatus
 
 # A ``_created`` series per counter and histogram doubles what a scrape carries and no panel or
 # alert reads it.
@@ -134,11 +134,19 @@ leases_recovered = Counter(
     "Claims taken back from workers whose lease ran out.",
     registry=REGISTRY,
 )
+retention_deleted = Counter(
+    "herald_retention_deleted_total",
+    "Finished notifications retention purged (their attempts and events with them), by status.",
+    ["status"],
+    registry=REGISTRY,
+)
+for _status in sorted(FINAL_STATUSES):  # a series per status from the start: rate() reads 0
+    retention_deleted.labels(_status)
 
 task_restarts = Counter(
     "herald_task_restarts_total",
-    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, events, "
-    "wait_listener, ingest, inbound.",
+    "Restarts of a worker's loops after a failure: delivery, listener, renewal, sweep, "
+    "retention, events, wait_listener, ingest, inbound.",
     ["task"],
     registry=REGISTRY,
 )

@@ -53,6 +53,7 @@ from app.errors import (
     IdempotencyMismatch,
     InvalidTransition,
     NotificationNotFound,
+    NotificationPurged,
     UnknownName,
     Unprocessable,
 )
@@ -67,6 +68,7 @@ from app.store.migrate import current_revision, head_revision
 from app.store.models import IdempotencyKey
 from app.store.receipts import ReceiptStore
 from app.store.repositories import IdempotencyRepository, NotificationRepository
+from app.store.retention import was_purged
 from app.store.sql import OutboxRows, Row
 
 logger = logging.getLogger("herald.api")
@@ -510,6 +512,8 @@ async def get(
 ) -> StoredNotification:
     notification = await NotificationRepository(session).get(notification_id, owner=owner)
     if notification is None:
+        if await was_purged(await session.connection(), notification_id, owner):
+            raise NotificationPurged(notification_id)
         raise NotificationNotFound(notification_id)
     return notification
 

@@ -25,6 +25,7 @@ from app.channels.text import Unit, html_to_text, prefix
 from app.clock import SYSTEM_CLOCK, Clock
 from app.domain import ErrorClass as ErrorClass  # re-exported for channel plugins
 from app.durations import Duration as Duration  # re-exported for channel plugins' settings
+from app.quiet import QuietHours
 from app.ratelimit import RateLimit, parse_rate
 from app.security.links import AckLinks
 from app.security.redaction import redact
@@ -220,11 +221,19 @@ class Recipient(BaseModel):
     )
     telegram_chat_id: str | None = Field(default=None, max_length=64)
     webhook_url: HttpUrl | None = Field(default=None, max_length=URL_LIMIT)
+    quiet_hours: QuietHours | None = Field(
+        default=None,
+        description="This recipient's quiet hours: replace the route's for this notification.",
+    )
 
     @classmethod
     def stored(cls, value: Mapping[str, Any]) -> Recipient:
-        """A recipient as it was stored, without the submit checks."""
-        return cls.model_construct(**{k: v for k, v in value.items() if k in cls.model_fields})
+        """A recipient as it was stored, without the submit checks (its quiet hours, checked
+        at submit, read back as the model)."""
+        fields = {k: v for k, v in value.items() if k in cls.model_fields}
+        if isinstance(fields.get("quiet_hours"), Mapping):
+            fields["quiet_hours"] = QuietHours.model_validate(fields["quiet_hours"])
+        return cls.model_construct(**fields)
 
     @field_validator("email")
     @classmethod

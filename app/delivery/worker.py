@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
-from app.config import Settings
+from app.config import HeraldConfig, Settings
 from app.delivery.listener import listen
 from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import (
@@ -34,6 +34,8 @@ from app.delivery.orchestrator import (
     utcnow,
 )
 from app.delivery.outage import MAX_BACKOFF, Outage
+from app.delivery.quiet import run_round as quiet_round
+from app.delivery.retention import RetentionSweep
 from app.delivery.saves import RoundSaver
 from app.delivery.supervise import Task, name_async_library, supervised
 from app.domain import (
@@ -48,6 +50,7 @@ from app.events.body import CircuitChange, acknowledgement_data
 from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox
 from app.nesting import shown
+from app.quiet import QuietHours
 from app.store.db import brief, is_sqlite, unavailable_reason
 from app.store.queue import Claimed, FinishedRound, WorkQueue
 from app.store.repositories import IDEMPOTENCY_RETENTION
@@ -136,6 +139,9 @@ class Resources(Protocol):
     def settings(self) -> Settings: ...
 
     @property
+    def config(self) -> HeraldConfig: ...
+
+    @property
     def engine(self) -> AsyncEngine: ...
 
     @property
@@ -200,6 +206,13 @@ class Worker:
         self.store = WorkQueue(runtime.engine)
         self._saves = RoundSaver(self.store, self.worker_id)
         self._last_purge = float("-inf")
+        config = runtime.config
+        self.retention = RetentionSweep(
+            runtime.engine,
+            config.retention,
+            {name: route.retention for name, route in config.routes.items()},
+            clock,
+        )
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -231,6 +244,7 @@ class Worker:
         tasks: list[tuple[str, Task, float]] = [
             ("renewal", self._keep_leases, renew_every),
             ("sweep", self._sweep_often, MAX_BACKOFF),
+            ("retention", self.retention.run, MAX_BACKOFF),
         ]
         if not is_sqlite(self.settings.database_url):
             url, wakeup = self.settings.database_url, self.runtime.wakeup
@@ -427,7 +441,10 @@ class Worker:
                 )
                 outcome = await self.orchestrator.resume(message, chain, hops, plan, found)
             else:
-                outcome = await self.orchestrator.run_round(message, chain, hops, plan)
+                quiet = message.recipient.quiet_hours or self._route_quiet_hours(notification.route)
+                outcome = await quiet_round(
+                    self.orchestrator, message, chain, hops, plan, quiet, self.clock()
+                )
         task = asyncio.current_task()
         if task in self._in_flight:  # done with providers: its slot may take the next one
             self._saving.add(task)
@@ -453,6 +470,11 @@ class Worker:
                 await self.runtime.receipts.match(keys, now=self.clock())
             except Exception as exc:  # the sweep matches them later
                 logger.warning("matching early receipts failed: %s", brief(exc))
+
+    def _route_quiet_hours(self, name: str | None) -> QuietHours | None:
+        """A route's quiet hours (a recipient's own replace them)."""
+        route = self.runtime.config.routes.get(name or "")
+        return None if route is None else route.quiet_hours
 
     def _link(self, name: str) -> Link:
         link = self.runtime.links.get(name)

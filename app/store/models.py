@@ -129,6 +129,7 @@ class Notification(Base):
         Index("ix_notifications_status_id", "status", "id"),
         Index("ix_notifications_route_id", "route", "id"),
         Index("ix_notifications_created_at", "created_at"),
+        Index("ix_notifications_finished", "status", "updated_at"),
     )
 
 
@@ -215,7 +216,11 @@ class IdempotencyKey(Base):
     """A batch's whole first answer (the 207 body), replayed as it was."""
     created_at: Mapped[datetime]
 
-    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_idempotency_keys_created_at", "created_at"),
+        Index("ix_idempotency_keys_notification_id", "notification_id"),
+    )
+    """``notification_id``'s index serves the cascade when retention deletes a notification."""
 
 
 class EventRecord(Base):
@@ -392,3 +397,26 @@ class RouteMute(Base):
     until: Mapped[datetime]
     muted_by: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
+
+
+class PurgedRange(Base):
+    """Ids retention purged, as a range per batch and owner: a ``GET`` of a missing id inside
+    one answers that it was purged. Ranges, not ids, keep this small (one row per batch); a
+    missing id inside a range that never existed reads as purged too (UUIDv7 ids are not
+    guessed, so only a made-up id can)."""
+
+    __tablename__ = "purged_ranges"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    owner: Mapped[str | None] = mapped_column(String(64))
+    first_id: Mapped[uuid.UUID]
+    last_id: Mapped[uuid.UUID]
+    count: Mapped[int] = mapped_column(Integer)
+    purged_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_purged_ranges_first_id", "first_id"),
+        Index("ix_purged_ranges_purged_at", "purged_at"),
+    )

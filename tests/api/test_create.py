@@ -56,6 +56,7 @@ async def test_accepted_with_location_and_the_whole_resource(h: Harness) -> None
             "phone": "+15551234567",
             "telegram_chat_id": None,
             "webhook_url": None,
+            "quiet_hours": None,
         },
         "subject": "Disk almost full",
         "text": "db-1: / at 93%",

@@ -4,6 +4,7 @@ down and up again keeps what it can."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -112,13 +113,8 @@ async def test_telegram_inbound_down_and_up_again(db_url: str) -> None:
     async with herald(db_url, CONFIG) as h:
         kept = await h.send(text="x")
 
-    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "-1")
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as connection:
-            tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
-    finally:
-        await engine.dispose()
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0005")
+    tables = await table_names(db_url)
     assert {"inbound_messages", "inbound_polls", "route_mutes"}.isdisjoint(tables)
     assert "notifications" in tables
 
@@ -127,3 +123,52 @@ async def test_telegram_inbound_down_and_up_again(db_url: str) -> None:
     assert diff == []
     async with herald(db_url, CONFIG) as h:
         assert (await h.get(kept["id"]))["text"] == "x"
+
+
+async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
+    db_url: str, tmp_path: Path
+) -> None:
+    """0007 up on a database made before it (SQLite: a file without auto-vacuum, switched by a
+    VACUUM) keeps every row; down drops the purged ranges and the indexes."""
+    if db_url.startswith("sqlite"):
+        db_url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+        await upgrade_async(db_url, "0006")
+        assert await auto_vacuum(db_url) == 0, "a file made before 0007 has none"
+    else:
+        await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
+    async with herald(db_url, CONFIG) as h:
+        kept = await h.send(text="x")
+        await h.run_worker()
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    if db_url.startswith("sqlite"):
+        assert await auto_vacuum(db_url) == 2, "incremental"
+    async with herald(db_url, CONFIG) as h:
+        assert (await h.get(kept["id"]))["status"] == "delivered"
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
+    tables = await table_names(db_url)
+    assert "purged_ranges" not in tables and "notifications" in tables
+    await upgrade_async(db_url)  # the database goes back to the pool: at head, as it came
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+
+
+async def table_names(url: str) -> list[str]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+
+
+async def auto_vacuum(url: str) -> int:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return int((await connection.exec_driver_sql("PRAGMA auto_vacuum")).scalar_one())
+    finally:
+        await engine.dispose()
