@@ -570,7 +570,7 @@ def _quiet_hop_problems(
     """A quiet-hours hop that is none of the route's channels nor their types never applies."""
     if route.quiet_hours is None:
         return []
-    known = [*route.channels, *(channels[n].type for n in route.channels if n in channels)]
+    known = [*route.names, *(channels[n].type for n in route.names if n in channels)]
     return [
         f"{path}.quiet_hours.hops.{index}: {hop!r} is none of the route's channels or their "
         f"types ({', '.join(dict.fromkeys(known))})"
