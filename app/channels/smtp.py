@@ -57,6 +57,7 @@ import aiosmtplib
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from app.channels.base import (
+    EMAIL_LIST_LIMIT,
     ChannelConfig,
     ChannelType,
     DeliveryResult,
@@ -69,8 +70,8 @@ from app.channels.text import one_line
 SUBJECT_LIMIT = 78
 """A derived subject (first line of the text) is cut to this many characters."""
 
-MAX_RECIPIENTS = 50
-"""At most this many addresses in ``default_recipients``."""
+MAX_RECIPIENTS = EMAIL_LIST_LIMIT
+"""At most this many addresses in ``default_recipients``, as in a ``recipient.email`` list."""
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -313,8 +314,7 @@ class SmtpChannel(ChannelType):
     # -- sending ------------------------------------------------------------------------------
 
     async def send(self, message: Message) -> DeliveryResult:
-        addresses = [message.recipient.email] if message.recipient.email else []
-        addresses = addresses or self.config.default_recipients
+        addresses = message.recipient.emails() or self.config.default_recipients
         if not addresses:
             return DeliveryResult.skipped("no_address", "recipient has no email address")
         recipients = [mailbox(address) for address in addresses]

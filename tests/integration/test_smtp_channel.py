@@ -505,3 +505,25 @@ def test_config_default_recipients_and_subject_prefix_are_checked() -> None:
     )
     assert "subject_prefix" in errors({"subject_prefix": "[{sev}]"})
     assert "subject_prefix" in errors({"subject_prefix": "a\nb"})
+
+
+async def test_recipient_email_list_is_one_email_to_all(
+    make_channel: Any, plain_server: int, handler: Handler
+) -> None:
+    addresses = [f"u{i}@example.test" for i in range(50)]
+    message = make_message(recipient=Recipient(email=addresses))
+    result = await make_channel(plain_server).send(message)
+
+    assert result.delivered, result
+    [got] = handler.received
+    assert got.rcpt_tos == addresses
+    assert got.message["To"] == ", ".join(addresses)
+
+
+@pytest.mark.parametrize(
+    "email",
+    [[], [f"u{i}@example.test" for i in range(51)], ["ok@example.test", "Bad <x@y.test>"]],
+)
+def test_recipient_email_list_is_bounded_and_checked(email: list[str]) -> None:
+    with pytest.raises(ValidationError):
+        Recipient(email=email)
