@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from app.channels.addresses import EMAIL_LIMIT, checked_e164, email_problem
+from app.channels.addresses import checked_e164, email_problem
 from app.channels.outbound import Outbound
 from app.channels.text import Unit, html_to_text, prefix
 from app.clock import SYSTEM_CLOCK, Clock
@@ -198,6 +198,10 @@ def check_secret_set(value: SecretStr, field: str) -> SecretStr:
     return value
 
 
+EMAIL_LIST_LIMIT = 50
+"""At most this many addresses in a ``recipient.email`` list."""
+
+
 class Recipient(BaseModel):
     """Where one notification goes, per channel type. Every address is optional."""
 
@@ -206,10 +210,12 @@ class Recipient(BaseModel):
     # delivered (a channel then finds no usable address), never fail the read.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    email: str | None = Field(
+    # One plain union, bounded in ``_email``: constraints inside its members would report a
+    # bad address once per member (``email.str``, ``email.list``) instead of at ``email``.
+    email: str | list[str] | None = Field(
         default=None,
-        max_length=EMAIL_LIMIT,
-        description="An addr-spec, local@domain: no display name, spaces or CR/LF.",
+        description="An addr-spec, local@domain: no display name, spaces or CR/LF; or a list "
+        f"of 1 to {EMAIL_LIST_LIMIT} of them, all in one email.",
         examples=["ops@example.com"],
     )
     phone: str | None = Field(
@@ -237,11 +243,20 @@ class Recipient(BaseModel):
 
     @field_validator("email")
     @classmethod
-    def _email(cls, value: str | None) -> str | None:
-        problem = None if value is None else email_problem(value)
-        if problem is not None:
-            raise ValueError(f"not a valid email address: {problem}")
+    def _email(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= EMAIL_LIST_LIMIT:
+            raise ValueError(f"a list of 1 to {EMAIL_LIST_LIMIT} addresses")
+        for address in [] if value is None else [value] if isinstance(value, str) else value:
+            problem = email_problem(address)
+            if problem is not None:
+                raise ValueError(f"not a valid email address: {problem}")
         return value
+
+    def emails(self) -> list[str]:
+        """The email addresses, as a list (empty when there is none)."""
+        if self.email is None:
+            return []
+        return [self.email] if isinstance(self.email, str) else list(self.email)
 
     @field_validator("phone")
     @classmethod

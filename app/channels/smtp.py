@@ -58,6 +58,7 @@ import aiosmtplib
 from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from app.channels.base import (
+    EMAIL_LIST_LIMIT,
     ChannelConfig,
     ChannelType,
     DeliveryResult,
@@ -69,6 +70,9 @@ from app.channels.text import one_line
 
 SUBJECT_LIMIT = 78
 """A derived subject (first line of the text) is cut to this many characters."""
+
+MAX_RECIPIENTS = EMAIL_LIST_LIMIT
+"""At most this many addresses in ``default_recipients``, as in a ``recipient.email`` list."""
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -133,6 +137,31 @@ class SmtpConfig(ChannelConfig):
     tls_verify: bool = True
     ca_file: str | None = None
     """PEM bundle to trust instead of the system store (private CA, self-signed server)."""
+    default_recipients: list[str] = Field(default_factory=list, max_length=MAX_RECIPIENTS)
+    """Addresses the email goes to when the recipient has no ``email``."""
+    subject_prefix: str | None = Field(default=None, max_length=100)
+    """Put before every subject; ``{severity}`` is replaced by the notification's severity."""
+
+    @field_validator("default_recipients")
+    @classmethod
+    def _valid_default_recipients(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if mailbox(address.strip()) is None:
+                raise ValueError(f"{address!r} is not an email address")
+        return [address.strip() for address in value]
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _valid_subject_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            value.format_map({"severity": "info"})
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"may only use {{severity}}: {exc}") from None
+        if "\r" in value or "\n" in value:
+            raise ValueError("must be one line")
+        return value
 
     @field_validator("host")
     @classmethod
@@ -267,7 +296,11 @@ class SmtpChannel(ChannelType):
         mail = EmailMessage()
         mail["From"] = self.config.from_
         mail["To"] = to
-        mail["Subject"] = _subject(message)
+        subject = _subject(message)
+        if self.config.subject_prefix:
+            prefix = self.config.subject_prefix.format_map({"severity": message.severity})
+            subject = f"{prefix} {subject}"
+        mail["Subject"] = subject
         mail["Date"] = email.utils.format_datetime(created)
         mail["Message-ID"] = message_id
         mail["Auto-Submitted"] = "auto-generated"
@@ -289,14 +322,16 @@ class SmtpChannel(ChannelType):
     # -- sending ------------------------------------------------------------------------------
 
     async def send(self, message: Message) -> DeliveryResult:
-        to = message.recipient.email
-        if not to:
+        addresses = message.recipient.emails() or self.config.default_recipients
+        if not addresses:
             return DeliveryResult.skipped("no_address", "recipient has no email address")
-        recipient = mailbox(to)
-        if recipient is None:
+        recipients = [mailbox(address) for address in addresses]
+        if None in recipients:
             return DeliveryResult.failed(
                 ErrorClass.PERMANENT, "invalid_address", "recipient email address is not valid"
             )
+        to = ", ".join(addresses)
+        recipient = ", ".join(r for r in recipients if r)
         try:
             mail, message_id = self.build_email(message, to)
         except Exception as exc:  # a header the email package refuses
@@ -345,7 +380,7 @@ class SmtpChannel(ChannelType):
                 await client.login(cfg.username, cfg.password.get_secret_value())
             phase = "send"
             _refused, reply = await client.send_message(
-                mail, sender=cfg.sender, recipients=[recipient]
+                mail, sender=cfg.sender, recipients=[r for r in recipients if r]
             )
         except Exception as exc:
             return self._failure(exc, phase, recipient)

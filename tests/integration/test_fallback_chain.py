@@ -154,3 +154,33 @@ async def test_telegram_then_smtp_then_twilio_falls_through(
         assert twilio.requests_to(PATH)[0].headers["authorization"].startswith("Basic ")
         for text in responses:
             assert telegram_token not in text and TOKEN not in text
+
+
+async def test_email_list_and_subject_prefix_through_herald(
+    db_url: str, plain_server: int, handler: Handler
+) -> None:
+    """A list in recipient.email is stored, shown and delivered as one email to all."""
+    config = {
+        "channels": {
+            "email": {
+                "type": "smtp",
+                "host": HOST,
+                "port": plain_server,
+                "from": "a@herald.test",
+                "subject_prefix": "[{severity}]",
+            },
+        },
+        "routes": {"default": {"channels": ["email"]}},
+    }
+    addresses = ["ops@example.test", "dev@example.test"]
+    async with herald(db_url, config) as h:
+        created = await h.send(
+            recipient={"email": addresses}, subject="Disk", text="x", severity="critical"
+        )
+        await h.run_worker()
+        body = await h.get(created["id"])
+        assert body["status"] == "delivered"
+        assert body["recipient"]["email"] == addresses
+    [got] = handler.received
+    assert got.rcpt_tos == addresses
+    assert got.message["Subject"] == "[critical] Disk"

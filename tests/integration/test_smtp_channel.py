@@ -460,3 +460,70 @@ def test_config_requires_from() -> None:
     with pytest.raises(ValidationError) as info:
         SmtpConfig.model_validate(settings)
     assert [e["loc"] for e in info.value.errors()] == [("from",)]
+
+
+# -- default recipients and subject prefix ---------------------------------------------------
+
+
+async def test_default_recipients_when_the_recipient_has_no_email(
+    make_channel: Any, plain_server: int, handler: Handler
+) -> None:
+    defaults = ["ops@example.test", "Oncall <oncall@example.test>"]
+    message = make_message(recipient=Recipient(phone="+15551234567"))
+    result = await make_channel(plain_server, default_recipients=defaults).send(message)
+
+    assert result.delivered, result
+    [got] = handler.received
+    assert got.rcpt_tos == ["ops@example.test", "oncall@example.test"]
+    assert got.message["To"] == "ops@example.test, Oncall <oncall@example.test>"
+
+
+async def test_recipient_email_wins_over_default_recipients(
+    make_channel: Any, plain_server: int, handler: Handler
+) -> None:
+    channel = make_channel(plain_server, default_recipients=["ops@example.test"])
+    result = await channel.send(make_message())
+
+    assert result.delivered, result
+    assert handler.received[0].rcpt_tos == [TO]
+
+
+async def test_subject_prefix_names_the_severity(
+    make_channel: Any, plain_server: int, handler: Handler
+) -> None:
+    channel = make_channel(plain_server, subject_prefix="[{severity}]")
+    result = await channel.send(make_message())
+
+    assert result.delivered, result
+    assert handler.received[0].message["Subject"] == "[warning] Disk almost full"
+
+
+def test_config_default_recipients_and_subject_prefix_are_checked() -> None:
+    assert "default_recipients" in errors({"default_recipients": ["not-an-address"]})
+    assert "default_recipients" in errors(
+        {"default_recipients": [f"u{i}@example.test" for i in range(51)]}
+    )
+    assert "subject_prefix" in errors({"subject_prefix": "[{sev}]"})
+    assert "subject_prefix" in errors({"subject_prefix": "a\nb"})
+
+
+async def test_recipient_email_list_is_one_email_to_all(
+    make_channel: Any, plain_server: int, handler: Handler
+) -> None:
+    addresses = [f"u{i}@example.test" for i in range(50)]
+    message = make_message(recipient=Recipient(email=addresses))
+    result = await make_channel(plain_server).send(message)
+
+    assert result.delivered, result
+    [got] = handler.received
+    assert got.rcpt_tos == addresses
+    assert got.message["To"] == ", ".join(addresses)
+
+
+@pytest.mark.parametrize(
+    "email",
+    [[], [f"u{i}@example.test" for i in range(51)], ["ok@example.test", "Bad <x@y.test>"]],
+)
+def test_recipient_email_list_is_bounded_and_checked(email: list[str]) -> None:
+    with pytest.raises(ValidationError):
+        Recipient(email=email)
