@@ -40,9 +40,12 @@ lint: $(DEV)
 # Test processes: 3 on the 2-core machines this runs on (most tests wait on I/O); 2: 171 s,
 # 3: 149 s, 1 (PYTEST_WORKERS=0, no xdist): 300 s.
 PYTEST_WORKERS ?= 3
+# With PYTHONDONTWRITEBYTECODE set (as on the CI machines) each test process and each `herald`
+# the tests start compiles app/ and tests/ again: let them write __pycache__ (git ignores it).
+PYTEST_ENV := env -u PYTHONDONTWRITEBYTECODE
 
 test: lint
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --durations=15
+	$(PYTEST_ENV) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --durations=15
 
 unit: $(DEV)
 	$(BIN)/pytest -q tests/unit

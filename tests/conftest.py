@@ -84,11 +84,13 @@ schemathesis): they run first, so that pytest-xdist spreads them over its worker
 quick ones fill the gaps, instead of one worker finishing a long test after the others are
 done."""
 SHARED_SETUP = (
+    "tests/chaos/test_chaos.py",  # a PostgreSQL cluster; and scenarios are timed: one at a time
     "tests/ops/test_prometheus.py",  # starts Prometheus and sends it traffic
     "tests/ops/test_clients.py",  # generates a client; one herald serve for both clients
     "tests/ops/test_packaging.py",  # builds the wheel
 )
-"""Modules whose module-scoped fixtures cost seconds: their tests go to one worker together."""
+"""Modules whose module (or package) fixtures cost seconds: their tests go to one worker
+together."""
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
