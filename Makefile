@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP_INSTALL = $(BIN)/python -m pip install --quiet -c requirements/constraints.txt
+CONSTRAINTS := -c requirements/constraints.txt
+# uv (from PyPI, pinned like every package) installs the dependencies: it fetches and unpacks in
+# parallel, several times faster than pip on a fresh clone. pip stays in the venv (tests/ops build
+# a wheel with it). Bytecode is written on first import (see PYTEST_ENV), not for every package.
+INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python $(CONSTRAINTS)
 
 .PHONY: run test lint unit openapi clean
 
@@ -16,12 +20,12 @@ DEV := $(BIN)/.installed-dev
 $(RUNTIME): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(PIP_INSTALL) -e .
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) --upgrade pip uv
+	$(INSTALL) -e .
 	touch $@
 
 $(DEV): $(RUNTIME)
-	$(PIP_INSTALL) -e '.[dev]'
+	$(INSTALL) -e '.[dev]'
 	touch $@
 
 # Herald's settings come from the environment when set there (`HERALD_PORT=9000 make run`):
