@@ -78,11 +78,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # --- the order of the run and how pytest-xdist hands it out ------------------------------------
 
-FIRST = ("tests/chaos/", "tests/ops/")
-"""Where the tests that take seconds each live (processes, a PostgreSQL cluster, Prometheus,
-schemathesis): they run first, so that pytest-xdist spreads them over its workers while the
-quick ones fill the gaps, instead of one worker finishing a long test after the others are
-done."""
+FIRST = ("tests/chaos/", "tests/ops/", "tests/integration/")
+"""Where the tests that take seconds each live, longest first (a PostgreSQL cluster, Prometheus,
+schemathesis; then processes, backoffs and timers): they run first, so that pytest-xdist
+spreads them over its workers while the quick ones (tests/api, tests/unit) fill the gaps at
+the end, instead of one worker finishing a long test after the others are done."""
 SHARED_SETUP = (
     "tests/chaos/test_chaos.py",  # a PostgreSQL cluster; and scenarios are timed: one at a time
     "tests/ops/test_prometheus.py",  # starts Prometheus and sends it traffic
