@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := -c requirements/constraints.txt
 # uv (from PyPI, pinned like every package) installs the dependencies: it fetches and unpacks in
 # parallel, several times faster than pip on a fresh clone. pip stays in the venv (tests/ops build
-# a wheel with it). Bytecode is written on first import (see PYTEST_ENV), not for every package.
+# a wheel with it). Bytecode is written on first import (see PYTEST), not for every package.
 INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python $(CONSTRAINTS)
 
 .PHONY: run test lint unit openapi clean
@@ -41,24 +41,26 @@ lint: $(DEV)
 	$(BIN)/ruff format --check app tests migrations
 	$(BIN)/mypy
 
-# Test processes: 3 on the 2-core machines this runs on (most tests wait on I/O); 2: 171 s,
-# 3: 149 s, 1 (PYTEST_WORKERS=0, no xdist): 300 s.
-PYTEST_WORKERS ?= 3
 # With PYTHONDONTWRITEBYTECODE set (as on the CI machines) each test process and each `herald`
 # the tests start compiles app/ and tests/ again: let them write __pycache__ (git ignores it).
-PYTEST_ENV := env -u PYTHONDONTWRITEBYTECODE
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
+# Test processes: one more than the 2 cores of the machines this runs on, because the long
+# tests (chaos, Prometheus, processes, backoffs) mostly wait; a fourth adds CPU contention
+# that timing-sensitive tests feel on a busy machine. PYTEST_WORKERS=0: one process, no xdist.
+# tests/conftest.py orders the run and hands it out (long tests first, one at a time).
+PYTEST_WORKERS ?= 3
 
 test: lint
-	$(PYTEST_ENV) $(BIN)/pytest -q -n $(PYTEST_WORKERS) --durations=15
+	$(PYTEST) -q -n $(PYTEST_WORKERS) --durations=15
 
 unit: $(DEV)
-	$(BIN)/pytest -q tests/unit
+	$(PYTEST) -q tests/unit
 
 # The full chaos suite (tests/chaos: needs the PostgreSQL server binaries; a few minutes). make test
 # runs its short version.
 .PHONY: chaos
 chaos: $(DEV)
-	$(BIN)/pytest -s -q --chaos-full -m chaos_full tests/chaos
+	$(PYTEST) -s -q --chaos-full -m chaos_full tests/chaos
 
 openapi: $(RUNTIME)
 	$(BIN)/herald openapi > openapi.yaml
@@ -86,7 +88,7 @@ ops-deps: $(TS_CLIENT)/node_modules/.package-lock.json
 test: ops-deps
 
 ops: $(DEV) ops-deps
-	$(BIN)/pytest -q tests/ops
+	$(PYTEST) -q tests/ops
 
 clean: clean-ops
 
