@@ -44,11 +44,12 @@ lint: $(DEV)
 # With PYTHONDONTWRITEBYTECODE set (as on the CI machines) each test process and each `herald`
 # the tests start compiles app/ and tests/ again: let them write __pycache__ (git ignores it).
 PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest
-# Test processes: one more than the 2 cores of the machines this runs on, because the long
-# tests (chaos, Prometheus, processes, backoffs) mostly wait; a fourth adds CPU contention
-# that timing-sensitive tests feel on a busy machine. PYTEST_WORKERS=0: one process, no xdist.
+# Test processes: twice the 2 cores of the machines this runs on. The long tests (chaos,
+# Prometheus, processes, backoffs) mostly wait, each holding a process for seconds while the
+# others keep both cores busy with the short ones; a fifth process only adds contention.
 # tests/conftest.py orders the run and hands it out (long tests first, one at a time).
-PYTEST_WORKERS ?= 3
+# PYTEST_WORKERS=0: one process, no xdist.
+PYTEST_WORKERS ?= 4
 
 test: lint
 	$(PYTEST) -q -n $(PYTEST_WORKERS) --durations=15
