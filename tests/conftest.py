@@ -117,6 +117,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if full:
             config.hook.pytest_deselected(items=full)
             items[:] = [item for item in items if not item.get_closest_marker("chaos_full")]
+    if not hasattr(config, "workerinput"):
+        return  # not a pytest-xdist worker: the order is the user's (--ff, -p randomly…)
     root = config.rootpath
 
     def rank(item: pytest.Item) -> int:
