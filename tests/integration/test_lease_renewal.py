@@ -19,7 +19,7 @@ async def test_a_round_longer_than_the_lease_keeps_its_claim(db_url: str) -> Non
             "channels": {"hook": {"type": "webhook", "url": sink.url("/slow"), "timeout": "5s"}},
             "routes": {"default": {"channels": ["hook"]}},
         }
-        async with herald(db_url, config, lease=0.6) as h:
+        async with herald(db_url, config, lease=1.0) as h:
             sink.delay("/slow", 2.0)
             created = await h.send(text="x")
             other = Worker(h.runtime, worker_id="other", clock=h.clock)

@@ -14,13 +14,11 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from app.channels.addresses import normalize_e164
 from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
-from app.channels.outbound import Outbound
 from app.channels.text import utf16_len
 from app.channels.twilio import BODY_LIMIT, TwilioChannel, TwilioConfig
 from app.config import ConfigError
@@ -28,6 +26,7 @@ from tests.support import channels
 from tests.support.channels import (
     assert_delivered_by,
     attempt_rows,
+    outbound,
     registry_with,
     run_through_herald,
 )
@@ -392,7 +391,7 @@ async def test_documented_twilio_errors_are_classified(
 ) -> None:
     shared_srv.received.clear()
     shared_srv.script(PATH, (status, {}, twilio_error(status, code, text)))
-    async with Outbound(httpx.AsyncHTTPTransport()) as http:
+    async with outbound() as http:
         result = await channel(ChannelContext(http=http), shared_srv.base_url).send(make_message())
 
     assert len(shared_srv.received) == 1

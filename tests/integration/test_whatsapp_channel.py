@@ -13,16 +13,14 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from app.channels.base import ChannelContext, DeliveryResult, ErrorClass, Recipient
-from app.channels.outbound import Outbound
 from app.channels.text import utf16_len
 from app.channels.whatsapp import BODY_LIMIT, WhatsAppChannel, WhatsAppConfig
 from tests.support import channels
-from tests.support.channels import assert_delivered_by, attempt_rows, run_through_herald
+from tests.support.channels import assert_delivered_by, attempt_rows, outbound, run_through_herald
 from tests.support.http_server import HttpServer, serve_http
 from tests.support.smtp_server import free_port
 
@@ -292,7 +290,7 @@ async def test_documented_graph_errors_are_classified(
 ) -> None:
     shared_srv.received.clear()
     shared_srv.script(PATH, (status, {}, graph_error(code, text, details)))
-    async with Outbound(httpx.AsyncHTTPTransport()) as http:
+    async with outbound() as http:
         wa = channel(ChannelContext(http=http), shared_srv.base_url)
         result = await wa.send(make_message())
 

@@ -54,7 +54,8 @@ def dry_run(project: Path, *args: str) -> list[str]:
 
 
 def installs(commands: list[str]) -> list[str]:
-    return [c for c in commands if " pip install " in c and "--upgrade pip" not in c]
+    """The commands that install the project (and so its dependencies)."""
+    return [c for c in commands if " pip install " in c and " -e " in c]
 
 
 def stamp(bin_dir: Path, *names: str) -> None:
@@ -73,6 +74,15 @@ def test_make_run_installs_only_what_serving_needs(project: Path) -> None:
     dev_installs = installs(dry_run(project, "unit"))
     assert dev_installs[0] == runtime
     assert dev_installs[1].endswith(" -e '.[dev]'")
+
+
+def test_every_install_is_held_to_the_pinned_versions(project: Path) -> None:
+    commands = [c for c in dry_run(project, "unit") if " install " in c]
+    assert len(commands) == 3, commands  # the installer (pip, uv), the project, its dev extras
+    for command in commands:
+        assert "-c requirements/constraints.txt" in command, command
+    pins = (project / "requirements/constraints.txt").read_text().split()
+    assert any(pin.startswith("uv==") for pin in pins), "uv installs, so uv is pinned too"
 
 
 def test_test_after_run_adds_the_dev_extras_and_nothing_is_installed_twice(project: Path) -> None:

@@ -36,6 +36,7 @@ from app.channels.base import (
     Recipient,
     redact_result,
 )
+from app.channels.http_pool import verifying_context
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry, default_registry
 from tests.support.harness import Clock, herald
@@ -44,9 +45,15 @@ from tests.support.http_server import HttpServer, serve_http
 # -- fixtures ---------------------------------------------------------------------------------
 
 
+def outbound() -> Outbound:
+    """An outbound client as the channels get one, on the process's one verifying TLS context
+    (a transport of its own loads the CA bundle again: 20-40 ms of CPU per test)."""
+    return Outbound(httpx.AsyncHTTPTransport(verify=verifying_context()))
+
+
 @pytest.fixture
 async def context() -> AsyncIterator[ChannelContext]:
-    async with Outbound(httpx.AsyncHTTPTransport()) as http:
+    async with outbound() as http:
         yield ChannelContext(http=http, clock=Clock())
 
 

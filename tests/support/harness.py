@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 from sqlalchemy import update
 
 from app.channels.registry import ChannelRegistry, default_registry
@@ -125,11 +126,42 @@ async def herald(
     merged = {"database_url": db_url, "poll_interval": 0.05, "lease": 30.0, **settings}
     clock = Clock()
     async with open_runtime(Settings(**merged), parsed, registry, clock=clock) as runtime:
-        app = create_app(runtime=runtime)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
-            worker = Worker(runtime, clock=clock, orchestrator=Orchestrator(clock=clock))
-            yield Harness(runtime=runtime, client=client, clock=clock, worker=worker)
+        with app_serving(runtime) as app:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as c:
+                worker = Worker(runtime, clock=clock, orchestrator=Orchestrator(clock=clock))
+                yield Harness(runtime=runtime, client=c, clock=clock, worker=worker)
+
+
+class _SharedApp:
+    """One ``create_app()`` for the test process, lent to one harness at a time.
+
+    The application holds nothing of its own but ``app.state.runtime`` (what every route reads),
+    and FastAPI builds each route's handling (dependencies, models) at the first request of
+    each new application: ~25 ms of CPU per test, a quarter of a typical API test's. A harness
+    opened while another has the app (two Heralds at once) gets an application of its own.
+    """
+
+    app: FastAPI | None = None
+    lent = False
+
+
+@contextmanager
+def app_serving(runtime: Runtime) -> Iterator[FastAPI]:
+    """``create_app(runtime=runtime)``, the process's shared one when it is free."""
+    if _SharedApp.lent:
+        yield create_app(runtime=runtime)
+        return
+    if _SharedApp.app is None:
+        _SharedApp.app = create_app(runtime=runtime)
+    app = _SharedApp.app
+    app.state.runtime = runtime
+    _SharedApp.lent = True
+    try:
+        yield app
+    finally:
+        _SharedApp.lent = False
+        del app.state.runtime
 
 
 @asynccontextmanager
