@@ -36,6 +36,7 @@ class RetentionPeriods(BaseModel):
     partial: Duration | None = 90 * DAY
     expired: Duration | None = 90 * DAY
     cancelled: Duration | None = 30 * DAY
+    acknowledged: Duration | None = 30 * DAY
 
     def period(self, status: NotificationStatus) -> float | None:
         value: float | None = getattr(self, status.value)
