@@ -347,8 +347,7 @@ class StreamConsumer:
                     failure = exc
                     break
                 wait = self._db_outage.failed(exc)
-                await self._hold([entry_id for entry_id, _ in planned])
-                if await _stopped(stop, wait):
+                if await self._wait_holding([entry_id for entry_id, _ in planned], wait, stop):
                     return [Failed("stopped during a database outage")] * len(planned)
                 continue
             self._db_outage.recovered()
@@ -370,6 +369,20 @@ class StreamConsumer:
         for one in planned:
             alone.extend(await self._store([one], stop, fresh=fresh))
         return alone
+
+    async def _wait_holding(self, ids: Sequence[str], wait: float, stop: asyncio.Event) -> bool:
+        """Wait ``wait`` seconds (``True``: stopped meanwhile) holding ``ids``: their idle time
+        is reset at least every half ``claim_idle``, however long the backoff has grown, so no
+        other consumer's ``XAUTOCLAIM`` takes them while this one still has them in hand."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while True:
+            await self._hold(ids)
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            if await _stopped(stop, min(left, self.settings.claim_idle / 2)):
+                return True
 
     async def _hold(self, ids: Sequence[str]) -> None:
         """Keep entries this consumer holds from being taken over while it waits: their idle

@@ -57,6 +57,7 @@ async def test_claim_save_renew_release_and_sweep(db_url: str) -> None:
         assert isinstance(store, WorkQueue)
         a, b, c, later = [uuid.UUID((await h.send(text=n))["id"]) for n in "abcd"]
         await h.set_fields(str(later), next_attempt_at=h.clock() + timedelta(hours=1))
+        await h.set_fields(str(c), next_attempt_at=h.clock())  # after a and b, however slow
         await h.set_fields(str(a), next_attempt_at=h.clock() - timedelta(seconds=2))
         await h.set_fields(str(b), next_attempt_at=h.clock() - timedelta(seconds=1))
 
