@@ -4,8 +4,8 @@ PostgreSQL: one template database per test session (migrated once). A test takes
 from a pool; when the test ends its clone is emptied (its sessions ended, every table but
 ``alembic_version`` emptied, every sequence restarted) and goes back to the pool, so a test sees
 the same empty, migrated database a fresh ``CREATE DATABASE … TEMPLATE`` gives, at a tenth of
-the cost (a clone and a drop were 0.3-1 s per test). A clone that cannot be emptied is dropped
-instead.
+the cost (a clone and a drop were 0.3-1 s per test). A clone that cannot be emptied, or that
+some process still has a session on when its test ends, is dropped instead.
 SQLite: one migrated file per session, copied per test.
 """
 
@@ -88,18 +88,23 @@ END $$;
 EMPTY = _emptying()
 
 
-async def _reset(url: str, name: str) -> None:
-    """End every other session on database ``name``, then empty it."""
+async def _reset(url: str, name: str) -> bool:
+    """Empty database ``name`` if no other session is on it; ``False`` (nothing done) if one
+    is: a process its test left running (a worker, a poller) would connect again and claim the
+    next test's rows, so such a clone must be dropped, not reused."""
     connection = await asyncpg.connect(
         _dsn(url, name), timeout=5, server_settings={"synchronous_commit": "off"}
     )
     try:
-        await connection.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        others = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+        if others:
+            return False
         await connection.execute("SET lock_timeout = '5s'")
         await connection.execute(EMPTY)
+        return True
     finally:
         await connection.close()
 
@@ -130,11 +135,13 @@ class PostgresTemplate:
         name = make_url(url).database
         assert name in self.clones, f"{name} is not a clone of this template"
         try:
-            asyncio.run(_reset(self.url, name))
+            emptied = asyncio.run(_reset(self.url, name))
         except (OSError, asyncpg.PostgresError):
-            self.drop(url)
-        else:
+            emptied = False
+        if emptied:
             self.pool.append(name)
+        else:
+            self.drop(url)
 
     def drop(self, url: str) -> None:
         """Drop the database at ``url`` (a clone or not, existing or not)."""
