@@ -90,8 +90,11 @@ async def test_a_clone_given_back_comes_out_empty_with_its_sequences_restarted(
         assert all(used.values()), f"every table should hold a row here: {used}"
         assert await sequences(url) != fresh
         await asyncio.to_thread(postgres_template.release, url)  # back to the pool, emptied
+        pooled = list(postgres_template.pool)
         again = await asyncio.to_thread(postgres_template.clone)  # last given back, first out
-        assert again == url
+        assert again.rsplit("/", 1)[1] == pooled[-1], "the clone given back, renamed"
+        assert again != url, "under a new name: what its test left running cannot find it"
+        url = again
         assert await table_rows(again) == dict.fromkeys(used, 0)
         assert await sequences(again) == fresh
     finally:

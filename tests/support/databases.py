@@ -5,7 +5,8 @@ from a pool; when the test ends its clone is emptied (its sessions ended, every 
 ``alembic_version`` emptied, every sequence restarted) and goes back to the pool, so a test sees
 the same empty, migrated database a fresh ``CREATE DATABASE … TEMPLATE`` gives, at a tenth of
 the cost (a clone and a drop were 0.3-1 s per test). A clone that cannot be emptied, or that
-some process still has a session on when its test ends, is dropped instead.
+some process still has a session on when its test ends, is dropped instead; one emptied goes
+back under a new name, so nothing its test left running can find it again.
 SQLite: one migrated file per session, copied per test.
 """
 
@@ -139,7 +140,17 @@ class PostgresTemplate:
         except (OSError, asyncpg.PostgresError):
             emptied = False
         if emptied:
-            self.pool.append(name)
+            # Under a new name: a process its test left behind that connects again (a worker
+            # reconnecting after an "outage") finds no database, not the next test's rows.
+            fresh = f"herald_t_{uuid.uuid4().hex[:12]}"
+            try:
+                asyncio.run(_execute(self.url, f'ALTER DATABASE "{name}" RENAME TO "{fresh}"'))
+            except (OSError, asyncpg.PostgresError):
+                self.drop(url)
+                return
+            self.clones.discard(name)
+            self.clones.add(fresh)
+            self.pool.append(fresh)
         else:
             self.drop(url)
 
