@@ -54,12 +54,18 @@ def _refuse(channel: str, provider: str, error: Unsigned | BadSignature) -> None
     raise error
 
 
+def _signature(request: Request, channel: str, provider: str, header: str) -> str:
+    """The callback's signature header; refused (401) when it has none."""
+    given = request.headers.get(header)
+    if not given:
+        _refuse(channel, provider, Unsigned(f"no {header} header"))
+    return given or ""
+
+
 @router.post("/twilio/{channel}")
 async def twilio_status(channel: str, request: Request, runtime: RuntimeDep) -> Response:
     sms = _channel(runtime, channel, TwilioChannel)
-    given = request.headers.get(twilio.SIGNATURE_HEADER)
-    if not given:
-        _refuse(channel, "twilio", Unsigned(f"no {twilio.SIGNATURE_HEADER} header"))
+    given = _signature(request, channel, "twilio", twilio.SIGNATURE_HEADER)
     raw = await request.body()
     try:
         params = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
@@ -67,7 +73,7 @@ async def twilio_status(channel: str, request: Request, runtime: RuntimeDep) -> 
         params = []
     url = sms.status_callback or ""
     token = sms.config.auth_token.get_secret_value()
-    if not twilio.signed(token, url, params, given or ""):
+    if not twilio.signed(token, url, params, given):
         _refuse(channel, "twilio", BadSignature("the signature does not match the request"))
     found = twilio.receipt(channel, params, utcnow())
     if found is None:
@@ -100,12 +106,10 @@ async def whatsapp_verification(channel: str, request: Request, runtime: Runtime
 @router.post("/whatsapp/{channel}")
 async def whatsapp_statuses(channel: str, request: Request, runtime: RuntimeDep) -> Response:
     wa = _channel(runtime, channel, WhatsAppChannel)
-    given = request.headers.get(whatsapp.SIGNATURE_HEADER)
-    if not given:
-        _refuse(channel, "whatsapp", Unsigned(f"no {whatsapp.SIGNATURE_HEADER} header"))
+    given = _signature(request, channel, "whatsapp", whatsapp.SIGNATURE_HEADER)
     raw = await request.body()
     secret = wa.config.app_secret.get_secret_value() if wa.config.app_secret else ""
-    if not whatsapp.signed(secret, raw, given or ""):
+    if not whatsapp.signed(secret, raw, given):
         _refuse(channel, "whatsapp", BadSignature("the signature does not match the body"))
     payload = parse_json(raw)
     now = utcnow()

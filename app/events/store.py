@@ -32,7 +32,15 @@ from app.events.body import CONTENT_COLUMNS, content
 from app.events.outbox import delivery_row
 from app.store.models import EventAttempt, EventDelivery, EventRecord
 from app.store.queue import among, database_of, recovery, still_held
-from app.store.sql import EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, Row, notify_events, status_is
+from app.store.sql import (
+    EVENT_DELIVERIES,
+    EVENTS,
+    NOTIFICATIONS,
+    Row,
+    newest_first,
+    notify_events,
+    status_is,
+)
 
 EVENT_ATTEMPTS = cast(Table, EventAttempt.__table__)
 
@@ -358,9 +366,7 @@ class EventLog:
         self, filters: EventFilter, *, limit: int, before_id: uuid.UUID | None
     ) -> Sequence[EventRecord]:
         """Newest first by id (ids are time-ordered); ``before_id`` is the cursor."""
-        stmt = select(EventRecord).order_by(EventRecord.id.desc()).limit(limit)
-        if before_id is not None:
-            stmt = stmt.where(EventRecord.id < before_id)
+        stmt = newest_first(select(EventRecord), EventRecord.id, limit=limit, before_id=before_id)
         if filters.type is not None:
             stmt = stmt.where(EventRecord.type == filters.type)
         if filters.notification_id is not None:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import InboundOutcome, Mute
 from app.store.models import InboundMessage, InboundPoll, RouteMute
+from app.store.sql import newest_first
 
 INBOUND_MESSAGES = cast(Table, InboundMessage.__table__)
 INBOUND_POLLS = cast(Table, InboundPoll.__table__)
@@ -116,9 +117,9 @@ class InboundLog:
         self, filters: InboundFilter, *, limit: int, before_id: uuid.UUID | None
     ) -> Sequence[InboundMessage]:
         """Newest first by id (ids are time-ordered); ``before_id`` is the cursor."""
-        stmt = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
-        if before_id is not None:
-            stmt = stmt.where(InboundMessage.id < before_id)
+        stmt = newest_first(
+            select(InboundMessage), InboundMessage.id, limit=limit, before_id=before_id
+        )
         if filters.channel is not None:
             stmt = stmt.where(InboundMessage.channel == filters.channel)
         if filters.outcome is not None:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import ListFilter, NotificationStatus, StoredAttempt, StoredNotification
 from app.store.models import IdempotencyKey, Notification
-from app.store.sql import ATTEMPTS, NOTIFICATIONS, notify_due
+from app.store.sql import ATTEMPTS, NOTIFICATIONS, newest_first, notify_due
 
 
 class NotificationRepository:
@@ -35,9 +35,7 @@ class NotificationRepository:
     ) -> Sequence[StoredNotification]:
         """Newest first by id (ids are time-ordered); ``before_id`` is the cursor."""
         table = NOTIFICATIONS
-        stmt = select(table).order_by(table.c.id.desc()).limit(limit)
-        if before_id is not None:
-            stmt = stmt.where(table.c.id < before_id)
+        stmt = newest_first(select(table), table.c.id, limit=limit, before_id=before_id)
         if filters.status is not None:
             stmt = stmt.where(table.c.status == filters.status)
         if filters.route is not None:

@@ -7,6 +7,7 @@ identically), and the pooled driver connection those statements run on.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from enum import StrEnum
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import ColumnElement, Table, literal_column, text
+from sqlalchemy import ColumnElement, Select, Table, literal_column, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.util import greenlet_spawn
 
 from app.domain import Event
@@ -206,3 +208,16 @@ async def notify_final(engine: AsyncEngine, payload: str) -> None:
     """``NOTIFY herald_final`` with ``payload`` (PostgreSQL), outside any transaction."""
     async with driver_connection(engine, NOTIFY_FINAL) as driver:
         await driver.execute(NOTIFY_FINAL, FINAL_CHANNEL, payload)
+
+
+def newest_first(
+    stmt: Select[Any],
+    id_column: ColumnElement[uuid.UUID] | InstrumentedAttribute[uuid.UUID],
+    *,
+    limit: int,
+    before_id: uuid.UUID | None,
+) -> Select[Any]:
+    """A page of ``stmt`` for the list endpoints: newest first by id (UUIDv7 ids are
+    time-ordered), the ``limit`` after the cursor ``before_id``."""
+    stmt = stmt.order_by(id_column.desc()).limit(limit)
+    return stmt if before_id is None else stmt.where(id_column < before_id)
