@@ -31,7 +31,7 @@ from app.domain import (
 from app.events.body import CONTENT_COLUMNS, content
 from app.events.outbox import delivery_row
 from app.store.models import EventAttempt, EventDelivery, EventRecord
-from app.store.queue import among, database_of, recovery, still_held
+from app.store.queue import among, database_of, picked, recovery, still_held
 from app.store.sql import (
     EVENT_DELIVERIES,
     EVENTS,
@@ -167,7 +167,7 @@ class DispatchStatements:
         )
         self.claim = (
             update(_D)
-            .where(_D.c.seq.in_(due.scalar_subquery()))
+            .where(picked(_D.c.seq, due))
             .values(
                 status=EventDeliveryStatus.DELIVERING,
                 claimed_by=bindparam("worker_id"),

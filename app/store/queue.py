@@ -188,7 +188,7 @@ class Statements:
         )
         self.claim = (
             update(NOTIFICATIONS)
-            .where(_N.id.in_(due.scalar_subquery()))
+            .where(picked(_N.id, due))
             .values(
                 status=NotificationStatus.DELIVERING,
                 claimed_by=bindparam("worker_id"),
@@ -273,6 +273,16 @@ def among(column: ColumnElement[Any], name: str, dialect: Dialect) -> ColumnElem
     if dialect.name == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(column.type)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def picked(key: Column[Any], candidates: Select[Any]) -> ColumnElement[bool]:
+    """``key`` is among the rows ``candidates`` (a ``LIMIT … FOR UPDATE SKIP LOCKED`` select)
+    locked, selected once. As a plain ``IN (subquery)`` PostgreSQL's planner may run the
+    subquery again for each row of the outer scan (on a table not analyzed yet, say), and each
+    run locks a further ``LIMIT`` rows: a claim of 2 came back with 3. A ``MATERIALIZED`` CTE
+    runs once."""
+    once = candidates.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
+    return key.in_(select(once.c[key.name]))
 
 
 def notify_statement(channel: str, dialect: Dialect) -> Select[Any] | None:
