@@ -682,8 +682,9 @@ async def acknowledge(
     via: AckVia,
     owner: str | None = None,
 ) -> AckResult:
-    """Acknowledge a notification: the one entry point for every way of doing it (the API,
-    a signed link, ntfy's action, Telegram's button and ``/ack``).
+    """Acknowledge a notification: the one entry point for every way of doing it in a
+    transaction of its own (the API, a signed link, ntfy's action; Telegram's button and
+    ``/ack`` run ``acknowledge_step`` in the transaction that stores the update).
 
     ``by`` names who (an API key, an email address, a Telegram user); ``owner``, when given,
     limits it to that API key's notifications (others are ``not_found``). A ``pending`` or
@@ -692,82 +693,132 @@ async def acknowledge(
     notification is no longer due). Two acknowledgements at once: one wins, the other answers
     ``already_acknowledged`` naming the winner. A notification a worker is sending right now
     (``delivering``) has the acknowledgement recorded at once, then becomes ``acknowledged``
-    when that round is saved (or when a worker next claims it: ``Worker.deliver``).
+    when that round is saved (or when a worker next claims it: ``Worker.deliver``); this waits
+    up to ``ACK_SETTLE`` for that.
     """
-    by = by[:ACK_BY_LIMIT]
-    now = utcnow()
-    ours = {"acknowledged_at": now, "acknowledged_by": by, "acknowledged_via": via}
-    recorded = False
+    ours = acknowledgement(by, via)
     loop = asyncio.get_running_loop()
     give_up = loop.time() + ACK_SETTLE
-    result: AckResult | None = None
+    recorded = False
     for _ in range(ACK_TRIES):
         async with runtime.sessions() as session:
-            repository = NotificationRepository(session)
-            current = await repository.get(notification_id, owner=owner)
-            if current is None:
-                result = AckResult(AckOutcome.NOT_FOUND)
-                break
-            status = current["status"]
-            if current["acknowledged_at"] is not None and not recorded:
-                result = AckResult(AckOutcome.ALREADY_ACKNOWLEDGED, current)
-                break
-            if recorded and status == NotificationStatus.ACKNOWLEDGED:
-                result = AckResult(AckOutcome.ACKNOWLEDGED, current)  # a worker finished it
-                break
-            if status not in ACKABLE:
-                result = AckResult(AckOutcome.NOT_ACKABLE, current)
-                break
-            if status == NotificationStatus.DELIVERING:
-                if not recorded:
-                    if await repository.transition(
-                        notification_id,
-                        from_statuses=(NotificationStatus.DELIVERING,),
-                        values=ours,
-                        unacknowledged=True,
-                    ):
-                        await session.commit()
-                        recorded = True
-                    continue
-                if loop.time() >= give_up:
-                    result = AckResult(AckOutcome.ACKNOWLEDGED, current)
-                    break
-                await asyncio.sleep(ACK_POLL)
-                continue
-            hops = settle(_hops(current), NotificationStatus.ACKNOWLEDGED)
-            events = runtime.outbox.acknowledged(
-                current, hops, acknowledgement_data(now, by, via), now
+            step = await acknowledge_step(
+                runtime, session, notification_id, ours=ours, recorded=recorded, owner=owner
             )
-            updated = await repository.transition(
-                notification_id,
-                from_statuses=(NotificationStatus.PENDING, NotificationStatus.DELIVERED),
-                values={
-                    **ours,
-                    "status": NotificationStatus.ACKNOWLEDGED,
-                    "next_attempt_at": None,
-                    "hops": [hop.as_dict() for hop in hops],
-                    "updated_at": now,
-                },
-                unacknowledged=not recorded,
-                unchanged_since=current["updated_at"],
-            )
-            if updated is None:  # claimed, saved or acknowledged meanwhile: read it again
-                await session.rollback()
-                continue
-            await write_events(session, events)
             await session.commit()
-        runtime.emitted(events)
-        if status == NotificationStatus.PENDING:
+        recorded = step.recorded
+        if step.result is not None:
+            return acknowledged(runtime, step)
+        if recorded and step.current is not None:
+            if loop.time() >= give_up:
+                answer = AckResult(AckOutcome.ACKNOWLEDGED, step.current)
+                return acknowledged(runtime, AckStep(answer, via))
+            await asyncio.sleep(ACK_POLL)
+    raise RuntimeError(f"acknowledging {notification_id} kept losing races")
+
+
+def acknowledgement(by: str, via: AckVia) -> dict[str, Any]:
+    """The columns an acknowledgement by ``by`` through ``via`` sets, now."""
+    return {
+        "acknowledged_at": utcnow(),
+        "acknowledged_by": by[:ACK_BY_LIMIT],
+        "acknowledged_via": via,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class AckStep:
+    """One try of an acknowledgement (``acknowledge_step``)."""
+
+    result: AckResult | None
+    """The answer, or ``None``: try again (a race lost, or a round being sent)."""
+    via: AckVia
+    recorded: bool = False
+    """The acknowledgement is on the row of a notification a worker is sending."""
+    current: StoredNotification | None = None
+    events: OutboxRows | None = None
+    finished_pending: bool = False
+    """A ``pending`` notification became ``acknowledged`` (counted as finished)."""
+
+
+async def acknowledge_step(
+    runtime: Runtime,
+    session: AsyncSession,
+    notification_id: uuid.UUID,
+    *,
+    ours: dict[str, Any],
+    recorded: bool = False,
+    owner: str | None = None,
+) -> AckStep:
+    """One try at acknowledging in ``session``, which the caller commits (then
+    ``acknowledged``). ``recorded``: an earlier try recorded it on a ``delivering`` row."""
+    via = ours["acknowledged_via"]
+    repository = NotificationRepository(session)
+    current = await repository.get(notification_id, owner=owner)
+    if current is None:
+        return AckStep(AckResult(AckOutcome.NOT_FOUND), via)
+    status = current["status"]
+    if current["acknowledged_at"] is not None and not recorded:
+        return AckStep(AckResult(AckOutcome.ALREADY_ACKNOWLEDGED, current), via)
+    if recorded and status == NotificationStatus.ACKNOWLEDGED:
+        return AckStep(AckResult(AckOutcome.ACKNOWLEDGED, current), via)  # a worker finished it
+    if status not in ACKABLE:
+        return AckStep(AckResult(AckOutcome.NOT_ACKABLE, current), via)
+    if status == NotificationStatus.DELIVERING:
+        recorded = (
+            recorded
+            or await repository.transition(
+                notification_id,
+                from_statuses=(NotificationStatus.DELIVERING,),
+                values=ours,
+                unacknowledged=True,
+            )
+            is not None
+        )
+        return AckStep(None, via, recorded=recorded, current=current if recorded else None)
+    now = ours["acknowledged_at"]
+    hops = settle(_hops(current), NotificationStatus.ACKNOWLEDGED)
+    data = acknowledgement_data(now, ours["acknowledged_by"], via)
+    events = runtime.outbox.acknowledged(current, hops, data, now)
+    updated = await repository.transition(
+        notification_id,
+        from_statuses=(NotificationStatus.PENDING, NotificationStatus.DELIVERED),
+        values={
+            **ours,
+            "status": NotificationStatus.ACKNOWLEDGED,
+            "next_attempt_at": None,
+            "hops": [hop.as_dict() for hop in hops],
+            "updated_at": now,
+        },
+        unacknowledged=not recorded,
+        unchanged_since=current["updated_at"],
+    )
+    if updated is None:  # claimed, saved or acknowledged meanwhile: read it again
+        return AckStep(None, via, recorded=recorded)
+    await write_events(session, events)
+    return AckStep(
+        AckResult(AckOutcome.ACKNOWLEDGED, updated),
+        via,
+        events=events,
+        finished_pending=status == NotificationStatus.PENDING,
+    )
+
+
+def acknowledged(runtime: Runtime, step: AckStep) -> AckResult:
+    """After the transaction of an answered ``acknowledge_step`` committed: its events sent,
+    its waiters told, counted; its answer."""
+    assert step.result is not None
+    if step.events is not None:
+        runtime.emitted(step.events)
+        notification = step.result.notification
+        assert notification is not None
+        if step.finished_pending:
             metrics.notifications_finished.labels(
-                metrics.route_label(updated["route"]), NotificationStatus.ACKNOWLEDGED
+                metrics.route_label(notification["route"]), NotificationStatus.ACKNOWLEDGED
             ).inc()
-        runtime.announce_final(notification_id)
-        result = AckResult(AckOutcome.ACKNOWLEDGED, updated)
-        break
-    if result is None:
-        raise RuntimeError(f"acknowledging {notification_id} kept losing races")
-    metrics.acks.labels(via, result.outcome).inc()
-    return result
+        runtime.announce_final(notification["id"])
+    metrics.acks.labels(step.via, step.result.outcome).inc()
+    return step.result
 
 
 def _hops(notification: StoredNotification) -> list[Hop]:

@@ -23,24 +23,32 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.channels.telegram import TelegramChannel
+from app.channels.telegram import TelegramChannel, acked_by_callback
 from app.channels.text import clip
-from app.domain import HopState, InboundKind, InboundOutcome, Mute, StoredNotification
+from app.domain import (
+    AckOutcome,
+    AckResult,
+    AckVia,
+    HopState,
+    InboundKind,
+    InboundOutcome,
+    Mute,
+    StoredNotification,
+)
 from app.durations import parse_duration
 from app.inbound.updates import Update
 from app.runtime import Runtime
+from app.service import ACK_TRIES, acknowledge_step, acknowledged, acknowledgement
 from app.store.inbound import InboundLog
 from app.store.repositories import NotificationRepository
 
 MAX_MUTE = timedelta(days=7)
 """The longest ``/mute``: a forgotten mute must not silence a route for good."""
-ACK_DATA = "ack:"
-"""The start of an ack button's ``callback_data``; the notification id follows."""
 MAX_ARGS = 4
 MAX_COMMAND = 32
 MAX_ANSWER = 200
@@ -63,14 +71,7 @@ USAGE = {
     "unmute": "usage: /unmute <route>",
     "ack": "usage: /ack <notification id>",
 }
-ACK_UNAVAILABLE = "acknowledgements are not available"
 FAILED = "that command failed on Herald's side; it is logged, nothing was changed"
-
-
-def ack_button_data(notification_id: uuid.UUID) -> str:
-    """The ``callback_data`` of the inline button that acknowledges ``notification_id``
-    (40 bytes; Telegram allows 64)."""
-    return f"{ACK_DATA}{notification_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +128,47 @@ AckHandler = Callable[[CommandContext, uuid.UUID], Awaitable[str]]
 says which); the answer to show the chat."""
 
 
-async def acknowledgements_unavailable(context: CommandContext, notification_id: uuid.UUID) -> str:
-    return ACK_UNAVAILABLE
+async def acknowledge_in_chat(context: CommandContext, notification_id: uuid.UUID) -> str:
+    """``/ack <id>`` and the ack button: acknowledge in the transaction that stores the update
+    (so a stored press has acknowledged, and a press not stored, fetched again, acknowledges
+    then); events and waiters follow its commit. A notification a worker is sending right now
+    has the acknowledgement recorded, and that worker finishes it when it saves the round."""
+    ours = acknowledgement(context.sender, AckVia.TELEGRAM)
+    for _ in range(ACK_TRIES):
+        step = await acknowledge_step(context.runtime, context.session, notification_id, ours=ours)
+        if step.recorded:  # on a row being sent: its worker finishes it
+            step = replace(step, result=AckResult(AckOutcome.ACKNOWLEDGED, step.current))
+        if step.result is not None:
+            break
+    else:
+        raise RuntimeError(f"acknowledging {notification_id} kept losing races")
+    answered = step
+
+    def finish() -> None:
+        acknowledged(context.runtime, answered)
+
+    context.after_commit.append(finish)
+    return ack_text(notification_id, answered.result)
+
+
+def ack_text(notification_id: uuid.UUID, result: AckResult | None) -> str:
+    """What the chat is told of an acknowledgement."""
+    assert result is not None
+    notification = result.notification
+    if result.outcome is AckOutcome.ACKNOWLEDGED:
+        return f"acknowledged {notification_id}"
+    if result.outcome is AckOutcome.NOT_FOUND or notification is None:
+        return f"no notification {notification_id}"
+    if result.outcome is AckOutcome.ALREADY_ACKNOWLEDGED:
+        return f"{notification_id} was already acknowledged by {notification['acknowledged_by']}"
+    return f"{notification_id} is {notification['status']}: there is nothing to acknowledge"
 
 
 @dataclass(frozen=True, slots=True)
 class Handlers:
     """The handlers ``dispatch`` hands commands to that live outside this module."""
 
-    ack: AckHandler = acknowledgements_unavailable
+    ack: AckHandler = acknowledge_in_chat
 
 
 async def dispatch(
@@ -152,8 +185,7 @@ async def dispatch(
     if update.chat_id is None or update.chat_id not in allowed_chats:
         return Answer(InboundOutcome.NOT_ALLOWED)
     if update.kind is InboundKind.CALLBACK_QUERY:
-        data = update.text or ""
-        notification_id = _uuid(data.removeprefix(ACK_DATA)) if data.startswith(ACK_DATA) else None
+        notification_id = acked_by_callback(update.text or "")
         if notification_id is None:
             return Answer(InboundOutcome.INVALID, "this button is not one of Herald's")
         return await _ack(context, handlers, notification_id)

@@ -18,20 +18,15 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
+from app.channels.telegram import ack_callback_data
 from app.delivery.listener import asyncpg_dsn
 from app.delivery.mutes import FRESH_FOR
-from app.inbound.commands import (
-    ACK_UNAVAILABLE,
-    HELP,
-    CommandContext,
-    Handlers,
-    ack_button_data,
-)
+from app.inbound.commands import HELP, CommandContext, Handlers
 from app.inbound.poller import TelegramReceiver
 from app.metrics import REGISTRY
-from app.store.models import InboundMessage, InboundPoll
+from app.store.models import InboundPoll
 from tests.support.harness import LOOPBACK, Harness, herald
 from tests.support.processes import HERALD
 from tests.support.telegram import (
@@ -206,7 +201,7 @@ async def test_a_chat_not_allowed_is_ignored_and_counted(db_url: str, fake: Fake
     before = counted("not_allowed")
     async with herald(db_url, config(fake)) as h, receiving(h):
         fake.message(STRANGER, "/mute alerts 1h")
-        fake.press(STRANGER, ack_button_data(uuid.uuid4()))
+        fake.press(STRANGER, ack_callback_data(uuid.uuid4()))
         fake.message(CHAT, "/help")  # answered: everything before it has been handled
         await answered(fake, CHAT, 1)
         assert fake.said(STRANGER) == [] and fake.toasts() == []
@@ -222,41 +217,70 @@ async def test_a_chat_not_allowed_is_ignored_and_counted(db_url: str, fake: Fake
         assert (await h.get(sent["id"]))["delivered_via"] == "ops-telegram"
 
 
-async def test_ack_goes_through_the_ack_slot(db_url: str, fake: FakeTelegram) -> None:
-    """Until acknowledgements exist, /ack and the button answer that they are not
-    available; a handler in the slot gets both, inside the inbound transaction."""
-    notification_id = uuid.uuid4()
-    async with herald(db_url, config(fake)) as h:
-        async with receiving(h):
-            fake.message(CHAT, f"/ack {notification_id}")
-            fake.press(CHAT, ack_button_data(notification_id))
-            await answered(fake, CHAT, 1)
-            await until(lambda: len(fake.toasts()) == 1)
-            assert fake.said(CHAT) == [ACK_UNAVAILABLE] and fake.toasts() == [ACK_UNAVAILABLE]
+async def test_the_ack_button_and_ack_stop_an_escalation(db_url: str, fake: FakeTelegram) -> None:
+    """The Acknowledge button on an escalating page acknowledges it (in the transaction that
+    stores the press): nothing more is sent; ``/ack`` after that says who did it."""
+    escalating = config(fake)
+    escalating["routes"]["oncall"] = {
+        "strategy": "escalate",
+        "channels": [{"channel": "ops-telegram", "ack_within": "2s"}, "console"],
+    }
+    async with herald(db_url, escalating) as h, receiving(h):
+        nid = (await h.send(route="oncall", text="db-1 down"))["id"]
+        await h.run_worker()
+        [page] = [c for c in fake.calls("sendMessage") if c["text"] == "db-1 down"]
+        [[button]] = page["reply_markup"]["inline_keyboard"]
+        assert button["callback_data"] == ack_callback_data(uuid.UUID(nid))
 
-        seen: list[tuple[str, uuid.UUID, int]] = []
+        fake.press(CHAT, button["callback_data"])
+        await until(lambda: len(fake.toasts()) == 1)
+        assert fake.toasts() == [f"acknowledged {nid}"]
+        body = await h.get(nid)
+        assert body["status"] == "acknowledged"
+        assert body["acknowledgement"]["via"] == "telegram"
+        assert body["acknowledgement"]["by"] == f"ops-telegram chat {CHAT} (@alice)"
+        assert body["next_attempt_at"] is None
+        h.clock.advance(5)
+        assert await h.run_worker() == 0, "the console hop is never tried"
+        assert [a["channel"] for a in await h.attempts(nid)] == ["ops-telegram"]
 
-        async def ack(context: CommandContext, acked: uuid.UUID) -> str:
-            rows = await context.session.scalar(select(func.count()).select_from(InboundMessage))
-            seen.append((context.update.kind, acked, rows or 0))
-            return f"acknowledged by {context.sender}"
-
-        async with receiving(h, handlers=Handlers(ack=ack)):
-            fake.press(CHAT, ack_button_data(notification_id))
-            fake.press(CHAT, "something else")
-            await until(lambda: len(fake.toasts()) == 3)
-        assert fake.toasts()[1:] == [
-            f"acknowledged by ops-telegram chat {CHAT} (@alice)",
-            "this button is not one of Herald's",
+        fake.message(CHAT, f"/ack {nid}")
+        unknown = uuid.uuid4()
+        fake.message(CHAT, f"/ack {unknown}")
+        fake.message(CHAT, "/ack")
+        replies = await answered(fake, CHAT, 3)
+        assert replies[-3:] == [
+            f"{nid} was already acknowledged by ops-telegram chat {CHAT} (@alice)",
+            f"no notification {unknown}",
+            "usage: /ack <notification id>",
         ]
-        assert seen == [("callback_query", notification_id, 2)]
         items = await inbound(h)
         assert [(i["kind"], i["command"], i["outcome"]) for i in items] == [
-            ("callback_query", None, "invalid"),
-            ("callback_query", "ack", "handled"),
-            ("callback_query", "ack", "handled"),
+            ("message", "ack", "invalid"),
             ("message", "ack", "handled"),
+            ("message", "ack", "handled"),
+            ("callback_query", "ack", "handled"),
         ]
+
+
+async def test_an_ack_of_a_delivered_notification_and_of_a_failed_one(
+    db_url: str, fake: FakeTelegram
+) -> None:
+    """``/ack`` is not only for escalations: a delivered notification becomes acknowledged;
+    one that failed has nothing to acknowledge."""
+    async with herald(db_url, config(fake)) as h, receiving(h):
+        delivered = (await h.send(route="quiet", text="fyi"))["id"]
+        await h.run_worker()
+        failed = (await h.send(route="quiet", text="gone"))["id"]
+        await h.set_fields(failed, status="failed", next_attempt_at=None)
+        fake.message(CHAT, f"/ack {delivered}")
+        fake.message(CHAT, f"/ack {failed}")
+        assert await answered(fake, CHAT, 2) == [
+            f"acknowledged {delivered}",
+            f"{failed} is failed: there is nothing to acknowledge",
+        ]
+        assert (await h.get(delivered))["status"] == "acknowledged"
+        assert (await h.get(failed))["status"] == "failed"
 
 
 async def test_a_command_that_breaks_is_stored_as_failed_and_the_loop_goes_on(

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from app.channels.telegram import ack_callback_data, acked_by_callback
 from app.domain import InboundKind
-from app.inbound.commands import Command, ack_button_data, parse_command, status_text
+from app.inbound.commands import Command, parse_command, status_text
 from app.inbound.updates import MAX_TEXT, Update, parse_update, update_id_of
 
 
@@ -31,9 +32,12 @@ def test_parse_command(text: str | None, command: Command | None) -> None:
     assert parse_command(text, "herald_bot") == command
 
 
-def test_ack_button_data_fits_telegram() -> None:
-    data = ack_button_data(uuid.uuid4())
+def test_ack_callback_data_fits_telegram_and_reads_back() -> None:
+    notification_id = uuid.uuid4()
+    data = ack_callback_data(notification_id)
     assert data.startswith("ack:") and len(data.encode()) <= 64
+    assert acked_by_callback(data) == notification_id
+    assert acked_by_callback("ack:nope") is None and acked_by_callback(str(notification_id)) is None
 
 
 def test_a_message_update() -> None:
