@@ -21,7 +21,17 @@ from app.channels.base import (
     Recipient,
 )
 from app.delivery.orchestrator import Link, Orchestrator, Plan
-from app.domain import Hop, HopState, fresh_hops
+from app.domain import (
+    ConfirmOn,
+    HeldAttempt,
+    HoldPolicy,
+    Hop,
+    HopState,
+    Receipt,
+    ReceiptStatus,
+    Strategy,
+    fresh_hops,
+)
 from app.ratelimit import RateLimiter
 from tests.support.harness import Clock
 
@@ -393,3 +403,132 @@ async def test_strategy_all_leaves_muted_hops_out(
         message(), chain, fresh_hops(["a", "b"]), replace(plan(strategy="all"), muted=muted)
     )
     assert (outcome.status, outcome.delivered_via) == (status, via)
+
+
+# --- resume: settling held hops -----------------------------------------------------------------
+
+HELD_AT = NOW - timedelta(seconds=30)
+CONFIRM = HoldPolicy(confirm_within=60.0)
+
+
+def receipt(status: ReceiptStatus, code: str | None = None) -> Receipt:
+    return Receipt("a", "fake", "SM1", status, HELD_AT + timedelta(seconds=5), code)
+
+
+def held_hops(state: HopState) -> list[Hop]:
+    return [Hop("a", state, attempts=1), Hop("b")]
+
+
+async def resume(
+    hops: list[Hop],
+    held: dict[int, HeldAttempt],
+    policy: HoldPolicy,
+    *,
+    strategy: Strategy = Strategy.FALLBACK,
+    b: FakeChannel | None = None,
+):
+    a, b = FakeChannel("a"), b or FakeChannel("b")
+    chain = [Link(channel=a, receipts=True), Link(channel=b)]
+    outcome = await orchestrator().resume(
+        message(), chain, hops, replace(plan(strategy=strategy), holds=policy), held
+    )
+    assert a.calls == 0, "a held hop is never sent again"
+    return outcome, b
+
+
+async def test_resume_keeps_waiting_for_a_receipt_until_the_deadline() -> None:
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT, [receipt(ReceiptStatus.SENT)])}
+    outcome, b = await resume(held_hops(HopState.AWAITING_CONFIRMATION), held, CONFIRM)
+    assert (outcome.status, b.calls, outcome.revisions) == ("pending", 0, [])
+    assert outcome.next_attempt_at == HELD_AT + timedelta(seconds=60)
+    assert [h.state for h in outcome.hops] == ["awaiting_confirmation", "pending"]
+
+
+@pytest.mark.parametrize("status", [ReceiptStatus.DELIVERED, ReceiptStatus.READ])
+async def test_resume_confirms_on_a_delivered_or_read_receipt(status: ReceiptStatus) -> None:
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT, [receipt(status)])}
+    outcome, b = await resume(held_hops(HopState.AWAITING_CONFIRMATION), held, CONFIRM)
+    assert (outcome.status, outcome.delivered_via, b.calls) == ("delivered", "a", 0)
+    assert outcome.delivered_at == HELD_AT and outcome.revisions == []
+
+
+async def test_resume_revises_a_refuted_hop_and_goes_on_to_the_next() -> None:
+    attempt = uuid.uuid4()
+    held = {0: HeldAttempt(attempt, HELD_AT, [receipt(ReceiptStatus.UNDELIVERED, "21610")])}
+    outcome, b = await resume(held_hops(HopState.AWAITING_CONFIRMATION), held, CONFIRM)
+    assert (outcome.status, outcome.delivered_via, b.calls) == ("delivered", "b", 1)
+    [revision] = outcome.revisions
+    assert revision.attempt_id == attempt
+    assert revision.error.code == "receipt_failed" and "21610" in revision.error.message
+    assert [h.state for h in outcome.hops] == ["failed", "delivered"]
+
+
+async def test_a_refutation_confirm_on_leaves_out_counts_as_delivered() -> None:
+    policy = HoldPolicy(confirm_within=60.0, confirm_on=frozenset({ConfirmOn.TIMEOUT}))
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT, [receipt(ReceiptStatus.FAILED)])}
+    outcome, b = await resume(held_hops(HopState.AWAITING_CONFIRMATION), held, policy)
+    assert (outcome.status, outcome.delivered_via, b.calls) == ("delivered", "a", 0)
+
+
+@pytest.mark.parametrize(
+    ("confirm_on", "status", "b_calls"),
+    [(frozenset(ConfirmOn), "delivered", 1), (frozenset({ConfirmOn.FAILED}), "delivered", 0)],
+)
+async def test_no_receipt_by_the_deadline_is_a_timeout_only_when_confirm_on_names_it(
+    confirm_on: frozenset[ConfirmOn], status: str, b_calls: int
+) -> None:
+    policy = HoldPolicy(confirm_within=10.0, confirm_on=confirm_on)
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT)}
+    outcome, b = await resume(held_hops(HopState.AWAITING_CONFIRMATION), held, policy)
+    assert (outcome.status, b.calls) == (status, b_calls)
+    codes = [r.error.code for r in outcome.revisions]
+    assert codes == (["receipt_timeout"] if b_calls else [])
+
+
+async def test_an_escalation_confirmed_then_waits_for_its_ack() -> None:
+    policy = HoldPolicy(confirm_within=60.0, ack_within=(300.0, None))
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT, [receipt(ReceiptStatus.DELIVERED)])}
+    outcome, b = await resume(
+        held_hops(HopState.AWAITING_CONFIRMATION), held, policy, strategy=Strategy.ESCALATE
+    )
+    assert (outcome.status, b.calls) == ("pending", 0)
+    assert [h.state for h in outcome.hops] == ["awaiting_ack", "pending"]
+    assert outcome.next_attempt_at == HELD_AT + timedelta(seconds=300)
+
+
+@pytest.mark.parametrize(
+    ("ack_within", "status", "states", "b_calls"),
+    [
+        (60.0, "pending", ["awaiting_ack", "pending"], 0),
+        (10.0, "delivered", ["unacknowledged", "delivered"], 1),
+    ],
+)
+async def test_an_unacknowledged_hop_goes_on_once_ack_within_passed(
+    ack_within: float, status: str, states: list[str], b_calls: int
+) -> None:
+    policy = HoldPolicy(ack_within=(ack_within, None))
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT)}
+    outcome, b = await resume(
+        held_hops(HopState.AWAITING_ACK), held, policy, strategy=Strategy.ESCALATE
+    )
+    assert (outcome.status, b.calls) == (status, b_calls)
+    assert [h.state for h in outcome.hops] == states
+
+
+async def test_an_escalation_whose_last_hop_is_unacknowledged_fails() -> None:
+    policy = HoldPolicy(ack_within=(10.0, None))
+    held = {0: HeldAttempt(uuid.uuid4(), HELD_AT)}
+    outcome, b = await resume(
+        held_hops(HopState.AWAITING_ACK),
+        held,
+        policy,
+        strategy=Strategy.ESCALATE,
+        b=FakeChannel("b", GONE),
+    )
+    assert (outcome.status, b.calls) == ("failed", 1)
+    assert [h.state for h in outcome.hops] == ["unacknowledged", "failed"]
+
+
+async def test_a_held_hop_whose_attempt_is_gone_counts_as_delivered() -> None:
+    outcome, b = await resume(held_hops(HopState.AWAITING_CONFIRMATION), {}, CONFIRM)
+    assert (outcome.status, outcome.delivered_via, b.calls) == ("delivered", "a", 0)
