@@ -657,6 +657,24 @@ def _undefined(kind: str, name: str, where: str, known: list[str]) -> str:
     )
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: ``true``/``false`` only. YAML 1.1's
+    ``on``/``off``/``yes``/``no`` stay strings, so ``confirm: {within: 2m, on: [failed]}`` has
+    the key ``on`` as written (1.1 reads it as ``True``); boolean settings still take them
+    (pydantic reads ``"yes"`` as true)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
 def load_config(
     path: str | Path, registry: ChannelRegistry, env: Mapping[str, str] | None = None
 ) -> HeraldConfig:
@@ -668,7 +686,7 @@ def load_config(
     except OSError as exc:
         raise ConfigError(source, [f"(file): cannot read: {exc.strerror or exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

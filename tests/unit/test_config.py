@@ -373,3 +373,24 @@ def test_one_channel_per_bot_token_receives() -> None:
         "channels.tg-too.inbound: channel tg already receives for this bot token; Telegram "
         "allows one receiver per bot, so give inbound to one of them"
     ]
+
+
+def test_yaml_reads_on_and_no_as_written_and_booleans_as_booleans(tmp_path: Path) -> None:
+    """YAML 1.2 booleans: ``confirm``'s ``on`` key (the README's spelling) is the key ``on``,
+    not ``True``; a channel's ``enabled: no`` still turns it off."""
+    path = tmp_path / "herald.yaml"
+    path.write_text(
+        "channels:\n"
+        f"  sms: {{type: twilio, account_sid: AC{'0' * 32}, auth_token: t,"
+        " from_number: '+15550001'}\n"
+        "  off: {type: log, enabled: no}\n"
+        "  on: {type: log, enabled: true}\n"
+        "routes:\n"
+        "  alerts:\n"
+        "    channels: [sms, on, off]\n"
+        "    confirm: {within: 2m, on: [undelivered, failed]}\n"
+    )
+    config = load_config(path, default_registry())
+    confirm = config.routes["alerts"].confirm
+    assert confirm is not None and set(confirm.on) == {"undelivered", "failed"}
+    assert (config.channels["off"].enabled, config.channels["on"].enabled) == (False, True)
