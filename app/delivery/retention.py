@@ -13,7 +13,6 @@ Once a pass has deleted something, SQLite's freed pages go back to the file syst
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
+from app.delivery.supervise import stopped
 from app.retention import RetentionConfig, RetentionPeriods, cutoffs
 from app.store.db import brief, unavailable_reason
 from app.store.retention import RetentionStore
@@ -56,8 +56,7 @@ class RetentionSweep:
                 if unavailable_reason(exc) is None:
                     raise
                 logger.debug("retention sweep skipped: database unavailable: %s", brief(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.every)
+            await stopped(stop, self.config.every)
 
     async def sweep(self, stop: asyncio.Event | None = None) -> int:
         """One pass: purge every group down to its cutoff (or until ``stop``); how many."""

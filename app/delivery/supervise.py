@@ -88,9 +88,14 @@ async def supervised(
             error = exc
         if error is None and stop.is_set():
             return
-        pause = restarts.failed(error, loop.time() - began)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=pause)
+        await stopped(stop, restarts.failed(error, loop.time() - began))
+
+
+async def stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` unless ``stop`` is set first; whether it was: a loop's pause."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
 
 
 def name_async_library() -> None:

@@ -40,7 +40,7 @@ from app.channels.base import DeliveryResult, ErrorClass
 from app.channels.telegram import BotApiError, TelegramChannel
 from app.delivery.orchestrator import utcnow
 from app.delivery.outage import FIRST_BACKOFF, Backoff, Outage
-from app.delivery.supervise import supervised
+from app.delivery.supervise import stopped, supervised
 from app.delivery.worker import default_worker_id
 from app.domain import InboundOutcome
 from app.ids import uuid7
@@ -138,7 +138,7 @@ class TelegramReceiver:
                     raise
                 pause = min(database.failed(exc), self.pass_time)
             if pause:
-                await _pause(stop, pause)
+                await stopped(stop, pause)
 
     async def _pass(self, stop: asyncio.Event) -> float:
         """Renew the lease, poll once, store and answer what came; the pause before the next
@@ -371,8 +371,3 @@ def receivers(runtime: Runtime) -> list[TelegramReceiver]:
 async def receive(runtime: Runtime, stop: asyncio.Event) -> None:
     """Run every inbound loop of this process until ``stop``."""
     await asyncio.gather(*(receiver.run(stop) for receiver in receivers(runtime)))
-
-
-async def _pause(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -43,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app import metrics, service
 from app.delivery.outage import Outage
-from app.delivery.supervise import supervised
+from app.delivery.supervise import stopped, supervised
 from app.delivery.worker import default_worker_id
 from app.domain import IngestOutcome, Unmatched
 from app.errors import HeraldError
@@ -89,13 +89,6 @@ class Failed:
 
 
 Result = service.Stored | HeraldError | Failed
-
-
-async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait ``seconds`` unless ``stop`` is set first; whether it was."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    return stop.is_set()
 
 
 def _id_order(entry_id: str) -> tuple[int, int]:
@@ -163,7 +156,7 @@ class StreamConsumer:
                     await self.step(stop, claims=first)
                     outage.recovered()
             except REDIS_DOWN as exc:
-                if await _stopped(stop, outage.failed(exc)):
+                if await stopped(stop, outage.failed(exc)):
                     return
 
     async def create_group(self) -> None:
@@ -381,7 +374,7 @@ class StreamConsumer:
             left = end - loop.time()
             if left <= 0:
                 return False
-            if await _stopped(stop, min(left, self.settings.claim_idle / 2)):
+            if await stopped(stop, min(left, self.settings.claim_idle / 2)):
                 return True
 
     async def _hold(self, ids: Sequence[str]) -> None:
