@@ -60,6 +60,9 @@ class RetentionConfig(RetentionPeriods):
     batch_time: Duration = Field(default=0.05, gt=0, le=5)
     """Longest a batch's transaction should hold the database; after each batch the sweep
     pauses as long as the batch took, so writers get at least half the time."""
+    inbound: Duration | None = Field(default=30 * DAY, gt=0)
+    """How long the messages chats sent Herald's bots (``GET /v1/inbound``) are kept;
+    ``null``: for ever."""
     remember_purged: Duration = Field(default=365 * DAY, gt=0)
     """How long a ``GET`` of a purged id still says it was purged (the knowledge is kept as
     id ranges, one per batch and owner, so it stays small)."""

@@ -7,21 +7,23 @@ one batch (one short transaction) at a time. A batch that took longer than
 after each batch the sweep pauses as long as the batch took, so other writers get the database
 at least half the time (on SQLite, the API and the sweep share the process's one connection).
 Once a pass has deleted something, SQLite's freed pages go back to the file system in short
-``incremental_vacuum`` steps. Ranges of purged ids older than ``remember_purged`` are forgotten.
+``incremental_vacuum`` steps. Ranges of purged ids older than ``remember_purged`` are forgotten,
+and the messages chats sent Herald's bots older than ``retention.inbound`` deleted the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.delivery.supervise import stopped
-from app.retention import RetentionConfig, RetentionPeriods, cutoffs
+from app.retention import CutoffGroup, RetentionConfig, RetentionPeriods, cutoffs
 from app.store.db import brief, unavailable_reason
 from app.store.retention import RetentionStore
 
@@ -63,20 +65,14 @@ class RetentionSweep:
         now = self.clock()
         deleted = 0
         for group in cutoffs(self.config, self.routes, now):
-            while stop is None or not stop.is_set():
-                loop = asyncio.get_running_loop()
-                began = loop.time()
-                size = self.batch
-                count = await self.store.purge_batch(group, size, now)
-                took = loop.time() - began
-                if count:
-                    deleted += count
-                    metrics.retention_deleted.labels(group.status).inc(count)
-                self._resize(took)
-                if count < size:  # the group is down to its cutoff
-                    break
-                await asyncio.sleep(took)
+            count = await self._batches(partial(self._purge, group, now), stop)
+            deleted += count
         await self.store.forget_ranges(now - timedelta(seconds=self.config.remember_purged))
+        if self.config.inbound is not None:
+            before = now - timedelta(seconds=self.config.inbound)
+            inbound = await self._batches(partial(self.store.purge_inbound, before), stop)
+            if inbound:
+                logger.info("retention purged %d inbound messages", inbound)
         if deleted:
             logger.info("retention purged %d finished notifications", deleted)
             await self.reclaim(stop)
@@ -92,6 +88,30 @@ class RetentionSweep:
                 break
             await asyncio.sleep(loop.time() - began)
         await self.store.checkpoint()
+
+    async def _batches(
+        self, purge: Callable[[int], Awaitable[int]], stop: asyncio.Event | None
+    ) -> int:
+        """``purge`` batch after batch (each sized, and followed by a pause, as the sweep's),
+        until a batch finds fewer rows than it could take; how many it deleted."""
+        deleted = 0
+        while stop is None or not stop.is_set():
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            size = self.batch
+            count = await purge(size)
+            took = loop.time() - began
+            deleted += count
+            self._resize(took)
+            if count < size:
+                break
+            await asyncio.sleep(took)
+        return deleted
+
+    async def _purge(self, group: CutoffGroup, now: datetime, size: int) -> int:
+        count = await self.store.purge_batch(group, size, now)
+        metrics.retention_deleted.labels(group.status).inc(count)
+        return count
 
     def _resize(self, took: float) -> None:
         if took > self.config.batch_time:

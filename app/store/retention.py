@@ -33,6 +33,7 @@ from sqlalchemy.util import greenlet_spawn
 from app.domain import OPEN_EVENT_DELIVERIES, NotificationStatus
 from app.retention import CutoffGroup
 from app.store.db import is_sqlite
+from app.store.inbound import INBOUND_MESSAGES
 from app.store.models import PurgedRange
 from app.store.sql import ATTEMPTS, EVENT_DELIVERIES, EVENTS, NOTIFICATIONS, status_is
 
@@ -100,6 +101,20 @@ class RetentionStore:
             ranges = _ranges(rows, now)
             await connection.execute(insert(PURGED_RANGES), ranges)
         return len(ids)
+
+    async def purge_inbound(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the inbound messages received before ``before``, oldest
+        first, in one transaction; how many."""
+        table = INBOUND_MESSAGES
+        oldest = (
+            select(table.c.id)
+            .where(table.c.received_at < before)
+            .order_by(table.c.received_at)
+            .limit(limit)
+        )
+        async with self.engine.begin() as connection:
+            result = await connection.execute(delete(table).where(table.c.id.in_(oldest)))
+            return int(result.rowcount)
 
     async def forget_ranges(self, before: datetime) -> int:
         """Stop remembering ranges purged before ``before``; how many."""

@@ -5,15 +5,17 @@ gives the space back to the file system."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from app import metrics
 from app.config import ConfigError
 from app.ids import uuid7
+from app.store.inbound import INBOUND_MESSAGES
 from app.store.sql import ATTEMPTS, EVENT_DELIVERIES, EVENTS, NOTIFICATIONS
 from tests.support.events import EVENTS_SECRET
 from tests.support.harness import Harness, config_from, herald
@@ -205,3 +207,35 @@ async def test_only_the_owner_and_admins_learn_that_an_id_was_purged(db_url: str
         "bob": "urn:herald:problem:not-found",
         "ops": "urn:herald:problem:purged",
     }
+
+
+async def test_inbound_messages_go_after_retention_inbound(db_url: str) -> None:
+    """What chats sent the bots is kept ``retention.inbound`` (default 30 days), then deleted
+    in the same batches; ``null`` keeps it."""
+
+    def message(update_id: int, received_at: Any) -> dict[str, Any]:
+        return {
+            "id": uuid7(),
+            "channel": "ops-telegram",
+            "update_id": update_id,
+            "kind": "message",
+            "outcome": "handled",
+            "received_at": received_at,
+        }
+
+    for inbound, left in ((None, 25), ("30d", 5)):  # the same database twice
+        config = retention_config(retention={"inbound": inbound, "batch_size": 10})
+        async with herald(db_url, config) as h:
+            if inbound is None:
+                now = h.clock()
+                rows = [message(i, now - timedelta(days=40)) for i in range(20)]
+                rows += [message(100 + i, now - timedelta(days=2)) for i in range(5)]
+                async with h.runtime.engine.begin() as connection:
+                    await connection.execute(insert(INBOUND_MESSAGES), rows)
+            assert await h.worker.retention.sweep() == 0, "no notification was purged"
+            listed = await h.client.get("/v1/inbound", params={"limit": 100})
+            kept = {item["update_id"] for item in listed.json()["items"]}
+            assert len(kept) == left and set(range(100, 105)) <= kept
+            async with h.runtime.engine.connect() as connection:
+                stored = select(func.count()).select_from(INBOUND_MESSAGES)
+                assert await connection.scalar(stored) == left
