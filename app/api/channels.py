@@ -14,14 +14,17 @@ from app.api.schemas import (
     ChannelOut,
     Circuit,
     ConfirmOut,
+    MuteOut,
     RetryOut,
     RouteList,
     RouteOut,
 )
-from app.delivery.orchestrator import Link
+from app.delivery.orchestrator import Link, utcnow
 from app.domain import DEFAULT_ROUTE, ChannelHealth, CircuitState
 from app.durations import format_duration
+from app.retention import PURGEABLE, RetentionPeriods
 from app.security.redaction import redact
+from app.store.inbound import InboundLog
 
 router = APIRouter(
     prefix="/v1",
@@ -105,6 +108,9 @@ async def list_channels(runtime: RuntimeDep) -> ChannelList:
     responses=error_responses(503),
 )
 async def list_routes(runtime: RuntimeDep) -> RouteList:
+    async with runtime.sessions() as session:
+        mutes = await InboundLog(session).mutes(utcnow())
+    defaults = runtime.config.retention.periods
     return RouteList(
         items=[
             RouteOut(
@@ -126,7 +132,23 @@ async def list_routes(runtime: RuntimeDep) -> RouteList:
                 ),
                 ttl=format_duration(route.ttl) if route.ttl is not None else None,
                 default=name == DEFAULT_ROUTE,
+                quiet_hours=route.quiet_hours,
+                retention=_retention(route.retention, defaults),
+                mutes=[
+                    MuteOut(channel_type=mute.channel_type, until=mute.until, by=mute.by)
+                    for mute in mutes
+                    if mute.route == name
+                ],
             )
             for name, route in runtime.config.routes.items()
         ]
     )
+
+
+def _retention(own: RetentionPeriods | None, defaults: RetentionPeriods) -> dict[str, str | None]:
+    """A route's retention period per final status, as shown."""
+    periods = own.over(defaults) if own is not None else defaults
+    return {
+        status: None if (period := periods.period(status)) is None else format_duration(period)
+        for status in PURGEABLE
+    }

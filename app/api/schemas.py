@@ -39,6 +39,7 @@ from app.domain import (
     Strategy,
 )
 from app.nesting import NESTING_LIMIT, TOO_DEEP, nested_deeper, shown
+from app.quiet import QuietHours
 
 
 class Output(BaseModel):
@@ -430,6 +431,24 @@ class RouteOut(Output):
     retry: RetryOut
     ttl: str | None
     default: bool
+    quiet_hours: QuietHours | None = Field(
+        description="Hops held or skipped during a local time window (a request's "
+        "recipient.quiet_hours overrides it)."
+    )
+    retention: dict[str, str | None] = Field(
+        description="Per final status, how long a finished notification of this route is kept "
+        "before it is purged (the route's own period, else the global one; null: for ever)."
+    )
+    mutes: list[MuteOut] = Field(
+        description="The route's hops left out of its chain now, by channel type (Telegram "
+        "/mute), until when and by whom."
+    )
+
+
+class MuteOut(Output):
+    channel_type: str
+    until: datetime
+    by: str
 
 
 class RouteList(Output):

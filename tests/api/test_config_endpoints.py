@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from app.domain import Mute
+from app.store.inbound import InboundLog
 from tests.support.harness import herald
 
 WEBHOOK_SECRET = "whsec_c2VjcmV0LXdlYmhvb2sta2V5LTQyNDI="
@@ -41,6 +44,13 @@ CONFIG: dict[str, Any] = {
             "strategy": "fallback",
             "retry": {"schedule": ["5s", "90s", "1m", "30m", "2h", "1d", "500ms"], "jitter": 0.1},
             "ttl": "24h",
+            "retention": {"delivered": "7d", "failed": None},
+            "quiet_hours": {
+                "timezone": "Europe/Berlin",
+                "from": "22:00",
+                "to": "07:00",
+                "hops": ["email"],
+            },
         },
         "everyone": {"channels": ["email", "console"], "strategy": "all", "ttl": 5400},
     },
@@ -90,8 +100,24 @@ async def test_channels_with_settings_and_secrets_masked(db_url: str) -> None:
         assert private["settings"]["password"] is None
 
 
+DEFAULT_RETENTION = {
+    "delivered": "30d",
+    "failed": "90d",
+    "partial": "90d",
+    "expired": "90d",
+    "cancelled": "30d",
+    "acknowledged": "30d",
+}
+
+
 async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> None:
     async with herald(db_url, CONFIG) as h:
+        until = h.clock() + timedelta(hours=1)
+        async with h.runtime.sessions() as session, session.begin():
+            log = InboundLog(session)
+            await log.mute(Mute("alerts", "smtp", until, "ops chat -1 (@al)"), now=h.clock())
+            gone = Mute("everyone", "log", h.clock() - timedelta(minutes=1), "x")
+            await log.mute(gone, now=h.clock())
         response = await h.client.get("/v1/routes")
         assert response.status_code == 200
         assert response.json() == {
@@ -105,6 +131,9 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                     "retry": {"schedule": ["5s", "1m", "5m", "30m", "2h", "6h"], "jitter": 0.2},
                     "ttl": None,
                     "default": True,
+                    "quiet_hours": None,
+                    "retention": DEFAULT_RETENTION,
+                    "mutes": [],
                 },
                 {
                     "name": "alerts",
@@ -118,6 +147,22 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                     },
                     "ttl": "1d",
                     "default": False,
+                    "quiet_hours": {
+                        "timezone": "Europe/Berlin",
+                        "from": "22:00",
+                        "to": "07:00",
+                        "hops": ["email"],
+                        "mode": "hold",
+                        "bypass_severity": "critical",
+                    },
+                    "retention": {**DEFAULT_RETENTION, "delivered": "7d", "failed": None},
+                    "mutes": [
+                        {
+                            "channel_type": "smtp",
+                            "until": until.isoformat().replace("+00:00", "Z"),
+                            "by": "ops chat -1 (@al)",
+                        }
+                    ],
                 },
                 {
                     "name": "everyone",
@@ -128,6 +173,9 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                     "retry": {"schedule": ["5s", "1m", "5m", "30m", "2h", "6h"], "jitter": 0.2},
                     "ttl": "90m",
                     "default": False,
+                    "quiet_hours": None,
+                    "retention": DEFAULT_RETENTION,
+                    "mutes": [],
                 },
             ]
         }
