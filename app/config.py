@@ -438,7 +438,7 @@ def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[st
 
 
 def _join(path: str, part: str) -> str:
-    return f"{path}.{part}" if path else part
+    return f"{path}.{part}" if path and part else path or part
 
 
 def _error_lines(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
