@@ -193,3 +193,17 @@ def test_a_valid_template_section_is_compiled() -> None:
         default_registry(),
     )
     assert config.templates["hello"].render({"name": "Ada"}).text == "Hi Ada"
+
+
+def test_the_example_config_has_a_template_that_renders_for_each_override() -> None:
+    import yaml
+
+    from tests.ops.support import ROOT
+
+    raw = yaml.safe_load((ROOT / "examples/herald.yaml").read_text())
+    config = parse_config(raw, default_registry(), env={})
+    rendered = config.templates["disk-alert"].render({"host": "db-1", "percent": 93})
+    assert rendered.text == "db-1: / at 93%"
+    assert rendered.overrides["twilio"] == {"subject": "", "text": "DISK db-1 93%"}
+    assert rendered.overrides["whatsapp"]["parameters"] == ["db-1", "93"]
+    assert set(rendered.overrides) == {"telegram", "twilio", "slack", "whatsapp"}
