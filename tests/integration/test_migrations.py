@@ -161,6 +161,35 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     assert diff == []
 
 
+async def test_templates_down_and_up_again(db_url: str) -> None:
+    """0008 down drops the template columns and keeps the rendered text; up again, the
+    notification shows no template, and a new one stores its template and overrides."""
+    config = {**CONFIG, "templates": {"hi": {"text": "Hi {{ n }}", "overrides": {"log": {}}}}}
+    async with herald(db_url, config) as h:
+        kept = await h.send(template="hi", data={"n": "Ada"})
+        assert (kept["template"], kept["rendered"]) == ("hi", {"log": {}})
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0007")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: [col["name"] for col in inspect(c).get_columns("notifications")]
+            )
+    finally:
+        await engine.dispose()
+    assert "template" not in columns and "rendered" not in columns and "text" in columns
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, config) as h:
+        shown = await h.get(kept["id"])
+        assert (shown["text"], shown["template"], shown["rendered"]) == ("Hi Ada", None, None)
+        again = await h.send(template="hi", data={"n": "Bo"})
+        assert (again["text"], again["template"]) == ("Hi Bo", "hi")
+
+
 async def table_names(url: str) -> list[str]:
     engine = create_async_engine(url)
     try:
