@@ -275,7 +275,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(path, registry, code=1)
     print(
         f"{path}: ok ({len(config.channels)} channels, {len(config.routes)} routes, "
-        f"{len(config.auth.api_keys)} API keys)"
+        f"{len(config.auth.api_keys)} API keys, {len(config.templates)} templates compiled)"
     )
     return 0
 

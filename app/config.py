@@ -48,6 +48,14 @@ from app.quiet import QuietHours
 from app.ratelimit import RateLimit, parse_rate
 from app.retention import RetentionConfig, RetentionPeriods
 from app.store.db import normalize_database_url
+from app.templates import (
+    OVERRIDE_MODELS,
+    MessageTemplate,
+    TemplateCompileError,
+    TemplateConfig,
+    TemplateFields,
+    compile_template,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0)
@@ -358,6 +366,7 @@ class _FileModel(BaseModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    templates: dict[str, TemplateConfig] = Field(default_factory=dict)
 
 
 class HeraldConfig(BaseModel):
@@ -373,6 +382,8 @@ class HeraldConfig(BaseModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    templates: dict[str, MessageTemplate] = Field(default_factory=dict)
+    """Compiled ``templates``, by name."""
 
 
 TOP_LEVEL = tuple(_FileModel.model_fields)
@@ -427,7 +438,7 @@ def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[st
 
 
 def _join(path: str, part: str) -> str:
-    return f"{path}.{part}" if path else part
+    return f"{path}.{part}" if path and part else path or part
 
 
 def _error_lines(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -550,6 +561,7 @@ def parse_config(
     problems.extend(_subscription_problems(shape))
     problems.extend(_ingest_problems(shape))
     problems.extend(_inbound_problems(channels))
+    templates = _templates(shape, registry, problems)
     if problems:
         raise ConfigError(source, problems)
     return HeraldConfig(
@@ -561,7 +573,52 @@ def parse_config(
         ingest=shape.ingest,
         server=shape.server,
         retention=shape.retention,
+        templates=templates,
     )
+
+
+OVERRIDE_HINTS = {"sms": "twilio", "email": "smtp", "mail": "smtp"}
+"""Override keys people write that are not channel types, and the type they mean."""
+
+
+def _templates(
+    shape: _FileModel, registry: ChannelRegistry, problems: list[str]
+) -> dict[str, MessageTemplate]:
+    """Every template compiled; what is wrong with one goes to ``problems``, naming the
+    template, the field and, for Jinja syntax, the line."""
+    compiled: dict[str, MessageTemplate] = {}
+    name_re = re.compile(NAME_PATTERN)
+    for name, template in shape.templates.items():
+        path = f"templates.{name}"
+        if not name_re.match(name):
+            problems.append(f"{path}: a template name is letters, digits, '_', '.', '-' (≤ 64)")
+            continue
+        overrides: dict[str, Any] = {}
+        for type_name, settings in template.overrides.items():
+            at = f"{path}.overrides.{type_name}"
+            if registry.get(type_name) is None:
+                meant = OVERRIDE_HINTS.get(type_name)
+                problems.append(
+                    f"{at}: overrides are per channel type; {type_name!r} is not one"
+                    + (f": did you mean `{meant}`?" if meant else "")
+                    + f" (known: {', '.join(registry.names())})"
+                )
+                continue
+            model = OVERRIDE_MODELS.get(type_name, TemplateFields)
+            try:
+                overrides[type_name] = model.model_validate(settings).model_dump(
+                    exclude_defaults=True
+                )
+            except ValidationError as exc:
+                problems.extend(_error_lines(exc, model, at))
+        source = template.model_dump(exclude_none=True, exclude={"overrides"})
+        if overrides:
+            source["overrides"] = overrides
+        try:
+            compiled[name] = compile_template(name, source)
+        except TemplateCompileError as exc:
+            problems.append(exc.problem)
+    return compiled
 
 
 def _quiet_hop_problems(

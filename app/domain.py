@@ -418,6 +418,10 @@ class NewNotification(Protocol):
     def callback_url(self) -> str | None: ...
     @property
     def callback_events(self) -> Sequence[str] | None: ...
+    @property
+    def template(self) -> str | None: ...
+    @property
+    def data(self) -> dict[str, Any] | None: ...
 
 
 class StoredNotification(TypedDict):
@@ -465,6 +469,10 @@ class StoredNotification(TypedDict):
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     acknowledged_via: str | None
+    template: str | None
+    """The template its subject, text and html were rendered from."""
+    rendered: dict[str, dict[str, Any]] | None
+    """The template's per-channel-type overrides, rendered (``None`` without a template)."""
     created_at: datetime
     updated_at: datetime
 

@@ -133,6 +133,13 @@ class NotificationNotFound(NotFound):
         super().__init__(f"no notification with id {notification_id}")
 
 
+class TemplateNotFound(NotFound):
+    """No template of that name in the config."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no template named {name!r}")
+
+
 class NotificationPurged(NotificationNotFound):
     """The notification existed, and retention purged it once its period was over."""
 

@@ -25,6 +25,7 @@ from app.api import (
     notifications,
     problems,
     receipts,
+    templates,
 )
 from app.api.deps import security_of, security_schemes
 from app.api.middleware import Edge
@@ -174,6 +175,7 @@ def create_app(
             },
             {"name": "inbound", "description": "What chats sent Herald' bots."},
             {"name": "configuration", "description": "Channels and routes from herald.yaml."},
+            {"name": "templates", "description": "Message templates from herald.yaml."},
             {"name": "health", "description": "Liveness, readiness and metrics."},
         ],
     )
@@ -189,6 +191,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(receipts.router)
     app.include_router(acks.router)
+    app.include_router(templates.router)
     app.webhooks.include_router(events.webhook_router)
     # In front of the FastAPI route it falls back to (which also documents the operation).
     fast = notifications.FastAccept()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -54,6 +54,7 @@ from app.errors import (
     InvalidTransition,
     NotificationNotFound,
     NotificationPurged,
+    TemplateNotFound,
     UnknownName,
     Unprocessable,
 )
@@ -70,6 +71,7 @@ from app.store.receipts import ReceiptStore
 from app.store.repositories import IdempotencyRepository, NotificationRepository
 from app.store.retention import was_purged
 from app.store.sql import OutboxRows, Row
+from app.templates import MessageTemplate, Rendered, RenderError
 
 logger = logging.getLogger("herald.api")
 
@@ -85,6 +87,8 @@ class ShownAttempt:
     stored: StoredAttempt
     receipt: Receipt | None
 
+
+NO_TEMPLATES: Mapping[str, MessageTemplate] = {}
 
 Outcome = uuid.UUID | HeraldError
 """What became of one item of a batch: the id it is stored under, or why it was refused."""
@@ -195,7 +199,14 @@ async def accept_batch(
             continue
         loc = ("body", "items", index)
         try:
-            row = new_notification(item, admit(runtime, item, loc), now=now, owner=owner, loc=loc)
+            row = new_notification(
+                item,
+                admit(runtime, item, loc),
+                now=now,
+                owner=owner,
+                loc=loc,
+                templates=runtime.config.templates,
+            )
         except HeraldError as exc:
             outcomes.append(exc)
             continue
@@ -244,6 +255,41 @@ def key_row(
     }
 
 
+def render(
+    templates: Mapping[str, MessageTemplate], request: NewNotification, loc: Loc = ("body",)
+) -> Rendered | None:
+    """The request's template rendered with its data (``None`` for a request without one);
+    ``Unprocessable`` (422) for an unknown template or a render that fails, naming why."""
+    if request.template is None:
+        return None
+    template = templates.get(request.template)
+    if template is None:
+        raise UnknownName("template", [request.template], [*loc, "template"])
+    return rendered(template, request.data or {}, [*loc, "data"])
+
+
+def rendered(template: MessageTemplate, data: Mapping[str, Any], loc: Loc) -> Rendered:
+    """``template`` rendered with ``data``; ``Unprocessable`` (422, at ``loc``: where the data
+    is) naming the field that failed and why: a missing variable, what the sandbox forbids, a
+    render limit."""
+    try:
+        return template.render(data)
+    except RenderError as exc:
+        raise Unprocessable(
+            f"template {exc.template!r} cannot be rendered: {exc.field}: {exc.reason}",
+            errors=[{"loc": list(loc), "msg": f"{exc.field}: {exc.reason}"}],
+        ) from None
+
+
+def preview(config: HeraldConfig, name: str, data: Mapping[str, Any]) -> Rendered:
+    """Template ``name`` rendered with ``data``, nothing stored or sent; ``TemplateNotFound``
+    (404) when the config has none of that name."""
+    template = config.templates.get(name)
+    if template is None:
+        raise TemplateNotFound(name)
+    return rendered(template, data, ["body", "data"])
+
+
 def new_notification(
     request: NewNotification,
     route: ResolvedRoute,
@@ -251,13 +297,16 @@ def new_notification(
     now: datetime,
     owner: str | None,
     loc: Loc = ("body",),
+    templates: Mapping[str, MessageTemplate] = NO_TEMPLATES,
 ) -> StoredNotification:
-    """The ``notifications`` row of a newly accepted request.
+    """The ``notifications`` row of a newly accepted request, its template (one of
+    ``templates``) rendered.
 
     An ``expires_at`` that has passed is refused here, against the time of the accept, not
     when the body is validated: an idempotent replay of a request whose expiry has passed
     since still answers with the original notification.
     """
+    rendered = render(templates, request, loc)
     expires_at = request.expires_at
     if expires_at is not None and expires_at <= now:
         raise Unprocessable(
@@ -281,9 +330,9 @@ def new_notification(
         "channels": route.channels,
         "chain_key": "," + ",".join(route.channels) + ",",
         "recipient": request.recipient.model_dump(exclude_none=True),
-        "subject": request.subject,
-        "text": request.text,
-        "html": request.html,
+        "subject": request.subject if rendered is None else rendered.subject,
+        "text": request.text if rendered is None else rendered.text,
+        "html": request.html if rendered is None else rendered.html,
         "severity": request.severity,
         "source": request.source,
         "metadata": request.metadata,
@@ -309,6 +358,8 @@ def new_notification(
         "acknowledged_at": None,
         "acknowledged_by": None,
         "acknowledged_via": None,
+        "template": None if rendered is None else rendered.template,
+        "rendered": None if rendered is None else rendered.overrides,
         "created_at": now,
         "updated_at": now,
     }
@@ -344,7 +395,7 @@ async def accept(
         if replay is not None:
             return replay, True
     now = utcnow()
-    row = new_notification(request, route, now=now, owner=owner)
+    row = new_notification(request, route, now=now, owner=owner, templates=runtime.config.templates)
     key = key_row(scope, idempotency_key, digest, now, notification_id=row["id"])
     due = _due(row, now)
     events = runtime.outbox.accepted([row])
@@ -405,7 +456,13 @@ async def accept_keyed(
             outcomes.append(Stored(known, replayed=True))
             continue
         try:
-            row = new_notification(item.request, admit(runtime, item.request), now=now, owner=owner)
+            row = new_notification(
+                item.request,
+                admit(runtime, item.request),
+                now=now,
+                owner=owner,
+                templates=runtime.config.templates,
+            )
         except HeraldError as exc:
             outcomes.append(exc)
             continue

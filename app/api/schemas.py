@@ -52,6 +52,7 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 BODY_LIMIT = 64 * 1024
 METADATA_LIMIT = 16 * 1024
+DATA_LIMIT = 64 * 1024
 
 
 def _utf8_len(value: str) -> int:
@@ -71,6 +72,18 @@ def _callback_event_glob(value: str) -> str:
 
 CallbackEventGlob = Annotated[str, Field(max_length=64), AfterValidator(_callback_event_glob)]
 """A glob over the event types of one notification (``channel.*`` events are no one's)."""
+
+
+def _template_data(value: dict[str, Any]) -> dict[str, Any]:
+    if nested_deeper(value):
+        raise ValueError(TOO_DEEP)
+    if _utf8_len(json.dumps(value, separators=(",", ":"), ensure_ascii=False)) > DATA_LIMIT:
+        raise ValueError(f"at most {DATA_LIMIT} bytes when serialized as JSON")
+    return value
+
+
+TemplateData = Annotated[dict[str, Any], AfterValidator(_template_data)]
+"""A template's variables, bounded as ``metadata`` is, with more room."""
 
 
 class NotificationCreate(BaseModel):
@@ -132,6 +145,23 @@ class NotificationCreate(BaseModel):
         f"attempt.failed) the callback_url receives; default: {_DEFAULT_CALLBACK_EVENTS}.",
         examples=[["notification.*"]],
     )
+    template: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=NAME,
+        description="A configured template (GET /v1/templates) that makes the subject, text, "
+        "html and per-channel-type overrides from data; with it, leave subject, text and html "
+        "out. An unknown template, a variable missing from data, or a render the sandbox "
+        "refuses or that exceeds its limits: 422.",
+        examples=["disk-alert"],
+    )
+    data: TemplateData | None = Field(
+        default=None,
+        description=f"The template's variables: a JSON object, at most {DATA_LIMIT // 1024} "
+        f"KiB serialized and {NESTING_LIMIT} levels deep. Only with template; not stored "
+        "(what it rendered is).",
+        examples=[{"host": "db-1", "percent": 93}],
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -175,8 +205,17 @@ class NotificationCreate(BaseModel):
     def _consistent(self) -> NotificationCreate:
         if self.route is not None and self.channels is not None:
             raise ValueError("give route or channels, not both")
-        if self.text is None and self.html is None:
-            raise ValueError("give at least one of text and html")
+        if self.template is not None:
+            given = [f for f in ("subject", "text", "html") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(
+                    f"give template or {' and '.join(given)}, not both: the template makes "
+                    "the subject, text and html"
+                )
+        elif self.data is not None:
+            raise ValueError("data needs a template")
+        elif self.text is None and self.html is None:
+            raise ValueError("give at least one of text and html, or a template")
         if self.send_at and self.expires_at and self.expires_at <= self.send_at:
             raise ValueError("expires_at must be later than send_at")
         if self.callback_events is not None and self.callback_url is None:
@@ -270,6 +309,7 @@ class NotificationOut(Output):
     acknowledgement: Acknowledgement | None = Field(
         description="Who acknowledged it, when and how (status acknowledged)."
     )
+    template: str | None = Field(description="The template it was rendered from, if any.")
     created_at: datetime
     updated_at: datetime
 
@@ -306,6 +346,11 @@ class NotificationDetail(NotificationOut):
 
     text: str | None
     html: str | None
+    rendered: dict[str, dict[str, Any]] | None = Field(
+        description="The template's per-channel-type overrides as rendered: what a channel "
+        "of that type (an attempt's channel_type) was sent in place of subject, text and "
+        "html. Null without a template."
+    )
 
 
 class NotificationPage(Output):
@@ -453,6 +498,44 @@ class MuteOut(Output):
 
 class RouteList(Output):
     items: list[RouteOut]
+
+
+class TemplateOut(Output):
+    name: str
+    fields: list[Literal["subject", "text", "html"]] = Field(
+        description="The template's own fields that are set."
+    )
+    overrides: list[str] = Field(description="The channel types it has overrides for.")
+    variables: list[str] = Field(
+        description="The top-level names of data its fields use (each must be given)."
+    )
+
+
+class TemplateList(Output):
+    items: list[TemplateOut]
+
+
+class TemplatePreviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: TemplateData = Field(
+        default_factory=dict,
+        description=f"The template's variables, as a notification's data: at most "
+        f"{DATA_LIMIT // 1024} KiB serialized and {NESTING_LIMIT} levels deep.",
+    )
+
+
+class TemplatePreview(Output):
+    """A template rendered with the given data, as a notification would store it."""
+
+    template: str
+    subject: str | None
+    text: str | None
+    html: str | None
+    rendered: dict[str, dict[str, Any]] = Field(
+        description="Per channel type: the overrides, rendered, that a channel of that type "
+        "sends in place of subject, text and html."
+    )
 
 
 class Health(Output):

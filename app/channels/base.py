@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -264,6 +265,9 @@ class Recipient(BaseModel):
         return None if value is None else checked_e164(value, "not a valid")
 
 
+NO_OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """Everything a channel may need to deliver one notification."""
@@ -281,6 +285,23 @@ class Message:
     acks: bool = False
     """The route waits for an acknowledgement (``strategy: escalate``): a channel that can
     offers a way to give one (Telegram's button, ntfy's action, the email's link)."""
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: NO_OVERRIDES)
+    """Its template's rendered overrides per channel type (``app.templates``)."""
+
+    def for_type(self, type_name: str) -> Message:
+        """The message as a channel of ``type_name`` sends it: its template's override for
+        that type in place of the subject, text and html it gives (the rest as they are).
+        What else an override holds (Slack ``blocks``, a WhatsApp template) its channel type
+        reads from ``overrides``."""
+        override = self.overrides.get(type_name)
+        if not override:
+            return self
+        return replace(
+            self,
+            subject=override.get("subject", self.subject),
+            text=override.get("text", self.text),
+            html=override.get("html", self.html),
+        )
 
     def plain_text(self) -> str:
         """The text body, or the HTML with its tags stripped when only HTML was given."""

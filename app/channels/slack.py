@@ -14,11 +14,12 @@ The destination comes from the settings, never from the recipient.
 
 The message is Slack ``mrkdwn``: the subject as a bold first line (``*subject*``, its whitespace
 collapsed to single spaces), then the text (the HTML with its tags stripped when only HTML was
-given). ``&``, ``<`` and ``>`` are escaped as ``&amp;``, ``&lt;`` and ``&gt;`` (Slack's formatting
-rules), so a notification cannot inject links or ``<!channel>`` pings. Slack truncates ``text``
-past 40,000 characters; Herald cuts the escaped text to 39,999 characters plus ``…`` itself, never
-splitting an entity. Messages between 4,000 (Slack's recommended size) and 40,000 characters are
-posted whole; Slack shows them folded.
+given; a template's ``slack`` override gives its own ``mrkdwn`` text and Block Kit
+``blocks``: ``formatted``). ``&``, ``<`` and ``>`` are escaped as ``&amp;``, ``&lt;`` and
+``&gt;`` (Slack's formatting rules), so a notification cannot inject links or ``<!channel>``
+pings. Slack truncates ``text`` past 40,000 characters; Herald cuts the escaped text to 39,999
+characters plus ``…`` itself, never splitting an entity. Messages between 4,000 (Slack's
+recommended size) and 40,000 characters are posted whole; Slack shows them folded.
 
 Errors map to the error classes; the code is ``slack_<error string>`` whenever Slack named the
 error, else ``http_<status>``:
@@ -183,6 +184,18 @@ def compose(message: Message) -> str:
     return truncate("\n".join(lines))
 
 
+def formatted(message: Message) -> tuple[str, list[Any] | None]:
+    """The ``text`` and ``blocks`` Slack gets. A template's ``slack`` override gives them as
+    written, already ``mrkdwn`` (what it inserted was escaped when it was rendered), the
+    ``text`` cut as ``compose`` cuts it; blocks without a text come with the composed text,
+    which Slack shows in notifications. Otherwise the composed text alone."""
+    override = message.overrides.get(SlackChannel.type_name) or {}
+    blocks = override.get("blocks")
+    written = override.get("text")
+    text = truncate(written) if isinstance(written, str) else compose(message)
+    return text, list(blocks) if isinstance(blocks, list) else None
+
+
 def _url_secrets(url: str) -> list[str]:
     """The URL, its path and its last path segment (the token part of a webhook URL)."""
     parsed = httpx.URL(url)
@@ -274,7 +287,7 @@ class SlackChannel(ChannelType):
         return None
 
     async def send(self, message: Message) -> DeliveryResult:
-        text = compose(message)
+        text, blocks = formatted(message)
         if self.config.webhook_url is not None:
             url = self.config.webhook_url.get_secret_value()
             payload: dict[str, Any] = {"text": text}
@@ -287,6 +300,8 @@ class SlackChannel(ChannelType):
                 "content-type": "application/json; charset=utf-8",
                 "authorization": f"Bearer {self.config.token.get_secret_value()}",
             }
+        if blocks is not None:
+            payload["blocks"] = blocks
         response = await post_once(
             self.context.http,
             url,

@@ -18,8 +18,12 @@ burst of parts to one user fail anyway.
 
 Free-form text is only accepted inside the 24-hour customer-service window, i.e. within 24 h of
 the user's last message to the business. Outside it Meta refuses with 131047 and only an approved
-template could be sent, which this channel type does not do: 131047 is ``permanent`` for the
-notification, and the route's next channel takes over.
+template can be sent: 131047 is ``permanent`` for the notification, and the route's next channel
+takes over. A notification rendered from a Herald template whose ``whatsapp`` override names an
+approved template (``name``, ``language``, ``parameters``: ``app.templates``) is sent as that
+template message instead, ``{"type": "template", "template": {"name", "language": {"code"},
+"components": [{"type": "body", "parameters": [{"type": "text", "text"}, …]}]}}``, which Meta
+delivers outside the window too.
 
 Errors come as Graph API errors ``{"error": {"message", "type", "code", "error_subcode",
 "error_data": {"details"}, "fbtrace_id"}}`` and are classified by their ``code`` (Meta asks
@@ -65,7 +69,7 @@ from app.channels.http_errors import (
     json_object,
     post_and_classify,
 )
-from app.channels.phone import number_and_body
+from app.channels.phone import number_and_body, recipient_number
 
 BODY_LIMIT = 4096
 """Meta's limit on ``text.body`` (characters); longer bodies are cut with an ellipsis."""
@@ -216,6 +220,26 @@ def message_id(response: httpx.Response) -> str | None:
     return None
 
 
+def approved_template(message: Message) -> dict[str, Any] | None:
+    """The ``template`` object of a template message, when the notification's template has a
+    ``whatsapp`` override naming an approved template: ``{"name", "language": {"code"},
+    "components": [{"type": "body", "parameters": [{"type": "text", "text"}, …]}]}``."""
+    override = message.overrides.get(WhatsAppChannel.type_name) or {}
+    name, language = override.get("name"), override.get("language")
+    if not isinstance(name, str) or not isinstance(language, str):
+        return None
+    approved: dict[str, Any] = {"name": name, "language": {"code": language}}
+    parameters = override.get("parameters") or []
+    if parameters:
+        approved["components"] = [
+            {
+                "type": "body",
+                "parameters": [{"type": "text", "text": str(text)} for text in parameters],
+            }
+        ]
+    return approved
+
+
 INBOUND_PATH = "/v1/inbound/whatsapp/{channel}"
 """Where Meta's webhook for a channel's app is pointed (the App Dashboard's callback URL)."""
 
@@ -235,17 +259,24 @@ class WhatsAppChannel(ChannelType):
         return f"{cfg.api_base}/{cfg.api_version}/{cfg.phone_number_id}/messages"
 
     async def send(self, message: Message) -> DeliveryResult:
-        prepared = number_and_body(message, BODY_LIMIT)
-        if isinstance(prepared, DeliveryResult):
-            return prepared
-        to, body = prepared
         cfg = self.config
+        approved = approved_template(message)
+        if approved is not None:
+            to = recipient_number(message)
+            if isinstance(to, DeliveryResult):
+                return to
+            content: dict[str, Any] = {"type": "template", "template": approved}
+        else:
+            prepared = number_and_body(message, BODY_LIMIT)
+            if isinstance(prepared, DeliveryResult):
+                return prepared
+            to, body = prepared
+            content = {"type": "text", "text": {"preview_url": cfg.preview_url, "body": body}}
         payload = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
             "to": to.removeprefix("+"),
-            "type": "text",
-            "text": {"preview_url": cfg.preview_url, "body": body},
+            **content,
         }
         return await post_and_classify(
             self.context.http,

@@ -483,7 +483,7 @@ class Orchestrator:
         result = (
             DeliveryResult.skipped(MUTED, muted)
             if muted is not None
-            else await self._send(message, link)
+            else await self._send(message.for_type(channel.type_name), link)
         )
         return AttemptRecord(
             channel=channel.name,

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.channels.base import ChannelConfig, DeliveryResult, ErrorClass, Message, Recipient
+from app.channels.base import (
+    NO_OVERRIDES,
+    ChannelConfig,
+    DeliveryResult,
+    ErrorClass,
+    Message,
+    Recipient,
+)
 from app.config import HeraldConfig, Settings
 from app.delivery.listener import listen
 from app.delivery.mutes import MuteBook
@@ -106,6 +113,7 @@ def message_of(notification: Claimed) -> Message:
         metadata=shown(notification.metadata),
         created_at=notification.created_at,
         acks=notification.strategy == Strategy.ESCALATE,
+        overrides=notification.rendered or NO_OVERRIDES,
     )
 
 

@@ -294,6 +294,9 @@ class NotificationTemplate(BaseModel):
     expires_at: Templated = None
     callback_url: Templated = None
     callback_events: Templated = None
+    template: Templated = None
+    """A configured template (``templates``), rendered with ``data`` as a POST's is."""
+    data: Templated = None
 
     def body(self, context: Mapping[str, Any]) -> dict[str, Any]:
         """The body filled from ``context``; ``MissingField`` for a missing path."""

@@ -110,6 +110,11 @@ class Notification(Base):
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     acknowledged_via: Mapped[str | None] = mapped_column(String(16))
+    template: Mapped[str | None] = mapped_column(String(64))
+    """The template its subject, text and html were rendered from."""
+    rendered: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The template's per-channel-type overrides, rendered: what a channel of that type sends
+    in place of subject, text and html."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

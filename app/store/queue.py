@@ -102,6 +102,8 @@ class Claimed:
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     acknowledged_via: str | None
+    rendered: dict[str, dict[str, Any]] | None
+    """Its template's per-channel-type overrides, rendered."""
 
 
 CLAIMED_COLUMNS = tuple(Claimed.__dataclass_fields__)

@@ -28,6 +28,7 @@ BASIC_CONFIG: dict[str, Any] = {
         "alerts": {"channels": ["console"]},
         "broadcast": {"channels": ["console", "backup"], "strategy": "all", "ttl": "1h"},
     },
+    "templates": {"greeting": {"subject": "Hi {{ name }}", "text": "Hello, {{ name }}."}},
 }
 
 

@@ -133,7 +133,8 @@ class Endpoint:
     @property
     def spec_path(self) -> str:
         """The path as ``openapi.yaml`` writes it."""
-        return self.path.replace("{id}", "{event_id}" if self.event else "{notification_id}")
+        path = self.path.replace("/templates/greeting/", "/templates/{name}/")
+        return path.replace("{id}", "{event_id}" if self.event else "{notification_id}")
 
 
 ENDPOINTS = [
@@ -186,6 +187,15 @@ ENDPOINTS = [
     Endpoint("inbound", "GET", "/v1/inbound", "admin"),
     Endpoint("channels", "GET", "/v1/channels", "read"),
     Endpoint("routes", "GET", "/v1/routes", "read"),
+    Endpoint("templates", "GET", "/v1/templates", "read"),
+    Endpoint(
+        "template_preview",
+        "POST",
+        "/v1/templates/greeting/preview",
+        "send",
+        200,
+        {"data": {"name": "Ada"}},
+    ),
     Endpoint("healthz", "GET", "/healthz", None),
     Endpoint("readyz", "GET", "/readyz", None),
     Endpoint("metrics", "GET", "/metrics", None),  # open: no metrics_key in this config

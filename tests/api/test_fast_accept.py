@@ -150,6 +150,10 @@ ROAD_CASES: dict[str, tuple[str | None, bytes]] = {
     "bad-email": ("application/json", b'{"text": "x", "recipient": {"email": "a@b\\r\\nc.d"}}'),
     "bad-phone": ("application/json", b'{"text": "x", "recipient": {"phone": "555-0100"}}'),
     "expired": ("application/json", b'{"text": "x", "expires_at": "2001-01-01T00:00:00Z"}'),
+    "template-missing-variable": ("application/json", b'{"template": "greeting", "data": {}}'),
+    "template-unknown": ("application/json", b'{"template": "nope", "data": {"name": "x"}}'),
+    "template-and-text": ("application/json", b'{"template": "greeting", "text": "x"}'),
+    "data-without-template": ("application/json", b'{"text": "x", "data": {"name": "x"}}'),
 }
 
 
@@ -280,6 +284,7 @@ VALID_CASES: dict[str, dict[str, Any]] = {
     "send_at-and-ttl": {"route": "broadcast", "text": "x", "send_at": "2099-01-01T00:00:00Z"},
     "recipient": {"text": "x", "recipient": {"email": "a@example.com", "phone": "+1 415 555 0100"}},
     "expires_at": {"route": "alerts", "text": "x", "expires_at": "2099-01-01T00:00:00Z"},
+    "template": {"route": "alerts", "template": "greeting", "data": {"name": "<Ada>"}},
 }
 STAMPED = ("created_at", "updated_at", "next_attempt_at", "expires_at")
 
@@ -325,7 +330,8 @@ async def both_roads(
     assert answer(first[0]) == answer(first[1])
     if key is None:
         return
-    for again in (body, {**body, "text": "another"}):
+    other = {"data": {"name": "another"}} if "template" in body else {"text": "another"}
+    for again in (body, {**body, **other}):
         replays = [
             await post(road, again, road_key)
             for road, road_key in (

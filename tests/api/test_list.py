@@ -42,8 +42,9 @@ async def test_newest_first_without_bodies(h: Harness) -> None:
     for item in page["items"]:
         assert "text" not in item
         assert "html" not in item
+        assert "rendered" not in item
     detail = await h.get(ids[0])
-    expected = {k: v for k, v in detail.items() if k not in ("text", "html")}
+    expected = {k: v for k, v in detail.items() if k not in ("text", "html", "rendered")}
     assert page["items"][-1] == expected
 
 

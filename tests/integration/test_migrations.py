@@ -129,16 +129,21 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     db_url: str, tmp_path: Path
 ) -> None:
     """0007 up on a database made before it (SQLite: a file without auto-vacuum, switched by a
-    VACUUM) keeps every row; down drops the purged ranges and the indexes."""
+    VACUUM) keeps every row; down drops the purged ranges and the indexes.
+
+    The row is written by today's code at head, then the database goes down to 0006 (and a
+    SQLite file back to no auto-vacuum, as a file made before 0007 is): today's code cannot
+    write at 0006, whose notifications lack later columns."""
     if db_url.startswith("sqlite"):
         db_url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-        await upgrade_async(db_url, "0006")
-        assert await auto_vacuum(db_url) == 0, "a file made before 0007 has none"
-    else:
-        await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
+        await upgrade_async(db_url)
     async with herald(db_url, CONFIG) as h:
         kept = await h.send(text="x")
         await h.run_worker()
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
+    if db_url.startswith("sqlite"):
+        await no_auto_vacuum(db_url)
+        assert await auto_vacuum(db_url) == 0, "a file made before 0007 has none"
 
     await upgrade_async(db_url)
     diff, _, _ = await inspect_database(db_url)
@@ -156,11 +161,52 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     assert diff == []
 
 
+async def test_templates_down_and_up_again(db_url: str) -> None:
+    """0008 down drops the template columns and keeps the rendered text; up again, the
+    notification shows no template, and a new one stores its template and overrides."""
+    config = {**CONFIG, "templates": {"hi": {"text": "Hi {{ n }}", "overrides": {"log": {}}}}}
+    async with herald(db_url, config) as h:
+        kept = await h.send(template="hi", data={"n": "Ada"})
+        assert (kept["template"], kept["rendered"]) == ("hi", {"log": {}})
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0007")
+    engine = create_async_engine(db_url)
+    try:
+        async with engine.connect() as connection:
+            columns = await connection.run_sync(
+                lambda c: [col["name"] for col in inspect(c).get_columns("notifications")]
+            )
+    finally:
+        await engine.dispose()
+    assert "template" not in columns and "rendered" not in columns and "text" in columns
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, config) as h:
+        shown = await h.get(kept["id"])
+        assert (shown["text"], shown["template"], shown["rendered"]) == ("Hi Ada", None, None)
+        again = await h.send(template="hi", data={"n": "Bo"})
+        assert (again["text"], again["template"]) == ("Hi Bo", "hi")
+
+
 async def table_names(url: str) -> list[str]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
             return await connection.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+
+
+async def no_auto_vacuum(url: str) -> None:
+    """Turn a SQLite file's auto-vacuum off, as it was before 0007 (a VACUUM rewrites it)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.exec_driver_sql("PRAGMA auto_vacuum = NONE")
+            await connection.commit()
+            await connection.exec_driver_sql("VACUUM")
     finally:
         await engine.dispose()
 

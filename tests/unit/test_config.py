@@ -293,7 +293,7 @@ def test_misspelt_names_get_a_suggestion() -> None:
     ]
     assert problems({"zzz": 1})[0].startswith(
         "zzz: unknown section 'zzz' "
-        "(known: auth, network, channels, routes, events, ingest, server, retention)"
+        "(known: auth, network, channels, routes, events, ingest, server, retention, templates)"
     )
     route = problems(
         {"channels": {"console": {"type": "log"}}, "routes": {"r": {"channels": ["consle"]}}}

@@ -125,6 +125,20 @@ def test_the_first_matching_rule_wins() -> None:
     assert stream.plan(other) is None
 
 
+def test_a_rule_may_name_a_template_and_its_data() -> None:
+    stream = rules(
+        {
+            "match": {"type": "disk.*"},
+            "notification": {"template": "disk", "data": {"host": "{payload.host}", "n": 1}},
+        }
+    )
+    entry = Entry("s", "1-0", {"type": "disk.full", "payload": '{"host": "db-1"}'})
+    planned = stream.plan(entry)
+    assert planned is not None
+    assert (planned.request.template, planned.request.data) == ("disk", {"host": "db-1", "n": 1})
+    assert planned.request.text is None  # the template makes it, when the entry is accepted
+
+
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
