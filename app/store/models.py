@@ -110,10 +110,23 @@ class Notification(Base):
     acknowledged_at: Mapped[datetime | None]
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     acknowledged_via: Mapped[str | None] = mapped_column(String(16))
+    dedup_key: Mapped[str | None] = mapped_column(String(255))
+    """The request's ``dedup_key`` (``app.dedup``)."""
+    occurrences: Mapped[int] = mapped_column(Integer, server_default=sql_text("1"))
+    """Requests it stands for: 1, plus each repeat collapsed into it."""
+    digest_key: Mapped[str | None] = mapped_column(String(64))
+    """Its digest group (owner, route, recipient) when its route has a ``digest``."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
     __table_args__ = (
+        Index(
+            "ix_notifications_digest",
+            "digest_key",
+            "id",
+            postgresql_where=sql_text("status = 'pending' AND digest_key IS NOT NULL"),
+            sqlite_where=sql_text("status = 'pending' AND digest_key IS NOT NULL"),
+        ),
         Index(
             "ix_notifications_due",
             "next_attempt_at",
@@ -154,6 +167,8 @@ class Attempt(Base):
     response_excerpt: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime]
     duration_ms: Mapped[int] = mapped_column(Integer)
+    digest_id: Mapped[uuid.UUID | None]
+    """The digest send this attempt was part of (the same on every notification it listed)."""
 
     __table_args__ = (
         Index("ix_attempts_notification_id", "notification_id", "id"),
@@ -420,3 +435,26 @@ class PurgedRange(Base):
         Index("ix_purged_ranges_first_id", "first_id"),
         Index("ix_purged_ranges_purged_at", "purged_at"),
     )
+
+
+class DedupWindow(Base):
+    """A ``dedup_key``'s window: per API key (``scope``), route and key, the notification the
+    key made and when its window closes (``app.dedup``).
+
+    The primary key is what makes repeats race-free: the accept inserts the row ``ON CONFLICT
+    DO NOTHING`` and, when it exists, locks it (``FOR UPDATE``; SQLite has one writer) before
+    deciding, so concurrent repeats of one key are decided one at a time.
+    """
+
+    __tablename__ = "dedup_windows"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The API key's name; empty while auth is off."""
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    notification_id: Mapped[uuid.UUID]
+    """No foreign key: a window whose notification retention purged simply makes a new one."""
+    opened_at: Mapped[datetime]
+    closes_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_dedup_windows_closes_at", "closes_at"),)

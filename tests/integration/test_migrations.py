@@ -4,16 +4,24 @@ down and up again keeps what it can."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, insert, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.api.schemas import NotificationCreate
+from app.config import RetryPolicy
+from app.delivery.orchestrator import utcnow
+from app.domain import NotificationStatus, Strategy
+from app.runtime import ResolvedRoute
+from app.service import new_notification
 from app.store.migrate import alembic_config, upgrade_async
 from app.store.models import Base
+from app.store.sql import NOTIFICATIONS
 from tests.support.events import events_config, subscription
 from tests.support.harness import herald
 
@@ -136,9 +144,7 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
         assert await auto_vacuum(db_url) == 0, "a file made before 0007 has none"
     else:
         await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
-    async with herald(db_url, CONFIG) as h:
-        kept = await h.send(text="x")
-        await h.run_worker()
+    kept = await stage_delivered(db_url)
 
     await upgrade_async(db_url)
     diff, _, _ = await inspect_database(db_url)
@@ -146,7 +152,7 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     if db_url.startswith("sqlite"):
         assert await auto_vacuum(db_url) == 2, "incremental"
     async with herald(db_url, CONFIG) as h:
-        assert (await h.get(kept["id"]))["status"] == "delivered"
+        assert (await h.get(str(kept)))["status"] == "delivered"
 
     await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
     tables = await table_names(db_url)
@@ -154,6 +160,50 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     await upgrade_async(db_url)  # the database goes back to the pool: at head, as it came
     diff, _, _ = await inspect_database(db_url)
     assert diff == []
+
+
+async def test_dedup_digest_down_and_up_again(db_url: str) -> None:
+    """0009 down drops the dedup windows and the dedup and digest columns, and nothing else;
+    up again, the schema is the models' and existing notifications stand for one request."""
+    config = {
+        **CONFIG,
+        "routes": {"default": {"channels": ["console"], "dedup": {"window": "10m"}}},
+    }
+    async with herald(db_url, config) as h:
+        kept = await h.send(text="x", dedup_key="k")
+        await h.send(expect=200, text="again", dedup_key="k")
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0007")
+    tables = await table_names(db_url)
+    assert "dedup_windows" not in tables and "notifications" in tables
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, config) as h:
+        shown = await h.get(kept["id"])
+        assert (shown["text"], shown["occurrences"], shown["dedup_key"]) == ("x", 1, None)
+        assert (await h.send(text="x", dedup_key="k"))["id"] != kept["id"], "no window kept"
+
+
+LATER_COLUMNS = ("dedup_key", "occurrences", "digest_key")
+"""``notifications`` columns added after 0006 (0009)."""
+
+
+async def stage_delivered(url: str) -> uuid.UUID:
+    """A delivered notification written as the code of 0006's time wrote one: today's accept
+    writes columns a database at 0006 does not have."""
+    route = ResolvedRoute(None, ["console"], Strategy.FALLBACK, RetryPolicy(), None)
+    row = new_notification(NotificationCreate(text="x"), route, now=utcnow(), owner=None)
+    old = {name: value for name, value in row.items() if name not in LATER_COLUMNS}
+    old["status"] = NotificationStatus.DELIVERED
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(insert(NOTIFICATIONS).values(**old))
+    finally:
+        await engine.dispose()
+    return row["id"]
 
 
 async def table_names(url: str) -> list[str]:
