@@ -404,7 +404,10 @@ class Worker:
                 # A cancelled round that had finished is still written if it was queued; only
                 # then can release tell which claims are really unfinished.
                 await self._drain_saves()
-                await self.release(ids)
+                # With them, the members of their digests (a task cancelled before it ran
+                # never let go of those claimed in its batch).
+                await self.release([*ids, *self._gathered])
+                self._gathered.clear()
         await self._drain_saves()
         logger.info("worker %s stopped", self.worker_id)
 

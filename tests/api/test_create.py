@@ -75,6 +75,8 @@ async def test_accepted_with_location_and_the_whole_resource(h: Harness) -> None
         "callback_url": None,
         "callback_events": None,
         "acknowledgement": None,
+        "dedup_key": None,
+        "occurrences": 1,
     }
 
     # The Location resolves to the same resource.
