@@ -237,9 +237,9 @@ class Worker:
         self.orchestrator = orchestrator or Orchestrator(clock=clock)
         self._in_flight: dict[asyncio.Task[None], uuid.UUID] = {}
         self._saving: set[asyncio.Task[None]] = set()
+        """Tasks in ``_in_flight`` whose provider calls are over, waiting for their save."""
         self._gathered: set[uuid.UUID] = set()
         """Notifications a digest in flight here claimed besides the one its task holds."""
-        """Tasks in ``_in_flight`` whose provider calls are over, waiting for their save."""
         self._slot_free = asyncio.Event()
         self.store = WorkQueue(runtime.engine)
         self._saves = RoundSaver(self.store, self.worker_id)
@@ -485,13 +485,13 @@ class Worker:
         try:
             return await self._deliver(notification, members)
         finally:
-            self._gathered.difference_update(member.id for member in [*together, *members])
+            self._gathered.difference_update(member.id for member in members)
 
     async def _deliver(self, notification: Claimed, members: list[Claimed]) -> Outcome:
-        """``deliver``; ``members`` ends as the notifications its digest sent (the claimed
-        ``members`` and those gathered), and any claimed with it that no digest sent go
-        alone after it."""
-        alone, members[:] = list(members), []
+        """``deliver``, with ``members`` the digest's others: those claimed with it, to which
+        its round adds those it gathers. When its round sends no digest (it expired, say), the
+        ones claimed with it go alone after it."""
+        digested = False
         hops = notification.hops
         expires_at = notification.expires_at
         held = [index for index, hop in enumerate(hops) if hop.state in HOLD_STATES]
@@ -526,8 +526,7 @@ class Worker:
                 )
                 outcome = await self.orchestrator.resume(message, chain, hops, plan, found)
             else:
-                members[:] = alone
-                alone = []
+                digested = True
                 members += await self._digest_members(notification, len(members))
                 if members:
                     digest_id = uuid7()
@@ -550,10 +549,10 @@ class Worker:
         self._announce(notification, outcome, saved)
         if saved:
             await self._match_early_receipts(outcome)
-        if members:
+        if members and digested:
             await self._save_members(members, outcome)
-        if alone:  # claimed for a digest that did not happen (it expired, say)
-            await asyncio.gather(*(self.deliver(member) for member in alone))
+        elif members:
+            await asyncio.gather(*(self.deliver(member) for member in members))
         return outcome
 
     async def _digest_members(self, leader: Claimed, claimed: int) -> list[Claimed]:

@@ -1,6 +1,7 @@
 """Tables: notifications, their append-only attempts, and idempotency keys; the events outbox,
 its deliveries to each subscription and their append-only attempts; what chats sent Herald
-(inbound messages), where each inbound channel's polling stands, and the routes muted."""
+(inbound messages), where each inbound channel's polling stands, and the routes muted; the ids
+retention purged; and each ``dedup_key``'s window."""
 
 from __future__ import annotations
 

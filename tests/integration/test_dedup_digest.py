@@ -269,3 +269,48 @@ def test_a_digest_does_not_combine_with_escalation() -> None:
     }
     with pytest.raises(ConfigError, match="digest does not combine"):
         config_from(raw)
+
+
+async def test_a_failed_digest_is_retried_as_one_for_every_notification_in_it(
+    db_url: str,
+) -> None:
+    async with serve_http() as sink, herald(db_url, noise_config(sink)) as h:
+        sink.script("/hook", (503, {}, "busy"))
+        ids = [(await h.send(route="digests", text=f"n{i}"))["id"] for i in range(3)]
+        h.clock.advance(3600 + 1)
+        await h.run_worker()
+        assert len(sink.requests_to("/hook")) == 1
+        failed = [(await h.attempts(i))[0] for i in ids]
+        assert {a["outcome"] for a in failed} == {"failed"}
+        assert len({a["digest_id"] for a in failed}) == 1
+        waiting = [await h.get(i) for i in ids]
+        assert {n["status"] for n in waiting} == {"pending"}
+        assert len({n["next_attempt_at"] for n in waiting}) == 1, "retried together"
+
+        await h.advance_to_next_round(ids[0])
+        await h.run_worker()
+        sent = sink.requests_to("/hook")
+        assert len(sent) == 2
+        assert sent[1].json()["data"]["metadata"]["herald:digest"]["count"] == 3
+        for notification_id in ids:
+            shown = await h.get(notification_id)
+            assert (shown["status"], shown["round"], shown["attempt_count"]) == (
+                "delivered",
+                2,
+                2,
+            )
+
+
+async def test_an_idempotency_key_with_a_dedup_key_replays_what_it_answered(db_url: str) -> None:
+    async with serve_http() as sink, herald(db_url, noise_config(sink, mode="collapse")) as h:
+        body = {"route": "alerts", "text": "x", "dedup_key": "k"}
+        first = await post(h, body, {"Idempotency-Key": "one"})
+        repeat = await post(h, {**body, "text": "y"}, {"Idempotency-Key": "two"})
+        assert (first.status_code, repeat.status_code) == (202, 200)
+        replay = await post(h, {**body, "text": "y"}, {"Idempotency-Key": "two"})
+        assert replay.status_code == 200
+        assert replay.headers.get("Idempotent-Replayed") == "true" and not deduplicated(replay)
+        assert replay.json()["id"] == first.json()["id"]
+        assert replay.json()["occurrences"] == 2, "a replay is not counted again"
+        mismatch = await post(h, {**body, "text": "z"}, {"Idempotency-Key": "two"})
+        assert mismatch.status_code == 422
