@@ -16,6 +16,7 @@ from sqlalchemy import update
 from app.config import ConfigError
 from app.delivery.orchestrator import utcnow
 from app.store.models import DedupWindow
+from tests.support.events import drain, events_config, received, subscription
 from tests.support.harness import Harness, config_from, herald
 from tests.support.http_server import HttpServer, serve_http
 
@@ -314,3 +315,21 @@ async def test_an_idempotency_key_with_a_dedup_key_replays_what_it_answered(db_u
         assert replay.json()["occurrences"] == 2, "a replay is not counted again"
         mismatch = await post(h, {**body, "text": "z"}, {"Idempotency-Key": "two"})
         assert mismatch.status_code == 422
+
+
+async def test_a_new_notification_of_a_key_has_its_events_and_a_repeat_none(db_url: str) -> None:
+    async with serve_http() as sink:
+        config = events_config(
+            subscription(sink.url("/events"), types=["notification.*"]),
+            routes={"default": {"channels": ["console"], "dedup": {"window": "10m"}}},
+        )
+        async with herald(db_url, config) as h:
+            first = await h.send(text="x", dedup_key="k")
+            await h.send(expect=200, text="y", dedup_key="k")
+            await h.run_worker()
+            await drain(h)
+            types = [(body["type"], body["notification_id"]) for body in received(sink, "/events")]
+            assert types == [
+                ("notification.accepted", first["id"]),
+                ("notification.delivered", first["id"]),
+            ]
