@@ -33,6 +33,7 @@ from app.channels.base import ChannelConfig, CircuitConfig, HttpUrl, distinct_se
 from app.channels.registry import ChannelRegistry
 from app.channels.telegram import TelegramConfig
 from app.channels.webhook import secret_key
+from app.dedup import DedupConfig, DigestConfig
 from app.domain import (
     CALLBACK,
     FIRST_SUCCESS,
@@ -158,6 +159,10 @@ class RouteConfig(BaseModel):
     quiet_hours: QuietHours | None = None
     """Hops held or skipped during a local time window (a request's ``recipient.quiet_hours``
     replaces it)."""
+    dedup: DedupConfig | None = None
+    """What a repeat of a request's ``dedup_key`` within the window does (``app.dedup``)."""
+    digest: DigestConfig | None = None
+    """Its notifications for one recipient are held and sent as one message (``app.dedup``)."""
 
     @field_validator("channels")
     @classmethod
@@ -177,6 +182,14 @@ class RouteConfig(BaseModel):
                     )
         if self.confirm is not None and self.strategy not in FIRST_SUCCESS:
             raise ValueError("confirm applies only to strategy: fallback or escalate")
+        if self.digest is not None and (
+            self.holds is not None or self.strategy is Strategy.ESCALATE
+        ):
+            raise ValueError(
+                "digest does not combine with confirm or strategy: escalate (a digest is one "
+                "send for many notifications; a hold waits on one notification's receipt or "
+                "acknowledgement)"
+            )
         return self
 
 

@@ -422,6 +422,8 @@ class NewNotification(Protocol):
     def template(self) -> str | None: ...
     @property
     def data(self) -> dict[str, Any] | None: ...
+    @property
+    def dedup_key(self) -> str | None: ...
 
 
 class StoredNotification(TypedDict):
@@ -473,6 +475,12 @@ class StoredNotification(TypedDict):
     """The template its subject, text and html were rendered from."""
     rendered: dict[str, dict[str, Any]] | None
     """The template's per-channel-type overrides, rendered (``None`` without a template)."""
+    dedup_key: str | None
+    """The caller's key: repeats within its route's ``dedup`` window were dropped or collapsed."""
+    occurrences: int
+    """How many requests it stands for: 1, plus each repeat collapsed into it."""
+    digest_key: str | None
+    """Its digest group (owner, route and recipient) when its route has a ``digest``."""
     created_at: datetime
     updated_at: datetime
 
@@ -496,6 +504,7 @@ class StoredAttempt(TypedDict):
     response_excerpt: str | None
     started_at: datetime
     duration_ms: int
+    digest_id: uuid.UUID | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,3 +764,31 @@ class QuietMode(StrEnum):
     """Not tried: the notification waits until the window ends."""
     SKIP = "skip"
     """Skipped (an attempt with code ``quiet_hours``): the chain goes on to the next hop."""
+
+
+# --- dedup and digests (issue 19 points 2 and 4) ----------------------------------------------
+
+
+class DedupMode(StrEnum):
+    """What a route's ``dedup`` does to a repeat of a ``dedup_key`` within its window."""
+
+    DROP = "drop"
+    """Not stored: the answer is the notification the key already has."""
+    COLLAPSE = "collapse"
+    """Counted on the pending notification, whose subject and bodies become the repeat's."""
+
+
+DEDUP_KEY_LIMIT = 255
+"""Characters a ``dedup_key`` may have."""
+
+
+class Admission(StrEnum):
+    """What became of a request to accept one notification."""
+
+    STORED = "stored"
+    """A new notification."""
+    REPLAYED = "replayed"
+    """An Idempotency-Key used before with the same body: the notification it made."""
+    DEDUPLICATED = "deduplicated"
+    """A repeat of a ``dedup_key`` within its window: dropped or collapsed into the
+    notification the key already has."""

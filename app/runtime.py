@@ -26,6 +26,7 @@ from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
+from app.dedup import DedupConfig, DigestConfig
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
 from app.delivery.listener import Heard, listen_to
 from app.delivery.mutes import MuteBook
@@ -40,6 +41,7 @@ from app.security.auth import ApiKeys
 from app.security.guard import AddressGuard, GuardedTransport
 from app.security.links import AckLinks
 from app.store.db import create_engine, is_sqlite, session_factory
+from app.store.dedup import DedupStore
 from app.store.intake import Intake
 from app.store.sql import FINAL_CHANNEL, OutboxRows
 
@@ -58,6 +60,8 @@ class ResolvedRoute:
     retry: RetryPolicy
     ttl: float | None
     holds: HoldPolicy | None = None
+    dedup: DedupConfig | None = None
+    digest: DigestConfig | None = None
 
 
 @dataclass
@@ -87,6 +91,11 @@ class Runtime:
     def intake(self) -> Intake:
         """Where the API stores accepted notifications (the hot path, outside the ORM)."""
         return Intake(self.engine)
+
+    @cached_property
+    def dedup(self) -> DedupStore:
+        """Where requests with a ``dedup_key`` are decided, and full digest groups released."""
+        return DedupStore(self.engine)
 
     @cached_property
     def mutes(self) -> MuteBook:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import metrics
 from app.config import HeraldConfig, RetryPolicy
+from app.dedup import digest_key
 from app.delivery.orchestrator import settle, utcnow
 from app.domain import (
     ACK_BY_LIMIT,
@@ -34,6 +35,7 @@ from app.domain import (
     AckOutcome,
     AckResult,
     AckVia,
+    Admission,
     AttemptTrigger,
     Hop,
     HopState,
@@ -64,6 +66,7 @@ from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
 from app.store.db import brief
+from app.store.dedup import Window, digest_groups
 from app.store.intake import DuplicateKey
 from app.store.migrate import current_revision, head_revision
 from app.store.models import IdempotencyKey
@@ -135,13 +138,29 @@ def resolve_route(
                 errors=[{"loc": [*loc, "route"], "msg": "required: no default route"}],
             )
         raise UnknownName("route", [name], [*loc, "route"])
-    return ResolvedRoute(name, route.names, route.strategy, route.retry, route.ttl, route.holds)
+    return ResolvedRoute(
+        name,
+        route.names,
+        route.strategy,
+        route.retry,
+        route.ttl,
+        route.holds,
+        dedup=route.dedup,
+        digest=route.digest,
+    )
 
 
 def admit(runtime: Runtime, request: NewNotification, loc: Loc = ("body",)) -> ResolvedRoute:
     """The checks a valid body must still pass against the config: names, the guard, and a
     secret to sign callbacks with."""
     route = resolve_route(runtime.config, request, loc)
+    if request.dedup_key is not None and route.dedup is None:
+        where = f"route {route.name}" if route.name else "an inline chain of channels"
+        message = f"{where} has no dedup window: set dedup on the route in herald.yaml"
+        raise Unprocessable(
+            f"dedup_key is refused: {message}",
+            errors=[{"loc": [*loc, "dedup_key"], "msg": message}],
+        )
     if request.recipient.webhook_url:
         _guarded(runtime, request.recipient.webhook_url, "recipient.webhook_url", loc)
     if request.callback_url is not None:
@@ -199,6 +218,7 @@ async def accept_batch(
             continue
         loc = ("body", "items", index)
         try:
+            _one_at_a_time(item, loc)
             row = new_notification(
                 item,
                 admit(runtime, item, loc),
@@ -227,6 +247,7 @@ async def accept_batch(
     for row in accepted:
         metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
     runtime.emitted(events)
+    await _release_full_digests(runtime, accepted, now)
     if due:
         runtime.wake_worker()
     return body, False
@@ -322,6 +343,12 @@ def new_notification(
                 errors=[{"loc": [*loc, "send_at"], "msg": "too far ahead for the route's ttl"}],
             ) from None
     due = max(now, request.send_at) if request.send_at else now
+    recipient = request.recipient.model_dump(exclude_none=True)
+    group = None
+    if route.digest is not None and route.name is not None:
+        # Held as quiet hours hold: the first of its group to come due sends the digest.
+        group = digest_key(owner, route.name, recipient)
+        due += timedelta(seconds=route.digest.window)
     return {
         "id": uuid7(),
         "status": NotificationStatus.PENDING,
@@ -329,7 +356,7 @@ def new_notification(
         "strategy": route.strategy,
         "channels": route.channels,
         "chain_key": "," + ",".join(route.channels) + ",",
-        "recipient": request.recipient.model_dump(exclude_none=True),
+        "recipient": recipient,
         "subject": request.subject if rendered is None else rendered.subject,
         "text": request.text if rendered is None else rendered.text,
         "html": request.html if rendered is None else rendered.html,
@@ -360,9 +387,36 @@ def new_notification(
         "acknowledged_via": None,
         "template": None if rendered is None else rendered.template,
         "rendered": None if rendered is None else rendered.overrides,
+        "dedup_key": request.dedup_key,
+        "occurrences": 1,
+        "digest_key": group,
         "created_at": now,
         "updated_at": now,
     }
+
+
+def _one_at_a_time(request: NewNotification, loc: Loc) -> None:
+    """Refuse (422) a ``dedup_key`` where requests are accepted many at once (a batch, a
+    stream): a repeat is decided against the key's window one request at a time."""
+    if request.dedup_key is not None:
+        message = "dedup_key is taken by POST /v1/notifications only"
+        raise Unprocessable(message, errors=[{"loc": [*loc, "dedup_key"], "msg": message}])
+
+
+async def _release_full_digests(
+    runtime: Runtime, rows: Sequence[StoredNotification], now: datetime
+) -> None:
+    """Send at once each digest group ``rows`` filled up to its route's ``max_items``."""
+    if all(row["digest_key"] is None for row in rows):
+        return
+    most = {
+        name: route.digest.max_items
+        for name, route in runtime.config.routes.items()
+        if route.digest is not None
+    }
+    groups = digest_groups(rows, most)
+    if groups and await runtime.dedup.release_full(groups, now):
+        runtime.wake_worker()
 
 
 def _callback_events(request: NewNotification) -> list[str] | None:
@@ -385,27 +439,43 @@ async def accept(
     idempotency_key: str | None,
     digest: str = "",
     owner: str | None = None,
-) -> tuple[StoredNotification, bool]:
-    """Store a notification: ``(it, False)``, or ``(the original, True)`` for a replay of
-    ``idempotency_key`` with the same ``digest`` (a fingerprint of the request body)."""
+) -> tuple[StoredNotification, Admission]:
+    """Store a notification: ``(it, STORED)``; ``(the original, REPLAYED)`` for a replay of
+    ``idempotency_key`` with the same ``digest`` (a fingerprint of the request body); or
+    ``(the key's notification, DEDUPLICATED)`` for a repeat of a ``dedup_key`` its route's
+    window drops or collapses."""
     route = admit(runtime, request)
     scope = owner or ""
     if idempotency_key:
         replay = await _replay(runtime, scope, idempotency_key, digest)
         if replay is not None:
-            return replay, True
+            return replay, Admission.REPLAYED
     now = utcnow()
     row = new_notification(request, route, now=now, owner=owner, templates=runtime.config.templates)
     key = key_row(scope, idempotency_key, digest, now, notification_id=row["id"])
     due = _due(row, now)
     events = runtime.outbox.accepted([row])
-    winner = await _unless_raced(
-        runtime.intake.add_many([row], keys=[key] if key else (), announce=due, events=events),
-        lambda: _replay(runtime, scope, idempotency_key or "", digest),
-    )
-    if winner is not None:
-        return winner, True
+    if request.dedup_key is not None and route.dedup is not None and route.name is not None:
+        window = Window(scope, route.name, request.dedup_key, route.dedup.window, route.dedup.mode)
+        store = runtime.dedup.accept(row, window, key=key, events=events, announce=due)
+        try:
+            stored, deduplicated = await store
+        except DuplicateKey:
+            replay = await _replay(runtime, scope, idempotency_key or "", digest)
+            if replay is None:
+                raise
+            return replay, Admission.REPLAYED
+        if deduplicated:
+            return stored, Admission.DEDUPLICATED
+    else:
+        winner = await _unless_raced(
+            runtime.intake.add_many([row], keys=[key] if key else (), announce=due, events=events),
+            lambda: _replay(runtime, scope, idempotency_key or "", digest),
+        )
+        if winner is not None:
+            return winner, Admission.REPLAYED
     runtime.emitted(events)
+    await _release_full_digests(runtime, [row], now)
     metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
     # DEBUG, not INFO: one line per request was a large share of the API's CPU per accept
     # (bench/results/levers.md, "log line at DEBUG"), and every notification shows at INFO
@@ -418,7 +488,7 @@ async def accept(
     )
     if due:
         runtime.wake_worker()
-    return row, False
+    return row, Admission.STORED
 
 
 async def accept_keyed(
@@ -456,6 +526,7 @@ async def accept_keyed(
             outcomes.append(Stored(known, replayed=True))
             continue
         try:
+            _one_at_a_time(item.request, ("body",))
             row = new_notification(
                 item.request,
                 admit(runtime, item.request),
@@ -485,6 +556,7 @@ async def accept_keyed(
     for row in rows:
         metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
     runtime.emitted(events)
+    await _release_full_digests(runtime, rows, now)
     if due:
         runtime.wake_worker()
     return outcomes
@@ -492,7 +564,7 @@ async def accept_keyed(
 
 async def _accept_one(runtime: Runtime, item: Keyed, owner: str | None) -> Stored | HeraldError:
     try:
-        stored, replayed = await accept(
+        stored, admission = await accept(
             runtime, item.request, idempotency_key=item.key, digest=item.digest, owner=owner
         )
     except IdempotencyMismatch as exc:
@@ -504,7 +576,7 @@ async def _accept_one(runtime: Runtime, item: Keyed, owner: str | None) -> Store
         return Stored(record.notification_id, replayed=True)
     except HeraldError as exc:
         return exc
-    return Stored(stored["id"], replayed)
+    return Stored(stored["id"], admission is Admission.REPLAYED)
 
 
 async def _used_keys(runtime: Runtime, scope: str, keys: Sequence[str]) -> dict[str, uuid.UUID]:

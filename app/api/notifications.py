@@ -58,6 +58,7 @@ from app.domain import (
     AckOutcome,
     AckResult,
     AckVia,
+    Admission,
     ListFilter,
     NotificationStatus,
     StoredNotification,
@@ -109,6 +110,18 @@ BatchIdempotencyKeyHeader = Annotated[
     ),
 ]
 
+
+DEDUPLICATED = "Herald-Deduplicated"
+DEDUPLICATED_HEADER = {
+    DEDUPLICATED: {
+        "description": (
+            "Present, as true, when the request repeated a dedup_key within its route's "
+            "window: nothing new was stored; the body is the key's notification (with the "
+            "repeat counted in occurrences, in collapse mode)."
+        ),
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 WAIT_HEADER = "Herald-Wait"
 WAITED_HEADER = {
@@ -177,8 +190,9 @@ def location_of(notification_id: uuid.UUID) -> str:
     responses={
         200: {
             "model": NotificationDetail,
-            "description": "Replay of an earlier request with the same Idempotency-Key.",
-            "headers": REPLAYED_HEADER | WAITED_HEADER,
+            "description": "Replay of an earlier request with the same Idempotency-Key, or a "
+            "repeat of a dedup_key within its route's window (the key's notification).",
+            "headers": REPLAYED_HEADER | DEDUPLICATED_HEADER | WAITED_HEADER,
         },
         202: {"headers": WAITED_HEADER},
         **error_responses(413, 415, 422, 503),
@@ -204,7 +218,7 @@ async def _accept(
     wait: float | None,
 ) -> Response:
     runtime = runtime_of(request)
-    stored, replayed = await service.accept(
+    stored, admission = await service.accept(
         runtime,
         body,
         idempotency_key=idempotency_key,
@@ -212,8 +226,10 @@ async def _accept(
         owner=principal.name if principal else None,
     )
     headers = {"Location": location_of(stored["id"])}
-    if replayed:
+    if admission is Admission.REPLAYED:
         headers["Idempotent-Replayed"] = "true"
+    elif admission is Admission.DEDUPLICATED:
+        headers[DEDUPLICATED] = "true"
     if wait:
         stored, end = await _held(
             request, service.wait_final(runtime, stored["id"], wait, key=_key(principal))
@@ -223,7 +239,7 @@ async def _accept(
     detail = detail_of(stored)
     return Response(
         detail.model_dump_json(),
-        status_code=200 if replayed else 202,
+        status_code=202 if admission is Admission.STORED else 200,
         headers=headers,
         media_type="application/json",
     )

@@ -22,6 +22,7 @@ from pydantic import (
 from app.channels.base import URL_LIMIT, HttpUrl, Recipient
 from app.config import event_glob_problem
 from app.domain import (
+    DEDUP_KEY_LIMIT,
     DEFAULT_CALLBACK_EVENTS,
     NOTIFICATION_EVENTS,
     AckVia,
@@ -162,6 +163,17 @@ class NotificationCreate(BaseModel):
         "(what it rendered is).",
         examples=[{"host": "db-1", "percent": 93}],
     )
+    dedup_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DEDUP_KEY_LIMIT,
+        description="What this notification is about, for the route's dedup window: a repeat "
+        "of the key by the same API key within the window is dropped (the answer is 200 with "
+        "the key's notification and Herald-Deduplicated: true) or collapsed into the pending "
+        "one (its occurrences count up, its subject and bodies become the latest's). Unlike "
+        "the Idempotency-Key, the bodies may differ. Only for a route with dedup (else 422).",
+        examples=["disk-full:db-1"],
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -177,7 +189,7 @@ class NotificationCreate(BaseModel):
             raise ValueError(f"at most {BODY_LIMIT} bytes of UTF-8")
         return value
 
-    @field_validator("subject", "text", "html", "source")
+    @field_validator("subject", "text", "html", "source", "dedup_key")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
         if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
@@ -310,6 +322,11 @@ class NotificationOut(Output):
         description="Who acknowledged it, when and how (status acknowledged)."
     )
     template: str | None = Field(description="The template it was rendered from, if any.")
+    dedup_key: str | None = Field(description="The request's dedup_key, if it gave one.")
+    occurrences: int = Field(
+        description="How many requests it stands for: 1, plus each repeat of its dedup_key "
+        "collapsed into it (delivered marked (\N{MULTIPLICATION SIGN}N))."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -379,6 +396,10 @@ class AttemptOut(Output):
     response_excerpt: str | None
     started_at: datetime
     duration_ms: int
+    digest_id: uuid.UUID | None = Field(
+        description="The digest send this attempt was part of: the same id on the attempt of "
+        "every notification the digest listed (and in the message's herald:digest metadata)."
+    )
     receipt: ReceiptOut | None = Field(
         default=None,
         description="What the provider said later about the message (Twilio's status "

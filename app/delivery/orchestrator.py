@@ -130,6 +130,9 @@ class AttemptRecord:
     result: DeliveryResult
     started_at: datetime
     duration_ms: int
+    digest_id: uuid.UUID | None = None
+    """The digest send this try was (``app.dedup``): its attempt row on each notification the
+    digest listed names it."""
 
     def row(self, notification_id: uuid.UUID) -> dict[str, Any]:
         """The ``attempts`` row of this try (a plain row: it is only ever inserted)."""
@@ -151,6 +154,7 @@ class AttemptRecord:
             "response_excerpt": self.result.response_excerpt,
             "started_at": self.started_at,
             "duration_ms": self.duration_ms,
+            "digest_id": self.digest_id,
         }
 
     @property

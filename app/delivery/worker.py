@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
@@ -29,7 +30,9 @@ from app.channels.base import (
     Message,
     Recipient,
 )
+from app.channels.text import html_to_text
 from app.config import HeraldConfig, Settings
+from app.dedup import DigestConfig, digest_message, marked
 from app.delivery.listener import listen
 from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import (
@@ -56,6 +59,7 @@ from app.domain import (
 from app.events.body import CircuitChange, acknowledgement_data
 from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox
+from app.ids import uuid7
 from app.nesting import shown
 from app.quiet import QuietHours
 from app.store.db import brief, is_sqlite, unavailable_reason
@@ -71,6 +75,8 @@ T = TypeVar("T")
 
 SWEEP_EVERY = 5.0
 PURGE_EVERY = 600.0
+WINDOW_GRACE = timedelta(hours=1)
+"""How long after it closed a dedup window is deleted (long after any accept that read it)."""
 SAVE_GRACE = 5.0
 """At shutdown, how long rounds that finished but are not yet written may take to be saved."""
 
@@ -101,19 +107,49 @@ def default_worker_id() -> str:
 
 
 def message_of(notification: Claimed) -> Message:
+    """The message a notification sends: a collapsed one's with its ``app.dedup.times`` mark."""
+    occurrences = notification.occurrences
     return Message(
         id=notification.id,
         route=notification.route,
         recipient=Recipient.stored(notification.recipient),
-        subject=notification.subject,
-        text=notification.text,
-        html=notification.html,
+        subject=marked(notification.subject, occurrences),
+        text=marked(notification.text, occurrences),
+        html=marked(notification.html, occurrences),
         severity=notification.severity,
         source=notification.source,
         metadata=shown(notification.metadata),
         created_at=notification.created_at,
         acks=notification.strategy == Strategy.ESCALATE,
         overrides=notification.rendered or NO_OVERRIDES,
+    )
+
+
+def _digest_of(
+    digest_id: uuid.UUID, leader: Claimed, message: Message, members: list[Claimed]
+) -> Message:
+    """The one message of ``leader``'s digest with ``members``, listed oldest first."""
+    listed = sorted([leader, *members], key=lambda claimed: claimed.id)
+    items = [
+        (
+            claimed.id,
+            claimed.subject,
+            claimed.text if claimed.text is not None else html_to_text(claimed.html or ""),
+            claimed.severity,
+            claimed.occurrences,
+        )
+        for claimed in listed
+    ]
+    return digest_message(digest_id, leader.route, message.recipient, items, leader.created_at)
+
+
+def _digestible(notification: Claimed, now: datetime) -> bool:
+    """Whether a claimed notification of a digest group may go in a digest now: not
+    acknowledged, expired or holding a hop open (those rounds send nothing)."""
+    return (
+        notification.acknowledged_at is None
+        and (notification.expires_at is None or notification.expires_at > now)
+        and not any(hop.state in HOLD_STATES for hop in notification.hops)
     )
 
 
@@ -210,6 +246,8 @@ class Worker:
         self._in_flight: dict[asyncio.Task[None], uuid.UUID] = {}
         self._saving: set[asyncio.Task[None]] = set()
         """Tasks in ``_in_flight`` whose provider calls are over, waiting for their save."""
+        self._gathered: set[uuid.UUID] = set()
+        """Notifications a digest in flight here claimed besides the one its task holds."""
         self._slot_free = asyncio.Event()
         self.store = WorkQueue(runtime.engine)
         self._saves = RoundSaver(self.store, self.worker_id)
@@ -277,8 +315,8 @@ class Worker:
                     raise
                 await _wait_any(stop, None, outage.failed(exc))
                 continue
-            for notification in claimed:
-                task = asyncio.create_task(self._deliver_guarded(notification))
+            for notification, together in self._digests(claimed):
+                task = asyncio.create_task(self._deliver_guarded(notification, together))
                 self._in_flight[task] = notification.id
                 task.add_done_callback(self._done)
             if limit <= 0:
@@ -293,8 +331,37 @@ class Worker:
         """Claim one batch and deliver it to the end; the number claimed. For tests and tools."""
         await self.runtime.mutes.refresh(self.clock())
         claimed = await self.claim(self.settings.worker_batch_size)
-        await asyncio.gather(*(self.deliver(n) for n in claimed))
+        await asyncio.gather(*(self.deliver(n, more) for n, more in self._digests(claimed)))
         return len(claimed)
+
+    def _digests(self, claimed: list[Claimed]) -> list[tuple[Claimed, list[Claimed]]]:
+        """The claimed notifications each with those of its digest group claimed in the same
+        batch (up to its route's ``max_items`` a digest, the oldest leading): their windows
+        ended together, so they go as one message. Every other one goes alone."""
+        now = self.clock()
+        groups: dict[str, list[Claimed]] = {}
+        batches: list[tuple[Claimed, list[Claimed]]] = []
+        for notification in claimed:
+            if _digestible(notification, now) and self._digest_of(notification) is not None:
+                groups.setdefault(notification.digest_key or "", []).append(notification)
+            else:
+                batches.append((notification, []))
+        for group in groups.values():
+            group.sort(key=lambda notification: notification.id)
+            digest = self._digest_of(group[0])
+            assert digest is not None
+            for start in range(0, len(group), digest.max_items):
+                leader, *together = group[start : start + digest.max_items]
+                self._gathered.update(member.id for member in together)
+                batches.append((leader, together))
+        return batches
+
+    def _digest_of(self, notification: Claimed) -> DigestConfig | None:
+        """The ``digest`` of a notification's route, when it belongs to a digest group."""
+        if notification.digest_key is None:
+            return None
+        route = self.runtime.config.routes.get(notification.route or "")
+        return None if route is None else route.digest
 
     def _room(self) -> int:
         """How many notifications to claim now.
@@ -317,9 +384,9 @@ class Worker:
         self._saving.discard(task)
         self._slot_free.set()
 
-    async def _deliver_guarded(self, notification: Claimed) -> None:
+    async def _deliver_guarded(self, notification: Claimed, together: list[Claimed]) -> None:
         try:
-            await self.deliver(notification)
+            await self.deliver(notification, together)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -345,7 +412,10 @@ class Worker:
                 # A cancelled round that had finished is still written if it was queued; only
                 # then can release tell which claims are really unfinished.
                 await self._drain_saves()
-                await self.release(ids)
+                # With them, the members of their digests (a task cancelled before it ran
+                # never let go of those claimed in its batch).
+                await self.release([*ids, *self._gathered])
+                self._gathered.clear()
         await self._drain_saves()
         logger.info("worker %s stopped", self.worker_id)
 
@@ -365,7 +435,7 @@ class Worker:
         over while this one is still sending it, and the provider would get it twice.
         """
         while not stop.is_set():
-            if ids := list(self._in_flight.values()):
+            if ids := [*self._in_flight.values(), *self._gathered]:
                 await self.renew(ids)
             await _wait_any(stop, None, self._renew_every())
 
@@ -404,6 +474,7 @@ class Worker:
         await self.runtime.receipts.match(now=now)  # those that came before their send's save
         if loop.time() - self._last_purge >= PURGE_EVERY:
             await self.store.purge_keys(now - IDEMPOTENCY_RETENTION)
+            await self.store.purge_windows(now - WINDOW_GRACE)
             await self.runtime.receipts.purge(now)
             self._last_purge = loop.time()
         if recovered:
@@ -412,9 +483,23 @@ class Worker:
             self.runtime.wake_worker()
         return recovered
 
-    async def deliver(self, notification: Claimed) -> Outcome:
+    async def deliver(self, notification: Claimed, together: Sequence[Claimed] = ()) -> Outcome:
         """Run one round (or settle its held hops, or expire it) and save it; returns what
-        was decided."""
+        was decided.
+
+        ``together``: notifications of its digest group claimed with it; its digest sends
+        them, and the pending others of the group it can claim (``app.dedup``)."""
+        members = list(together)
+        try:
+            return await self._deliver(notification, members)
+        finally:
+            self._gathered.difference_update(member.id for member in members)
+
+    async def _deliver(self, notification: Claimed, members: list[Claimed]) -> Outcome:
+        """``deliver``, with ``members`` the digest's others: those claimed with it, to which
+        its round adds those it gathers. When its round sends no digest (it expired, say), the
+        ones claimed with it go alone after it."""
+        digested = False
         hops = notification.hops
         expires_at = notification.expires_at
         held = [index for index, hop in enumerate(hops) if hop.state in HOLD_STATES]
@@ -449,10 +534,20 @@ class Worker:
                 )
                 outcome = await self.orchestrator.resume(message, chain, hops, plan, found)
             else:
+                digested = True
+                members += await self._digest_members(notification, len(members))
+                if members:
+                    digest_id = uuid7()
+                    message = _digest_of(digest_id, notification, message, members)
                 quiet = message.recipient.quiet_hours or self._route_quiet_hours(notification.route)
                 outcome = await quiet_round(
                     self.orchestrator, message, chain, hops, plan, quiet, self.clock()
                 )
+                if members:
+                    outcome = replace(
+                        outcome,
+                        attempts=[replace(r, digest_id=digest_id) for r in outcome.attempts],
+                    )
         task = asyncio.current_task()
         if task in self._in_flight:  # done with providers: its slot may take the next one
             self._saving.add(task)
@@ -462,7 +557,49 @@ class Worker:
         self._announce(notification, outcome, saved)
         if saved:
             await self._match_early_receipts(outcome)
+        if members and digested:
+            await self._save_members(members, outcome)
+        elif members:
+            await asyncio.gather(*(self.deliver(member) for member in members))
         return outcome
+
+    async def _digest_members(self, leader: Claimed, claimed: int) -> list[Claimed]:
+        """The pending notifications of ``leader``'s digest group that its digest sends besides
+        the ``claimed`` ones it has already (claimed here now); none when it has no group."""
+        digest = self._digest_of(leader)
+        if digest is None or claimed + 1 >= digest.max_items:
+            return []
+        now = self.clock()
+        members = await self._retrying(
+            f"gathering the digest of {leader.id}",
+            lambda: self.store.gather(
+                leader.digest_key or "",
+                leader=leader.id,
+                worker_id=self.worker_id,
+                now=now,
+                lease_until=now + timedelta(seconds=self.settings.lease),
+                limit=digest.max_items - 1 - claimed,
+            ),
+        )
+        self._gathered.update(member.id for member in members)
+        return members
+
+    async def _save_members(self, members: list[Claimed], outcome: Outcome) -> None:
+        """Save the digest's round on each notification it listed besides the leader: the
+        leader's outcome, with attempts of their own (the same ``digest_id``)."""
+
+        async def save(member: Claimed) -> None:
+            round_number = member.round + 1
+            own = replace(
+                outcome,
+                attempts=[replace(r, round=round_number) for r in outcome.attempts],
+                revisions=[],
+            )
+            saved = await self._save(member, own, round_number)
+            self._observe(member, own, saved)
+            self._announce(member, own, saved)
+
+        await asyncio.gather(*(save(member) for member in members))
 
     async def _match_early_receipts(self, outcome: Outcome) -> None:
         """Receipts for a send now held for confirmation may have come before its save

@@ -103,7 +103,7 @@ class Intake:
                         await conn.execute(insert(EVENTS), list(events.event_rows))
                         await conn.execute(insert(EVENT_DELIVERIES), list(events.deliveries))
         except IntegrityError as exc:
-            if keys and _duplicate_key(exc):
+            if keys and duplicate_key(exc):
                 raise DuplicateKey() from exc
             raise
 
@@ -158,7 +158,7 @@ class Intake:
         return f"WITH {', '.join(parts)} SELECT {notify or 1}"
 
 
-def _duplicate_key(exc: IntegrityError) -> bool:
+def duplicate_key(exc: IntegrityError) -> bool:
     """Whether ``exc`` is the ``idempotency_keys`` primary key refusing a second row.
 
     Any other constraint (a notification's, a foreign key) is a bug to report as it is, not a

@@ -1,6 +1,7 @@
 """Tables: notifications, their append-only attempts, and idempotency keys; the events outbox,
 its deliveries to each subscription and their append-only attempts; what chats sent Herald
-(inbound messages), where each inbound channel's polling stands, and the routes muted."""
+(inbound messages), where each inbound channel's polling stands, and the routes muted; the ids
+retention purged; and each ``dedup_key``'s window."""
 
 from __future__ import annotations
 
@@ -115,10 +116,23 @@ class Notification(Base):
     rendered: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The template's per-channel-type overrides, rendered: what a channel of that type sends
     in place of subject, text and html."""
+    dedup_key: Mapped[str | None] = mapped_column(String(255))
+    """The request's ``dedup_key`` (``app.dedup``)."""
+    occurrences: Mapped[int] = mapped_column(Integer, server_default=sql_text("1"))
+    """Requests it stands for: 1, plus each repeat collapsed into it."""
+    digest_key: Mapped[str | None] = mapped_column(String(64))
+    """Its digest group (owner, route, recipient) when its route has a ``digest``."""
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
     __table_args__ = (
+        Index(
+            "ix_notifications_digest",
+            "digest_key",
+            "id",
+            postgresql_where=sql_text("status = 'pending' AND digest_key IS NOT NULL"),
+            sqlite_where=sql_text("status = 'pending' AND digest_key IS NOT NULL"),
+        ),
         Index(
             "ix_notifications_due",
             "next_attempt_at",
@@ -159,6 +173,8 @@ class Attempt(Base):
     response_excerpt: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime]
     duration_ms: Mapped[int] = mapped_column(Integer)
+    digest_id: Mapped[uuid.UUID | None]
+    """The digest send this attempt was part of (the same on every notification it listed)."""
 
     __table_args__ = (
         Index("ix_attempts_notification_id", "notification_id", "id"),
@@ -425,3 +441,26 @@ class PurgedRange(Base):
         Index("ix_purged_ranges_first_id", "first_id"),
         Index("ix_purged_ranges_purged_at", "purged_at"),
     )
+
+
+class DedupWindow(Base):
+    """A ``dedup_key``'s window: per API key (``scope``), route and key, the notification the
+    key made and when its window closes (``app.dedup``).
+
+    The primary key is what makes repeats race-free: the accept inserts the row ``ON CONFLICT
+    DO NOTHING`` and, when it exists, locks it (``FOR UPDATE``; SQLite has one writer) before
+    deciding, so concurrent repeats of one key are decided one at a time.
+    """
+
+    __tablename__ = "dedup_windows"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """The API key's name; empty while auth is off."""
+    route: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    notification_id: Mapped[uuid.UUID]
+    """No foreign key: a window whose notification retention purged simply makes a new one."""
+    opened_at: Mapped[datetime]
+    closes_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_dedup_windows_closes_at", "closes_at"),)

@@ -39,6 +39,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -58,6 +59,7 @@ from app.domain import (
 )
 from app.store.sql import (
     ATTEMPTS,
+    DEDUP_WINDOWS,
     EVENT_DELIVERIES,
     EVENTS,
     EVENTS_CHANNEL,
@@ -104,6 +106,8 @@ class Claimed:
     acknowledged_via: str | None
     rendered: dict[str, dict[str, Any]] | None
     """Its template's per-channel-type overrides, rendered."""
+    occurrences: int
+    digest_key: str | None
 
 
 CLAIMED_COLUMNS = tuple(Claimed.__dataclass_fields__)
@@ -202,6 +206,35 @@ class Statements:
         """Up to ``:limit`` notifications due at ``:now``, oldest due first, marked delivering
         under ``:worker_id``'s lease until ``:lease_until``; their ``CLAIMED_COLUMNS``."""
 
+        group = (
+            select(_N.id)
+            .where(
+                status_is(_N.status, NotificationStatus.PENDING),
+                _N.digest_key == bindparam("group"),
+                _N.id != bindparam("leader"),
+                or_(_N.send_at.is_(None), _N.send_at <= bindparam("now")),
+                or_(_N.expires_at.is_(None), _N.expires_at > bindparam("now")),
+            )
+            .order_by(_N.id)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
+        self.gather = (
+            update(NOTIFICATIONS)
+            .where(picked(_N.id, group))
+            .values(
+                status=NotificationStatus.DELIVERING,
+                claimed_by=bindparam("worker_id"),
+                lease_expires_at=bindparam("lease_until"),
+                updated_at=bindparam("now"),
+            )
+            .returning(*(_N[name] for name in CLAIMED_COLUMNS))
+        )
+        """Up to ``:limit`` pending notifications of digest group ``:group`` besides
+        ``:leader``, oldest first, due or not (a digest sends them with the first that came
+        due), but none whose ``send_at`` is still ahead or whose expiry has passed: claimed
+        as ``claim`` does."""
+
         self.lock_held = _in_lock_order(select(_N.id).where(among(_N.id, "ids", dialect), *held))
         """The rows of ``:ids`` that ``:worker_id`` still holds, locked; their ids."""
         locked_held = _N.id.in_(self.lock_held.scalar_subquery())
@@ -266,6 +299,11 @@ class Statements:
             IDEMPOTENCY_KEYS.c.created_at < bindparam("cutoff")
         )
         """Idempotency keys stored before ``:cutoff``."""
+
+        self.purge_windows = delete(DEDUP_WINDOWS).where(
+            DEDUP_WINDOWS.c.closes_at < bindparam("cutoff")
+        )
+        """Dedup windows closed before ``:cutoff``."""
 
 
 def among(column: ColumnElement[Any], name: str, dialect: Dialect) -> ColumnElement[bool]:
@@ -377,6 +415,31 @@ class WorkQueue:
             rows = await connection.rows(claim, params)
         return [claimed_of(row) for row in rows]
 
+    async def gather(
+        self,
+        group: str,
+        *,
+        leader: uuid.UUID,
+        worker_id: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+    ) -> list[Claimed]:
+        """Claim the pending notifications of digest ``group`` that ``leader``'s digest sends
+        (at most ``limit`` of them), as ``claim`` does."""
+        gather = self.statements.gather
+        params = {
+            "group": group,
+            "leader": leader,
+            "worker_id": worker_id,
+            "now": now,
+            "lease_until": lease_until,
+            "limit": limit,
+        }
+        async with self._database.autocommit(gather) as connection:
+            rows = await connection.rows(gather, params)
+        return [claimed_of(row) for row in rows]
+
     async def save_rounds(
         self, rounds: Sequence[FinishedRound], *, worker_id: str
     ) -> set[uuid.UUID]:
@@ -467,6 +530,10 @@ class WorkQueue:
     async def purge_keys(self, cutoff: datetime) -> int:
         """Delete idempotency keys stored before ``cutoff``."""
         return await self._count(self.statements.purge_keys, {"cutoff": cutoff})
+
+    async def purge_windows(self, cutoff: datetime) -> int:
+        """Delete dedup windows that closed before ``cutoff``."""
+        return await self._count(self.statements.purge_windows, {"cutoff": cutoff})
 
     async def _count(self, statement: Statement, params: Row) -> int:
         async with self._database.autocommit(statement) as connection:

@@ -26,6 +26,7 @@ from app.domain import Event
 from app.store.db import unavailable_reason
 from app.store.models import (
     Attempt,
+    DedupWindow,
     EventDelivery,
     EventRecord,
     IdempotencyKey,
@@ -47,6 +48,7 @@ ATTEMPTS = cast(Table, Attempt.__table__)
 EVENTS = cast(Table, EventRecord.__table__)
 EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
 RECEIPTS = cast(Table, ReceiptRecord.__table__)
+DEDUP_WINDOWS = cast(Table, DedupWindow.__table__)
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""

@@ -77,6 +77,8 @@ async def test_accepted_with_location_and_the_whole_resource(h: Harness) -> None
         "acknowledgement": None,
         "template": None,
         "rendered": None,
+        "dedup_key": None,
+        "occurrences": 1,
     }
 
     # The Location resolves to the same resource.

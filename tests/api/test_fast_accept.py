@@ -442,3 +442,36 @@ def test_the_app_does_not_start_when_the_fast_road_falls_behind(
     monkeypatch.setattr(notifications, "FAST_ROAD_PARAMETERS", replicated)
     with pytest.raises(RuntimeError, match="create_notification takes parameter 'idempotency_key'"):
         create_app()
+
+
+@pytest.mark.parametrize("mode", ["drop", "collapse"])
+async def test_both_roads_dedupe_alike(db_url: str, fallbacks: list[str], mode: str) -> None:
+    """A ``dedup_key`` takes the fast road, which does the same work: repeats sent down either
+    road are decided against one window and answered alike."""
+    routes = {
+        **BASIC_CONFIG["routes"],
+        "noisy": {"channels": ["console"], "dedup": {"window": "10m", "mode": mode}},
+    }
+    async with (
+        herald(db_url, {**BASIC_CONFIG, "routes": routes}) as h,
+        without_fast_accept(h.runtime) as slow,
+    ):
+        body = {"route": "noisy", "text": "x", "dedup_key": "k"}
+        answers = [
+            await road.post("/v1/notifications", json=body)
+            for road in (h.client, slow, h.client, slow)
+        ]
+        assert len(fallbacks) == 2, "the fast road served its two: only the slow road's went on"
+        assert [r.status_code for r in answers] == [202, 200, 200, 200]
+        assert {r.json()["id"] for r in answers} == {answers[0].json()["id"]}
+        assert [r.headers.get("Herald-Deduplicated") for r in answers] == [
+            None,
+            "true",
+            "true",
+            "true",
+        ]
+        if mode == "drop":
+            assert answer(answers[1]) == answer(answers[2]) == answer(answers[3])
+        assert [r.json()["occurrences"] for r in answers] == (
+            [1] * 4 if mode == "drop" else [1, 2, 3, 4]
+        )

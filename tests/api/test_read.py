@@ -129,5 +129,6 @@ async def test_attempts_record_each_hop_oldest_first(db_url: str) -> None:
             "receipt",
             "started_at",
             "duration_ms",
+            "digest_id",
         }
         assert when(body["delivered_at"]) == second_at

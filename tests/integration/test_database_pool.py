@@ -42,6 +42,8 @@ FILL = (
     " VALUES ('default', 'telegram', now(), 'test', now())",
     "INSERT INTO purged_ranges (owner, first_id, last_id, count, purged_at)"
     " VALUES (NULL, gen_random_uuid(), gen_random_uuid(), 1, now())",
+    "INSERT INTO dedup_windows (scope, route, key, notification_id, opened_at, closes_at)"
+    " VALUES ('', 'default', 'k', gen_random_uuid(), now(), now())",
 )
 """A row in each table that a send, a round and an event dispatch do not write."""
 

@@ -151,7 +151,7 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     if db_url.startswith("sqlite"):
         assert await auto_vacuum(db_url) == 2, "incremental"
     async with herald(db_url, CONFIG) as h:
-        assert (await h.get(kept["id"]))["status"] == "delivered"
+        assert (await h.get(str(kept)))["status"] == "delivered"
 
     await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
     tables = await table_names(db_url)
@@ -188,6 +188,30 @@ async def test_templates_down_and_up_again(db_url: str) -> None:
         assert (shown["text"], shown["template"], shown["rendered"]) == ("Hi Ada", None, None)
         again = await h.send(template="hi", data={"n": "Bo"})
         assert (again["text"], again["template"]) == ("Hi Bo", "hi")
+
+
+async def test_dedup_digest_down_and_up_again(db_url: str) -> None:
+    """0009 down drops the dedup windows and the dedup and digest columns, and nothing else;
+    up again, the schema is the models' and existing notifications stand for one request."""
+    config = {
+        **CONFIG,
+        "routes": {"default": {"channels": ["console"], "dedup": {"window": "10m"}}},
+    }
+    async with herald(db_url, config) as h:
+        kept = await h.send(text="x", dedup_key="k")
+        await h.send(expect=200, text="again", dedup_key="k")
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0008")
+    tables = await table_names(db_url)
+    assert "dedup_windows" not in tables and "notifications" in tables
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, config) as h:
+        shown = await h.get(kept["id"])
+        assert (shown["text"], shown["occurrences"], shown["dedup_key"]) == ("x", 1, None)
+        assert (await h.send(text="x", dedup_key="k"))["id"] != kept["id"], "no window kept"
 
 
 async def table_names(url: str) -> list[str]:

@@ -185,7 +185,7 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(EXAMPLE)]) == 0
-    assert "ok (2 channels, 2 routes" in capsys.readouterr().out
+    assert "ok (2 channels, 4 routes" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("channels:\n  email: {type: smtp, host: h, port: nope, from: a@b.c}\n")
     assert main(["check-config", str(bad)]) == 1

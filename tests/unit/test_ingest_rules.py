@@ -30,8 +30,11 @@ CONTEXT: dict[str, Any] = {
 
 
 def test_the_template_fields_are_the_request_fields_but_route() -> None:
+    """…and but ``dedup_key``: a repeat is decided one request at a time, which a stream's
+    batch is not (a POST's only)."""
     assert set(NotificationTemplate.model_fields) == set(NotificationCreate.model_fields) - {
-        "route"
+        "route",
+        "dedup_key",
     }
 
 

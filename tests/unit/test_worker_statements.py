@@ -18,6 +18,7 @@ def test_the_status_a_statement_filters_on_is_written_into_its_sql(url: str) -> 
     statements = Statements(dialect)
     due, held = "notifications.status = 'pending'", "notifications.status = 'delivering'"
     assert due in str(statements.claim.compile(dialect=dialect))
+    assert due in str(statements.gather.compile(dialect=dialect))  # ix_notifications_digest
     for name in ("lock_held", "save_round", "renew", "release", "recover"):
         assert held in str(getattr(statements, name).compile(dialect=dialect)), name
 
