@@ -73,6 +73,26 @@ def marked(value: str | None, occurrences: int) -> str | None:
     return None if value is None else value + times(occurrences)
 
 
+MARKED_FIELDS = ("subject", "text", "html")
+"""What the mark goes on, in a message and in each of its template's overrides."""
+
+
+def marked_overrides(
+    overrides: Mapping[str, Mapping[str, Any]], occurrences: int
+) -> Mapping[str, Mapping[str, Any]]:
+    """A template's overrides with the ``times`` mark on their subject, text and html (the
+    rest, such as Slack blocks or a WhatsApp template, as they are)."""
+    if occurrences <= 1:
+        return overrides
+    return {
+        channel_type: {
+            name: marked(value, occurrences) if name in MARKED_FIELDS else value
+            for name, value in override.items()
+        }
+        for channel_type, override in overrides.items()
+    }
+
+
 def digest_key(owner: str | None, route: str, recipient: Mapping[str, Any]) -> str:
     """The digest group of a notification: its API key, route and recipient (so its chain of
     channels and their addresses), as a fixed-length hash."""

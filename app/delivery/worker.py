@@ -32,7 +32,7 @@ from app.channels.base import (
 )
 from app.channels.text import html_to_text
 from app.config import HeraldConfig, Settings
-from app.dedup import DigestConfig, digest_message, marked
+from app.dedup import DigestConfig, digest_message, marked, marked_overrides
 from app.delivery.listener import listen
 from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import (
@@ -121,7 +121,7 @@ def message_of(notification: Claimed) -> Message:
         metadata=shown(notification.metadata),
         created_at=notification.created_at,
         acks=notification.strategy == Strategy.ESCALATE,
-        overrides=notification.rendered or NO_OVERRIDES,
+        overrides=marked_overrides(notification.rendered or NO_OVERRIDES, occurrences),
     )
 
 

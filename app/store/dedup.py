@@ -105,6 +105,8 @@ class DedupStore:
                 subject=bindparam("n_subject"),
                 text=bindparam("n_text"),
                 html=bindparam("n_html"),
+                template=bindparam("n_template"),
+                rendered=bindparam("n_rendered"),
                 updated_at=bindparam("w_now"),
             )
             .returning(*NOTIFICATIONS.c)
@@ -202,6 +204,8 @@ class DedupStore:
                         "n_subject": row["subject"],
                         "n_text": row["text"],
                         "n_html": row["html"],
+                        "n_template": row["template"],
+                        "n_rendered": row["rendered"],
                         "w_now": row["created_at"],
                     },
                 )

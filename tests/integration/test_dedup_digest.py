@@ -333,3 +333,23 @@ async def test_a_new_notification_of_a_key_has_its_events_and_a_repeat_none(db_u
                 ("notification.accepted", first["id"]),
                 ("notification.delivered", first["id"]),
             ]
+
+
+async def test_a_collapsed_templated_notification_takes_the_latest_render(db_url: str) -> None:
+    """Collapse keeps the latest request's content: with a template, what it rendered (its
+    text and its per-channel-type overrides), not the first's."""
+    async with serve_http() as sink:
+        config = noise_config(sink, mode="collapse")
+        config["templates"] = {
+            "disk": {"text": "disk at {{ pct }}%", "overrides": {"webhook": {"text": "{{ pct }}"}}}
+        }
+        async with herald(db_url, config) as h:
+            for pct in (91, 97):
+                body = {"route": "alerts", "template": "disk", "data": {"pct": pct}}
+                answer = await post(h, {**body, "dedup_key": "disk"})
+            shown = answer.json()
+            assert (shown["occurrences"], shown["text"]) == (2, "disk at 97%")
+            assert (shown["template"], shown["rendered"]) == ("disk", {"webhook": {"text": "97"}})
+            await h.run_worker()
+            [sent] = sink.requests_to("/hook")
+            assert sent.json()["data"]["text"] == "97 (\N{MULTIPLICATION SIGN}2)"
