@@ -144,7 +144,14 @@ def run_arq() -> None:
 
 import procrastinate  # noqa: E402
 
-procrastinate_app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=PG_DSN))
+# psycopg_pool's default pool holds 4 connections, one of them the worker's LISTEN: sized
+# instead like the httpx pool, one connection for each job that may run at once (and the
+# LISTEN one), as a deployment at concurrency 32 would be.
+procrastinate_app = procrastinate.App(
+    connector=procrastinate.PsycopgConnector(
+        conninfo=PG_DSN, min_size=4, max_size=int(os.environ.get("PEERS_PG_POOL", "33"))
+    )
+)
 _async_client: httpx.AsyncClient | None = None
 
 
