@@ -15,8 +15,8 @@ arq            arq on Redis, ``max_jobs=32`` (``arq peers.ArqWorker``), results 
 procrastinate  procrastinate on PostgreSQL (its own database, its schema applied by
                ``procrastinate schema --apply``), async task, ``procrastinate worker
                --concurrency 32`` (LISTEN/NOTIFY on, jobs kept as by default), the
-               PsycopgConnector's pool at psycopg_pool's default size; the task POSTs with one
-               ``httpx.AsyncClient``.
+               PsycopgConnector's pool up to 33 connections (PEERS_PG_POOL); the task POSTs
+               with one ``httpx.AsyncClient``.
 
 Settings come from the environment: PEERS_SINK_URL (the sink's POST URL), PEERS_REDIS_URL (a
 Redis database of the bench's own), PEERS_PG_DSN (procrastinate's database). With bench/ on

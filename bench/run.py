@@ -1278,14 +1278,20 @@ class Bench:
 
     # --- peers and worker scaling ---
 
-    def drain(self, procs: list[Proc], count: int, database: str | None = None) -> dict[str, Any]:
+    def drain(
+        self,
+        procs: list[Proc],
+        count: int,
+        database: str | None = None,
+        broker_cpu: Callable[[], float] | None = None,
+    ) -> dict[str, Any]:
         """Until the sink has received ``count`` requests from ``procs`` (started just before,
         the backlog already in place): the rate from the sink's own receive times (first → last),
-        and the processes' CPU (and ``database``'s backends') from the first request to the last,
-        so start-up stays out of both."""
+        and the processes' CPU (and that of ``database``'s backends, or the broker's from
+        ``broker_cpu``) from the first request to the last, so start-up stays out of both."""
         started = time.monotonic()
         first_at = None
-        cpu0 = 0.0
+        cpu0 = broker0 = 0.0
         backends0: dict[int, float] = {}
         received = 0
         deadline = started + self.args.peers_window
@@ -1298,12 +1304,15 @@ class Bench:
                 first_at = time.monotonic()
                 cpu0 = sum(p.cpu_seconds() for p in procs)
                 backends0 = {pid: proc_cpu(pid) for pid in self.backends(database)}
+                broker0 = broker_cpu() if broker_cpu else 0.0
             if received >= count:
                 break
             time.sleep(0.02)
         cpu = sum(p.cpu_seconds() for p in procs) - cpu0
         backends = self.backends(database)
         db_cpu = sum(proc_cpu(pid) - backends0.get(pid, 0.0) for pid in backends)
+        broker = broker_cpu() - broker0 if broker_cpu else 0.0
+        store = db_cpu if database else broker
         wall = time.monotonic() - started
         times = sorted(t for _, t in http_json(f"{self.sink_url}/_dump")["ids"])
         span = times[-1] - times[0] if len(times) > 1 else 0.0
@@ -1317,6 +1326,12 @@ class Bench:
             "cpu_ms_per_notification": round(1000 * cpu / received, 3) if received else None,
             "db_cpu_ms_per_notification": (
                 round(1000 * db_cpu / received, 3) if received and database else None
+            ),
+            "broker_cpu_ms_per_notification": (
+                round(1000 * broker / received, 3) if received and broker_cpu else None
+            ),
+            "total_cpu_ms_per_notification": (
+                round(1000 * (cpu + store) / received, 3) if received else None
             ),
         }
 
@@ -1436,6 +1451,12 @@ class Bench:
                 f"Redis database {PEERS_REDIS_DB} is not empty: the peers scenario clears it "
                 "after each run; choose a free one with BENCH_PEERS_REDIS_DB"
             )
+
+        def redis_cpu() -> float:
+            """The Redis server's CPU seconds (all its clients': others' work counts too)."""
+            info = client.info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
         database = f"{self.database}_procrastinate"
         admin = Pg(ADMIN_DSN)
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -1474,6 +1495,7 @@ class Bench:
         }
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in (*workers, "herald")}
         ratio_runs: list[float | None] = []
+        cpu_ratio_runs: list[float | None] = []
         try:
             for run in range(self.args.runs):
                 for name, args in workers.items():
@@ -1500,7 +1522,10 @@ class Bench:
                     proc = self.procs.start(f"peer-{name}", args, env)
                     try:
                         result = self.drain(
-                            [proc], PEERS_BACKLOG, database if name == "procrastinate" else None
+                            [proc],
+                            PEERS_BACKLOG,
+                            database if name == "procrastinate" else None,
+                            None if name == "procrastinate" else redis_cpu,
                         )
                     finally:
                         self.procs.stop(proc)
@@ -1513,13 +1538,23 @@ class Bench:
                 log(f"peers run {run + 1} herald: {result}")
                 best = max((runs[n][-1]["rate"] or 0.0) for n in workers)
                 ratio_runs.append(ratio(result["rate"], best))
+                leanest = min(
+                    runs[n][-1]["total_cpu_ms_per_notification"] or float("inf") for n in workers
+                )
+                cpu_ratio_runs.append(ratio(leanest, result["total_cpu_ms_per_notification"]))
         finally:
             client.flushdb()
             client.close()
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             admin.close()
             self.truncate()
-        keys = ("rate", "cpu_ms_per_notification", "db_cpu_ms_per_notification")
+        keys = (
+            "rate",
+            "cpu_ms_per_notification",
+            "db_cpu_ms_per_notification",
+            "broker_cpu_ms_per_notification",
+            "total_cpu_ms_per_notification",
+        )
         summary = {name: summarise(r, keys) for name, r in runs.items()}
         best_peer = max(workers, key=lambda n: summary[n]["rate"] or 0.0)
         self.results["peers"] = {
@@ -1527,13 +1562,17 @@ class Bench:
             "best_peer": best_peer,
             "herald_vs_best_peer": rnd(median(ratio_runs), 3),
             "ratio_runs": ratio_runs,
+            "cpu_vs_leanest_peer": rnd(median(cpu_ratio_runs), 3),
+            "cpu_ratio_runs": cpu_ratio_runs,
             "backlog": PEERS_BACKLOG,
             "settings": PEER_SETTINGS | {"celery_prefetch_multiplier": PEERS_CELERY_PREFETCH},
             "setup": f"a {PEERS_BACKLOG:,}-notification backlog enqueued (Herald: due rows, the "
             "backlog scenario's fill), then one worker process started; rate = notifications "
             "/ (last − first sink receive time), CPU of the worker process (and of the "
-            "database's backends for PostgreSQL-backed systems) from the first delivery to the "
-            f"last; runs cut after {self.args.peers_window:g} s",
+            "database's backends for PostgreSQL-backed systems, of the whole Redis server for "
+            "Redis-backed ones) from the first delivery to the last; cpu_vs_leanest_peer = the "
+            "lowest peer's worker+store CPU per notification / Herald's; runs cut after "
+            f"{self.args.peers_window:g} s",
         }
 
     def workers_scaling(self) -> None:
@@ -2003,11 +2042,24 @@ def markdown(report: dict[str, Any]) -> str:
                     "cpu_ms_per_notification",
                     2,
                 )
+                row(
+                    f"peers: {name} worker + store (PostgreSQL or Redis) CPU ms per notification",
+                    p[name],
+                    "total_cpu_ms_per_notification",
+                    2,
+                )
         rows.append(
             (
                 f"**herald_vs_best_peer** (best: {p['best_peer']})",
                 fmt(p["herald_vs_best_peer"], 2),
                 " / ".join(fmt(x, 2) for x in p["ratio_runs"]),
+            )
+        )
+        rows.append(
+            (
+                "peers: leanest peer's CPU per notification / Herald's",
+                fmt(p["cpu_vs_leanest_peer"], 2),
+                " / ".join(fmt(x, 2) for x in p["cpu_ratio_runs"]),
             )
         )
     if "workers_scaling" in r:
