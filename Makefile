@@ -98,7 +98,7 @@ clean: clean-ops
 clean-ops:
 	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/generated $(TS_CLIENT)/dist
 
-# --- performance (bench/): Herald against minimal baselines, about 6 minutes -----------------
+# --- performance (bench/): Herald against minimal baselines and peers, about 10 minutes --------
 # Needs PostgreSQL at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres; it
 # creates and drops its own database) and wrk (apt-get install -y wrk; without it a Python load
 # generator stands in). Writes bench/results/latest.json and latest.md.

@@ -33,6 +33,15 @@ ingest_stream
           the same 100,000 POSTed to ``herald serve --no-worker`` as POST …/batch of 500 on 4
           connections. Rate = rows / (last created_at − first), from the rows' own timestamps,
           for both. ingest_stream_ratio = stream rate / batch rate.
+peers     Celery (threads pool, Redis), arq (Redis) and procrastinate (PostgreSQL), bench/peers.py,
+          each with one worker process at concurrency 32, and one ``herald worker``, each
+          draining a 5,000-notification backlog (enqueued before the worker starts) to the sink.
+          Rate from the sink's receive times; CPU of the worker and of its store per
+          notification. herald_vs_best_peer = Herald's rate / the best peer's (bench/README.md).
+workers_scaling
+          1, 2 and 4 ``herald worker`` processes draining the same backlog on PostgreSQL: rate,
+          CPU per notification (workers, PostgreSQL), WAL bytes and database counters per
+          notification.
 """
 
 from __future__ import annotations
