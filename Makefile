@@ -98,13 +98,21 @@ clean: clean-ops
 clean-ops:
 	rm -rf $(TS_CLIENT)/node_modules $(TS_CLIENT)/generated $(TS_CLIENT)/dist
 
-# --- performance (bench/): Herald against minimal baselines, about 6 minutes -----------------
+# --- performance (bench/): Herald against minimal baselines and peers, about 10 minutes --------
 # Needs PostgreSQL at BENCH_PG_DSN (default postgresql://postgres@127.0.0.1:5432/postgres; it
 # creates and drops its own database) and wrk (apt-get install -y wrk; without it a Python load
 # generator stands in). Writes bench/results/latest.json and latest.md.
 # Profiles: make bench BENCH_ARGS=--profile (needs py-spy; bench/results/profiles/).
+# The peers scenario needs Celery, arq and procrastinate (the bench extra) and Redis on
+# 127.0.0.1:6379 (BENCH_REDIS_URL; the peers use database 13, BENCH_PEERS_REDIS_DB).
+BENCH_DEPS := $(BIN)/.installed-bench
+
+$(BENCH_DEPS): $(DEV)
+	$(INSTALL) -e '.[dev,bench]'
+	touch $@
+
 .PHONY: bench
-bench: $(DEV)
+bench: $(BENCH_DEPS)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # docs/dashboard.png: the Grafana dashboard's panels drawn from a real run's Prometheus data

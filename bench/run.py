@@ -33,6 +33,15 @@ ingest_stream
           the same 100,000 POSTed to ``herald serve --no-worker`` as POST …/batch of 500 on 4
           connections. Rate = rows / (last created_at − first), from the rows' own timestamps,
           for both. ingest_stream_ratio = stream rate / batch rate.
+peers     Celery (threads pool, Redis), arq (Redis) and procrastinate (PostgreSQL), bench/peers.py,
+          each with one worker process at concurrency 32, and one ``herald worker``, each
+          draining a 5,000-notification backlog (enqueued before the worker starts) to the sink.
+          Rate from the sink's receive times; CPU of the worker and of its store per
+          notification. herald_vs_best_peer = Herald's rate / the best peer's (bench/README.md).
+workers_scaling
+          1, 2 and 4 ``herald worker`` processes draining the same backlog on PostgreSQL: rate,
+          CPU per notification (workers, PostgreSQL), WAL bytes and database counters per
+          notification.
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ GOALS = {
     "idle_p50_ms": ("<=", 15.0),
     "rss_mb": ("<=", 150.0),
     "ingest_stream_ratio": (">=", 0.8),
+    "herald_vs_best_peer": (">=", 3.0),
 }
 EVENTS_SECRET = "whsec_YmVuY2gtZXZlbnRzLXNlY3JldC0wMTIzNDU2Nzg5"
 """The bench subscription's signing secret (``whsec_`` + base64, as herald.yaml asks)."""
@@ -89,6 +99,27 @@ BIG_BACKLOG = 1_000_000
 SMALL_BACKLOG = 1_000
 RSS_TOTAL = 100_000
 BATCH = 500
+PEERS_BACKLOG = 5_000
+SCALING_WORKERS = (1, 2, 4)
+PEERS_REDIS_DB = int(os.environ.get("BENCH_PEERS_REDIS_DB", "13"))
+PEERS_CELERY_PREFETCH = int(os.environ.get("BENCH_PEERS_CELERY_PREFETCH", "4"))
+PEER_SETTINGS = {
+    "celery": "Celery 5.6 on Redis (kombu's transport): task_acks_late=True, "
+    "worker_prefetch_multiplier (below), no result backend (task_ignore_result); `celery -A "
+    "peers worker --pool threads --concurrency 32 --loglevel WARNING`; the task POSTs with one "
+    "shared httpx.Client (32 connections)",
+    "arq": "arq 0.25 on Redis: WorkerSettings max_jobs=32, other settings arq's defaults "
+    "(results kept, poll_delay 0.5 s), log level WARNING; the task POSTs with one "
+    "httpx.AsyncClient made in on_startup",
+    "procrastinate": "procrastinate 3.10 on the same PostgreSQL, database of its own, schema by "
+    "`procrastinate schema --apply`; async task, `procrastinate worker --concurrency 32` "
+    "(LISTEN/NOTIFY on, jobs kept), PsycopgConnector pool of up to 33 connections (4 by "
+    "default: no faster at 1,500 jobs here, 36 vs 38/s; its worker fetches one job per "
+    "round trip); "
+    "the task POSTs with one httpx.AsyncClient",
+    "herald": "one `herald worker` (concurrency 32, the defaults) on PostgreSQL, webhook "
+    "channel to the sink",
+}
 
 LATENCY_KEYS = (
     "p50_ms",
@@ -1254,6 +1285,330 @@ class Bench:
             f"{BACKLOG}-row backlog, cut after {self.args.deliver_window:g} s",
         }
 
+    # --- peers and worker scaling ---
+
+    def drain(
+        self,
+        procs: list[Proc],
+        count: int,
+        database: str | None = None,
+        broker_cpu: Callable[[], float] | None = None,
+    ) -> dict[str, Any]:
+        """Until the sink has received ``count`` requests from ``procs`` (started just before,
+        the backlog already in place): the rate from the sink's own receive times (first → last),
+        and the processes' CPU (and that of ``database``'s backends, or the broker's from
+        ``broker_cpu``) from the first request to the last, so start-up stays out of both."""
+        started = time.monotonic()
+        first_at = None
+        cpu0 = broker0 = 0.0
+        backends0: dict[int, float] = {}
+        received = 0
+        deadline = started + self.args.peers_window
+        while time.monotonic() < deadline:
+            for proc in procs:
+                if proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited: see {proc.log_path}")
+            received = http_json(f"{self.sink_url}/_stats")["count"]
+            if received and first_at is None:
+                first_at = time.monotonic()
+                cpu0 = sum(p.cpu_seconds() for p in procs)
+                backends0 = {pid: proc_cpu(pid) for pid in self.backends(database)}
+                broker0 = broker_cpu() if broker_cpu else 0.0
+            if received >= count:
+                break
+            time.sleep(0.02)
+        cpu = sum(p.cpu_seconds() for p in procs) - cpu0
+        backends = self.backends(database)
+        db_cpu = sum(proc_cpu(pid) - backends0.get(pid, 0.0) for pid in backends)
+        broker = broker_cpu() - broker0 if broker_cpu else 0.0
+        store = db_cpu if database else broker
+        wall = time.monotonic() - started
+        times = sorted(t for _, t in http_json(f"{self.sink_url}/_dump")["ids"])
+        span = times[-1] - times[0] if len(times) > 1 else 0.0
+        return {
+            "received": received,
+            "completed": received >= count,
+            "span_s": round(span, 3),
+            "rate": round(len(times) / span, 1) if span > 0 else None,
+            "first_delivery_s": round(first_at - started, 2) if first_at else None,
+            "wall_s": round(wall, 2),
+            "cpu_ms_per_notification": round(1000 * cpu / received, 3) if received else None,
+            "db_cpu_ms_per_notification": (
+                round(1000 * db_cpu / received, 3) if received and database else None
+            ),
+            "broker_cpu_ms_per_notification": (
+                round(1000 * broker / received, 3) if received and broker_cpu else None
+            ),
+            "total_cpu_ms_per_notification": (
+                round(1000 * (cpu + store) / received, 3) if received else None
+            ),
+        }
+
+    def backends(self, database: str | None) -> list[int]:
+        if database is None:
+            return []
+        assert self.pg is not None
+        rows = self.pg.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+        return [r["pid"] for r in rows]
+
+    def db_counters(self) -> dict[str, int]:
+        """This database's transaction and tuple counters (pg_stat_database) and the
+        notifications table's HOT updates (pg_stat_user_tables)."""
+        assert self.pg is not None
+        row = self.pg.fetch(
+            "SELECT xact_commit, tup_inserted, tup_updated, tup_deleted, tup_returned, "
+            "tup_fetched, blks_hit + blks_read AS blocks, "
+            "(SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'notifications') "
+            "AS hot_updates "
+            "FROM pg_stat_database WHERE datname = $1",
+            self.database,
+        )[0]
+        return {key: int(row[key] or 0) for key in row.keys()}  # noqa: SIM118
+
+    def wal_of_database(self, start: str, end: str) -> dict[str, Any] | None:
+        """WAL written between two LSNs by this database's transactions (pg_walinspect: records
+        touching its relations and those records' transactions' commits): the server is shared
+        with other work, so the plain LSN difference is reported beside it, not used."""
+        assert self.pg is not None
+        try:
+            self.pg.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        except asyncpg.PostgresError as error:  # not installed (postgresql-contrib) or no right
+            log(f"pg_walinspect unavailable ({error}): WAL per notification not measured")
+            return None
+        total = int(self.pg.val("SELECT $2::text::pg_lsn - $1::text::pg_lsn", start, end))
+        if total > 1 << 30:  # too much other work in between to read it back in time
+            return {"cluster_bytes": total, "database_bytes": None, "full_page_bytes": None}
+        oid = self.pg.val("SELECT oid FROM pg_database WHERE datname = $1", self.database)
+        rows = self.pg.fetch(
+            """
+            WITH r AS (SELECT * FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)),
+                 ours AS (SELECT DISTINCT xid FROM r
+                           WHERE block_ref LIKE '%/' || $3::text || '/%' AND xid <> '0')
+            SELECT coalesce(sum(record_length), 0) AS bytes,
+                   coalesce(sum(fpi_length), 0) AS fpi, count(*) AS records
+              FROM r
+             WHERE block_ref LIKE '%/' || $3::text || '/%' OR xid IN (SELECT xid FROM ours)
+            """,
+            start,
+            end,
+            str(oid),
+        )
+        row = rows[0]
+        return {
+            "cluster_bytes": total,
+            "database_bytes": int(row["bytes"]),
+            "full_page_bytes": int(row["fpi"]),
+            "records": int(row["records"]),
+        }
+
+    def herald_drain(self, workers: int, count: int) -> dict[str, Any]:
+        """``workers`` ``herald worker`` processes started on a ``count``-row due backlog (the
+        backlog scenario's fill); the drain measured at the sink, with the database's cost."""
+        assert self.pg is not None
+        self.truncate()
+        self.fill(count)
+        self.pg.execute("VACUUM ANALYZE notifications")
+        http_json(f"{self.sink_url}/_reset", "POST", b"")
+        # the fill's counters, which this backend would otherwise publish up to 10 s later
+        # (PostgreSQL 15+ keeps them until it is idle past its flush interval)
+        self.pg.execute("SELECT pg_stat_force_next_flush()")
+        self.pg.execute("SELECT 1")
+        counters0 = self.db_counters()
+        # a physical slot holds the drain's WAL until it is read back (other work on the
+        # server may otherwise have it recycled by a checkpoint first)
+        slot = f"{self.database}_wal"
+        self.pg.execute("SELECT pg_create_physical_replication_slot($1, true)", slot)
+        try:
+            lsn0 = self.pg.val("SELECT pg_current_wal_lsn()::text")
+            env = self.herald_env(sqlalchemy_url(self.dsn))
+            procs = [
+                self.procs.start(f"worker-{i}", [HERALD, "worker"], env) for i in range(workers)
+            ]
+            try:
+                result = self.drain(procs, count, self.database)
+            finally:
+                for proc in procs:
+                    self.procs.stop(proc)
+            lsn1 = self.pg.val("SELECT pg_current_wal_lsn()::text")
+            wal = self.wal_of_database(lsn0, lsn1)
+        finally:
+            self.pg.execute("SELECT pg_drop_replication_slot($1)", slot)
+        time.sleep(1.0)  # the workers' backends flush their statistics as they exit
+        self.pg.execute("SELECT pg_stat_force_next_flush()")
+        self.pg.execute("SELECT 1")
+        counters1 = self.db_counters()
+        n = max(1, result["received"])
+        per = {key: round((counters1[key] - counters0[key]) / n, 2) for key in counters0}
+        result["workers"] = workers
+        result["db_per_notification"] = per
+        if wal is not None:
+            result["wal"] = wal
+            if wal["database_bytes"] is not None:
+                result["wal_bytes_per_notification"] = round(wal["database_bytes"] / n)
+        return result
+
+    def peers(self) -> None:
+        """Celery, arq and procrastinate against one ``herald worker``, each draining a
+        PEERS_BACKLOG-notification backlog to the sink with one process at concurrency 32."""
+        import redis
+
+        assert self.pg is not None
+        redis_url = REDIS_URL.rsplit("/", 1)[0] + f"/{PEERS_REDIS_DB}"
+        client = redis.Redis.from_url(redis_url)
+        if client.dbsize():
+            raise RuntimeError(
+                f"Redis database {PEERS_REDIS_DB} is not empty: the peers scenario clears it "
+                "after each run; choose a free one with BENCH_PEERS_REDIS_DB"
+            )
+
+        def redis_cpu() -> float:
+            """The Redis server's CPU seconds (all its clients': others' work counts too)."""
+            info = client.info("cpu")
+            return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+        database = f"{self.database}_procrastinate"
+        admin = Pg(ADMIN_DSN)
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{database}"')
+        env = {
+            "PYTHONPATH": str(BENCH),
+            "PEERS_SINK_URL": f"{self.sink_url}/hook",
+            "PEERS_REDIS_URL": redis_url,
+            "PEERS_PG_DSN": pg_dsn(database),
+            "PEERS_CELERY_PREFETCH": str(PEERS_CELERY_PREFETCH),
+        }
+        procrastinate = [str(BIN / "procrastinate"), "--log-level=warning"]
+        procrastinate += ["--app=peers.procrastinate_app"]
+        subprocess.run(
+            [*procrastinate, "schema", "--apply"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        workers = {
+            "celery": [
+                str(BIN / "celery"),
+                "-A",
+                "peers",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                "32",
+                "--loglevel",
+                "WARNING",
+            ],
+            "arq": [PYTHON, "-c", "import peers; peers.run_arq()"],
+            "procrastinate": [*procrastinate, "worker", "--concurrency", "32"],
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in (*workers, "herald")}
+        ratio_runs: list[float | None] = []
+        cpu_ratio_runs: list[float | None] = []
+        try:
+            for run in range(self.args.runs):
+                for name, args in workers.items():
+                    http_json(f"{self.sink_url}/_reset", "POST", b"")
+                    if name == "procrastinate":
+                        peers_db = Pg(pg_dsn(database))
+                        peers_db.execute("TRUNCATE procrastinate_jobs CASCADE")
+                        peers_db.close()
+                    enqueued = subprocess.run(
+                        [
+                            PYTHON,
+                            "-c",
+                            "import peers; peers.main()",
+                            "enqueue",
+                            name,
+                            str(PEERS_BACKLOG),
+                        ],
+                        cwd=ROOT,
+                        env={**os.environ, **env},
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
+                    proc = self.procs.start(f"peer-{name}", args, env)
+                    try:
+                        result = self.drain(
+                            [proc],
+                            PEERS_BACKLOG,
+                            database if name == "procrastinate" else None,
+                            None if name == "procrastinate" else redis_cpu,
+                        )
+                    finally:
+                        self.procs.stop(proc)
+                        client.flushdb()
+                    result["enqueue_s"] = json.loads(enqueued.stdout)["seconds"]
+                    runs[name].append(result)
+                    log(f"peers run {run + 1} {name}: {result}")
+                result = self.herald_drain(1, PEERS_BACKLOG)
+                runs["herald"].append(result)
+                log(f"peers run {run + 1} herald: {result}")
+                best = max((runs[n][-1]["rate"] or 0.0) for n in workers)
+                ratio_runs.append(ratio(result["rate"], best))
+                leanest = min(
+                    runs[n][-1]["total_cpu_ms_per_notification"] or float("inf") for n in workers
+                )
+                cpu_ratio_runs.append(ratio(leanest, result["total_cpu_ms_per_notification"]))
+        finally:
+            client.flushdb()
+            client.close()
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            admin.close()
+            self.truncate()
+        keys = (
+            "rate",
+            "cpu_ms_per_notification",
+            "db_cpu_ms_per_notification",
+            "broker_cpu_ms_per_notification",
+            "total_cpu_ms_per_notification",
+        )
+        summary = {name: summarise(r, keys) for name, r in runs.items()}
+        best_peer = max(workers, key=lambda n: summary[n]["rate"] or 0.0)
+        self.results["peers"] = {
+            **summary,
+            "best_peer": best_peer,
+            "herald_vs_best_peer": rnd(median(ratio_runs), 3),
+            "ratio_runs": ratio_runs,
+            "cpu_vs_leanest_peer": rnd(median(cpu_ratio_runs), 3),
+            "cpu_ratio_runs": cpu_ratio_runs,
+            "backlog": PEERS_BACKLOG,
+            "settings": PEER_SETTINGS | {"celery_prefetch_multiplier": PEERS_CELERY_PREFETCH},
+            "setup": f"a {PEERS_BACKLOG:,}-notification backlog enqueued (Herald: due rows, the "
+            "backlog scenario's fill), then one worker process started; rate = notifications "
+            "/ (last − first sink receive time), CPU of the worker process (and of the "
+            "database's backends for PostgreSQL-backed systems, of the whole Redis server for "
+            "Redis-backed ones) from the first delivery to the last; cpu_vs_leanest_peer = the "
+            "lowest peer's worker+store CPU per notification / Herald's; runs cut after "
+            f"{self.args.peers_window:g} s",
+        }
+
+    def workers_scaling(self) -> None:
+        """1, 2 and 4 ``herald worker`` processes draining the same backlog on PostgreSQL."""
+        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in SCALING_WORKERS}
+        for run in range(self.args.runs):
+            for workers in SCALING_WORKERS:
+                result = self.herald_drain(workers, PEERS_BACKLOG)
+                runs[workers].append(result)
+                log(f"workers_scaling run {run + 1}, {workers} workers: {result}")
+        self.truncate()
+        keys = (
+            "rate",
+            "cpu_ms_per_notification",
+            "db_cpu_ms_per_notification",
+            "wal_bytes_per_notification",
+        )
+        self.results["workers_scaling"] = {str(n): summarise(r, keys) for n, r in runs.items()} | {
+            "backlog": PEERS_BACKLOG,
+            "setup": f"{', '.join(map(str, SCALING_WORKERS))} herald worker processes (each "
+            f"concurrency 32) started on a {PEERS_BACKLOG:,}-row due backlog on PostgreSQL; "
+            "rate from the sink's receive times; CPU per notification: all worker processes, "
+            "and PostgreSQL's backends for the database, first delivery → last; "
+            "db_per_notification: pg_stat_database counters; WAL: pg_walinspect records of "
+            "this database's relations and transactions",
+        }
+
     # --- profiles ---
 
     def profile(self) -> None:
@@ -1523,6 +1878,7 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         "idle_p50_ms": results.get("latency", {}).get("idle", {}).get("p50_ms"),
         "rss_mb": results.get("rss", {}).get("rss_mb"),
         "ingest_stream_ratio": results.get("ingest_stream", {}).get("ingest_stream_ratio"),
+        "herald_vs_best_peer": results.get("peers", {}).get("herald_vs_best_peer"),
     }
     out = {}
     for name, (op, target) in GOALS.items():
@@ -1682,6 +2038,61 @@ def markdown(report: dict[str, Any]) -> str:
                 " / ".join(fmt(x, 2) for x in st["ratio_runs"]),
             )
         )
+    if "peers" in r:
+        p = r["peers"]
+        for name in ("herald", "celery", "arq", "procrastinate"):
+            if p.get(name):
+                row(
+                    f"peers: {name} notifications/s (one worker, {p['backlog']:,})", p[name], "rate"
+                )
+                row(
+                    f"peers: {name} worker CPU ms per notification",
+                    p[name],
+                    "cpu_ms_per_notification",
+                    2,
+                )
+                row(
+                    f"peers: {name} worker + store (PostgreSQL or Redis) CPU ms per notification",
+                    p[name],
+                    "total_cpu_ms_per_notification",
+                    2,
+                )
+        rows.append(
+            (
+                f"**herald_vs_best_peer** (best: {p['best_peer']})",
+                fmt(p["herald_vs_best_peer"], 2),
+                " / ".join(fmt(x, 2) for x in p["ratio_runs"]),
+            )
+        )
+        rows.append(
+            (
+                "peers: leanest peer's CPU per notification / Herald's",
+                fmt(p["cpu_vs_leanest_peer"], 2),
+                " / ".join(fmt(x, 2) for x in p["cpu_ratio_runs"]),
+            )
+        )
+    if "workers_scaling" in r:
+        w = r["workers_scaling"]
+        for n in SCALING_WORKERS:
+            if w.get(str(n)):
+                row(f"workers_scaling: {n} herald worker(s), notifications/s", w[str(n)], "rate")
+                row(
+                    f"workers_scaling: {n} worker(s), worker CPU ms per notification",
+                    w[str(n)],
+                    "cpu_ms_per_notification",
+                    2,
+                )
+                row(
+                    f"workers_scaling: {n} worker(s), PostgreSQL CPU ms per notification",
+                    w[str(n)],
+                    "db_cpu_ms_per_notification",
+                    2,
+                )
+                row(
+                    f"workers_scaling: {n} worker(s), WAL bytes per notification",
+                    w[str(n)],
+                    "wal_bytes_per_notification",
+                )
     if "rss" in r:
         row("rss_mb of serve at start", r["rss"], "start_rss_mb", 1)
         row("rss_mb of serve half-way", r["rss"], "half_rss_mb", 1)
@@ -1707,7 +2118,18 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-SCENARIOS = ("sink", "ingest", "deliver", "latency", "backlog", "sqlite", "rss", "ingest_stream")
+SCENARIOS = (
+    "sink",
+    "ingest",
+    "deliver",
+    "latency",
+    "backlog",
+    "sqlite",
+    "rss",
+    "ingest_stream",
+    "peers",
+    "workers_scaling",
+)
 
 
 def main() -> None:
@@ -1722,6 +2144,12 @@ def main() -> None:
         help="cut each deliver/backlog run after this many seconds",
     )
     parser.add_argument("--latency-seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--peers-window",
+        type=float,
+        default=45.0,
+        help="cut each peers / workers_scaling drain after this many seconds",
+    )
     parser.add_argument("--idle-count", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="only record py-spy profiles")
     parser.add_argument(
