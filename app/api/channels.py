@@ -14,6 +14,8 @@ from app.api.schemas import (
     ChannelOut,
     Circuit,
     ConfirmOut,
+    DedupOut,
+    DigestOut,
     MuteOut,
     RetryOut,
     RouteList,
@@ -131,6 +133,15 @@ async def list_routes(runtime: RuntimeDep) -> RouteList:
                     jitter=route.retry.jitter,
                 ),
                 ttl=format_duration(route.ttl) if route.ttl is not None else None,
+                dedup=None
+                if route.dedup is None
+                else DedupOut(window=format_duration(route.dedup.window), mode=route.dedup.mode),
+                digest=None
+                if route.digest is None
+                else DigestOut(
+                    window=format_duration(route.digest.window),
+                    max_items=route.digest.max_items,
+                ),
                 default=name == DEFAULT_ROUTE,
                 quiet_hours=route.quiet_hours,
                 retention=_retention(route.retention, defaults),

@@ -32,6 +32,7 @@ from app.domain import (
     ChannelHealth,
     CircuitState,
     ConfirmOn,
+    DedupMode,
     ErrorClass,
     HopState,
     NotificationStatus,
@@ -482,6 +483,16 @@ class ConfirmOut(Output):
     on: list[ConfirmOn]
 
 
+class DedupOut(Output):
+    window: str
+    mode: DedupMode
+
+
+class DigestOut(Output):
+    window: str
+    max_items: int
+
+
 class RouteOut(Output):
     name: str
     channels: list[str]
@@ -496,6 +507,13 @@ class RouteOut(Output):
     strategy: Strategy
     retry: RetryOut
     ttl: str | None
+    dedup: DedupOut | None = Field(
+        description="Its dedup window: a POST to it may carry a dedup_key (else 422)."
+    )
+    digest: DigestOut | None = Field(
+        description="Its digest: notifications for one recipient are held up to window and "
+        "sent as one message (at once when max_items are waiting)."
+    )
     default: bool
     quiet_hours: QuietHours | None = Field(
         description="Hops held or skipped during a local time window (a request's "

@@ -130,6 +130,8 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                     "strategy": "fallback",
                     "retry": {"schedule": ["5s", "1m", "5m", "30m", "2h", "6h"], "jitter": 0.2},
                     "ttl": None,
+                    "dedup": None,
+                    "digest": None,
                     "default": True,
                     "quiet_hours": None,
                     "retention": DEFAULT_RETENTION,
@@ -146,6 +148,8 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                         "jitter": 0.1,
                     },
                     "ttl": "1d",
+                    "dedup": None,
+                    "digest": None,
                     "default": False,
                     "quiet_hours": {
                         "timezone": "Europe/Berlin",
@@ -172,12 +176,31 @@ async def test_routes_with_durations_strategy_ttl_and_default(db_url: str) -> No
                     "strategy": "all",
                     "retry": {"schedule": ["5s", "1m", "5m", "30m", "2h", "6h"], "jitter": 0.2},
                     "ttl": "90m",
+                    "dedup": None,
+                    "digest": None,
                     "default": False,
                     "quiet_hours": None,
                     "retention": DEFAULT_RETENTION,
                     "mutes": [],
                 },
             ]
+        }
+
+
+async def test_routes_show_their_dedup_window_and_digest(db_url: str) -> None:
+    config = {
+        "channels": {"console": {"type": "log"}},
+        "routes": {
+            "noisy": {"channels": ["console"], "dedup": {"window": "10m", "mode": "collapse"}},
+            "daily": {"channels": ["console"], "digest": {"window": "1d", "max_items": 20}},
+        },
+    }
+    async with herald(db_url, config) as h:
+        items = (await h.client.get("/v1/routes")).json()["items"]
+        shown = {item["name"]: (item["dedup"], item["digest"]) for item in items}
+        assert shown == {
+            "noisy": ({"window": "10m", "mode": "collapse"}, None),
+            "daily": (None, {"window": "1d", "max_items": 20}),
         }
 
 

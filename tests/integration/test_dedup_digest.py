@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.config import ConfigError
 from app.delivery.orchestrator import utcnow
@@ -177,6 +177,19 @@ async def test_a_closed_window_makes_a_new_notification(db_url: str) -> None:
         assert later.status_code == 202 and later.json()["id"] != first.json()["id"]
         repeat = await post(h, body)
         assert repeat.status_code == 200 and repeat.json()["id"] == later.json()["id"]
+
+        # The worker's sweep deletes windows an hour after they closed.
+        await post(h, {**body, "dedup_key": "other"})
+        async with h.runtime.sessions() as session, session.begin():
+            await session.execute(
+                update(DedupWindow)
+                .where(DedupWindow.key == "other")
+                .values(closes_at=utcnow() - timedelta(hours=1, seconds=1))
+            )
+        await h.worker.sweep()
+        async with h.runtime.sessions() as session:
+            keys = (await session.execute(select(DedupWindow.key))).scalars().all()
+        assert keys == ["k"]
 
 
 async def test_a_dedup_key_needs_a_route_with_a_window(db_url: str) -> None:
