@@ -151,7 +151,7 @@ async def test_retention_down_and_up_again_on_a_file_that_had_no_auto_vacuum(
     if db_url.startswith("sqlite"):
         assert await auto_vacuum(db_url) == 2, "incremental"
     async with herald(db_url, CONFIG) as h:
-        assert (await h.get(str(kept)))["status"] == "delivered"
+        assert (await h.get(kept["id"]))["status"] == "delivered"
 
     await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0006")
     tables = await table_names(db_url)
