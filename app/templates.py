@@ -258,9 +258,9 @@ class _Field:
     path: str
     """Where it is in the template: ``text``, ``overrides.slack.blocks.0.text.text``."""
     template: Template
-    escaping: Escaping
     limit: int
-    """Bytes of UTF-8 (characters for a subject) its output may hold."""
+    """How long its output may be: in bytes of UTF-8, or characters (a subject's)."""
+    in_bytes: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +312,7 @@ class MessageTemplate:
 
     def _render_field(self, compiled: _Field, data: Mapping[str, Any]) -> str:
         try:
-            return _collect(compiled.template.generate(data), compiled.limit)
+            return _collect(compiled.template.generate(data), compiled.limit, compiled.in_bytes)
         except _LimitExceeded as exc:
             reason = f"render limit: {exc}"
         except RecursionError:
@@ -324,18 +324,19 @@ class MessageTemplate:
         raise RenderError(self.name, compiled.path, reason)
 
 
-def _collect(chunks: Iterator[str], limit: int) -> str:
+def _collect(chunks: Iterator[str], limit: int, in_bytes: bool) -> str:
     """The chunks a render yields, joined; ``_LimitExceeded`` as soon as they pass ``limit``
-    (bytes of UTF-8; UTF-8 has at most 4 per character, so characters are counted first)."""
+    characters, or at the end when they pass ``limit`` bytes of UTF-8 (``in_bytes``: a
+    character is at least one byte, so the characters are counted as they come)."""
     parts: list[str] = []
     length = 0
     for chunk in chunks:
         length += len(chunk)
         if length > limit:
-            raise _LimitExceeded(f"output is longer than {limit}")
+            raise _LimitExceeded(f"output is longer than {limit} characters")
         parts.append(chunk)
     out = "".join(parts)
-    if limit != SUBJECT_LIMIT and len(out) * 4 > limit and len(out.encode()) > limit:
+    if in_bytes and len(out.encode()) > limit:
         raise _LimitExceeded(f"output is longer than {limit} bytes of UTF-8")
     return out
 
@@ -381,8 +382,7 @@ def compile_template(name: str, source: Mapping[str, Any]) -> MessageTemplate:
             return [walk(v, (*path, str(i))) for i, v in enumerate(node)]
         if not isinstance(node, str):
             return node
-        escaping = escaping_of(path)
-        environment = _ENVIRONMENTS[escaping]
+        environment = _ENVIRONMENTS[escaping_of(path)]
         dotted = ".".join(path)
         try:
             tree = environment.parse(node)
@@ -394,8 +394,10 @@ def compile_template(name: str, source: Mapping[str, Any]) -> MessageTemplate:
                 f"templates.{name}.{dotted}: template syntax error at line {exc.lineno}: "
                 f"{exc.message}"
             ) from None
-        limit = SUBJECT_LIMIT if path[-1] == "subject" and len(path) in (1, 3) else OUTPUT_LIMIT
-        compiled.append(_Field(dotted, template, escaping, limit))
+        if path[-1] == "subject" and len(path) in (1, 3):
+            compiled.append(_Field(dotted, template, SUBJECT_LIMIT, in_bytes=False))
+        else:
+            compiled.append(_Field(dotted, template, OUTPUT_LIMIT, in_bytes=True))
         return len(compiled) - 1
 
     shape = walk(dict(source), ())

@@ -12,7 +12,13 @@ from app.channels.base import Message, Recipient
 from app.channels.registry import default_registry
 from app.config import ConfigError, parse_config
 from app.ids import uuid7
-from app.templates import ITERATION_LIMIT, OUTPUT_LIMIT, RenderError, compile_template
+from app.templates import (
+    ITERATION_LIMIT,
+    OUTPUT_LIMIT,
+    TIME_LIMIT,
+    RenderError,
+    compile_template,
+)
 
 
 def render(source: dict[str, Any], data: dict[str, Any] | None = None) -> Any:
@@ -102,6 +108,15 @@ def test_a_render_the_data_breaks_is_a_render_error(
     text: str, data: dict[str, Any], says: str
 ) -> None:
     assert says in refusal(text, data)
+
+
+def test_a_render_is_limited_in_time() -> None:
+    """Each step is cheap enough for the step limit, but together they take seconds."""
+    items = list(range(5000, 0, -1))
+    text = "{% for i in range(50000) %}{{ items|sort|length }}{% endfor %}"
+    with pytest.raises(RenderError) as caught:
+        compile_template("t", {"text": text}).render({"items": items})
+    assert caught.value.reason == f"render limit: rendering took longer than {TIME_LIMIT:g}s"
 
 
 def test_a_subject_is_limited_in_characters() -> None:
