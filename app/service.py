@@ -577,6 +577,77 @@ async def list_page(
     return page, page[-1]["id"] if len(rows) > limit else None
 
 
+async def count_by_status(session: AsyncSession, filters: ListFilter) -> dict[str, int]:
+    """How many notifications match ``filters``, per status (whatever its ``status`` says)."""
+    return await NotificationRepository(session).count_by_status(filters)
+
+
+BULK_LIMIT = 1000
+"""The most notifications one bulk retry or cancel acts on; the rest wait for another call."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action did: how many it changed, how many changed under it first (a worker
+    or another operator got there: skipped), and whether more matched than ``limit``."""
+
+    done: int
+    skipped: int
+    truncated: bool
+
+
+async def retry_matching(runtime: Runtime, filters: ListFilter, *, limit: int) -> BulkResult:
+    """``retry`` every failed, expired or partial notification ``filters`` match (its
+    ``status``, when given, must be one of those: else none matches), up to ``limit``."""
+    return await _each_matching(runtime, filters, RETRYABLE, limit, retry)
+
+
+async def cancel_matching(runtime: Runtime, filters: ListFilter, *, limit: int) -> BulkResult:
+    """``cancel`` every pending notification ``filters`` match, up to ``limit``."""
+
+    async def cancelled(
+        runtime: Runtime, session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None
+    ) -> StoredNotification:
+        done = await cancel(runtime, session, notification_id, owner=owner)
+        runtime.announce_final(notification_id)
+        return done
+
+    return await _each_matching(runtime, filters, CANCELLABLE, limit, cancelled)
+
+
+async def _each_matching(
+    runtime: Runtime,
+    filters: ListFilter,
+    statuses: tuple[NotificationStatus, ...],
+    limit: int,
+    act: Callable[..., Awaitable[StoredNotification]],
+) -> BulkResult:
+    """``act`` on each notification of ``statuses`` that ``filters`` match, oldest first, each
+    in a transaction of its own (a long bulk action holds no lock on the others)."""
+    wanted = [s for s in statuses if filters.status is None or filters.status == s]
+    found: list[uuid.UUID] = []
+    async with runtime.sessions() as session:
+        repository = NotificationRepository(session)
+        for status in wanted:
+            rows = await repository.list(
+                replace(filters, status=status), limit=limit + 1 - len(found), before_id=None
+            )
+            found.extend(row["id"] for row in rows)
+            if len(found) > limit:
+                break
+    truncated = len(found) > limit
+    done = skipped = 0
+    for notification_id in sorted(found[:limit]):
+        async with runtime.sessions() as session:
+            try:
+                await act(runtime, session, notification_id, owner=filters.owner)
+            except (InvalidTransition, NotificationNotFound):
+                skipped += 1
+            else:
+                done += 1
+    return BulkResult(done, skipped, truncated)
+
+
 async def attempts(
     session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
 ) -> Sequence[ShownAttempt]:
