@@ -96,11 +96,7 @@ def install(app: FastAPI) -> None:
 
 
 def sessions_of(request: Request) -> Sessions:
-    state = request.app.state
-    found: Sessions | None = getattr(state, "console_sessions", None)
-    if found is None:
-        found = state.console_sessions = Sessions()
-    return found
+    return runtime_of(request).console
 
 
 @dataclass
