@@ -107,6 +107,12 @@ clean-ops:
 bench: $(DEV)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# docs/console/*.png: the console's pages, taken by its browser tests (Playwright driving
+# Debian's Chromium: apt-get install chromium).
+.PHONY: console-screenshots
+console-screenshots: $(DEV)
+	HERALD_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/console/test_browser.py
+
 # docs/dashboard.png: the Grafana dashboard's panels drawn from a real run's Prometheus data
 # (a webhook sink, herald serve and Debian's prometheus on loopback, ~3 minutes of traffic).
 .PHONY: dashboard-png

@@ -19,10 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
-import jinja2
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -58,6 +57,9 @@ from app.security.auth import Principal
 from app.security.redaction import MASK, redact
 from app.store import stats
 
+if TYPE_CHECKING:
+    import jinja2
+
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 TEXT_LIMIT = 64
@@ -74,17 +76,25 @@ NOTICES = {
     "sent": "Accepted: this is the test notification.",
 }
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
-_env.filters["pretty"] = lambda value: json.dumps(
-    value, indent=2, ensure_ascii=False, sort_keys=True, default=str
-)
+@functools.cache
+def templates() -> jinja2.Environment:
+    """The console's templates, loaded at its first page: a process whose console is off (or
+    never opened) does not import Jinja2 at all."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["pretty"] = lambda value: json.dumps(
+        value, indent=2, ensure_ascii=False, sort_keys=True, default=str
+    )
+    return environment
+
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -194,8 +204,10 @@ def render(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    html = _env.get_template(template).render(
-        viewer=viewer, path=request.url.path, nav=NAV, **context
+    html = (
+        templates()
+        .get_template(template)
+        .render(viewer=viewer, path=request.url.path, nav=NAV, **context)
     )
     response = HTMLResponse(html, status_code=status_code)
     response.headers["Cache-Control"] = "no-store"
@@ -450,8 +462,8 @@ async def activity_live(request: Request) -> Response:
     viewer = viewer_of(request)
     chosen = filters_of(request.query_params, viewer)
     shown = await _activity(viewer, chosen)
-    rows = _env.get_template("_rows.html").render(viewer=viewer, **shown)
-    counts = _env.get_template("_counts.html").render(viewer=viewer, **shown)
+    rows = templates().get_template("_rows.html").render(viewer=viewer, **shown)
+    counts = templates().get_template("_counts.html").render(viewer=viewer, **shown)
     return JSONResponse({"rows": rows, "counts": counts}, headers={"Cache-Control": "no-store"})
 
 
@@ -558,7 +570,7 @@ async def notification_page(request: Request, raw_id: str) -> Response:
 async def notification_live(request: Request, raw_id: str) -> Response:
     viewer = viewer_of(request)
     shown = await _shown_or_404(request, viewer, _id_of(raw_id))
-    html = _env.get_template("_timeline.html").render(viewer=viewer, **shown)
+    html = templates().get_template("_timeline.html").render(viewer=viewer, **shown)
     return JSONResponse({"timeline": html}, headers={"Cache-Control": "no-store"})
 
 
