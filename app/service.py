@@ -702,20 +702,32 @@ async def retry(
     notification_id: uuid.UUID,
     *,
     owner: str | None = None,
+    from_hop: int | None = None,
 ) -> StoredNotification:
     """Re-queue a failed, expired or partial notification for a new set of rounds.
 
     Hops that delivered stay delivered (a partial broadcast is not sent twice); every other hop
-    is tried again, permanent ones included, since an operator asked for it. An expiry that has
-    passed is moved to now plus the route's ttl (or cleared when the route has none).
+    is tried again, permanent ones included, since an operator asked for it. With ``from_hop``
+    (an index into the chain), the hops before it keep their state and are not tried again:
+    the new rounds start at that hop. An expiry that has passed is moved to now plus the
+    route's ttl (or cleared when the route has none).
     """
     current = await get(session, notification_id, owner=owner)
     if current["status"] not in RETRYABLE:
         raise InvalidTransition("retry", current["status"], RETRYABLE)
+    chain = _hops(current)
+    if from_hop is not None and not 0 <= from_hop < len(chain):
+        raise Unprocessable(
+            f"from_hop is {from_hop}, but the chain has {len(chain)} hops (0 to {len(chain) - 1})",
+            errors=[{"loc": ["query", "from_hop"], "msg": f"at most {len(chain) - 1}"}],
+        )
     now = utcnow()
+    start = from_hop or 0
     hops = [
-        hop if hop.state == HopState.DELIVERED else replace(hop, state=HopState.PENDING)
-        for hop in _hops(current)
+        hop
+        if hop.state == HopState.DELIVERED or index < start
+        else replace(hop, state=HopState.PENDING)
+        for index, hop in enumerate(chain)
     ]
     values: dict[str, Any] = {
         "status": NotificationStatus.PENDING,

@@ -597,10 +597,23 @@ async def cancel_notification(
     responses=error_responses(404, 409, 422, 503) | AUTH_ERRORS,
 )
 async def retry_notification(
-    notification_id: uuid.UUID, principal: AdminScope, runtime: RuntimeDep, session: SessionDep
+    notification_id: uuid.UUID,
+    principal: AdminScope,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    from_hop: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="Start at this hop of the chain (0 is the first): the hops before it "
+            "are not tried again. Default: every hop that did not deliver.",
+        ),
+    ] = None,
 ) -> NotificationDetail:
     owner = owner_filter(principal)
-    return detail_of(await service.retry(runtime, session, notification_id, owner=owner))
+    return detail_of(
+        await service.retry(runtime, session, notification_id, owner=owner, from_hop=from_hop)
+    )
 
 
 class AckRequest(BaseModel):

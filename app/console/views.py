@@ -52,6 +52,7 @@ from app.domain import (
 )
 from app.errors import HeraldError, NotificationNotFound
 from app.events.body import receipt_data
+from app.events.store import EventFilter, EventLog
 from app.runtime import Runtime
 from app.security.auth import Principal
 from app.security.redaction import MASK, redact
@@ -495,6 +496,42 @@ def masked_recipient(recipient: Mapping[str, Any]) -> list[tuple[str, str]]:
     return shown
 
 
+EVENTS_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SentEvent:
+    """One event of the notification, with where it stands per receiver."""
+
+    type: str
+    at: datetime
+    deliveries: list[tuple[str, str, int]]
+    """``(subscription, status, attempts)`` per receiver."""
+
+
+async def _events(viewer: Viewer, notification_id: uuid.UUID) -> list[SentEvent]:
+    """The notification's latest events (as ``GET /v1/events?notification_id=`` lists them),
+    oldest first."""
+    async with viewer.runtime.sessions() as session:
+        log = EventLog(session)
+        records = await log.list(
+            EventFilter(notification_id=notification_id, owner=viewer.owner),
+            limit=EVENTS_SHOWN,
+            before_id=None,
+        )
+        shown = []
+        for record in reversed(records):
+            deliveries = await log.deliveries(record.id)
+            shown.append(
+                SentEvent(
+                    record.type,
+                    record.created_at,
+                    [(d.subscription, d.status, d.attempts) for d in deliveries],
+                )
+            )
+    return shown
+
+
 @dataclass(frozen=True, slots=True)
 class Round:
     number: int
@@ -514,6 +551,7 @@ async def _notification(viewer: Viewer, notification_id: uuid.UUID) -> dict[str,
         )
         for item in shown
     ]
+    events = await _events(viewer, notification_id)
     rounds: dict[int, list[AttemptOut]] = {}
     for attempt in attempts:
         rounds.setdefault(attempt.round, []).append(attempt)
@@ -522,12 +560,22 @@ async def _notification(viewer: Viewer, notification_id: uuid.UUID) -> dict[str,
         "n": notification,
         "rounds": [Round(number, items) for number, items in rounds.items()],
         "attempt_total": len(attempts),
+        "events": events,
         "recipient": masked_recipient(notification["recipient"]),
         "can_cancel": viewer.admin and status in CANCELLABLE,
         "can_retry": viewer.admin and status in RETRYABLE,
         "can_ack": viewer.may_ack(notification) and status in ACKABLE,
         "final": status not in (NotificationStatus.PENDING, NotificationStatus.DELIVERING),
     }
+
+
+def _hop_of(raw: str) -> int | None:
+    """A replay's first hop, as the form gives it ("" or absent: every hop)."""
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 3:
+        raise Refusal(_plain("Unprocessable: from_hop is a hop's number.", 422))
+    return int(raw)
 
 
 def _id_of(raw: str) -> uuid.UUID:
@@ -579,7 +627,7 @@ async def notification_live(request: Request, raw_id: str) -> Response:
 async def notification_action(request: Request, raw_id: str, action: str) -> Response:
     viewer = viewer_of(request)
     notification_id = _id_of(raw_id)
-    await form_of(request, viewer)
+    fields = await form_of(request, viewer)
     runtime = viewer.runtime
     if action not in ("cancel", "retry", "ack"):
         return _plain("Not Found: no such action.", 404)
@@ -605,7 +653,13 @@ async def notification_action(request: Request, raw_id: str, action: str) -> Res
                     runtime.announce_final(notification_id)
                     done = "cancelled"
                 else:
-                    await service.retry(runtime, session, notification_id, owner=viewer.owner)
+                    await service.retry(
+                        runtime,
+                        session,
+                        notification_id,
+                        owner=viewer.owner,
+                        from_hop=_hop_of(fields.get("from_hop", "")),
+                    )
                     done = "retried"
     except HeraldError as exc:
         shown = await _shown_or_404(request, viewer, notification_id)

@@ -14,6 +14,7 @@ import pytest
 from app.console import sessions as console_sessions
 from app.domain import NotificationStatus
 from tests.api.conftest import BASIC_CONFIG
+from tests.support.events import subscription
 from tests.support.harness import Harness, herald
 from tests.support.http_server import serve_http
 
@@ -36,6 +37,7 @@ CONFIG: dict[str, Any] = {
     "routes": {
         **BASIC_CONFIG["routes"],
         "hooks_once": {"channels": ["hooks"], "retry": {"schedule": []}},
+        "dead_end": {"channels": ["hooks", "tg"], "retry": {"schedule": []}},
     },
 }
 SCRIPT = "<script>alert('xss')</script>"
@@ -408,3 +410,56 @@ async def test_the_console_can_be_turned_off(db_url: str) -> None:
         assert (await h.client.get("/console")).status_code == 404
         assert (await h.client.get("/console/sign-in")).status_code == 404
         assert (await h.client.get("/v1/routes", headers=bearer(ADMIN))).status_code == 200
+
+
+async def test_replay_from_a_hop_skips_the_hops_before_it(h: Harness) -> None:
+    async with serve_http() as sink:
+        sink.script("/hook", (500, {}, "down"))
+        notification_id = await send(
+            h,
+            ADMIN,
+            route="dead_end",
+            subject="s",
+            text="t",
+            recipient={"webhook_url": sink.url("/hook")},
+        )
+        await h.run_worker()
+        assert await status_of(h, notification_id) == NotificationStatus.FAILED
+        url = f"/v1/notifications/{notification_id}/retry"
+        too_far = await h.client.post(url + "?from_hop=2", headers=bearer(ADMIN))
+        assert too_far.status_code == 422 and "the chain has 2 hops" in too_far.text
+        replayed = await h.client.post(url + "?from_hop=1", headers=bearer(ADMIN))
+        assert replayed.status_code == 200, replayed.text
+        assert [hop["state"] for hop in replayed.json()["hops"]] == ["failed", "pending"]
+        await h.run_worker()
+        assert len(sink.requests_to("/hook")) == 1  # the hook was not tried again
+        assert await status_of(h, notification_id) == NotificationStatus.FAILED
+        await sign_in(h.client, ADMIN)
+        page = await h.client.get(f"/console/notifications/{notification_id}")
+        assert 'data-action="replay"' in page.text
+        done = await h.client.post(
+            f"/console/notifications/{notification_id}/retry",
+            data={"csrf": csrf_of(page), "from_hop": "0"},
+        )
+        assert done.status_code == 303
+        await h.run_worker()
+        assert len(sink.requests_to("/hook")) == 2
+        assert await status_of(h, notification_id) == NotificationStatus.DELIVERED
+        bad = await h.client.post(
+            f"/console/notifications/{notification_id}/retry",
+            data={"csrf": csrf_of(page), "from_hop": "x"},
+        )
+        assert bad.status_code == 422
+
+
+async def test_the_notification_page_lists_the_events_sent(db_url: str) -> None:
+    raw = {**CONFIG, "events": {"subscriptions": [subscription("https://hooks.example.com/in")]}}
+    async with herald(db_url, raw) as h:
+        notification_id = await send(h, ADMIN, subject="s", text="t", route="alerts")
+        await h.run_worker()
+        await sign_in(h.client, ADMIN)
+        page = await h.client.get(f"/console/notifications/{notification_id}")
+    events = page.text[page.text.index("Events sent") :]
+    assert "<code>notification.accepted</code>" in events
+    assert "<code>notification.delivered</code>" in events
+    assert events.index("notification.accepted") < events.index("notification.delivered")
