@@ -577,9 +577,12 @@ async def list_page(
     return page, page[-1]["id"] if len(rows) > limit else None
 
 
-async def count_by_status(session: AsyncSession, filters: ListFilter) -> dict[str, int]:
-    """How many notifications match ``filters``, per status (whatever its ``status`` says)."""
-    return await NotificationRepository(session).count_by_status(filters)
+async def count_by_status(
+    session: AsyncSession, filters: ListFilter, *, limit: int
+) -> dict[str, int]:
+    """Per status, how many of the newest ``limit`` notifications matching ``filters`` (its
+    ``status`` aside) have it."""
+    return await NotificationRepository(session).count_by_status(filters, limit=limit)
 
 
 BULK_LIMIT = 1000

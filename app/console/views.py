@@ -66,6 +66,8 @@ PAGE_SIZE = 50
 TEXT_LIMIT = 64
 """Longest route, channel or owner name a filter takes (names are at most 64 characters)."""
 SEARCH_LIMIT = 200
+COUNT_LIMIT = 10_000
+"""The counts by status cover the newest this many notifications of the filter."""
 FORM_LIMIT = 256 * 1024
 WINDOW = timedelta(hours=24)
 HOURS = 24
@@ -424,12 +426,13 @@ async def _activity(viewer: Viewer, chosen: Filters) -> dict[str, Any]:
         page, next_id = await service.list_page(
             session, chosen.filters, limit=PAGE_SIZE, before=chosen.cursor
         )
-        counts = await service.count_by_status(session, chosen.filters)
+        counts = await service.count_by_status(session, chosen.filters, limit=COUNT_LIMIT)
     return {
         "items": page,
         "next_link": chosen.link(cursor=str(next_id)) if next_id else None,
         "counts": [(status, counts.get(status, 0)) for status in NotificationStatus],
         "total": sum(counts.values()),
+        "capped": sum(counts.values()) >= COUNT_LIMIT,
         "chosen": chosen,
     }
 

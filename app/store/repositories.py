@@ -40,13 +40,15 @@ class NotificationRepository:
         rows = (await self.session.execute(filtered(stmt, filters))).mappings()
         return [cast(StoredNotification, dict(row)) for row in rows]
 
-    async def count_by_status(self, filters: ListFilter) -> dict[str, int]:
-        """How many notifications ``filters`` match, per status (its own ``status`` aside)."""
+    async def count_by_status(self, filters: ListFilter, *, limit: int) -> dict[str, int]:
+        """How many of the newest ``limit`` notifications that ``filters`` match (its own
+        ``status`` aside) have each status: a bounded count, however large the table."""
         table = NOTIFICATIONS
-        stmt = filtered(
-            select(table.c.status, func.count()).group_by(table.c.status),
+        newest = filtered(
+            select(table.c.status).order_by(table.c.id.desc()).limit(limit),
             replace(filters, status=None),
-        )
+        ).subquery()
+        stmt = select(newest.c.status, func.count()).group_by(newest.c.status)
         return {status: count for status, count in (await self.session.execute(stmt)).all()}
 
     async def attempts(self, notification_id: uuid.UUID) -> Sequence[StoredAttempt]:

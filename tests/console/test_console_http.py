@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from app.console import sessions as console_sessions
+from app.console import views
 from app.domain import NotificationStatus
 from tests.api.conftest import BASIC_CONFIG
 from tests.support.events import subscription
@@ -463,3 +464,18 @@ async def test_the_notification_page_lists_the_events_sent(db_url: str) -> None:
     assert "<code>notification.accepted</code>" in events
     assert "<code>notification.delivered</code>" in events
     assert events.index("notification.accepted") < events.index("notification.delivered")
+
+
+async def test_counts_cover_a_bounded_number_of_notifications(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(3):
+        await send(h, ADMIN, subject=f"n{index}", text="t", send_at="2099-01-01T00:00:00Z")
+    await sign_in(h.client, ADMIN)
+    whole = await h.client.get("/console")
+    assert 'all <span class="n">3</span>' in whole.text and "Counts cover" not in whole.text
+    monkeypatch.setattr(views, "COUNT_LIMIT", 2)
+    capped = await h.client.get("/console")
+    assert 'all <span class="n">2+</span>' in capped.text
+    assert "Counts cover the newest 2 notifications" in capped.text
+    assert capped.text.count('<tr data-id="') == 3  # the list itself is not cut

@@ -21,6 +21,7 @@
     var rows = document.getElementById("rows");
     if (rows && rows.hasAttribute("data-live")) {
       poll(rows, function (data) {
+        if (rows.contains(document.activeElement)) return; // keep the keyboard's place
         rows.innerHTML = data.rows;
         var counts = document.getElementById("counts");
         if (counts) counts.innerHTML = data.counts;
