@@ -116,12 +116,12 @@ def sessions_of(request: Request) -> Sessions:
 class Viewer:
     """Who is looking, and what the page may offer them."""
 
+    runtime: Runtime = field(repr=False)
     principal: Principal | None
     auth_off: bool
     csrf: str
     new_visit: str | None = None
     """A ``VISIT_COOKIE`` value to set with the answer (a browser's first page, auth off)."""
-    runtime: Runtime = field(repr=False, default=None)  # type: ignore[assignment]
 
     @property
     def name(self) -> str | None:
@@ -166,14 +166,14 @@ def viewer_of(request: Request) -> Viewer:
         new = None
         if not visit:
             visit = new = secrets.token_urlsafe(32)
-        return Viewer(None, True, sessions.csrf_token(visit), new, runtime)
+        return Viewer(runtime, None, True, sessions.csrf_token(visit), new)
     token = request.cookies.get(SESSION_COOKIE)
     session = sessions.find(token)
     if session is None or token is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         location = "/console/sign-in?" + urlencode({"next": target})
         raise Refusal(RedirectResponse(location, status_code=303))
-    return Viewer(session.principal, False, sessions.csrf_token(token), None, runtime)
+    return Viewer(runtime, session.principal, False, sessions.csrf_token(token))
 
 
 async def form_of(request: Request, viewer: Viewer | None = None) -> dict[str, str]:
