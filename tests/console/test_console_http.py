@@ -479,3 +479,17 @@ async def test_counts_cover_a_bounded_number_of_notifications(
     assert 'all <span class="n">2+</span>' in capped.text
     assert "Counts cover the newest 2 notifications" in capped.text
     assert capped.text.count('<tr data-id="') == 3  # the list itself is not cut
+
+
+async def test_after_sign_in_the_browser_goes_back_to_a_console_page_only(h: Harness) -> None:
+    for asked, went in (
+        ("/console/channels?x=1", "/console/channels?x=1"),
+        ("//evil.example/console", "/console"),
+        ("https://evil.example/", "/console"),
+        ("/console//evil.example", "/console"),
+    ):
+        form = await h.client.get("/console/sign-in")
+        response = await h.client.post(
+            "/console/sign-in", data={"csrf": csrf_of(form), "api_key": READER, "next": asked}
+        )
+        assert response.headers["location"] == went
