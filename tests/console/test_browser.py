@@ -28,6 +28,7 @@ from tests.support.processes import HERALD
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
+expect.set_options(timeout=15_000)  # a live refresh every 2 s, on a machine that may be busy
 
 ADMIN = "sk-browser-admin-0123456789abcdef0123"
 APP = "sk-browser-app-0123456789abcdef012345"
@@ -167,7 +168,7 @@ def browser() -> Iterator[Any]:
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     opened = context.new_page()
-    opened.set_default_timeout(10_000)
+    opened.set_default_timeout(15_000)
     yield opened
     context.close()
 
