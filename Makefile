@@ -72,8 +72,10 @@ clean:
 # --- ops tests (tests/ops): tools from outside the venv ---------------------------------------
 # The TypeScript client check needs its npm packages, pinned by package-lock.json. Prometheus
 # and Alertmanager (tests/integration/test_alertmanager_real.py) come from Debian (.ci/run
-# installs prometheus and prometheus-alertmanager); a local run without them or without npm
-# skips those tests with a message (under CI=true they fail instead). The ingest tests need
+# installs prometheus and prometheus-alertmanager), and so does Chromium, which the console's
+# browser tests (tests/console/test_browser.py) drive headless with Playwright; a local run
+# without them or without npm skips those tests with a message (under CI=true they fail
+# instead). The ingest tests need
 # Redis on 127.0.0.1:6379 (HERALD_TEST_REDIS_URL), as they need PostgreSQL.
 TS_CLIENT := tests/ops/ts-client
 
