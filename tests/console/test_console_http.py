@@ -144,6 +144,9 @@ async def test_a_wrong_key_gets_one_message_and_the_attempts_are_limited(h: Harn
     assert refused.status_code == 429
     assert int(refused.headers["retry-after"]) >= 1
     assert "Too many sign-in attempts" in refused.text
+    elsewhere = httpx.ASGITransport(app=h.client._transport.app, client=("192.0.2.7", 4000))  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=elsewhere, base_url="http://herald.test") as other:
+        assert (await sign_in(other, ADMIN)).status_code == 303  # another address is not held
 
 
 async def test_a_send_only_key_cannot_sign_in(h: Harness) -> None:
