@@ -72,8 +72,10 @@ clean:
 # --- ops tests (tests/ops): tools from outside the venv ---------------------------------------
 # The TypeScript client check needs its npm packages, pinned by package-lock.json. Prometheus
 # and Alertmanager (tests/integration/test_alertmanager_real.py) come from Debian (.ci/run
-# installs prometheus and prometheus-alertmanager); a local run without them or without npm
-# skips those tests with a message (under CI=true they fail instead). The ingest tests need
+# installs prometheus and prometheus-alertmanager), and so does Chromium, which the console's
+# browser tests (tests/console/test_browser.py) drive headless with Playwright; a local run
+# without them or without npm skips those tests with a message (under CI=true they fail
+# instead). The ingest tests need
 # Redis on 127.0.0.1:6379 (HERALD_TEST_REDIS_URL), as they need PostgreSQL.
 TS_CLIENT := tests/ops/ts-client
 
@@ -114,6 +116,12 @@ $(BENCH_DEPS): $(DEV)
 .PHONY: bench
 bench: $(BENCH_DEPS)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# docs/console/*.png: the console's pages, taken by its browser tests (Playwright driving
+# Debian's Chromium: apt-get install chromium).
+.PHONY: console-screenshots
+console-screenshots: $(DEV)
+	HERALD_CONSOLE_SCREENSHOTS=docs/console $(BIN)/pytest -q tests/console/test_browser.py
 
 # docs/dashboard.png: the Grafana dashboard's panels drawn from a real run's Prometheus data
 # (a webhook sink, herald serve and Debian's prometheus on loopback, ~3 minutes of traffic).

@@ -357,6 +357,8 @@ class ServerConfig(BaseModel):
     sent (the API, Telegram's button and ``/ack`` still acknowledge)."""
     ack_link_ttl: Duration = Field(default=7 * 86400.0, gt=0)
     """How long an acknowledgement link stays valid."""
+    console: bool = True
+    """Serve the operator console at ``/console`` (README, "Console"); off, it answers 404."""
 
     @field_validator("secret")
     @classmethod

@@ -519,6 +519,9 @@ class ListFilter:
     created_before: datetime | None = None
     owner: str | None = None
     """Only this API key's notifications; ``None``: everyone's."""
+    severity: Severity | None = None
+    subject_contains: str | None = None
+    """The subject holds this text (case-insensitive for ASCII letters)."""
 
 
 # --- events (issue 15: signed lifecycle events) ----------------------------------------------

@@ -32,6 +32,7 @@ from app.api.middleware import Edge
 from app.api.problems import PROBLEM_JSON
 from app.channels.registry import ChannelRegistry, default_registry
 from app.config import HeraldConfig, Settings
+from app.console import views as console
 from app.ingest.consumer import Ingest
 from app.loops import run_loops
 from app.runtime import Runtime, open_runtime, settle_heap
@@ -193,6 +194,7 @@ def create_app(
     app.include_router(acks.router)
     app.include_router(templates.router)
     app.webhooks.include_router(events.webhook_router)
+    console.install(app)
     # In front of the FastAPI route it falls back to (which also documents the operation).
     fast = notifications.FastAccept()
     app.router.routes.insert(0, Route("/v1/notifications", fast, methods=["POST"]))

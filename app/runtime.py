@@ -26,6 +26,7 @@ from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
 from app.clock import SYSTEM_CLOCK, Clock
 from app.config import HeraldConfig, RetryPolicy, Settings
+from app.console.sessions import Sessions
 from app.dedup import DedupConfig, DigestConfig
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
 from app.delivery.listener import Heard, listen_to
@@ -86,6 +87,8 @@ class Runtime:
     announcer: FinalAnnouncer | None = None
     """Tells other processes' waiters of final states (PostgreSQL ``NOTIFY``); ``None`` on
     SQLite, where one process serves and delivers."""
+    console: Sessions = field(default_factory=Sessions)
+    """The console's signed-in browsers (app/console)."""
 
     @cached_property
     def intake(self) -> Intake:

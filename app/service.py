@@ -706,6 +706,80 @@ async def list_page(
     return page, page[-1]["id"] if len(rows) > limit else None
 
 
+async def count_by_status(
+    session: AsyncSession, filters: ListFilter, *, limit: int
+) -> dict[str, int]:
+    """Per status, how many of the newest ``limit`` notifications matching ``filters`` (its
+    ``status`` aside) have it."""
+    return await NotificationRepository(session).count_by_status(filters, limit=limit)
+
+
+BULK_LIMIT = 1000
+"""The most notifications one bulk retry or cancel acts on; the rest wait for another call."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What a bulk action did: how many it changed, how many changed under it first (a worker
+    or another operator got there: skipped), and whether more matched than ``limit``."""
+
+    done: int
+    skipped: int
+    truncated: bool
+
+
+async def retry_matching(runtime: Runtime, filters: ListFilter, *, limit: int) -> BulkResult:
+    """``retry`` every failed, expired or partial notification ``filters`` match (its
+    ``status``, when given, must be one of those: else none matches), up to ``limit``."""
+    return await _each_matching(runtime, filters, RETRYABLE, limit, retry)
+
+
+async def cancel_matching(runtime: Runtime, filters: ListFilter, *, limit: int) -> BulkResult:
+    """``cancel`` every pending notification ``filters`` match, up to ``limit``."""
+
+    async def cancelled(
+        runtime: Runtime, session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None
+    ) -> StoredNotification:
+        done = await cancel(runtime, session, notification_id, owner=owner)
+        runtime.announce_final(notification_id)
+        return done
+
+    return await _each_matching(runtime, filters, CANCELLABLE, limit, cancelled)
+
+
+async def _each_matching(
+    runtime: Runtime,
+    filters: ListFilter,
+    statuses: tuple[NotificationStatus, ...],
+    limit: int,
+    act: Callable[..., Awaitable[StoredNotification]],
+) -> BulkResult:
+    """``act`` on each notification of ``statuses`` that ``filters`` match, oldest first, each
+    in a transaction of its own (a long bulk action holds no lock on the others)."""
+    wanted = [s for s in statuses if filters.status is None or filters.status == s]
+    found: list[uuid.UUID] = []
+    async with runtime.sessions() as session:
+        repository = NotificationRepository(session)
+        for status in wanted:
+            rows = await repository.list(
+                replace(filters, status=status), limit=limit + 1 - len(found), before_id=None
+            )
+            found.extend(row["id"] for row in rows)
+            if len(found) > limit:
+                break
+    truncated = len(found) > limit
+    done = skipped = 0
+    for notification_id in sorted(found[:limit]):
+        async with runtime.sessions() as session:
+            try:
+                await act(runtime, session, notification_id, owner=filters.owner)
+            except (InvalidTransition, NotificationNotFound):
+                skipped += 1
+            else:
+                done += 1
+    return BulkResult(done, skipped, truncated)
+
+
 async def attempts(
     session: AsyncSession, notification_id: uuid.UUID, *, owner: str | None = None
 ) -> Sequence[ShownAttempt]:
@@ -760,20 +834,32 @@ async def retry(
     notification_id: uuid.UUID,
     *,
     owner: str | None = None,
+    from_hop: int | None = None,
 ) -> StoredNotification:
     """Re-queue a failed, expired or partial notification for a new set of rounds.
 
     Hops that delivered stay delivered (a partial broadcast is not sent twice); every other hop
-    is tried again, permanent ones included, since an operator asked for it. An expiry that has
-    passed is moved to now plus the route's ttl (or cleared when the route has none).
+    is tried again, permanent ones included, since an operator asked for it. With ``from_hop``
+    (an index into the chain), the hops before it keep their state and are not tried again:
+    the new rounds start at that hop. An expiry that has passed is moved to now plus the
+    route's ttl (or cleared when the route has none).
     """
     current = await get(session, notification_id, owner=owner)
     if current["status"] not in RETRYABLE:
         raise InvalidTransition("retry", current["status"], RETRYABLE)
+    chain = _hops(current)
+    if from_hop is not None and not 0 <= from_hop < len(chain):
+        raise Unprocessable(
+            f"from_hop is {from_hop}, but the chain has {len(chain)} hops (0 to {len(chain) - 1})",
+            errors=[{"loc": ["query", "from_hop"], "msg": f"at most {len(chain) - 1}"}],
+        )
     now = utcnow()
+    start = from_hop or 0
     hops = [
-        hop if hop.state == HopState.DELIVERED else replace(hop, state=HopState.PENDING)
-        for hop in _hops(current)
+        hop
+        if hop.state == HopState.DELIVERED or index < start
+        else replace(hop, state=HopState.PENDING)
+        for index, hop in enumerate(chain)
     ]
     values: dict[str, Any] = {
         "status": NotificationStatus.PENDING,

@@ -45,6 +45,7 @@ from app.api.schemas import (
     AttemptOut,
     BatchItemResult,
     BatchResult,
+    BulkRetryResult,
     NotificationBatch,
     NotificationCreate,
     NotificationDetail,
@@ -470,13 +471,29 @@ async def list_notifications(
 ) -> NotificationPage:
     """Only the caller's own notifications, unless its key has the admin scope."""
     before_id = cursor_id(cursor)
+    filters = _filters(principal, status, route, channel, created_after, created_before)
+    page, next_id = await service.list_page(session, filters, limit=limit, before=before_id)
+    return NotificationPage(
+        items=[NotificationOut.model_validate(notification) for notification in page],
+        next_cursor=str(next_id) if next_id is not None else None,
+    )
+
+
+def _filters(
+    principal: Principal | None,
+    status: NotificationStatus | None,
+    route: str | None,
+    channel: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+) -> ListFilter:
     for name, value in (("route", route), ("channel", channel)):
         if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
             raise Unprocessable(
                 f"{name} must not contain NUL characters",
                 errors=[{"loc": ["query", name], "msg": "must not contain NUL characters"}],
             )
-    filters = ListFilter(
+    return ListFilter(
         status=status,
         route=route,
         channel=channel,
@@ -484,11 +501,37 @@ async def list_notifications(
         created_before=aware(created_before, "created_before"),
         owner=owner_filter(principal),
     )
-    page, next_id = await service.list_page(session, filters, limit=limit, before=before_id)
-    return NotificationPage(
-        items=[NotificationOut.model_validate(notification) for notification in page],
-        next_cursor=str(next_id) if next_id is not None else None,
-    )
+
+
+@router.post(
+    "/retry",
+    operation_id="retry_notifications",
+    response_model=BulkRetryResult,
+    summary="Re-queue every failed, expired or partial notification a filter matches",
+    description=(
+        "The list's filters (as GET /v1/notifications takes them) choose the notifications; "
+        "each failed, expired or partial one among them (only those of status, when given) "
+        "is retried as POST /v1/notifications/{id}/retry does, each in its own transaction, "
+        f"at most limit of them (at most {service.BULK_LIMIT}). The answer counts them, and "
+        "says when more matched."
+    ),
+    responses=error_responses(422, 503) | AUTH_ERRORS,
+)
+async def retry_notifications(
+    principal: AdminScope,
+    runtime: RuntimeDep,
+    status: NotificationStatus | None = None,
+    route: Annotated[str | None, Query(max_length=64)] = None,
+    channel: Annotated[
+        str | None, Query(max_length=64, description="Notifications whose chain has it.")
+    ] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=service.BULK_LIMIT)] = service.BULK_LIMIT,
+) -> BulkRetryResult:
+    filters = _filters(principal, status, route, channel, created_after, created_before)
+    result = await service.retry_matching(runtime, filters, limit=limit)
+    return BulkRetryResult(retried=result.done, skipped=result.skipped, truncated=result.truncated)
 
 
 @router.get(
@@ -570,10 +613,23 @@ async def cancel_notification(
     responses=error_responses(404, 409, 422, 503) | AUTH_ERRORS,
 )
 async def retry_notification(
-    notification_id: uuid.UUID, principal: AdminScope, runtime: RuntimeDep, session: SessionDep
+    notification_id: uuid.UUID,
+    principal: AdminScope,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    from_hop: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="Start at this hop of the chain (0 is the first): the hops before it "
+            "are not tried again. Default: every hop that did not deliver.",
+        ),
+    ] = None,
 ) -> NotificationDetail:
     owner = owner_filter(principal)
-    return detail_of(await service.retry(runtime, session, notification_id, owner=owner))
+    return detail_of(
+        await service.retry(runtime, session, notification_id, owner=owner, from_hop=from_hop)
+    )
 
 
 class AckRequest(BaseModel):

@@ -376,6 +376,19 @@ class NotificationPage(Output):
     next_cursor: str | None = Field(description="Pass as cursor for the next (older) page.")
 
 
+class BulkRetryResult(Output):
+    """What ``POST /v1/notifications/retry`` did."""
+
+    retried: int = Field(description="Notifications queued again.")
+    skipped: int = Field(
+        description="Matched, but changed before their retry (a worker or another caller got "
+        "there first)."
+    )
+    truncated: bool = Field(
+        description="More matched than the call's limit: call again for the rest."
+    )
+
+
 class ReceiptOut(Output):
     status: ReceiptStatus
     at: datetime = Field(description="When the provider says it happened.")

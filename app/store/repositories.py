@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import false, func, select, update
+from sqlalchemy import Select, false, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import ListFilter, NotificationStatus, StoredAttempt, StoredNotification
@@ -36,25 +37,19 @@ class NotificationRepository:
         """Newest first by id (ids are time-ordered); ``before_id`` is the cursor."""
         table = NOTIFICATIONS
         stmt = newest_first(select(table), table.c.id, limit=limit, before_id=before_id)
-        if filters.status is not None:
-            stmt = stmt.where(table.c.status == filters.status)
-        if filters.route is not None:
-            stmt = stmt.where(table.c.route == filters.route)
-        if filters.channel is not None:
-            if "," in filters.channel:
-                # chain_key joins names with commas and no name holds one: "a,b" must not match
-                # the neighbours a and b.
-                stmt = stmt.where(false())
-            pattern = "%," + _like_escape(filters.channel) + ",%"
-            stmt = stmt.where(table.c.chain_key.like(pattern, escape="\\"))
-        if filters.created_after is not None:
-            stmt = stmt.where(table.c.created_at >= filters.created_after)
-        if filters.created_before is not None:
-            stmt = stmt.where(table.c.created_at < filters.created_before)
-        if filters.owner is not None:
-            stmt = stmt.where(table.c.owner == filters.owner)
-        rows = (await self.session.execute(stmt)).mappings()
+        rows = (await self.session.execute(filtered(stmt, filters))).mappings()
         return [cast(StoredNotification, dict(row)) for row in rows]
+
+    async def count_by_status(self, filters: ListFilter, *, limit: int) -> dict[str, int]:
+        """How many of the newest ``limit`` notifications that ``filters`` match (its own
+        ``status`` aside) have each status: a bounded count, however large the table."""
+        table = NOTIFICATIONS
+        newest = filtered(
+            select(table.c.status).order_by(table.c.id.desc()).limit(limit),
+            replace(filters, status=None),
+        ).subquery()
+        stmt = select(newest.c.status, func.count()).group_by(newest.c.status)
+        return {status: count for status, count in (await self.session.execute(stmt)).all()}
 
     async def attempts(self, notification_id: uuid.UUID) -> Sequence[StoredAttempt]:
         table = ATTEMPTS
@@ -129,6 +124,34 @@ class IdempotencyRepository:
             )
         )
         return result.all()
+
+
+def filtered(stmt: Select[Any], filters: ListFilter) -> Select[Any]:
+    """``stmt`` (over ``notifications``) narrowed to what ``filters`` match."""
+    table = NOTIFICATIONS
+    if filters.status is not None:
+        stmt = stmt.where(table.c.status == filters.status)
+    if filters.route is not None:
+        stmt = stmt.where(table.c.route == filters.route)
+    if filters.channel is not None:
+        if "," in filters.channel:
+            # chain_key joins names with commas and no name holds one: "a,b" must not match
+            # the neighbours a and b.
+            stmt = stmt.where(false())
+        pattern = "%," + _like_escape(filters.channel) + ",%"
+        stmt = stmt.where(table.c.chain_key.like(pattern, escape="\\"))
+    if filters.created_after is not None:
+        stmt = stmt.where(table.c.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        stmt = stmt.where(table.c.created_at < filters.created_before)
+    if filters.owner is not None:
+        stmt = stmt.where(table.c.owner == filters.owner)
+    if filters.severity is not None:
+        stmt = stmt.where(table.c.severity == filters.severity)
+    if filters.subject_contains:
+        pattern = "%" + _like_escape(filters.subject_contains) + "%"
+        stmt = stmt.where(table.c.subject.ilike(pattern, escape="\\"))
+    return stmt
 
 
 def _like_escape(value: str) -> str:

@@ -154,6 +154,7 @@ ENDPOINTS = [
     Endpoint(
         "retry", "POST", "/v1/notifications/{id}/retry", "admin", stage="failed", leaves="pending"
     ),
+    Endpoint("retry_matching", "POST", "/v1/notifications/retry", "admin"),
     Endpoint("ack", "POST", "/v1/notifications/{id}/ack", "send", leaves="acknowledged"),
     Endpoint("events", "GET", "/v1/events", "read", event=True),
     Endpoint("event", "GET", "/v1/events/{id}", "read", event=True),

@@ -87,6 +87,12 @@ def test_the_wheel_ships_every_module_and_the_migrations(wheel: Path) -> None:
     }
     assert migrations and migrations - names == set()
     assert "app/py.typed" in names
+    console = {
+        p.relative_to(ROOT).as_posix()
+        for folder in ("templates", "static")
+        for p in (ROOT / "app/console" / folder).iterdir()
+    }
+    assert console and console - names == set(), "the console's pages and files must ship"
 
 
 def test_herald_migrate_works_from_a_wheel_outside_the_checkout(

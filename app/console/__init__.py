@@ -1,0 +1,1 @@
+"""The operator console in the browser (README, "Console"): ``views`` serves it."""
