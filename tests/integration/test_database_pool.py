@@ -42,6 +42,9 @@ FILL = (
     " VALUES ('default', 'telegram', now(), 'test', now())",
     "INSERT INTO purged_ranges (owner, first_id, last_id, count, purged_at)"
     " VALUES (NULL, gen_random_uuid(), gen_random_uuid(), 1, now())",
+    "INSERT INTO channel_rate_windows (channel, rate, admitted) VALUES ('tg', '20/60s', '{0}')",
+    "INSERT INTO channel_circuits (channel, state, failures, quarantined, updated_at)"
+    " VALUES ('tg', 'closed', 0, false, now())",
 )
 """A row in each table that a send, a round and an event dispatch do not write."""
 
