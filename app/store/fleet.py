@@ -16,8 +16,7 @@ send learns when the oldest admission leaves the window.
 A provider counts arrivals, not admissions, and the sends of one burst reach it a little apart
 (the processes that admitted them, the network): an admission leaves the window ``GUARD``
 seconds after ``per``, so that sends taken as the window frees do not land among the last of
-the burst before. Without it, three workers on a loaded machine were seen to put 7 sends of a
-``5/s`` channel into one second at the sink (the first burst arriving 20-40 ms late).
+the burst before (bench/results/levers.md, "Fleet-wide rate window").
 """
 
 from __future__ import annotations
