@@ -108,7 +108,8 @@ class FleetCircuits:
 
     async def fresh(self) -> None:
         """Sync now unless the last sync began at most ``FRESH_FOR`` ago. A sync that fails
-        is logged and the breakers decide alone (the next try waits ``FRESH_FOR``)."""
+        is logged and the breakers decide alone (the next try waits ``FRESH_FOR``): the round
+        goes on whatever happened to the sync."""
         if self._monotonic() - self._synced_at <= FRESH_FOR:
             return
         try:
@@ -119,8 +120,9 @@ class FleetCircuits:
                 await self._sync()
         except Exception as exc:
             if unavailable_reason(exc) is None:
-                raise
-            logger.warning("channel circuits not synced: %s", brief(exc))
+                logger.exception("channel circuits not synced")
+            else:
+                logger.warning("channel circuits not synced: %s", brief(exc))
 
     async def sync(self) -> None:
         """Write what this process learnt, then take in what the others did."""
