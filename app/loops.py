@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 
+from app.delivery.supervise import supervised
 from app.delivery.worker import Worker, supervise_worker
 from app.events.dispatcher import Dispatcher
 from app.inbound.poller import receive
@@ -23,6 +24,8 @@ def delivery_loops(
     ]
     if events:
         running.append(Dispatcher(runtime).run(stop))
+    if runtime.fleet_circuits is not None:
+        running.append(supervised("circuits", runtime.fleet_circuits.run, stop))
     return running
 
 

@@ -29,10 +29,12 @@ from app.config import HeraldConfig, RetryPolicy, Settings
 from app.console.sessions import Sessions
 from app.dedup import DedupConfig, DigestConfig
 from app.delivery.circuit import STATE_VALUES, CircuitBreaker, DestinationCircuits
+from app.delivery.fleet import FleetCircuits
 from app.delivery.listener import Heard, listen_to
 from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import Link
 from app.delivery.waiters import FinalAnnouncer, Listen, Waiters
+from app.delivery.worker import default_worker_id
 from app.domain import CHANNEL_EVENTS, CircuitState, HoldPolicy, Strategy
 from app.events.circuits import CircuitChanges
 from app.events.outbox import Outbox, count_emitted
@@ -43,6 +45,7 @@ from app.security.guard import AddressGuard, GuardedTransport
 from app.security.links import AckLinks
 from app.store.db import create_engine, is_sqlite, session_factory
 from app.store.dedup import DedupStore
+from app.store.fleet import ChannelWindow, CircuitRows, RateWindows
 from app.store.intake import Intake
 from app.store.sql import FINAL_CHANNEL, OutboxRows
 
@@ -89,6 +92,9 @@ class Runtime:
     SQLite, where one process serves and delivers."""
     console: Sessions = field(default_factory=Sessions)
     """The console's signed-in browsers (app/console)."""
+    fleet_circuits: FleetCircuits | None = None
+    """Shares the channels' circuits with every other process (PostgreSQL); its sync runs
+    with the delivery loops. ``None``: this process's circuits are its own."""
 
     @cached_property
     def intake(self) -> Intake:
@@ -169,8 +175,10 @@ def build_channels(
     registry: ChannelRegistry,
     context: ChannelContext,
     circuit_changes: CircuitChanges | None = None,
+    windows: RateWindows | None = None,
 ) -> tuple[dict[str, ChannelType], dict[str, Link]]:
-    """Each channel with its link; ``circuit_changes`` hears every channel circuit's moves."""
+    """Each channel with its link; ``circuit_changes`` hears every channel circuit's moves;
+    with ``windows``, rate limits are the fleet's (PostgreSQL)."""
     channels: dict[str, ChannelType] = {}
     links: dict[str, Link] = {}
     for name, channel_config in config.channels.items():
@@ -182,7 +190,15 @@ def build_channels(
         channels[name] = channel
         link = links[name] = Link(
             channel=channel,
-            limiter=RateLimiter(*rate, clock=context.clock) if rate else None,
+            limiter=(
+                RateLimiter(
+                    *rate,
+                    clock=context.clock,
+                    shared=ChannelWindow(windows, name, *rate) if windows else None,
+                )
+                if rate
+                else None
+            ),
             secrets=tuple(channel.secrets()),
             receipts=channel.sends_receipts,
         )
@@ -202,6 +218,29 @@ def build_channels(
                 )
         _export_circuit(name, CircuitState.CLOSED)
     return channels, links
+
+
+def share_circuits(
+    engine: AsyncEngine,
+    channels: dict[str, ChannelType],
+    links: dict[str, Link],
+    changes: CircuitChanges | None,
+) -> FleetCircuits:
+    """The channel-wide breakers, shared with every other process: their moves go through the
+    sync (which emits a transition's event in the one process that made it)."""
+    breakers = {name: link.circuit for name, link in links.items() if link.circuit is not None}
+    fleet = FleetCircuits(
+        CircuitRows(engine),
+        breakers,
+        holder=default_worker_id(),
+        channel_types={name: channels[name].type_name for name in breakers},
+        timeouts={name: channels[name].config.timeout for name in breakers},
+        export=_export_circuit,
+        changes=changes,
+    )
+    for breaker in breakers.values():
+        breaker.on_change = fleet.moved
+    return fleet
 
 
 def ack_links(config: HeraldConfig) -> AckLinks | None:
@@ -229,7 +268,12 @@ async def open_runtime(
     *,
     clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[Runtime]:
-    """``clock``: what rate limits and channels wait on (tests pass one that moves at once)."""
+    """``clock``: what rate limits and channels wait on (tests pass one that moves at once).
+
+    On PostgreSQL, with the system clock, channels' rate limits and circuits are the fleet's
+    (app/store/fleet.py): they keep time on the database's clock, which every process reads
+    alike. A clock of a test's own cannot be shared, so under one they stay in the process.
+    """
     # httpx logs every request URL at INFO and Apprise logs URL parts at DEBUG; some providers
     # put credentials in the path, so neither may log below WARNING.
     for name in ("httpx", "apprise"):
@@ -248,8 +292,12 @@ async def open_runtime(
         public_url=config.server.public_url,
         links=ack_links(config),
     )
-    channels, links = build_channels(config, registry, context, circuit_changes)
     postgres = not is_sqlite(settings.database_url)
+    shared = postgres and clock is SYSTEM_CLOCK
+    channels, links = build_channels(
+        config, registry, context, circuit_changes, RateWindows(engine) if shared else None
+    )
+    fleet = share_circuits(engine, channels, links, circuit_changes) if shared else None
     runtime = Runtime(
         settings=settings,
         config=config,
@@ -264,6 +312,7 @@ async def open_runtime(
         circuit_changes=circuit_changes,
         waiters=Waiters(_final_listener(settings.database_url) if postgres else None),
         announcer=FinalAnnouncer(engine) if postgres else None,
+        fleet_circuits=fleet,
     )
     try:
         yield runtime

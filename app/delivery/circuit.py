@@ -10,8 +10,11 @@
 
 While a circuit is open the orchestrator records ``skipped``/``circuit_open`` without calling
 the provider and moves to the next hop at once; the hop stays worth a later round. In half-open
-exactly one delivery is let through as the trial. State is per process: each worker learns a
-channel's health from its own tries (a shared store would add a write per attempt for little).
+exactly one delivery is let through as the trial. On SQLite the state is the process's own
+(one process delivers). On PostgreSQL a channel-wide circuit is also the fleet's
+(``app.delivery.fleet``): each process's breaker decides from what it holds, and a sync of a
+fraction of a second writes its transitions and failures to the channel's shared row and
+takes in what the other processes learnt (``adopt_open``, ``adopt_closed``, ``grant_trial``).
 
 A channel whose destination comes from the recipient (a ``webhook`` without ``url``) has no
 channel-wide circuit: one caller's failing endpoint must not stop every other caller's. It keeps a
@@ -60,6 +63,9 @@ class CircuitBreaker:
         self.quarantined = False
         """The circuit is open (or half-open) after a ``config`` failure, not transient ones."""
         self._trial_in_flight = False
+        self.refused = 0
+        """Deliveries ``allow`` refused; the fleet's sync reads and resets it (a process asks
+        for the shared trial only while it has deliveries waiting for one)."""
 
     @property
     def enabled(self) -> bool:
@@ -72,9 +78,11 @@ class CircuitBreaker:
         if self.state is CircuitState.OPEN:
             assert self.opened_at is not None
             if self.clock() - self.opened_at < self.cooldown:
+                self.refused += 1
                 return False
             self._set(CircuitState.HALF_OPEN)
         if self._trial_in_flight:
+            self.refused += 1
             return False
         self._trial_in_flight = True
         return True
@@ -123,6 +131,30 @@ class CircuitBreaker:
     def release(self) -> None:
         """A trial that made no provider call (e.g. no address) gives the trial back."""
         self._trial_in_flight = False
+
+    # --- what another process learnt (app.delivery.fleet): no ``on_change`` call ----------
+
+    def adopt_open(self, open_for: float, reason: str | None, *, quarantined: bool) -> None:
+        """Open for ``open_for`` more seconds, as another process opened the circuit."""
+        if self._trial_in_flight:
+            return  # this process's trial is under way: its answer decides
+        self.state = CircuitState.OPEN
+        self.opened_at = self.clock() - max(0.0, self.cooldown - open_for)
+        self.reason = reason
+        self.quarantined = quarantined
+
+    def adopt_closed(self) -> None:
+        """Closed, as another process's trial or answer closed the circuit."""
+        self.state = CircuitState.CLOSED
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.reason = None
+        self.quarantined = False
+
+    def grant_trial(self) -> None:
+        """This process holds the fleet's trial: the next ``allow`` lets one delivery through."""
+        if self.state is CircuitState.OPEN:
+            self.opened_at = self.clock() - self.cooldown
 
     def _open(self, reason: str, *, quarantine: bool) -> None:
         already_open = self.state is CircuitState.OPEN

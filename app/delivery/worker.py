@@ -33,6 +33,7 @@ from app.channels.base import (
 from app.channels.text import html_to_text
 from app.config import HeraldConfig, Settings
 from app.dedup import DigestConfig, digest_message, marked, marked_overrides
+from app.delivery.fleet import FleetCircuits
 from app.delivery.listener import listen
 from app.delivery.mutes import MuteBook
 from app.delivery.orchestrator import (
@@ -203,6 +204,11 @@ class Resources(Protocol):
     @property
     def mutes(self) -> MuteBook:
         """The route mutes in force (``/mute``): muted hops are left out of rounds."""
+        ...
+
+    @property
+    def fleet_circuits(self) -> FleetCircuits | None:
+        """The channels' circuits as every process shares them (PostgreSQL), or ``None``."""
         ...
 
     @property
@@ -511,6 +517,9 @@ class Worker:
         elif expires_at is not None and expires_at <= self.clock():
             outcome = self.orchestrator.expire(hops)
         else:
+            fleet = self.runtime.fleet_circuits
+            if fleet is not None:
+                await fleet.fresh()  # no round decides on a view of the circuits older than 1 s
             chain = [self._link(name) for name in notification.channels]
             muted = self.runtime.mutes.muted_hops(
                 notification.route, [link.channel.type_name for link in chain], self.clock()

@@ -1,7 +1,7 @@
 """Tables: notifications, their append-only attempts, and idempotency keys; the events outbox,
 its deliveries to each subscription and their append-only attempts; what chats sent Herald
-(inbound messages), where each inbound channel's polling stands, and the routes muted; the ids
-retention purged; and each ``dedup_key``'s window."""
+(inbound messages), where each inbound channel's polling stands, and the routes muted; the
+rate windows and circuits of channels that every process shares on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -464,3 +466,35 @@ class DedupWindow(Base):
     closes_at: Mapped[datetime]
 
     __table_args__ = (Index("ix_dedup_windows_closes_at", "closes_at"),)
+
+
+class ChannelRateWindow(Base):
+    """A channel's ``rate_limit`` as every process on PostgreSQL enforces it: ``admitted``
+    holds the times (database clock, epoch seconds) of the channel's last ``count`` admissions,
+    oldest first, so a send is admitted when the oldest of them left the window
+    (``app.store.fleet``). Keyed by the limit as written too: a process still running an
+    older config keeps to its own window meanwhile. Never written on SQLite."""
+
+    __tablename__ = "channel_rate_windows"
+
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rate: Mapped[str] = mapped_column(String(32), primary_key=True)
+    admitted: Mapped[list[float]] = mapped_column(ARRAY(Float()).with_variant(JSON(), "sqlite"))
+
+
+class ChannelCircuit(Base):
+    """A channel's circuit as every process on PostgreSQL shares it (``app.delivery.fleet``):
+    its state, the transient failures counted across processes, until when it stays open, and
+    the one process holding the half-open trial. Never written on SQLite."""
+
+    __tablename__ = "channel_circuits"
+
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    failures: Mapped[int] = mapped_column(Integer)
+    opened_until: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
+    quarantined: Mapped[bool] = mapped_column(Boolean)
+    trial_holder: Mapped[str | None] = mapped_column(String(64))
+    trial_until: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

@@ -44,6 +44,9 @@ FILL = (
     " VALUES (NULL, gen_random_uuid(), gen_random_uuid(), 1, now())",
     "INSERT INTO dedup_windows (scope, route, key, notification_id, opened_at, closes_at)"
     " VALUES ('', 'default', 'k', gen_random_uuid(), now(), now())",
+    "INSERT INTO channel_rate_windows (channel, rate, admitted) VALUES ('tg', '20/60s', '{0}')",
+    "INSERT INTO channel_circuits (channel, state, failures, quarantined, updated_at)"
+    " VALUES ('tg', 'closed', 0, false, now())",
 )
 """A row in each table that a send, a round and an event dispatch do not write."""
 

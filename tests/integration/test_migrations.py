@@ -214,6 +214,24 @@ async def test_dedup_digest_down_and_up_again(db_url: str) -> None:
         assert (await h.send(text="x", dedup_key="k"))["id"] != kept["id"], "no window kept"
 
 
+async def test_fleet_limits_down_and_up_again(db_url: str) -> None:
+    """0010 down drops the shared rate windows and circuits, and nothing else; up again, the
+    schema is the models' once more."""
+    async with herald(db_url, CONFIG) as h:
+        kept = await h.send(text="x")
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db_url), "0009")
+    tables = await table_names(db_url)
+    assert {"channel_rate_windows", "channel_circuits"}.isdisjoint(tables)
+    assert {"notifications", "purged_ranges"} <= set(tables)
+
+    await upgrade_async(db_url)
+    diff, _, _ = await inspect_database(db_url)
+    assert diff == []
+    async with herald(db_url, CONFIG) as h:
+        assert (await h.get(kept["id"]))["text"] == "x"
+
+
 async def table_names(url: str) -> list[str]:
     engine = create_async_engine(url)
     try:

@@ -249,3 +249,27 @@ async def test_a_blocked_address_says_nothing_of_the_channels_health() -> None:
 )
 def test_origin_is_scheme_host_and_port_only(url: str, expected: str | None) -> None:
     assert origin(url) == expected
+
+
+def test_what_another_process_learnt_moves_the_breaker_without_a_change_of_its_own() -> None:
+    circuit, clock, changes = breaker(failures=3, cooldown=30.0)
+    circuit.adopt_open(10.0, "3 consecutive transient failures across processes", quarantined=False)
+    assert circuit.state is CircuitState.OPEN
+    assert circuit.retry_in() == pytest.approx(10.0)
+    assert not circuit.allow() and not circuit.allow()
+    assert circuit.refused == 2, "the fleet's sync asks for the trial only while refused"
+    clock.now += 9.0
+    assert not circuit.allow()
+    circuit.grant_trial()  # this process claimed the shared trial
+    assert circuit.allow(), "the one trial"
+    assert not circuit.allow()
+    assert circuit.state is CircuitState.HALF_OPEN
+    circuit.adopt_open(30.0, "reopened elsewhere", quarantined=False)
+    assert circuit.state is CircuitState.HALF_OPEN, "this process's trial under way decides"
+    circuit.record(DeliveryResult.ok())
+    assert circuit.state is CircuitState.CLOSED
+    circuit.adopt_open(30.0, "down", quarantined=True)
+    circuit.adopt_closed()
+    assert circuit.state is CircuitState.CLOSED
+    assert (circuit.reason, circuit.quarantined) == (None, False)
+    assert changes == [CircuitState.HALF_OPEN, CircuitState.CLOSED], "only its own moves"
