@@ -7,12 +7,13 @@ identically), and the pooled driver connection those statements run on.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import ColumnElement, Select, Table, literal_column, text
@@ -47,6 +48,8 @@ ATTEMPTS = cast(Table, Attempt.__table__)
 EVENTS = cast(Table, EventRecord.__table__)
 EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
 RECEIPTS = cast(Table, ReceiptRecord.__table__)
+
+T = TypeVar("T")
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
@@ -117,6 +120,50 @@ async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]
         await greenlet_spawn(pooled.close)
 
 
+async def in_sqlite_transaction(
+    engine: AsyncEngine, sql: str, work: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``work`` on the pooled SQLite connection, inside ``BEGIN IMMEDIATE`` … ``COMMIT``, all
+    in one call to the connection's thread (aiosqlite runs each call there): SQLAlchemy's
+    adapter takes four or five such calls per statement (cursor, execute, fetch, close) and
+    each waits for the event loop's next turn, while the process's one connection is held.
+
+    ``sql`` names the work in errors. ``work`` runs in that thread: plain ``sqlite3`` calls on
+    values already processed. Driver errors come out as SQLAlchemy wraps them
+    (``IntegrityError`` for a constraint, ``OperationalError`` for a locked or failing
+    database), after the transaction was rolled back; anything else (a cancelled caller)
+    invalidates the connection, as ``driver_connection`` does.
+    """
+    pooled = await _raw_connection(engine)
+    driver: Any = pooled.driver_connection  # aiosqlite.Connection
+    try:
+        result: T = await driver._execute(_sqlite_transaction, driver, work)
+        return result
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(
+            sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=engine.dialect
+        ) from exc
+    except BaseException:
+        await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+def _sqlite_transaction(driver: Any, work: Callable[[sqlite3.Connection], T]) -> T:
+    """In aiosqlite's thread: ``work`` in a transaction of its own."""
+    connection: sqlite3.Connection = driver._conn
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
+
+
 async def _raw_connection(engine: AsyncEngine) -> Any:
     """A pooled connection; a refused connect (no such database, wrong password, server
     starting up) comes out as ``DBAPIError``, as ``engine.connect()`` raises it, not as the
@@ -145,10 +192,10 @@ def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
 
 
 class PreparedInsert:
-    """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``) or of many (``unnest`` of an
-    array per column: one statement text whatever the number of rows), and the driver-level
-    values for them. Every column is given, but those the database fills (``skip``: a serial
-    key)."""
+    """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``, or ``VALUES (?, …)`` for
+    SQLite's driver) or of many (``unnest`` of an array per column, PostgreSQL: one statement
+    text whatever the number of rows), and the driver-level values for them. Every column is
+    given, but those the database fills (``skip``: a serial key)."""
 
     def __init__(self, table: Table, dialect: Dialect, *, skip: Sequence[str] = ()) -> None:
         self.table = table
@@ -158,8 +205,12 @@ class PreparedInsert:
         processors = bind_processors(table, dialect)
         self.processors = [processors[name] for name in self.columns]
 
-    def sql(self, first: int) -> str:
-        places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
+    def sql(self, first: int = 1) -> str:
+        """The one-row statement, its values from ``$first`` on (``?`` each, on SQLite)."""
+        if self.dialect.paramstyle == "qmark":
+            places = ", ".join("?" for _ in self.columns)
+        else:
+            places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
         return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
 
     def sql_many(self, first: int) -> str:
