@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -120,29 +121,49 @@ async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]
         await greenlet_spawn(pooled.close)
 
 
-async def in_sqlite_transaction(
-    engine: AsyncEngine, sql: str, work: Callable[[sqlite3.Connection], T]
-) -> T:
-    """``work`` on the pooled SQLite connection, inside ``BEGIN IMMEDIATE`` … ``COMMIT``, all
-    in one call to the connection's thread (aiosqlite runs each call there): SQLAlchemy's
-    adapter takes four or five such calls per statement (cursor, execute, fetch, close) and
-    each waits for the event loop's next turn, while the process's one connection is held.
+class SqliteCalls:
+    """The pooled SQLite connection, driven a whole step at a time: ``call(work)`` runs
+    ``work`` (plain ``sqlite3`` calls on values already processed) in the connection's thread
+    in one go. SQLAlchemy's adapter takes four or five calls to that thread per statement
+    (cursor, execute, fetch, close), each waiting for the event loop's next turn while the
+    process's one connection is held.
 
-    ``sql`` names the work in errors. ``work`` runs in that thread: plain ``sqlite3`` calls on
-    values already processed. Driver errors come out as SQLAlchemy wraps them
-    (``IntegrityError`` for a constraint, ``OperationalError`` for a locked or failing
-    database), after the transaction was rolled back; anything else (a cancelled caller)
-    invalidates the connection, as ``driver_connection`` does.
+    Driver errors come out as SQLAlchemy wraps them (``IntegrityError`` for a constraint,
+    ``OperationalError`` for a locked or failing database), ``sql`` as the statement.
     """
+
+    def __init__(self, pooled: Any, dialect: Dialect) -> None:
+        self.pooled = pooled
+        self.dialect = dialect
+        self.driver: Any = pooled.driver_connection  # aiosqlite.Connection
+
+    async def call(self, work: Callable[[sqlite3.Connection], T], sql: str) -> T:
+        try:
+            result: T = await self.driver._execute(_on_connection, self.driver, work)
+            return result
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(
+                sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self.dialect
+            ) from exc
+
+
+def _on_connection(driver: Any, work: Callable[[sqlite3.Connection], T]) -> T:
+    """In aiosqlite's thread: ``work`` on its ``sqlite3`` connection."""
+    return work(driver._conn)
+
+
+@asynccontextmanager
+async def sqlite_connection(engine: AsyncEngine) -> AsyncIterator[SqliteCalls]:
+    """The pooled SQLite connection for ``SqliteCalls``; a transaction left open by an error
+    is rolled back, and a connection left by a cancelled task (perhaps mid-call) is
+    invalidated, as ``driver_connection`` does."""
     pooled = await _raw_connection(engine)
-    driver: Any = pooled.driver_connection  # aiosqlite.Connection
+    calls = SqliteCalls(pooled, engine.dialect)
     try:
-        result: T = await driver._execute(_sqlite_transaction, driver, work)
-        return result
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(
-            sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=engine.dialect
-        ) from exc
+        yield calls
+    except Exception:
+        await calls.call(_roll_back, "ROLLBACK")
+        raise
     except BaseException:
         await greenlet_spawn(pooled.invalidate)
         raise
@@ -150,18 +171,31 @@ async def in_sqlite_transaction(
         await greenlet_spawn(pooled.close)
 
 
-def _sqlite_transaction(driver: Any, work: Callable[[sqlite3.Connection], T]) -> T:
-    """In aiosqlite's thread: ``work`` in a transaction of its own."""
-    connection: sqlite3.Connection = driver._conn
+def _roll_back(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
+def in_transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work`` inside ``BEGIN IMMEDIATE`` … ``COMMIT`` (in the connection's thread), rolled
+    back if it fails."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         result = work(connection)
         connection.execute("COMMIT")
     except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
+        _roll_back(connection)
         raise
     return result
+
+
+async def in_sqlite_transaction(
+    engine: AsyncEngine, sql: str, work: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``work`` in a transaction of its own on the pooled SQLite connection: one call to its
+    thread (``SqliteCalls``); ``sql`` names the work in errors."""
+    async with sqlite_connection(engine) as calls:
+        return await calls.call(partial(in_transaction, work=work), sql)
 
 
 async def _raw_connection(engine: AsyncEngine) -> Any:
