@@ -90,7 +90,9 @@ class Intake:
             for with_events in (False, True)
             if (rows or keys) and (rows or not with_events)
         }
-        self._group: GroupSaver[_Added] = GroupSaver(self._add_together, _itself, what="accepts")
+        self._group: GroupSaver[_Added] = GroupSaver(
+            self._add_together, _itself, what="accepts", expected=(DuplicateKey,)
+        )
 
     async def add_many(
         self,
@@ -164,7 +166,12 @@ class Intake:
             for sql, args in writes:
                 connection.executemany(sql, args)
 
-        await in_sqlite_transaction(self.engine, writes[0][0] if writes else "", write)
+        try:
+            await in_sqlite_transaction(self.engine, writes[0][0] if writes else "", write)
+        except IntegrityError as exc:
+            if _duplicate_key(exc):
+                raise DuplicateKey() from exc
+            raise
         return added
 
     def _statement(self, rows: int, keys: int, announce: bool, with_events: bool) -> str:
