@@ -702,12 +702,16 @@ class PlainSql:
             else:
                 value = bind.effective_value
                 self._slots.append((None, None, value if process is None else process(value)))
-        self._results = [
-            column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in statement.exported_columns
-        ]
+        self._results = (
+            [
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in statement.exported_columns
+            ]
+            if dialect.name == "sqlite"
+            else []
+        )
         """Per returned column: what turns the driver's value into the column's type (SQLite;
-        asyncpg's codecs do it on PostgreSQL)."""
+        asyncpg's codecs do it on PostgreSQL, where ``result`` is not used)."""
 
     def args(self, params: Row) -> list[Any]:
         args = []
