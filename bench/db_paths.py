@@ -18,8 +18,8 @@ accept paths (one notification stored and announced):
 save paths (a delivered round written: new state + one attempt, lease checked):
     rounds_each    WorkQueue.save_rounds, one round per transaction
     rounds_batch32 WorkQueue.save_rounds, 32 rounds per transaction, the statements run through
-                   SQLAlchemy Core (Herald's path on SQLite, and on PostgreSQL before the
-                   plain-SQL path)
+                   SQLAlchemy Core (Herald's path on SQLite before issue 18, and on PostgreSQL
+                   before the plain-SQL path)
     store_batch32  Herald's worker on PostgreSQL now (WorkQueue.save_rounds: the same
                    statements compiled once to plain SQL on the pooled driver connection)
     core_batch32   32 notifications per transaction: one UPDATE … RETURNING, one INSERT of the
@@ -27,7 +27,7 @@ save paths (a delivered round written: new state + one attempt, lease checked):
     asyncpg_batch32  the same two statements as one CTE on raw asyncpg (baseline_deliver)
 
 claim paths (32 due notifications claimed under a lease, per notification):
-    session_batch32  WorkQueue.claim through SQLAlchemy Core (SQLite's path)
+    session_batch32  WorkQueue.claim through SQLAlchemy Core (SQLite's path before issue 18)
     store_batch32    WorkQueue.claim: one statement in autocommit on the driver connection
     asyncpg_batch32  baseline_deliver's claim on raw asyncpg
 
@@ -46,7 +46,8 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ from app.service import new_notification
 from app.store.db import create_engine, session_factory
 from app.store.intake import Intake
 from app.store.models import Attempt, Notification
-from app.store.queue import FinishedRound, WorkQueue, _Core, columns_of
+from app.store.queue import FinishedRound, Statement, WorkQueue, columns_of
 from app.store.repositories import NotificationRepository
 
 ROUTE = ResolvedRoute("default", ["hooks"], "fallback", RetryPolicy(), None)
@@ -80,6 +81,35 @@ REQUEST = NotificationCreate.model_validate(
     }
 )
 COLUMNS = [(prop.columns[0].name, prop.key) for prop in inspect(Notification).column_attrs]
+
+
+class _Core:
+    """The store's statements through SQLAlchemy Core, each connection a transaction: how
+    Herald ran them on SQLite before ``SqliteCalls`` (and on PostgreSQL before plain SQL)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def transaction(self, statement: Statement) -> AsyncIterator[Any]:
+        async with self.engine.begin() as connection:
+            yield _CoreConnection(connection)
+
+    autocommit = transaction
+
+
+class _CoreConnection:
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    async def rows(self, statement: Statement, params: dict[str, Any]) -> Any:
+        return (await self.connection.execute(statement, params)).all()
+
+    async def count(self, statement: Statement, params: dict[str, Any]) -> int:
+        return int((await self.connection.execute(statement, params)).rowcount)
+
+    async def many(self, statement: Statement, params: Any) -> None:
+        await self.connection.execute(statement, list(params))
 
 
 def row_of(notification: Notification) -> dict[str, Any]:
@@ -230,7 +260,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
 
     store = WorkQueue(engine)
     core_store = WorkQueue(engine)
-    core_store._database = _Core(engine)  # SQLite's way of running the statements
+    core_store._database = _Core(engine)  # SQLite's way of running them, before issue 18
 
     async def rounds_each(ids: list[uuid.UUID]) -> None:
         for one in finished(ids):

@@ -47,11 +47,15 @@ class GroupSaver(Generic[T]):
         *,
         what: str,
         max_batch: int = MAX_BATCH,
+        expected: tuple[type[Exception], ...] = (),
     ) -> None:
         self.write = write
         self.key = key
         self.what = what
         self.max_batch = max_batch
+        self.expected = expected
+        """Failures that are one item's answer (a taken idempotency key), not worth a
+        warning when they fail a batch."""
         self._queue: deque[tuple[T, asyncio.Future[bool]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -106,7 +110,8 @@ class GroupSaver(Generic[T]):
                 for _, future in batch:
                     _settle(future, exc)
                 return
-            logger.warning(
+            logger.log(
+                logging.DEBUG if isinstance(exc, self.expected) else logging.WARNING,
                 "saving %d %s together failed (%s); saving them one by one",
                 len(batch),
                 self.what,

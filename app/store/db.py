@@ -79,7 +79,11 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     SQLite gets one connection per process (its writers serialise anyway, and one connection
     cannot deadlock against itself), WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so that a
     second process (``herald worker`` beside ``herald serve --no-worker``) waits for the write
-    lock instead of failing on a stale snapshot.
+    lock instead of failing on a stale snapshot. A connection returned to the pool is rolled
+    back only when a transaction is open on it: the pool's unconditional rollback was one more
+    call to aiosqlite's thread for every transaction run on the driver connection
+    (``SqliteCalls``), each waiting for the event loop's next turn while the one connection is
+    held (bench/results/levers.md, "SQLite").
     """
     if is_sqlite(url):
         engine = create_async_engine(
@@ -87,9 +91,17 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
             pool_size=1,
             max_overflow=0,
             pool_timeout=60,
+            pool_reset_on_return=None,
             json_serializer=dumps_json,
             json_deserializer=loads_json,
         )
+
+        @event.listens_for(engine.sync_engine, "reset")
+        def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:
+            # in_transaction reads a flag of the sqlite3 connection, without a call to its
+            # thread (nothing else uses the connection while it is being returned)
+            if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+                dbapi_connection.rollback()
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

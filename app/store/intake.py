@@ -9,13 +9,14 @@ key comes out as ``DuplicateKey`` whichever the number of rows.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.delivery.saves import GroupSaver
 from app.store.sql import (
     DUE_CHANNEL,
     EVENT_DELIVERIES,
@@ -27,6 +28,7 @@ from app.store.sql import (
     PreparedInsert,
     Row,
     driver_connection,
+    in_sqlite_transaction,
 )
 
 MANY = 2
@@ -38,6 +40,15 @@ UNIQUE_VIOLATION = "23505"
 
 class DuplicateKey(Exception):
     """The idempotency key is already taken: another request stored it first."""
+
+
+@dataclass(eq=False, slots=True)
+class _Added:
+    """One ``add_many`` call's rows, waiting for SQLite's next group commit."""
+
+    rows: Sequence[Mapping[str, Any]]
+    keys: Sequence[Row]
+    events: OutboxRows | None
 
 
 class Intake:
@@ -53,8 +64,15 @@ class Intake:
     bind processors the ORM applies, so rows read back identically. Events, when there are
     any, join the same statement as ``unnest`` inserts into ``events`` and
     ``event_deliveries``, and a ``NOTIFY herald_events`` tells the event dispatchers; without
-    them the statement is the one it would be with no events feature at all. On SQLite (no
-    ``LISTEN``: the service wakes its in-process worker) Core INSERTs in one transaction.
+    them the statement is the one it would be with no events feature at all.
+
+    On SQLite (no ``LISTEN``: the service wakes its in-process worker) one writer commits the
+    calls that arrive together (``GroupSaver``, as the worker saves its rounds): while one
+    transaction is being written the next calls queue, and they go in the next one, each
+    table's rows in one ``executemany`` of the same one-row ``INSERT``, the whole transaction
+    in one call to the connection's thread. Each call returns once its rows are committed; a
+    transaction that fails (a taken key) is written again one call per transaction, so a
+    call's ``DuplicateKey`` is its own (bench/results/levers.md, "SQLite").
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -72,6 +90,9 @@ class Intake:
             for with_events in (False, True)
             if (rows or keys) and (rows or not with_events)
         }
+        self._group: GroupSaver[_Added] = GroupSaver(
+            self._add_together, _itself, what="accepts", expected=(DuplicateKey,)
+        )
 
     async def add_many(
         self,
@@ -94,14 +115,7 @@ class Intake:
             if self.postgresql:
                 await self._add_in_one_statement(rows, keys, announce, events)
             else:
-                async with self.engine.begin() as conn:
-                    if rows:
-                        await conn.execute(insert(NOTIFICATIONS), list(rows))
-                    if keys:
-                        await conn.execute(insert(IDEMPOTENCY_KEYS), list(keys))
-                    if events:
-                        await conn.execute(insert(EVENTS), list(events.event_rows))
-                        await conn.execute(insert(EVENT_DELIVERIES), list(events.deliveries))
+                await self._group.save(_Added(rows, keys, events))
         except IntegrityError as exc:
             if keys and duplicate_key(exc):
                 raise DuplicateKey() from exc
@@ -132,6 +146,34 @@ class Intake:
         async with driver_connection(self.engine, sql) as conn:
             await conn.execute(sql, *args)
 
+    async def _add_together(self, added: Sequence[_Added]) -> Collection[Hashable]:
+        """SQLite: the rows of every call in ``added`` in one transaction."""
+        writes = [
+            (insert.sql(), [insert.args(row) for row in rows])
+            for insert, rows in (
+                (self._notifications, [row for one in added for row in one.rows]),
+                (self._keys, [key for one in added for key in one.keys]),
+                (self._events, [r for one in added if one.events for r in one.events.event_rows]),
+                (
+                    self._deliveries,
+                    [r for one in added if one.events for r in one.events.deliveries],
+                ),
+            )
+            if rows
+        ]
+
+        def write(connection: sqlite3.Connection) -> None:
+            for sql, args in writes:
+                connection.executemany(sql, args)
+
+        try:
+            await in_sqlite_transaction(self.engine, writes[0][0] if writes else "", write)
+        except IntegrityError as exc:
+            if duplicate_key(exc):
+                raise DuplicateKey() from exc
+            raise
+        return added
+
     def _statement(self, rows: int, keys: int, announce: bool, with_events: bool) -> str:
         """The CTE for no rows (a batch whose every item was refused, with its key), one, or
         ``MANY``, and as many keys; every form takes one argument a column, so the keys' come
@@ -156,6 +198,10 @@ class Intake:
         channels = ([DUE_CHANNEL] if announce else []) + ([EVENTS_CHANNEL] if with_events else [])
         notify = ", ".join(f"pg_notify('{channel}', '')" for channel in channels)
         return f"WITH {', '.join(parts)} SELECT {notify or 1}"
+
+
+def _itself(added: _Added) -> Hashable:
+    return added
 
 
 def duplicate_key(exc: IntegrityError) -> bool:

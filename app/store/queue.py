@@ -11,18 +11,24 @@ the databases differ:
   compile-cache lookups, parameter processing and result objects (bench/results/levers.md,
   "`DeliveryStore`"). Values pass through the bind processors SQLAlchemy would apply, so rows
   read back identically. Claims skip rows another worker is claiming (``SKIP LOCKED``).
-- SQLite runs the same statements through SQLAlchemy, each in a ``BEGIN IMMEDIATE`` transaction
-  (one writer at a time: there is nothing to skip).
+- SQLite runs the same statements compiled once the same way (``?`` for each value), on the
+  pooled connection a whole step at a time (``SqliteCalls``): a statement in autocommit is
+  ``BEGIN IMMEDIATE``, the statement and ``COMMIT`` in one call to aiosqlite's thread; in a
+  transaction, the writes whose results nobody reads (``many``) wait for the next statement or
+  the ``COMMIT`` and go with it, so a save is two calls where SQLAlchemy's adapter took about
+  twenty (bench/results/levers.md, "SQLite"). One writer at a time: there is nothing to skip.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -44,7 +50,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain import (
     AttemptTrigger,
@@ -68,7 +74,9 @@ from app.store.sql import (
     RECEIPTS,
     OutboxRows,
     Row,
+    SqliteCalls,
     driver_connection,
+    sqlite_connection,
     status_is,
 )
 
@@ -393,8 +401,8 @@ class Database(Protocol):
 
 def database_of(engine: AsyncEngine) -> Database:
     """How the store's statements run on ``engine``'s database: plain SQL on the pooled
-    driver connection (PostgreSQL), or through SQLAlchemy (SQLite)."""
-    return _Driver(engine) if engine.dialect.name == "postgresql" else _Core(engine)
+    driver connection, asyncpg's (PostgreSQL) or sqlite3's through aiosqlite's thread."""
+    return _Driver(engine) if engine.dialect.name == "postgresql" else _Sqlite(engine)
 
 
 class WorkQueue:
@@ -574,33 +582,113 @@ def _by_columns(rounds: Sequence[FinishedRound], worker_id: str) -> list[list[Ro
     return list(groups.values())
 
 
-class _Core:
-    """SQLite: the statements through SQLAlchemy, each connection a ``BEGIN IMMEDIATE``
-    transaction (``create_engine``)."""
+class _Sqlite:
+    """SQLite: the statements compiled once to plain SQL (``PlainSql``), run on the pooled
+    connection a step at a time (``SqliteCalls``); each transaction ``BEGIN IMMEDIATE``, so a
+    second process (``herald worker`` beside ``herald serve --no-worker``) waits for the write
+    lock instead of failing on a stale snapshot."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._plain: dict[tuple[Statement, tuple[str, ...]], PlainSql] = {}
+
+    def plain(self, statement: Statement, names: tuple[str, ...]) -> PlainSql:
+        """``statement`` compiled for parameters named ``names`` (once)."""
+        key = (statement, names)
+        found = self._plain.get(key)
+        if found is None:
+            found = self._plain[key] = PlainSql(statement, self.engine.dialect, names)
+        return found
+
+    @asynccontextmanager
+    async def autocommit(self, statement: Statement) -> AsyncIterator[_Connection]:
+        async with sqlite_connection(self.engine) as calls:
+            yield _SqliteConnection(self, calls, autocommit=True)
 
     @asynccontextmanager
     async def transaction(self, statement: Statement) -> AsyncIterator[_Connection]:
-        async with self.engine.begin() as connection:
-            yield _CoreConnection(connection)
+        async with sqlite_connection(self.engine) as calls:
+            connection = _SqliteConnection(self, calls, autocommit=False)
+            yield connection
+            await connection.commit()
 
-    autocommit = transaction
+
+Bound = tuple[str, list[Any]]
+"""A statement's SQL and its driver-level arguments."""
 
 
-class _CoreConnection:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
+class _SqliteConnection:
+    """Runs each statement that answers (``rows``, ``count``) in one call to the connection's
+    thread, with the transaction's ``BEGIN IMMEDIATE`` when it is the first and the writes
+    queued before it (``many``); ``commit`` sends what is queued with the ``COMMIT``. In
+    ``autocommit`` each statement is a transaction of its own, in one call."""
+
+    def __init__(self, database: _Sqlite, calls: SqliteCalls, *, autocommit: bool) -> None:
+        self.database = database
+        self.calls = calls
+        self.autocommit = autocommit
+        self._begun = False
+        self._queued: list[tuple[str, list[list[Any]]]] = []
 
     async def rows(self, statement: Statement, params: Row) -> Sequence[Sequence[Any]]:
-        return (await self.connection.execute(statement, params)).all()
+        plain = self.database.plain(statement, tuple(params))
+        rows, _ = await self._call(plain.bound(params), commit=self.autocommit)
+        return [plain.result(row) for row in rows]
 
     async def count(self, statement: Statement, params: Row) -> int:
-        return (await self.connection.execute(statement, params)).rowcount
+        plain = self.database.plain(statement, tuple(params))
+        _, count = await self._call(plain.bound(params), commit=self.autocommit)
+        return count
 
     async def many(self, statement: Statement, params: Sequence[Row]) -> None:
-        await self.connection.execute(statement, list(params))
+        plain = self.database.plain(statement, tuple(params[0]))
+        bound = [plain.bound(one) for one in params]
+        by_sql: dict[str, list[list[Any]]] = {}  # an expanding list's length changes the SQL
+        for sql, args in bound:
+            by_sql.setdefault(sql, []).append(args)
+        self._queued += by_sql.items()
+        if self.autocommit:
+            await self._call(None, commit=True)
+
+    async def commit(self) -> None:
+        if self._begun or self._queued:
+            await self._call(None, commit=True)
+
+    async def _call(self, query: Bound | None, *, commit: bool) -> tuple[list[Any], int]:
+        queued, self._queued = self._queued, []
+        step = partial(_step, begin=not self._begun, queued=queued, query=query, commit=commit)
+        self._begun = not commit
+        sql = query[0] if query else (queued[0][0] if queued else "COMMIT")
+        return await self.calls.call(step, sql)
+
+
+def _step(
+    connection: sqlite3.Connection,
+    *,
+    begin: bool,
+    queued: Sequence[tuple[str, list[list[Any]]]],
+    query: Bound | None,
+    commit: bool,
+) -> tuple[list[Any], int]:
+    """In aiosqlite's thread: one step of a transaction (rolled back if it fails)."""
+    try:
+        if begin:
+            connection.execute("BEGIN IMMEDIATE")
+        for sql, args in queued:
+            connection.executemany(sql, args)
+        rows: list[Any] = []
+        count = -1
+        if query is not None:
+            cursor = connection.execute(*query)
+            rows = cursor.fetchall()
+            count = cursor.rowcount
+        if commit:
+            connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return rows, count
 
 
 class _Driver:
@@ -669,14 +757,30 @@ class PlainSql:
         self.sql = compiled.string
         self._slots: list[tuple[str | None, Any, Any]] = []
         """Per position: the parameter's name and bind processor, or ``None`` and the value."""
+        self._expanding: str | None = None
+        """The one expanding list parameter (``among`` on SQLite), if any."""
         for name in compiled.positiontup:
             bind = compiled.binds[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.expanding:
+                if self._expanding is not None:
+                    raise TypeError("one expanding parameter per statement at most")
+                self._expanding = name
             if bind.required:
                 self._slots.append((name, process, None))
             else:
                 value = bind.effective_value
                 self._slots.append((None, None, value if process is None else process(value)))
+        self._results = (
+            [
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in statement.exported_columns
+            ]
+            if dialect.name == "sqlite"
+            else []
+        )
+        """Per returned column: what turns the driver's value into the column's type (SQLite;
+        asyncpg's codecs do it on PostgreSQL, where ``result`` is not used)."""
 
     def args(self, params: Row) -> list[Any]:
         args = []
@@ -687,3 +791,28 @@ class PlainSql:
                     value = process(value)
             args.append(value)
         return args
+
+    def bound(self, params: Row) -> Bound:
+        """The SQL and arguments for ``params``, an expanding list written out as one ``?``
+        per item (``NULL`` for none: it matches nothing)."""
+        if self._expanding is None:
+            return self.sql, self.args(params)
+        args: list[Any] = []
+        for name, process, value in self._slots:
+            if name is None:
+                args.append(value)
+            elif name == self._expanding:
+                items = params[name]
+                args += items if process is None else [process(item) for item in items]
+            else:
+                args.append(params[name] if process is None else process(params[name]))
+        count = len(params[self._expanding])
+        places = ", ".join("?" * count) if count else "NULL"
+        return self.sql.replace(f"__[POSTCOMPILE_{self._expanding}]", places), args
+
+    def result(self, row: Sequence[Any]) -> Sequence[Any]:
+        """A row as SQLAlchemy would return it (SQLite's values read as the columns' types)."""
+        return [
+            value if process is None else process(value)
+            for process, value in zip(self._results, row, strict=True)
+        ]

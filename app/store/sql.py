@@ -7,12 +7,14 @@ identically), and the pooled driver connection those statements run on.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from functools import partial
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import ColumnElement, Select, Table, literal_column, text
@@ -49,6 +51,8 @@ EVENTS = cast(Table, EventRecord.__table__)
 EVENT_DELIVERIES = cast(Table, EventDelivery.__table__)
 RECEIPTS = cast(Table, ReceiptRecord.__table__)
 DEDUP_WINDOWS = cast(Table, DedupWindow.__table__)
+
+T = TypeVar("T")
 
 Row = dict[str, Any]
 """A table row as column name → Python value (``metadata``, not the model's ``metadata_``)."""
@@ -119,6 +123,83 @@ async def driver_connection(engine: AsyncEngine, sql: str) -> AsyncIterator[Any]
         await greenlet_spawn(pooled.close)
 
 
+class SqliteCalls:
+    """The pooled SQLite connection, driven a whole step at a time: ``call(work)`` runs
+    ``work`` (plain ``sqlite3`` calls on values already processed) in the connection's thread
+    in one go. SQLAlchemy's adapter takes four or five calls to that thread per statement
+    (cursor, execute, fetch, close), each waiting for the event loop's next turn while the
+    process's one connection is held.
+
+    Driver errors come out as SQLAlchemy wraps them (``IntegrityError`` for a constraint,
+    ``OperationalError`` for a locked or failing database), ``sql`` as the statement.
+    """
+
+    def __init__(self, pooled: Any, dialect: Dialect) -> None:
+        self.pooled = pooled
+        self.dialect = dialect
+        self.driver: Any = pooled.driver_connection  # aiosqlite.Connection
+
+    async def call(self, work: Callable[[sqlite3.Connection], T], sql: str) -> T:
+        try:
+            result: T = await self.driver._execute(_on_connection, self.driver, work)
+            return result
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(
+                sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self.dialect
+            ) from exc
+
+
+def _on_connection(driver: Any, work: Callable[[sqlite3.Connection], T]) -> T:
+    """In aiosqlite's thread: ``work`` on its ``sqlite3`` connection."""
+    return work(driver._conn)
+
+
+@asynccontextmanager
+async def sqlite_connection(engine: AsyncEngine) -> AsyncIterator[SqliteCalls]:
+    """The pooled SQLite connection for ``SqliteCalls``; a transaction left open by an error
+    is rolled back, and a connection left by a cancelled task (perhaps mid-call) is
+    invalidated, as ``driver_connection`` does."""
+    pooled = await _raw_connection(engine)
+    calls = SqliteCalls(pooled, engine.dialect)
+    try:
+        yield calls
+    except Exception:
+        await calls.call(_roll_back, "ROLLBACK")
+        raise
+    except BaseException:
+        await greenlet_spawn(pooled.invalidate)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
+def in_transaction(connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work`` inside ``BEGIN IMMEDIATE`` … ``COMMIT`` (in the connection's thread), rolled
+    back if it fails."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(connection)
+        connection.execute("COMMIT")
+    except BaseException:
+        _roll_back(connection)
+        raise
+    return result
+
+
+async def in_sqlite_transaction(
+    engine: AsyncEngine, sql: str, work: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``work`` in a transaction of its own on the pooled SQLite connection: one call to its
+    thread (``SqliteCalls``); ``sql`` names the work in errors."""
+    async with sqlite_connection(engine) as calls:
+        return await calls.call(partial(in_transaction, work=work), sql)
+
+
 async def _raw_connection(engine: AsyncEngine) -> Any:
     """A pooled connection; a refused connect (no such database, wrong password, server
     starting up) comes out as ``DBAPIError``, as ``engine.connect()`` raises it, not as the
@@ -147,10 +228,10 @@ def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
 
 
 class PreparedInsert:
-    """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``) or of many (``unnest`` of an
-    array per column: one statement text whatever the number of rows), and the driver-level
-    values for them. Every column is given, but those the database fills (``skip``: a serial
-    key)."""
+    """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``, or ``VALUES (?, …)`` for
+    SQLite's driver) or of many (``unnest`` of an array per column, PostgreSQL: one statement
+    text whatever the number of rows), and the driver-level values for them. Every column is
+    given, but those the database fills (``skip``: a serial key)."""
 
     def __init__(self, table: Table, dialect: Dialect, *, skip: Sequence[str] = ()) -> None:
         self.table = table
@@ -160,8 +241,12 @@ class PreparedInsert:
         processors = bind_processors(table, dialect)
         self.processors = [processors[name] for name in self.columns]
 
-    def sql(self, first: int) -> str:
-        places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
+    def sql(self, first: int = 1) -> str:
+        """The one-row statement, its values from ``$first`` on (``?`` each, on SQLite)."""
+        if self.dialect.paramstyle == "qmark":
+            places = ", ".join("?" for _ in self.columns)
+        else:
+            places = ", ".join(f"${first + i}" for i in range(len(self.columns)))
         return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
 
     def sql_many(self, first: int) -> str:
