@@ -7,10 +7,11 @@ import contextlib
 import inspect
 import uuid
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import (
@@ -449,6 +450,32 @@ def batch_answer(outcomes: Sequence[service.Outcome]) -> dict[str, Any]:
     return result.model_dump(mode="json")
 
 
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """The list's filters as a request gives them (GET /v1/notifications and the bulk retry)."""
+
+    status: NotificationStatus | None
+    route: str | None
+    channel: str | None
+    created_after: datetime | None
+    created_before: datetime | None
+
+
+def list_query(
+    status: NotificationStatus | None = None,
+    route: Annotated[str | None, Query(max_length=64)] = None,
+    channel: Annotated[
+        str | None, Query(max_length=64, description="Notifications whose chain has it.")
+    ] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> ListQuery:
+    return ListQuery(status, route, channel, created_after, created_before)
+
+
+ListQueryDep = Annotated[ListQuery, Depends(list_query)]
+
+
 @router.get(
     "",
     operation_id="list_notifications",
@@ -459,19 +486,13 @@ def batch_answer(outcomes: Sequence[service.Outcome]) -> dict[str, Any]:
 async def list_notifications(
     principal: ReadScope,
     session: SessionDep,
-    status: NotificationStatus | None = None,
-    route: Annotated[str | None, Query(max_length=64)] = None,
-    channel: Annotated[
-        str | None, Query(max_length=64, description="Notifications whose chain has it.")
-    ] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    query: ListQueryDep,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> NotificationPage:
     """Only the caller's own notifications, unless its key has the admin scope."""
     before_id = cursor_id(cursor)
-    filters = _filters(principal, status, route, channel, created_after, created_before)
+    filters = _filters(principal, query)
     page, next_id = await service.list_page(session, filters, limit=limit, before=before_id)
     return NotificationPage(
         items=[NotificationOut.model_validate(notification) for notification in page],
@@ -479,26 +500,19 @@ async def list_notifications(
     )
 
 
-def _filters(
-    principal: Principal | None,
-    status: NotificationStatus | None,
-    route: str | None,
-    channel: str | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
-) -> ListFilter:
-    for name, value in (("route", route), ("channel", channel)):
+def _filters(principal: Principal | None, query: ListQuery) -> ListFilter:
+    for name, value in (("route", query.route), ("channel", query.channel)):
         if value is not None and "\x00" in value:  # PostgreSQL text cannot hold NUL
             raise Unprocessable(
                 f"{name} must not contain NUL characters",
                 errors=[{"loc": ["query", name], "msg": "must not contain NUL characters"}],
             )
     return ListFilter(
-        status=status,
-        route=route,
-        channel=channel,
-        created_after=aware(created_after, "created_after"),
-        created_before=aware(created_before, "created_before"),
+        status=query.status,
+        route=query.route,
+        channel=query.channel,
+        created_after=aware(query.created_after, "created_after"),
+        created_before=aware(query.created_before, "created_before"),
         owner=owner_filter(principal),
     )
 
@@ -520,16 +534,10 @@ def _filters(
 async def retry_notifications(
     principal: AdminScope,
     runtime: RuntimeDep,
-    status: NotificationStatus | None = None,
-    route: Annotated[str | None, Query(max_length=64)] = None,
-    channel: Annotated[
-        str | None, Query(max_length=64, description="Notifications whose chain has it.")
-    ] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    query: ListQueryDep,
     limit: Annotated[int, Query(ge=1, le=service.BULK_LIMIT)] = service.BULK_LIMIT,
 ) -> BulkRetryResult:
-    filters = _filters(principal, status, route, channel, created_after, created_before)
+    filters = _filters(principal, query)
     result = await service.retry_matching(runtime, filters, limit=limit)
     return BulkRetryResult(retried=result.done, skipped=result.skipped, truncated=result.truncated)
 

@@ -200,17 +200,7 @@ class Statements:
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
-        self.claim = (
-            update(NOTIFICATIONS)
-            .where(picked(_N.id, due))
-            .values(
-                status=NotificationStatus.DELIVERING,
-                claimed_by=bindparam("worker_id"),
-                lease_expires_at=bindparam("lease_until"),
-                updated_at=bindparam("now"),
-            )
-            .returning(*(_N[name] for name in CLAIMED_COLUMNS))
-        )
+        self.claim = claiming(due)
         """Up to ``:limit`` notifications due at ``:now``, oldest due first, marked delivering
         under ``:worker_id``'s lease until ``:lease_until``; their ``CLAIMED_COLUMNS``."""
 
@@ -227,17 +217,7 @@ class Statements:
             .limit(bindparam("limit"))
             .with_for_update(skip_locked=True)
         )
-        self.gather = (
-            update(NOTIFICATIONS)
-            .where(picked(_N.id, group))
-            .values(
-                status=NotificationStatus.DELIVERING,
-                claimed_by=bindparam("worker_id"),
-                lease_expires_at=bindparam("lease_until"),
-                updated_at=bindparam("now"),
-            )
-            .returning(*(_N[name] for name in CLAIMED_COLUMNS))
-        )
+        self.gather = claiming(group)
         """Up to ``:limit`` pending notifications of digest group ``:group`` besides
         ``:leader``, oldest first, due or not (a digest sends them with the first that came
         due), but none whose ``send_at`` is still ahead or whose expiry has passed: claimed
@@ -321,6 +301,22 @@ def among(column: ColumnElement[Any], name: str, dialect: Dialect) -> ColumnElem
     if dialect.name == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(column.type)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def claiming(candidates: Select[Any]) -> Update:
+    """The notifications ``candidates`` picks (``picked``), marked delivering under
+    ``:worker_id``'s lease until ``:lease_until``; their ``CLAIMED_COLUMNS``."""
+    return (
+        update(NOTIFICATIONS)
+        .where(picked(_N.id, candidates))
+        .values(
+            status=NotificationStatus.DELIVERING,
+            claimed_by=bindparam("worker_id"),
+            lease_expires_at=bindparam("lease_until"),
+            updated_at=bindparam("now"),
+        )
+        .returning(*(_N[name] for name in CLAIMED_COLUMNS))
+    )
 
 
 def picked(key: Column[Any], candidates: Select[Any]) -> ColumnElement[bool]:
