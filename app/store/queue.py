@@ -578,11 +578,8 @@ def _by_columns(rounds: Sequence[FinishedRound], worker_id: str) -> list[list[Ro
     return list(groups.values())
 
 
-class _Sqlite:
-    """SQLite: the statements compiled once to plain SQL (``PlainSql``), run on the pooled
-    connection a step at a time (``SqliteCalls``); each transaction ``BEGIN IMMEDIATE``, so a
-    second process (``herald worker`` beside ``herald serve --no-worker``) waits for the write
-    lock instead of failing on a stale snapshot."""
+class _Compiled:
+    """A database's way of running the statements: each compiled to plain SQL once."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -595,6 +592,13 @@ class _Sqlite:
         if found is None:
             found = self._plain[key] = PlainSql(statement, self.engine.dialect, names)
         return found
+
+
+class _Sqlite(_Compiled):
+    """SQLite: the statements compiled once to plain SQL (``PlainSql``), run on the pooled
+    connection a step at a time (``SqliteCalls``); each transaction ``BEGIN IMMEDIATE``, so a
+    second process (``herald worker`` beside ``herald serve --no-worker``) waits for the write
+    lock instead of failing on a stale snapshot."""
 
     @asynccontextmanager
     async def autocommit(self, statement: Statement) -> AsyncIterator[_Connection]:
@@ -687,21 +691,9 @@ def _step(
     return rows, count
 
 
-class _Driver:
+class _Driver(_Compiled):
     """PostgreSQL: the statements compiled once to plain SQL, on the pooled asyncpg
     connection; outside ``transaction`` each statement commits by itself."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self._plain: dict[tuple[Statement, tuple[str, ...]], PlainSql] = {}
-
-    def plain(self, statement: Statement, names: tuple[str, ...]) -> PlainSql:
-        """``statement`` compiled for parameters named ``names`` (once)."""
-        key = (statement, names)
-        found = self._plain.get(key)
-        if found is None:
-            found = self._plain[key] = PlainSql(statement, self.engine.dialect, names)
-        return found
 
     @asynccontextmanager
     async def autocommit(self, statement: Statement) -> AsyncIterator[_Connection]:
