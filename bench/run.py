@@ -91,6 +91,10 @@ GOALS = {
     "rss_mb": ("<=", 150.0),
     "ingest_stream_ratio": (">=", 0.8),
     "herald_vs_best_peer": (">=", 3.0),
+    "sqlite_ingest_ratio": (">=", 0.6),
+    "sqlite_ingest_p99_ms": ("<=", 100.0),
+    "sqlite_deliver_ratio": (">=", 0.7),
+    "ingest_p99_ratio": ("<=", 1.3),
 }
 EVENTS_SECRET = "whsec_YmVuY2gtZXZlbnRzLXNlY3JldC0wMTIzNDU2Nzg5"
 """The bench subscription's signing secret (``whsec_`` + base64, as herald.yaml asks)."""
@@ -1879,6 +1883,18 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": results.get("rss", {}).get("rss_mb"),
         "ingest_stream_ratio": results.get("ingest_stream", {}).get("ingest_stream_ratio"),
         "herald_vs_best_peer": results.get("peers", {}).get("herald_vs_best_peer"),
+        # SQLite against PostgreSQL in the same run (issue 18 part 1), and Herald's ingest tail
+        # against the baseline's (part 4): medians of the runs.
+        "sqlite_ingest_ratio": _over(
+            results, ("sqlite", "ingest", "rps"), ("ingest", "herald", "rps")
+        ),
+        "sqlite_ingest_p99_ms": _at(results, ("sqlite", "ingest", "p99_ms")),
+        "sqlite_deliver_ratio": _over(
+            results, ("sqlite", "deliver", "rate"), ("deliver", "herald", "rate")
+        ),
+        "ingest_p99_ratio": _over(
+            results, ("ingest", "herald", "p99_ms"), ("ingest", "baseline_ingest", "p99_ms")
+        ),
     }
     out = {}
     for name, (op, target) in GOALS.items():
@@ -1886,6 +1902,19 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
         met = None if value is None else (value >= target if op == ">=" else value <= target)
         out[name] = {"value": value, "goal": f"{op} {target:g}", "met": met}
     return out
+
+
+def _at(results: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = results
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _over(results: dict[str, Any], top: tuple[str, ...], bottom: tuple[str, ...]) -> float | None:
+    """``top`` / ``bottom`` of ``results`` (``None`` when either is missing), 2 decimals."""
+    a, b = _at(results, top), _at(results, bottom)
+    return round(a / b, 2) if a is not None and b else None
 
 
 def fmt(value: Any, digits: int = 0) -> str:
