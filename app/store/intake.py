@@ -79,8 +79,8 @@ class Intake:
     On PostgreSQL the accepts take their turn for a pooled connection in the order they
     arrive (``_turns``, a FIFO semaphore as wide as the pool): at saturation the pool itself
     hands a returned connection to whichever task asks next, so some requests waited out
-    several turns (ingest p99 150 ms against a p50 of 16 ms; with turns, 48 ms, as a bare
-    asyncpg pool's: bench/results/levers.md, "accepts take turns for a connection").
+    several turns: a long ingest tail
+    (bench/results/levers.md, "Accepts take turns for a connection").
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
