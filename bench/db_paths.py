@@ -57,6 +57,7 @@ from sqlalchemy import bindparam, insert, inspect, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench
+from sqlite_paths import delivered_attempt
 
 from app.api.schemas import NotificationCreate
 from app.config import RetryPolicy
@@ -236,24 +237,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         )
 
     def attempt_for(notification_id: uuid.UUID) -> dict[str, Any]:
-        return {
-            "id": uuid7(),
-            "notification_id": notification_id,
-            "channel": "hooks",
-            "channel_type": "webhook",
-            "round": 1,
-            "hop": 0,
-            "trigger": "scheduled",
-            "outcome": "delivered",
-            "error_class": None,
-            "error_code": None,
-            "error_message": None,
-            "provider_status": 200,
-            "provider_message_id": None,
-            "response_excerpt": "{}",
-            "started_at": datetime.now(UTC),
-            "duration_ms": 1,
-        }
+        return delivered_attempt(notification_id, datetime.now(UTC))
 
     def finished(ids: list[uuid.UUID]) -> list[FinishedRound]:
         return [FinishedRound(i, change_for(), [attempt_for(i)]) for i in ids]
