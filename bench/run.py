@@ -1937,6 +1937,10 @@ def markdown(report: dict[str, Any]) -> str:
         if section:
             rows.append((name, fmt(section.get(key), digits), runs_of(section, key, digits)))
 
+    def ratio_row(name: str, value: Any, runs: Any, note: str = "") -> None:
+        """A goal's ratio, its name in bold, with each run's."""
+        rows.append((f"**{name}**{note}", fmt(value, 2), " / ".join(fmt(x, 2) for x in runs)))
+
     if "sink" in r:
         row("sink capacity (requests/s)", r["sink"], "rps")
     if "ingest" in r:
@@ -1949,13 +1953,7 @@ def markdown(report: dict[str, Any]) -> str:
         row("baseline_ingest p50 ms", i["baseline_ingest"], "p50_ms", 1)
         row("baseline_ingest p99 ms", i["baseline_ingest"], "p99_ms", 1)
         row("baseline_ingest CPU ms per request", i["baseline_ingest"], "cpu_ms_per_request", 2)
-        rows.append(
-            (
-                "**ingest_ratio**",
-                fmt(i["ingest_ratio"], 2),
-                " / ".join(fmt(x, 2) for x in i["ratio_runs"]),
-            )
-        )
+        ratio_row("ingest_ratio", i["ingest_ratio"], i["ratio_runs"])
     if "deliver" in r:
         d = r["deliver"]
         row("deliver: Herald notifications/s", d["herald"], "rate")
@@ -1978,13 +1976,7 @@ def markdown(report: dict[str, Any]) -> str:
                 d["herald_poll_10ms"],
                 "rate",
             )
-        rows.append(
-            (
-                "**deliver_ratio**",
-                fmt(d["deliver_ratio"], 2),
-                " / ".join(fmt(x, 2) for x in d["ratio_runs"]),
-            )
-        )
+        ratio_row("deliver_ratio", d["deliver_ratio"], d["ratio_runs"])
         if d.get("herald_events"):
             row(
                 "deliver with every event to a subscription, notifications/s",
@@ -2003,13 +1995,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "events_cpu_ms_per_event",
                 2,
             )
-            rows.append(
-                (
-                    "**events_ratio**",
-                    fmt(d["events_ratio"], 2),
-                    " / ".join(fmt(x, 2) for x in d["events_ratio_runs"]),
-                )
-            )
+            ratio_row("events_ratio", d["events_ratio"], d["events_ratio_runs"])
     if "latency" in r:
         lat = r["latency"]
         row(f"latency at {fmt(lat['rate'])}/s: p50 ms", lat["loaded"], "p50_ms", 1)
@@ -2032,15 +2018,13 @@ def markdown(report: dict[str, Any]) -> str:
         b = r["backlog"]
         row(f"backlog {SMALL_BACKLOG:,} due: deliveries/s", b["small"], "rate")
         row(f"backlog {BIG_BACKLOG:,} due: deliveries/s", b["big"], "rate")
-        rows.append(
-            (
-                "**backlog_ratio**",
-                fmt(b["backlog_ratio"], 2),
-                " / ".join(
-                    fmt(ratio(x.get("rate"), y.get("rate")), 2)
-                    for x, y in zip(b["big"]["runs"], b["small"]["runs"], strict=False)
-                ),
-            )
+        ratio_row(
+            "backlog_ratio",
+            b["backlog_ratio"],
+            [
+                ratio(x.get("rate"), y.get("rate"))
+                for x, y in zip(b["big"]["runs"], b["small"]["runs"], strict=False)
+            ],
         )
         rows.append(
             (
@@ -2060,13 +2044,7 @@ def markdown(report: dict[str, Any]) -> str:
         row("ingest_stream: herald ingest notifications/s", st["stream"], "rate")
         row("ingest_stream: herald ingest CPU ms per entry", st["stream"], "cpu_ms_per_entry", 3)
         row("ingest_stream: serve CPU ms per batch item", st["batch"], "cpu_ms_per_entry", 3)
-        rows.append(
-            (
-                "**ingest_stream_ratio**",
-                fmt(st["ingest_stream_ratio"], 2),
-                " / ".join(fmt(x, 2) for x in st["ratio_runs"]),
-            )
-        )
+        ratio_row("ingest_stream_ratio", st["ingest_stream_ratio"], st["ratio_runs"])
     if "peers" in r:
         p = r["peers"]
         for name in ("herald", "celery", "arq", "procrastinate"):
@@ -2086,12 +2064,11 @@ def markdown(report: dict[str, Any]) -> str:
                     "total_cpu_ms_per_notification",
                     2,
                 )
-        rows.append(
-            (
-                f"**herald_vs_best_peer** (best: {p['best_peer']})",
-                fmt(p["herald_vs_best_peer"], 2),
-                " / ".join(fmt(x, 2) for x in p["ratio_runs"]),
-            )
+        ratio_row(
+            "herald_vs_best_peer",
+            p["herald_vs_best_peer"],
+            p["ratio_runs"],
+            f" (best: {p['best_peer']})",
         )
         rows.append(
             (
