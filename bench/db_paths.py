@@ -57,11 +57,11 @@ from sqlalchemy import bindparam, insert, inspect, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench
-from sqlite_paths import delivered_attempt
+from sqlite_paths import delivered_attempt, delivered_round
 
 from app.api.schemas import NotificationCreate
 from app.config import RetryPolicy
-from app.domain import AttemptTrigger, Hop, HopState, NotificationStatus, RoundUpdate
+from app.domain import NotificationStatus, RoundUpdate
 from app.ids import uuid7
 from app.runtime import ResolvedRoute
 from app.service import new_notification
@@ -223,18 +223,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         return [r["id"] for r in rows]
 
     def change_for() -> RoundUpdate:
-        now = datetime.now(UTC)
-        return RoundUpdate(
-            status=NotificationStatus.DELIVERED,
-            hops=[Hop("hooks", HopState.DELIVERED, attempts=1)],
-            next_attempt_at=None,
-            updated_at=now,
-            round=1,
-            trigger=AttemptTrigger.SCHEDULED,
-            attempt_count=1,
-            delivered_via="hooks",
-            delivered_at=now,
-        )
+        return delivered_round(datetime.now(UTC))
 
     def attempt_for(notification_id: uuid.UUID) -> dict[str, Any]:
         return delivered_attempt(notification_id, datetime.now(UTC))
