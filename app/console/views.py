@@ -523,17 +523,15 @@ async def _events(
         limit=EVENTS_SHOWN,
         before_id=None,
     )
-    shown = []
-    for record in reversed(records):
-        deliveries = await log.deliveries(record.id)
-        shown.append(
-            SentEvent(
-                record.type,
-                record.created_at,
-                [(d.subscription, d.status, d.attempts) for d in deliveries],
-            )
+    deliveries = await log.deliveries_of([record.id for record in records])
+    return [
+        SentEvent(
+            record.type,
+            record.created_at,
+            [(d.subscription, d.status, d.attempts) for d in deliveries.get(record.id, [])],
         )
-    return shown
+        for record in reversed(records)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
