@@ -584,17 +584,13 @@ async def list_attempts(
 ) -> AttemptList:
     """Another API key's notification is 404 unless the caller's key has the admin scope."""
     attempts = await service.attempts(session, notification_id, owner=owner_filter(principal))
-    return AttemptList(
-        items=[
-            AttemptOut.model_validate(
-                {
-                    **shown.stored,
-                    "receipt": None if shown.receipt is None else receipt_data(shown.receipt),
-                }
-            )
-            for shown in attempts
-        ]
-    )
+    return AttemptList(items=[attempt_out(shown) for shown in attempts])
+
+
+def attempt_out(shown: service.ShownAttempt) -> AttemptOut:
+    """An attempt as the attempts resource (and the console's timeline) shows it."""
+    receipt = None if shown.receipt is None else receipt_data(shown.receipt)
+    return AttemptOut.model_validate({**shown.stored, "receipt": receipt})
 
 
 @router.post(

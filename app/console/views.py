@@ -26,11 +26,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import service
 from app.api.channels import list_channels, list_routes
-from app.api.deps import runtime_of
-from app.api.notifications import acknowledged_or_raise
+from app.api.deps import owner_filter, runtime_of
+from app.api.notifications import acknowledged_or_raise, attempt_out
 from app.api.schemas import AttemptOut, NotificationCreate
 from app.console.sessions import (
     SESSION_COOKIE,
@@ -51,7 +52,6 @@ from app.domain import (
     StoredNotification,
 )
 from app.errors import HeraldError, NotificationNotFound
-from app.events.body import receipt_data
 from app.events.store import EventFilter, EventLog
 from app.runtime import Runtime
 from app.security.auth import Principal
@@ -130,7 +130,7 @@ class Viewer:
     @property
     def owner(self) -> str | None:
         """Whose notifications this viewer sees; ``None``: everyone's."""
-        return self.principal.owner_filter if self.principal else None
+        return owner_filter(self.principal)
 
     @property
     def admin(self) -> bool:
@@ -512,27 +512,26 @@ class SentEvent:
     """``(subscription, status, attempts)`` per receiver."""
 
 
-async def _events(viewer: Viewer, notification_id: uuid.UUID) -> list[SentEvent]:
+async def _events(
+    session: AsyncSession, viewer: Viewer, notification_id: uuid.UUID
+) -> list[SentEvent]:
     """The notification's latest events (as ``GET /v1/events?notification_id=`` lists them),
     oldest first."""
-    async with viewer.runtime.sessions() as session:
-        log = EventLog(session)
-        records = await log.list(
-            EventFilter(notification_id=notification_id, owner=viewer.owner),
-            limit=EVENTS_SHOWN,
-            before_id=None,
+    log = EventLog(session)
+    records = await log.list(
+        EventFilter(notification_id=notification_id, owner=viewer.owner),
+        limit=EVENTS_SHOWN,
+        before_id=None,
+    )
+    deliveries = await log.deliveries_of([record.id for record in records])
+    return [
+        SentEvent(
+            record.type,
+            record.created_at,
+            [(d.subscription, d.status, d.attempts) for d in deliveries.get(record.id, [])],
         )
-        shown = []
-        for record in reversed(records):
-            deliveries = await log.deliveries(record.id)
-            shown.append(
-                SentEvent(
-                    record.type,
-                    record.created_at,
-                    [(d.subscription, d.status, d.attempts) for d in deliveries],
-                )
-            )
-    return shown
+        for record in reversed(records)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,16 +544,8 @@ async def _notification(viewer: Viewer, notification_id: uuid.UUID) -> dict[str,
     async with viewer.runtime.sessions() as session:
         notification = await service.get(session, notification_id, owner=viewer.owner)
         shown = await service.attempts(session, notification_id, owner=viewer.owner)
-    attempts = [
-        AttemptOut.model_validate(
-            {
-                **item.stored,
-                "receipt": None if item.receipt is None else receipt_data(item.receipt),
-            }
-        )
-        for item in shown
-    ]
-    events = await _events(viewer, notification_id)
+        events = await _events(session, viewer, notification_id)
+    attempts = [attempt_out(item) for item in shown]
     rounds: dict[int, list[AttemptOut]] = {}
     for attempt in attempts:
         rounds.setdefault(attempt.round, []).append(attempt)

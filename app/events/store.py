@@ -381,6 +381,18 @@ class EventLog:
         stmt = select(EventDelivery).where(EventDelivery.event_id == event_id)
         return (await self.session.scalars(stmt.order_by(EventDelivery.seq))).all()
 
+    async def deliveries_of(
+        self, event_ids: Collection[uuid.UUID]
+    ) -> dict[uuid.UUID, Sequence[EventDelivery]]:
+        """``deliveries`` of each of ``event_ids`` (those with any), in one query."""
+        found: dict[uuid.UUID, list[EventDelivery]] = {}
+        if not event_ids:
+            return {}
+        stmt = select(EventDelivery).where(EventDelivery.event_id.in_(list(event_ids)))
+        for delivery in await self.session.scalars(stmt.order_by(EventDelivery.seq)):
+            found.setdefault(delivery.event_id, []).append(delivery)
+        return dict(found)
+
     async def attempts(self, event_id: uuid.UUID) -> Sequence[EventAttempt]:
         stmt = (
             select(EventAttempt)
