@@ -31,9 +31,9 @@ from app.domain import (
     Receipt,
     ReceiptStatus,
 )
-from app.events.outbox import Outbox, write_events
+from app.events.outbox import Outbox
 from app.store.receipts import ReceiptStore
-from app.store.sql import OutboxRows
+from app.store.sql import OutboxRows, write_events
 
 logger = logging.getLogger("herald.receipts")
 

@@ -61,7 +61,6 @@ from app.errors import (
     Unprocessable,
 )
 from app.events.body import acknowledgement_data
-from app.events.outbox import write_events
 from app.ids import uuid7
 from app.runtime import ResolvedRoute, Runtime
 from app.security.guard import url_refusal
@@ -73,7 +72,7 @@ from app.store.models import IdempotencyKey
 from app.store.receipts import ReceiptStore
 from app.store.repositories import IdempotencyRepository, NotificationRepository
 from app.store.retention import was_purged
-from app.store.sql import OutboxRows, Row
+from app.store.sql import OutboxRows, Row, write_events
 from app.templates import MessageTemplate, Rendered, RenderError
 
 logger = logging.getLogger("herald.api")

@@ -11,9 +11,10 @@ them, so a Herald without subscriptions or callbacks does no work for events.
 The rows (``OutboxRows``) are written by the change's own store, in its own statement or
 transaction: the accept's single statement (``Intake``), the worker's save of its rounds
 (``WorkQueue``: with the channel circuit changes queued meanwhile), a session
-(``write_events``: a cancel). Each of these transactions also sends ``NOTIFY herald_events`` on
-PostgreSQL, which wakes the event dispatchers of every process. After the commit the caller
-counts what it wrote (``count_emitted``), so a rollback is never counted.
+(``app.store.sql.write_events``: a cancel). Each of these transactions also sends
+``NOTIFY herald_events`` on PostgreSQL, which wakes the event dispatchers of every process.
+After the commit the caller counts what it wrote (``count_emitted``), so a rollback is never
+counted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import metrics
@@ -45,7 +45,7 @@ from app.domain import (
 )
 from app.events import body
 from app.events.body import CircuitChange, channel_event
-from app.store.sql import EVENT_DELIVERIES, EVENTS, OutboxRows, Row, notify_events
+from app.store.sql import OutboxRows, Row, write_events
 
 
 def event_row(event: Event) -> Row:
@@ -310,20 +310,6 @@ class Outbox:
             {event.notification_id: callback} if callback and event.notification_id else None
         )
         return self.rows([event], at, callbacks)
-
-
-async def write_events(executor: AsyncSession | AsyncConnection, rows: OutboxRows | None) -> None:
-    """Write the outbox's ``rows`` in ``executor``'s transaction (a session or a Core
-    connection), with the ``NOTIFY`` that wakes the event dispatchers on commit."""
-    if rows:
-        await executor.execute(insert(EVENTS), list(rows.event_rows))
-        await executor.execute(insert(EVENT_DELIVERIES), list(rows.deliveries))
-        dialect = (
-            executor.dialect
-            if isinstance(executor, AsyncConnection)
-            else executor.get_bind().dialect
-        )
-        await notify_events(executor, dialect)
 
 
 def count_emitted(events: Iterable[Event]) -> None:

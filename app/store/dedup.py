@@ -43,15 +43,13 @@ from app.domain import DedupMode, NotificationStatus, StoredNotification
 from app.store.intake import DuplicateKey, duplicate_key
 from app.store.sql import (
     DEDUP_WINDOWS,
-    EVENT_DELIVERIES,
-    EVENTS,
     IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
     OutboxRows,
     Row,
     notify_due,
-    notify_events,
     status_is,
+    write_events,
 )
 
 _N, _W = NOTIFICATIONS.c, DEDUP_WINDOWS.c
@@ -171,10 +169,7 @@ class DedupStore:
                         )
                 await conn.execute(insert(NOTIFICATIONS), [dict(row)])
                 await self._add_key(conn, key, row["id"])
-                if events:
-                    await conn.execute(insert(EVENTS), list(events.event_rows))
-                    await conn.execute(insert(EVENT_DELIVERIES), list(events.deliveries))
-                    await notify_events(conn, self.engine.dialect)
+                await write_events(conn, events)
                 if announce:
                     await notify_due(conn, self.engine.dialect)
         except IntegrityError as exc:

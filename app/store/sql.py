@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 
 import asyncpg
-from sqlalchemy import ColumnElement, Select, Table, literal_column, text
+from sqlalchemy import ColumnElement, Select, Table, insert, literal_column, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -281,6 +281,20 @@ async def notify_due(executor: AsyncConnection | AsyncSession, dialect: Dialect)
 async def notify_events(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:
     """``NOTIFY herald_events`` in ``executor``'s transaction (PostgreSQL; nothing on SQLite)."""
     await _notify(executor, dialect, EVENTS_CHANNEL)
+
+
+async def write_events(executor: AsyncConnection | AsyncSession, rows: OutboxRows | None) -> None:
+    """Write an outbox's ``rows`` in ``executor``'s transaction (a session or a Core
+    connection), with the ``NOTIFY`` that wakes the event dispatchers on commit."""
+    if rows:
+        await executor.execute(insert(EVENTS), list(rows.event_rows))
+        await executor.execute(insert(EVENT_DELIVERIES), list(rows.deliveries))
+        dialect = (
+            executor.dialect
+            if isinstance(executor, AsyncConnection)
+            else executor.get_bind().dialect
+        )
+        await notify_events(executor, dialect)
 
 
 async def _notify(executor: AsyncConnection | AsyncSession, dialect: Dialect, channel: str) -> None:
