@@ -248,7 +248,7 @@ async def test_the_ack_button_and_ack_stop_an_escalation(db_url: str, fake: Fake
         unknown = uuid.uuid4()
         fake.message(CHAT, f"/ack {unknown}")
         fake.message(CHAT, "/ack")
-        replies = await answered(fake, CHAT, 3)
+        replies = await answered(fake, CHAT, 4)  # the page itself, then the three answers
         assert replies[-3:] == [
             f"{nid} was already acknowledged by ops-telegram chat {CHAT} (@alice)",
             f"no notification {unknown}",
