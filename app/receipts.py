@@ -29,10 +29,9 @@ from app.domain import (
     HopState,
     NotificationStatus,
     Receipt,
-    ReceiptStatus,
 )
 from app.events.outbox import Outbox
-from app.store.receipts import ReceiptStore
+from app.store.receipts import ReceiptStore, receipt_of
 from app.store.sql import OutboxRows, write_events
 
 logger = logging.getLogger("herald.receipts")
@@ -101,14 +100,7 @@ class Receipts:
                 if not await store.match(row["receipt_id"], attempt_id, notification_id):
                     continue  # another process matched it first
                 matched += 1
-                receipt = Receipt(
-                    channel=row["channel"],
-                    channel_type=row["channel_type"],
-                    provider_message_id=row["provider_message_id"],
-                    status=ReceiptStatus(row["status"]),
-                    at=row["occurred_at"],
-                    code=row["code"],
-                )
+                receipt = receipt_of(row)
                 rows = self._event(row, receipt, now)
                 if rows:
                     events.append(rows)

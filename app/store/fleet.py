@@ -206,20 +206,7 @@ class CircuitRows:
 
     async def read(self, channels: list[str]) -> list[SharedCircuit]:
         rows = await self._fetch(READ_CIRCUITS, channels)
-        return [
-            SharedCircuit(
-                channel=row["channel"],
-                state=CircuitState(row["state"]),
-                failures=row["failures"],
-                opened_until=row["opened_until"],
-                reason=row["reason"],
-                quarantined=row["quarantined"],
-                trial_holder=row["trial_holder"],
-                trial_until=row["trial_until"],
-                now=row["now"],
-            )
-            for row in rows
-        ]
+        return [SharedCircuit(**{**row, "state": CircuitState(row["state"])}) for row in rows]
 
     async def open(
         self, channel: str, *, failures: int, cooldown: float, reason: str, quarantined: bool

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -47,14 +47,15 @@ NOTIFICATION_COLUMNS = (
 """What a match reads of the notification (``notification.`` in the row)."""
 
 
-def receipt_of(row: Any) -> Receipt:
+def receipt_of(row: Mapping[Any, Any]) -> Receipt:
+    """The receipt a ``receipts`` row (column name → value) keeps."""
     return Receipt(
-        channel=row.channel,
-        channel_type=row.channel_type,
-        provider_message_id=row.provider_message_id,
-        status=ReceiptStatus(row.status),
-        at=row.occurred_at,
-        code=row.code,
+        channel=row["channel"],
+        channel_type=row["channel_type"],
+        provider_message_id=row["provider_message_id"],
+        status=ReceiptStatus(row["status"]),
+        at=row["occurred_at"],
+        code=row["code"],
     )
 
 
@@ -168,8 +169,8 @@ class ReceiptStore:
             return {}
         statement = select(RECEIPTS).where(_R.attempt_id.in_(list(attempt_ids)))
         found: dict[uuid.UUID, list[Receipt]] = {}
-        for row in (await self.session.execute(statement)).all():
-            found.setdefault(row.attempt_id, []).append(receipt_of(row))
+        for row in (await self.session.execute(statement)).mappings():
+            found.setdefault(row["attempt_id"], []).append(receipt_of(row))
         return found
 
     async def purge_unmatched(self, cutoff: datetime) -> int:
