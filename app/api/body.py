@@ -60,12 +60,9 @@ def parse_json(raw: bytes) -> Any:
         line, column = _line_column(raw, exc.start)
         raise _invalid(f"invalid JSON at line {line}, column {column}: not UTF-8") from None
     try:
-        return json.loads(
-            text,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
-            parse_int=_int64,
-        )
+        if text.startswith("\ufeff"):  # a second BOM: refused as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
         raise _invalid(f"invalid JSON at {where}: {exc.msg}") from None
@@ -119,6 +116,12 @@ def _int64(text: str) -> int:
             f"{text[:24]}{'…' if len(text) > 24 else ''} is outside 64-bit integers"
         )
     return value
+
+
+_DECODER = json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_int64
+)
+"""``json.loads`` with these hooks would build a decoder per call: this one is built once."""
 
 
 class _ParsedRequest(Request):
