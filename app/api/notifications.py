@@ -240,8 +240,7 @@ async def _accept(
         )
         if end is not WaitEnd.FINAL:
             headers[WAIT_HEADER] = end
-    new = admission is Admission.STORED and not wait
-    detail = NotificationDetail.of_new(stored) if new else detail_of(stored)
+    detail = detail_of(stored)
     return Response(
         detail.model_dump_json(),
         status_code=202 if admission is Admission.STORED else 200,

@@ -15,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
     field_validator,
     model_validator,
 )
@@ -370,38 +369,6 @@ class NotificationDetail(NotificationOut):
         "of that type (an attempt's channel_type) was sent in place of subject, text and "
         "html. Null without a template."
     )
-
-    @classmethod
-    def of_new(cls, row: Mapping[str, Any]) -> NotificationDetail:
-        """``model_validate(row)`` of a notification just built to be stored
-        (``service.new_notification``: made of a validated request and the config), for a
-        fraction of the CPU (bench/results/levers.md, "202 body"): each field is taken from
-        the row as it is, but the three the validators convert (``recipient``, ``metadata``,
-        ``hops``), converted as they convert them, and the acknowledgement, which a new row has
-        not. A row that was tried or acknowledged is validated. The JSON of the two is pinned
-        equal by tests/api/test_detail_of_new.py, for varied rows.
-        """
-        if row["last_error"] is not None or row["acknowledged_at"] is not None:
-            return cls.model_validate(row)
-        converted = {
-            "recipient": Recipient.stored(row["recipient"]),
-            "metadata": shown(row["metadata"]),
-            "hops": _HOPS.validate_python(row["hops"]),
-            "acknowledgement": None,
-        }
-        # In the fields' order, which the serializer follows.
-        values = {name: converted[name] if name in converted else row[name] for name in _FIELDS}
-        # What model_construct sets, without its per-field search for aliases and defaults.
-        detail = cls.__new__(cls)
-        object.__setattr__(detail, "__dict__", values)
-        object.__setattr__(detail, "__pydantic_fields_set__", set(values))
-        object.__setattr__(detail, "__pydantic_extra__", None)
-        object.__setattr__(detail, "__pydantic_private__", None)
-        return detail
-
-
-_FIELDS = tuple(NotificationDetail.model_fields)
-_HOPS = TypeAdapter(list[Hop])
 
 
 class NotificationPage(Output):
