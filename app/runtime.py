@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics
 from app.channels.base import ChannelContext, ChannelType
-from app.channels.http_pool import ShardedTransport
+from app.channels.http_pool import PooledTransport
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
 from app.clock import SYSTEM_CLOCK, Clock
@@ -283,7 +283,7 @@ async def open_runtime(
         allow_private=config.network.allow_private_addresses,
         allowed=config.network.allowed_networks,
     )
-    http = Outbound(GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)))
+    http = Outbound(GuardedTransport(guard, PooledTransport(HTTP_LIMITS)))
     takes_channel_events = any(s.event_types & CHANNEL_EVENTS for s in config.events.subscriptions)
     circuit_changes = CircuitChanges() if takes_channel_events else None
     context = ChannelContext(
