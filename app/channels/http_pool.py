@@ -21,7 +21,6 @@ import ssl
 
 import aiohttp
 import httpx
-from multidict import CIMultiDict
 from yarl import URL
 
 SKIPPED = frozenset({"content-length", "transfer-encoding"})
@@ -65,11 +64,9 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 f"Request URL has an unsupported protocol '{scheme}://'.", request=request
             )
         session = self._open()
-        headers = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request.headers.raw
-            if name.decode("latin-1").lower() not in SKIPPED
-        )
+        headers = [
+            (name, value) for name, value in request.headers.multi_items() if name not in SKIPPED
+        ]
         timeout = request.extensions.get("timeout", {})
         sni = request.extensions.get("sni_hostname")
         try:
