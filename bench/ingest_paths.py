@@ -105,7 +105,7 @@ async def consume(
     """Drain ``stream`` (filled already) into notifications; CPU and wall time of it."""
     from sqlalchemy import text
 
-    from app import metrics
+    from app import cli, metrics
     from app.channels.registry import default_registry
     from app.config import Settings, load_config
     from app.domain import IngestOutcome
@@ -131,7 +131,10 @@ async def consume(
             spent[0] += time.process_time() - collecting.pop()
 
     async with open_runtime(settings, config, registry) as runtime:
-        settle_heap()  # as herald ingest does once its runtime is open
+        # as herald ingest does once its runtime is open (an app/ from before the threshold
+        # existed: settle_heap without it)
+        young = getattr(cli, "INGEST_GC_YOUNG", None)
+        settle_heap(young) if young is not None else settle_heap()
         if threshold:
             gc.set_threshold(*threshold)
         async with runtime.engine.begin() as conn:
@@ -148,7 +151,8 @@ async def consume(
         gc.callbacks.append(timed)
         began_cpu, began = time.process_time(), time.perf_counter()
         task = asyncio.create_task(consumer.run(stop))
-        while accepted._value.get() < entries and not task.done():
+        # the counter the consumer keeps is polled: nothing is there to wait on
+        while accepted._value.get() < entries and not task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         cpu, wall = time.process_time() - began_cpu, time.perf_counter() - began
         gc.callbacks.remove(timed)
@@ -232,8 +236,7 @@ def main() -> None:
             print(f"pair {pair + 1} {side}: {result}", flush=True)
     summary: dict[str, Any] = {
         side: {
-            key: statistics.median(r[key] for r in results)
-            for key in ("cpu_ms_per_entry", "rate")
+            key: statistics.median(r[key] for r in results) for key in ("cpu_ms_per_entry", "rate")
         }
         for side, results in runs.items()
     }
