@@ -162,10 +162,10 @@ def settle_heap(young: int | None = None) -> None:
     not move (bench/results/levers.md, "`gc.freeze()` after start-up"). For long-running
     processes only (``herald serve``, ``herald worker``): frozen objects are never collected.
 
-    ``young``: allocations between collections of the youngest generation (Python's default,
-    700, otherwise). ``herald ingest`` holds batches of entries in flight, each allocating
-    many short-lived containers, and collecting them every 700 allocations walked the
-    batches' live objects again and again (bench/results/levers.md, "ingest_stream").
+    ``young``: allocations between collections of the youngest generation (else Python's
+    default). ``herald ingest`` holds batches of entries in flight, each allocating many
+    short-lived containers, and collecting at the default walked the batches' live objects
+    again and again (bench/results/levers.md, "ingest_stream").
     """
     gc.collect()
     gc.freeze()

@@ -122,7 +122,7 @@ _DECODER = json.JSONDecoder(
     parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_int64
 )
 """What ``parse_json`` parses with: ``json.loads`` with these hooks makes (and compiles a
-scanner for) a new decoder at every call, a third of a small payload's parse (a stream entry's:
+scanner for) a new decoder at every call, much of a small payload's parse (a stream entry's:
 bench/results/levers.md, "ingest_stream")."""
 
 

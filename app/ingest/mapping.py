@@ -91,10 +91,7 @@ class Rule:
     template: NotificationTemplate
 
     def matches(self, context: Mapping[str, Any]) -> bool:
-        for path, test in self.conditions:  # a loop, not all() of a generator: cheaper per entry
-            if not test.holds(lookup(context, path)):
-                return False
-        return True
+        return all(test.holds(lookup(context, path)) for path, test in self.conditions)
 
 
 class StreamRules:
