@@ -19,7 +19,8 @@ own CPU is not in it) and entries per second (wall).
 
 With --before, the runs alternate before, after, before, after…, and the medians of each side
 and of the per-pair CPU ratio (after / before) are printed; the machine is shared, so CPU per
-entry is the steadier figure.
+entry is the steadier figure. ``gc_ms_per_entry`` is the collector's share of it (timed by
+``gc.callbacks``); --gc-threshold A B C tries other thresholds than herald ingest's.
 """
 
 from __future__ import annotations
