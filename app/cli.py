@@ -184,13 +184,18 @@ def _nothing_to_dispatch(config: HeraldConfig) -> str | None:
     )
 
 
+INGEST_GC_YOUNG = 20_000
+"""``herald ingest``'s threshold for the youngest generation of the garbage collector
+(``settle_heap``)."""
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
         from app.ingest.consumer import Ingest  # the worker needs none of the API's
 
         return [Ingest(runtime).run(stop)]
 
-    return _run_loops(args, "ingest", loops, refuse=_nothing_to_ingest)
+    return _run_loops(args, "ingest", loops, refuse=_nothing_to_ingest, young=INGEST_GC_YOUNG)
 
 
 def _nothing_to_ingest(config: HeraldConfig) -> str | None:
@@ -205,10 +210,12 @@ def _run_loops(
     loops: Callable[[Runtime, asyncio.Event], list[Awaitable[None]]],
     *,
     refuse: Callable[[HeraldConfig], str | None] | None = None,
+    young: int | None = None,
 ) -> int:
     """Run ``loops`` (``herald worker``, ``herald events``, ``herald ingest``) until SIGTERM or
     SIGINT, with ``--metrics-port`` served, in one runtime; exit 0 once they stopped. ``refuse``
-    says why the config gives the command nothing to do, if it does not."""
+    says why the config gives the command nothing to do, if it does not; ``young`` is
+    ``settle_heap``'s."""
     from app.runtime import open_runtime, settle_heap
 
     settings = _settings()
@@ -245,7 +252,7 @@ def _run_loops(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         async with open_runtime(settings, config, registry) as runtime:
-            settle_heap()
+            settle_heap(young)
             await asyncio.gather(*loops(runtime, stop))
 
     asyncio.run(run())

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import metrics
 from app.channels.base import ChannelContext, ChannelType
-from app.channels.http_pool import ShardedTransport
+from app.channels.http_pool import PooledTransport
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry
 from app.clock import SYSTEM_CLOCK, Clock
@@ -152,7 +152,7 @@ class Runtime:
             self.announcer.announce(notification_id)
 
 
-def settle_heap() -> None:
+def settle_heap(young: int | None = None) -> None:
     """Take what start-up built out of the cyclic garbage collector's sight (``gc.freeze``).
 
     A server keeps the objects made at start-up (SQLAlchemy's mappers and caches, pydantic's
@@ -161,9 +161,16 @@ def settle_heap() -> None:
     serves more requests per second with a shorter tail; the worker's deliveries per second did
     not move (bench/results/levers.md, "`gc.freeze()` after start-up"). For long-running
     processes only (``herald serve``, ``herald worker``): frozen objects are never collected.
+
+    ``young``: allocations between collections of the youngest generation (else Python's
+    default). ``herald ingest`` holds batches of entries in flight, each allocating many
+    short-lived containers, and collecting at the default walked the batches' live objects
+    again and again (bench/results/levers.md, "ingest_stream").
     """
     gc.collect()
     gc.freeze()
+    if young is not None:
+        gc.set_threshold(young, *gc.get_threshold()[1:])
 
 
 def _export_circuit(channel: str, state: CircuitState) -> None:
@@ -283,7 +290,7 @@ async def open_runtime(
         allow_private=config.network.allow_private_addresses,
         allowed=config.network.allowed_networks,
     )
-    http = Outbound(GuardedTransport(guard, ShardedTransport(HTTP_LIMITS)))
+    http = Outbound(GuardedTransport(guard, PooledTransport(HTTP_LIMITS)))
     takes_channel_events = any(s.event_types & CHANNEL_EVENTS for s in config.events.subscriptions)
     circuit_changes = CircuitChanges() if takes_channel_events else None
     context = ChannelContext(

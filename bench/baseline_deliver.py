@@ -4,7 +4,7 @@ A claimer takes due rows in batches (the same ``UPDATE â€¦ WHERE id IN (SELECT â
 next_attempt_at LIMIT n FOR UPDATE SKIP LOCKED) RETURNING`` under a lease that Herald uses);
 ``--concurrency`` senders (Herald's worker default, 32) POST each as the same Standard Webhooks
 JSON payload with the same HTTP client (Herald's ``Outbound``, httpx requests handed straight to
-Herald's sharded connection pool, ``app.channels.http_pool``, with Herald's limits; only
+Herald's connection pool, ``app.channels.http_pool``, with Herald's limits; only
 Herald's outbound address guard is left out); one writer records, in a single statement per
 group of finished deliveries, an attempt row each and the notification's new state (delivered,
 hops, attempt count, lease cleared) only while the lease is still held. No ORM, no
@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from app.channels.http_pool import ShardedTransport
+from app.channels.http_pool import PooledTransport
 from app.channels.outbound import Outbound
 from app.runtime import HTTP_LIMITS
 
@@ -209,7 +209,7 @@ async def run(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     pool = await asyncpg.create_pool(os.environ["BENCH_DSN"], min_size=2, max_size=4)
-    http = Outbound(ShardedTransport(HTTP_LIMITS))
+    http = Outbound(PooledTransport(HTTP_LIMITS))
     deliverer = Deliverer(pool, http, args)
     senders = [asyncio.create_task(deliverer.sender()) for _ in range(args.concurrency)]
     writer = asyncio.create_task(deliverer.writer(stop))

@@ -14,9 +14,8 @@ Variants:
     httpx-guarded    the same behind Herald's GuardedTransport (needs the app package)
     httpx-pool32     httpx with max_keepalive_connections=32 (no more idle sockets than tasks)
     httpx-sharded4   four httpx clients, requests spread round-robin (shorter pool scans)
-    herald-client    httpx.AsyncClient on Herald's transport (guarded, 8 shards), as before
-                     app/channels/outbound.py
-    herald-outbound  Herald's Outbound on the same transport (what the worker uses now)
+    herald-client    httpx.AsyncClient on Herald's transport (guarded, app/channels/http_pool.py)
+    herald-outbound  Herald's Outbound on the same transport (what the worker uses)
     aiohttp          aiohttp.ClientSession, TCPConnector(limit=200)
     raw              hand-written HTTP/1.1 on asyncio streams (a floor, not a candidate)
 each on asyncio and on uvloop. Run once with and once without ``sniffio`` installed: httpcore
@@ -129,13 +128,13 @@ async def run_herald(url: str, n: int, c: int, variant: str) -> None:
 
     import httpx
 
-    from app.channels.http_pool import ShardedTransport
+    from app.channels.http_pool import PooledTransport
     from app.channels.outbound import Outbound
     from app.runtime import HTTP_LIMITS
     from app.security.guard import AddressGuard, GuardedTransport
 
     guard = AddressGuard(allowed=[ipaddress.ip_network("127.0.0.0/8")])
-    transport = GuardedTransport(guard, ShardedTransport(HTTP_LIMITS))
+    transport = GuardedTransport(guard, PooledTransport(HTTP_LIMITS))
     if variant == "herald-outbound":
         outbound = Outbound(transport)
 

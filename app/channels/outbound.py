@@ -13,6 +13,7 @@ httpx's client sends (its default headers, the timeout for each phase, the trans
 from __future__ import annotations
 
 import base64
+import functools
 from importlib import metadata
 from types import TracebackType
 from typing import Any
@@ -42,6 +43,12 @@ DEFAULT_HEADERS = {
 with Herald's own ``User-Agent`` instead of ``python-httpx/<version>``."""
 
 
+@functools.lru_cache(maxsize=64)
+def _phases(timeout: float) -> dict[str, float | None]:
+    """httpx's per-phase timeouts for ``timeout`` (a channel uses one or two values)."""
+    return httpx.Timeout(timeout).as_dict()
+
+
 class Outbound:
     """POSTs to providers over ``transport`` (Herald's guarded, sharded pool in production)."""
 
@@ -64,9 +71,13 @@ class Outbound:
         Raises what the transport raises (``httpx.HTTPError`` subclasses) and
         ``httpx.InvalidURL`` for a URL httpx cannot parse.
         """
-        fields = httpx.Headers(DEFAULT_HEADERS)
-        if headers:
-            fields.update(headers)  # case-insensitively, as the client's merge does
+        fields = dict(DEFAULT_HEADERS)
+        if headers:  # case-insensitively, as the client's merge does
+            fields.update((name.lower(), value) for name, value in headers.items())
+        if auth is not None:
+            user, password = auth
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            fields["authorization"] = f"Basic {token}"
         request = httpx.Request(
             "POST",
             url,
@@ -74,12 +85,8 @@ class Outbound:
             content=content,
             json=json,
             data=data,
-            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+            extensions={"timeout": _phases(timeout)},
         )
-        if auth is not None:
-            user, password = auth
-            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            request.headers["authorization"] = f"Basic {token}"
         response = await self.transport.handle_async_request(request)
         response.request = request
         try:

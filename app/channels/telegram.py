@@ -28,10 +28,10 @@ last part carries an inline keyboard with one button, "Acknowledge", whose ``cal
 hands the press to the bot as a ``callback_query`` (read by the channel's inbound loop).
 
 Secrets. The bot token is part of the URL path. It is a secret setting, so the orchestrator masks
-it wherever an answer or a transport error echoes it (``redact_result``). httpcore logs response
-headers at DEBUG (a header may echo the URL), and httpx's client logs each request URL at INFO
-(Herald's own sends pass its client by, see outbound.py); Herald keeps both loggers at WARNING,
-and while a channel is alive a filter on those loggers masks its token as well.
+it wherever an answer or a transport error echoes it (``redact_result``). httpx's client logs each
+request URL at INFO (Herald's own sends pass its client by, see outbound.py) and aiohttp's client
+logs through loggers of its own (http_pool.py sends over it); Herald keeps them at WARNING, and
+while a channel is alive a filter on those loggers masks its token as well.
 """
 
 from __future__ import annotations
@@ -170,17 +170,9 @@ class _TokenFilter(logging.Filter):
 
 
 _LOG_FILTER = _TokenFilter()
-_FILTERED_LOGGERS = (
-    "httpx",
-    "httpcore.connection",
-    "httpcore.http11",
-    "httpcore.http2",
-    "httpcore.proxy",
-    "httpcore.socks",
-)
-"""httpx logs each request URL at INFO; httpcore's DEBUG traces include response headers (a
-``Location`` may echo the URL). A filter on a logger does not apply to its children, so each
-logger these libraries log through is named."""
+_FILTERED_LOGGERS = ("httpx", "aiohttp.client", "aiohttp.internal")
+"""httpx logs each request URL at INFO; aiohttp's client logs through the other two. A filter on
+a logger does not apply to its children, so each logger these libraries log through is named."""
 
 
 def _watch_token(token: str) -> None:

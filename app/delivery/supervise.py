@@ -15,8 +15,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import sniffio
-
 from app import metrics
 from app.delivery.outage import FIRST_BACKOFF, MAX_BACKOFF, Backoff
 from app.store.db import brief, unavailable_reason
@@ -96,14 +94,3 @@ async def stopped(stop: asyncio.Event, seconds: float) -> bool:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     return stop.is_set()
-
-
-def name_async_library() -> None:
-    """Tell sniffio, for the calling task and every task it starts, that asyncio runs them.
-
-    httpcore and anyio ask sniffio which async library runs several times per request; told
-    once through sniffio's own context variable, it answers without probing asyncio
-    (bench/results/levers.md, "sniffio's context variable"). The delivery loop and the event
-    dispatcher each call it first thing: both POST over httpx.
-    """
-    sniffio.current_async_library_cvar.set("asyncio")

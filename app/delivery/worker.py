@@ -48,7 +48,7 @@ from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.quiet import run_round as quiet_round
 from app.delivery.retention import RetentionSweep
 from app.delivery.saves import RoundSaver
-from app.delivery.supervise import Task, name_async_library, supervised
+from app.delivery.supervise import Task, supervised
 from app.domain import (
     HOLD_STATES,
     AttemptOutcome,
@@ -754,9 +754,7 @@ class Worker:
 
 
 async def supervise_worker(worker: Worker, stop: asyncio.Event) -> None:
-    """Run the worker until ``stop`` (its loops restart themselves on a crash: supervise.py),
-    with the async library named once for its tasks (``name_async_library``)."""
-    name_async_library()
+    """Run the worker until ``stop`` (its loops restart themselves on a crash: supervise.py)."""
     await worker.run(stop)
 
 

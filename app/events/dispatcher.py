@@ -51,7 +51,7 @@ from app.delivery.orchestrator import TIMEOUT_GRACE, utcnow
 from app.delivery.outage import MAX_BACKOFF, Outage
 from app.delivery.retry import next_round_at
 from app.delivery.saves import GroupSaver
-from app.delivery.supervise import name_async_library, supervised
+from app.delivery.supervise import supervised
 from app.domain import CALLBACK, AttemptOutcome, CircuitState, EventDeliveryStatus
 from app.events.store import (
     ClaimedDelivery,
@@ -140,7 +140,6 @@ class Dispatcher:
         once; on SQLite the process that writes them wakes it in memory."""
         if not self.subscriptions:
             return
-        name_async_library()
         logger.info("event dispatcher %s started", self.dispatcher_id)
         side_stop = asyncio.Event()
         side = []

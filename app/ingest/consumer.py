@@ -262,15 +262,16 @@ class StreamConsumer:
         counts: dict[str, int] = {}
         if reclaimed:
             counts = await self._deliveries([_text(entry_id) for entry_id, _ in raw])
-        acks: list[str] = []
+        acks: list[bytes | str] = []  # as read: XACK sends them back without encoding them
         dead: list[tuple[str, dict[bytes, bytes], str]] = []
         planned: list[tuple[str, service.Keyed]] = []
+        planned_raw: list[tuple[bytes | str, dict[bytes, bytes]]] = []
         tally: dict[IngestOutcome, int] = {}
         for raw_id, raw_fields in raw:
             entry_id = _text(raw_id)
             fields: dict[bytes, bytes] = raw_fields or {}
             if raw_fields is None:  # deleted from the stream while pending: nothing to do
-                acks.append(entry_id)
+                acks.append(raw_id)
                 continue
             if counts.get(entry_id, 1) > after:
                 reason = self.failures.pop(entry_id, None) or (
@@ -289,18 +290,20 @@ class StreamConsumer:
                 if self.config.unmatched is Unmatched.DEAD_LETTER:
                     dead.append((entry_id, fields, "no rule matched"))
                 else:
-                    acks.append(entry_id)
+                    acks.append(raw_id)
                 continue
             planned.append((entry_id, keyed))
-        fields_of = dict((_text(i), f) for i, f in raw)
+            planned_raw.append((raw_id, fields))
         results = await self._store(planned, stop, fresh=not reclaimed)
-        for (entry_id, _), result in zip(planned, results, strict=True):
+        for (entry_id, _), (raw_id, fields), result in zip(
+            planned, planned_raw, results, strict=True
+        ):
             if isinstance(result, service.Stored):
-                acks.append(entry_id)
+                acks.append(raw_id)
                 self.failures.pop(entry_id, None)
                 outcome = IngestOutcome.REPLAYED if result.replayed else IngestOutcome.ACCEPTED
             elif isinstance(result, HeraldError):
-                dead.append((entry_id, fields_of[entry_id] or {}, problem_reason(result)))
+                dead.append((entry_id, fields, problem_reason(result)))
                 continue
             else:
                 self._remember(entry_id, result.reason)
@@ -391,7 +394,7 @@ class StreamConsumer:
             )
 
     async def _finish(
-        self, acks: list[str], dead: list[tuple[str, dict[bytes, bytes], str]]
+        self, acks: list[bytes | str], dead: list[tuple[str, dict[bytes, bytes], str]]
     ) -> None:
         """Dead letters added and settled entries acked, all or nothing."""
         if not acks and not dead:

@@ -57,11 +57,10 @@ def fingerprint(entry: Entry) -> str:
     rendered body instead (as a POST does) was a tenth of the ingest's CPU per entry
     (bench/results/levers.md, "ingest_stream"); a replay of a key is a replay whatever its
     digest (``service.accept_keyed``)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(entry.fields.items()):
-        digest.update(f"{len(name)}:{name}{len(value)}:".encode())
-        digest.update(value.encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()
+    framed = "".join(
+        f"{len(name)}:{name}{len(value)}:{value}" for name, value in sorted(entry.fields.items())
+    )
+    return hashlib.sha256(framed.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def context_of(entry: Entry) -> dict[str, Any]:
@@ -108,8 +107,10 @@ class StreamRules:
         """The request ``entry`` makes under the first rule that matches, keyed by stream and
         entry id; ``None`` when no rule matches; ``Refused`` when it cannot be made."""
         context = context_of(entry)
-        rule = next((rule for rule in self.rules if rule.matches(context)), None)
-        if rule is None:
+        for rule in self.rules:
+            if rule.matches(context):
+                break
+        else:
             return None
         try:
             body = rule.template.body(context)

@@ -119,8 +119,13 @@ class Herald:
         return [w for w in self.workers if w.alive() and STARTED.search(w.log_text())]
 
     async def stop_all(self) -> dict[str, int | None]:
-        """SIGTERM every worker and the API (gracefully); their exit codes."""
+        """SIGTERM every worker and the API (gracefully); their exit codes. A replacement
+        still starting (importing, connecting) is waited for first: a graceful stop is of a
+        worker that runs."""
         fleet = self.scenario.fleet
+        for worker in self.workers:
+            if worker.alive():
+                await wait_log(worker, STARTED, within=30)
         codes = await fleet.stop([w for w in self.workers if w.alive()], STOP_WITHIN)
         codes |= await fleet.stop([self.api], STOP_WITHIN)
         return codes

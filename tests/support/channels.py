@@ -36,9 +36,10 @@ from app.channels.base import (
     Recipient,
     redact_result,
 )
-from app.channels.http_pool import verifying_context
+from app.channels.http_pool import PooledTransport
 from app.channels.outbound import Outbound
 from app.channels.registry import ChannelRegistry, default_registry
+from app.runtime import HTTP_LIMITS
 from tests.support.harness import Clock, herald
 from tests.support.http_server import HttpServer, serve_http
 
@@ -48,7 +49,7 @@ from tests.support.http_server import HttpServer, serve_http
 def outbound() -> Outbound:
     """An outbound client as the channels get one, on the process's one verifying TLS context
     (a transport of its own loads the CA bundle again: 20-40 ms of CPU per test)."""
-    return Outbound(httpx.AsyncHTTPTransport(verify=verifying_context()))
+    return Outbound(PooledTransport(HTTP_LIMITS))
 
 
 @pytest.fixture
@@ -165,13 +166,13 @@ async def run_through_herald(
     """Start Herald with ``config`` (and ``channel_type`` registered), send ``notification``
     through the API, run the worker until nothing is due and read back what it recorded.
 
-    With ``strict_httpx_logs``, httpx and httpcore log at DEBUG into that capture once Herald
+    With ``strict_httpx_logs``, httpx and aiohttp log at DEBUG into that capture once Herald
     runs (the runtime quiets httpx), so that a secret in a request or header line would show.
     """
     registry = default_registry() if channel_type is None else registry_with(channel_type)
     async with herald(db_url, config, registry=registry) as h:
         if strict_httpx_logs is not None:
-            for name in ("httpx", "httpcore"):
+            for name in ("httpx", "aiohttp"):
                 strict_httpx_logs.set_level(logging.DEBUG, logger=name)
         created = await h.send(**notification)
         await h.run_worker()

@@ -3,6 +3,7 @@ errors that name the field."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from app.api.schemas import NotificationCreate
 from app.channels.registry import default_registry
 from app.config import ConfigError, parse_config
-from app.ingest.mapping import Entry, Refused, StreamRules, idempotency_key
+from app.ingest.mapping import Entry, Refused, StreamRules, fingerprint, idempotency_key
 from app.ingest.rules import (
     MISSING,
     Condition,
@@ -223,3 +224,27 @@ def test_the_commented_ingest_example_is_a_valid_config() -> None:
     config = parse_config(raw, default_registry(), env={})
     assert [s.stream for s in config.ingest.streams] == ["events:orders"]
     assert config.ingest.streams[0].dead_letter_stream == "events:orders:dead"
+
+
+def test_the_fingerprint_is_the_framed_fields_digest() -> None:
+    """What a stream entry's key row has always stored: SHA-256 of its fields sorted by name,
+    each framed as ``len(name):name len(value):value`` (the digest is computed in one update
+    now; a key stored before must read the same)."""
+    fields = {"type": "order.failed", "payload": '{"id": "é-1"}', "a": ""}
+    reference = hashlib.sha256()
+    for name, value in sorted(fields.items()):
+        reference.update(f"{len(name)}:{name}{len(value)}:".encode())
+        reference.update(value.encode("utf-8", "surrogatepass"))
+    assert fingerprint(Entry("s", "1-0", fields)) == reference.hexdigest()
+    framed = fingerprint(Entry("s", "1-0", {"ab": "c"}))
+    assert framed != fingerprint(Entry("s", "1-0", {"a": "bc"}))
+
+
+@pytest.mark.parametrize("value", ["bench.disk", "12", 12, MISSING, None, [1], {"a": 1}])
+def test_a_condition_without_bounds_does_not_read_a_number(value: Any) -> None:
+    """Bounds are tested only when given; the other operators answer as with them."""
+    glob = Condition.model_validate({"glob": "bench.*"})
+    equal = Condition.model_validate({"eq": 12})
+    bounded = Condition.model_validate({"gte": 12, "lte": 12})
+    assert glob.holds(value) is (value == "bench.disk")
+    assert equal.holds(value) is bounded.holds(value) is (value in ("12", 12))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -19,6 +20,7 @@ from app.channels.base import (
 from app.channels.http_errors import classify_status, retry_after_seconds
 from app.channels.text import clip, split_text
 from app.ids import uuid7
+from app.runtime import settle_heap
 from app.security.redaction import ELLIPSIS, MASK, redact
 
 
@@ -148,3 +150,15 @@ def test_stripped_setting_refuses_blank_or_unmatched_values(
 ) -> None:
     with pytest.raises(ValueError, match=r"^the refusal$"):
         stripped_setting(value, "the refusal", pattern)
+
+
+@pytest.mark.parametrize("young", [None, 20_000])
+def test_settle_heap_freezes_and_sets_only_the_youngest_threshold(young: int | None) -> None:
+    before = gc.get_threshold()
+    try:
+        settle_heap(young)
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (young or before[0], *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
