@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
-from starlette.routing import Route
 
 from app import __version__
 from app.api import (
@@ -195,8 +194,7 @@ def create_app(
     app.include_router(templates.router)
     app.webhooks.include_router(events.webhook_router)
     console.install(app)
-    # In front of the FastAPI route it falls back to (which also documents the operation).
-    fast = notifications.FastAccept()
-    app.router.routes.insert(0, Route("/v1/notifications", fast, methods=["POST"]))
-    app.add_middleware(Edge)
+    # In front of the whole app: what the fast road does not answer goes on to the FastAPI
+    # route (which also documents the operation).
+    app.add_middleware(Edge, road=notifications.FastAccept())
     return app

@@ -24,10 +24,12 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic_core import to_json
+from starlette._utils import get_route_path
 from starlette.requests import ClientDisconnect
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import service
+from app.api import problems
 from app.api.body import JSONBodyRoute, body_hash, read_json
 from app.api.deps import (
     AdminScope,
@@ -283,15 +285,18 @@ def check_fast_road(route: APIRoute) -> None:
 class FastAccept:
     """``POST /v1/notifications`` by a shorter road than FastAPI's, for requests that are fine.
 
-    FastAPI's routing, dependency solving and response handling were a large share of the API's
-    CPU per accept (bench/results/levers.md, "`FastAccept`: plain Starlette route"). This plain
-    Starlette route sits in front of ``create_notification`` and serves a request only when it
-    is one FastAPI would accept: a JSON body (``application/json``) that ``NotificationCreate``
-    validates, an ``Idempotency-Key`` of at most 255 characters, and no ``wait`` query
-    parameter or one that ``WaitSeconds`` validates. It checks them in FastAPI's order (the
-    body is parsed before the caller is authorized, and validated after), and anything else is
-    handed, body and all, to ``create_notification``'s FastAPI route, which answers exactly as
-    it always did. The work itself is ``_accept``, shared by both roads.
+    FastAPI's routing, dependency solving and response handling, then the middleware and
+    routing the app runs before any route, were a large share of the API's CPU per accept
+    (bench/results/levers.md, "`FastAccept`"). ``Edge``, the app's outermost layer of Herald's
+    own, hands this road every request it ``serves`` (``POST /v1/notifications``) and the app
+    behind it, and the road answers a request only when it is one FastAPI would accept: a JSON
+    body (``application/json``) that ``NotificationCreate`` validates, an ``Idempotency-Key``
+    of at most 255 characters, and no ``wait`` query parameter or one that ``WaitSeconds``
+    validates. It checks them in FastAPI's order (the body is parsed before the caller is
+    authorized, and validated after), and anything else goes on to the app, body and all,
+    where ``create_notification``'s FastAPI route answers exactly as it always did. The work
+    itself is ``_accept``, shared by both roads; an error raised on the way is answered by the
+    app's own exception handlers (``problems.answer``).
 
     Built when the app is (``create_app``), it refuses to start if ``create_notification``
     takes a parameter it does not replicate (``check_fast_road``).
@@ -304,22 +309,38 @@ class FastAccept:
             if isinstance(route, APIRoute) and route.endpoint is create_notification
         )
         check_fast_road(self.route)
+        self.path = self.route.path
         self.authorize = Authorizer("send")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def serves(self, scope: Scope) -> bool:
+        """Whether the request is the route's (its path and method, as the app's router
+        matches them)."""
+        return scope["method"] == "POST" and get_route_path(scope) == self.path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
         scope["route"] = self.route  # as FastAPI sets it: the path template for metrics
         request = Request(scope, receive)
-        raw = await request.body()
+        try:
+            raw = await request.body()
+            response = await self._answer(request, raw)
+        except Exception as exc:
+            response = await problems.answer(request, exc)
+        if response is None:
+            await app(scope, _body_first(raw, receive), send)
+        else:
+            await response(scope, receive, send)
+
+    async def _answer(self, request: Request, raw: bytes) -> Response | None:
+        """The answer to a request FastAPI would accept; ``None`` for any other."""
         body = _valid_body(request, raw)
-        if body is not None:
-            principal = await self.authorize(request)
-            key = request.headers.get("idempotency-key")
-            valid, wait = _valid_wait(request)
-            if valid and (key is None or len(key) <= IDEMPOTENCY_KEY_LIMIT):
-                response = await _accept(request, body, principal, key, wait)
-                await response(scope, receive, send)
-                return
-        await self.route.handle(scope, _body_first(raw, receive), send)
+        if body is None:
+            return None
+        principal = await self.authorize(request)
+        key = request.headers.get("idempotency-key")
+        valid, wait = _valid_wait(request)
+        if not valid or (key is not None and len(key) > IDEMPOTENCY_KEY_LIMIT):
+            return None
+        return await _accept(request, body, principal, key, wait)
 
 
 def _valid_body(request: Request, raw: bytes) -> NotificationCreate | None:

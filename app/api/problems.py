@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -155,13 +156,37 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     return unexpected(exc)
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+HANDLERS: dict[type[Exception], Handler] = {
+    HeraldError: _herald_error,
+    RequestValidationError: _validation_error,
+    StarletteHTTPException: _http_error,
+    **dict.fromkeys((DBAPIError, ConnectionError, TimeoutError, socket.gaierror), _database_error),
+    Exception: _unexpected,
+}
+"""How the API answers each error: the app's exception handlers (``install``), and those of the
+fast road ``Edge`` serves in front of the app (``answer``)."""
+
+
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(HeraldError, _herald_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    for error in (DBAPIError, ConnectionError, TimeoutError, socket.gaierror):
-        app.add_exception_handler(error, _database_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for error, handler in HANDLERS.items():
+        app.add_exception_handler(error, handler)
+
+
+async def answer(request: Request, exc: Exception) -> Response:
+    """The answer to ``exc`` as the app's exception handlers give it (Starlette's
+    ``ExceptionMiddleware``: the handler of the nearest class in its MRO), for a request served
+    outside the app; ``exc`` itself is raised again when only ``Exception``'s handler would
+    take it, as there: that one is the outermost layer's, and ``Edge`` answers it (or counts a
+    client that hung up)."""
+    for error in type(exc).__mro__:
+        if error is Exception:
+            break
+        handler = HANDLERS.get(error)
+        if handler is not None:
+            return await handler(request, exc)
+    raise exc
 
 
 _RESPONSE_HEADERS: dict[int, dict[str, Any]] = {

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
+from operator import itemgetter
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -240,6 +241,10 @@ class PreparedInsert:
         self.columns = [column.name for column in self._given]
         processors = bind_processors(table, dialect)
         self.processors = [processors[name] for name in self.columns]
+        self._values = itemgetter(*self.columns)
+        self._processed = [
+            (index, process) for index, process in enumerate(self.processors) if process
+        ]
 
     def sql(self, first: int = 1) -> str:
         """The one-row statement, its values from ``$first`` on (``?`` each, on SQLite)."""
@@ -261,12 +266,11 @@ class PreparedInsert:
         )
 
     def args(self, row: Mapping[str, Any]) -> list[Any]:
-        return [
-            value if process is None else process(value)
-            for process, value in zip(
-                self.processors, (row[name] for name in self.columns), strict=True
-            )
-        ]
+        """The row's values in ``columns``' order, each through its bind processor if any."""
+        values = list(self._values(row)) if len(self.columns) > 1 else [self._values(row)]
+        for index, process in self._processed:
+            values[index] = process(values[index])
+        return values
 
     def args_many(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
         """``args`` of each row, as one list per column."""

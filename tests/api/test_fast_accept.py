@@ -4,6 +4,7 @@ by the FastAPI route, exactly as before, and in FastAPI's order of checks."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,11 +13,14 @@ import httpx
 import pytest
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
-from starlette.routing import Route
+from sqlalchemy.exc import DBAPIError
+from starlette.middleware import Middleware
 from starlette.types import Receive, Scope, Send
 
+from app import service
 from app.api import notifications
 from app.api.deps import AdminScope, SendScope
+from app.api.middleware import MAX_BODY, Edge, _TooLarge
 from app.api.notifications import (
     FastAccept,
     IdempotencyKeyHeader,
@@ -28,6 +32,7 @@ from app.api.notifications import (
 from app.api.schemas import NotificationCreate
 from app.channels.registry import default_registry
 from app.config import parse_config
+from app.errors import Unprocessable
 from app.main import create_app
 from app.runtime import Runtime
 from tests.api.conftest import BASIC_CONFIG, assert_problem
@@ -161,10 +166,11 @@ ROAD_CASES: dict[str, tuple[str | None, bytes]] = {
 async def without_fast_accept(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the same Herald without ``FastAccept``: every request takes FastAPI's road."""
     app = create_app(runtime=runtime)
-    app.router.routes[:] = [
-        route
-        for route in app.router.routes
-        if not (isinstance(route, Route) and isinstance(route.endpoint, FastAccept))
+    app.user_middleware[:] = [
+        Middleware(Edge, *layer.args, **{**layer.kwargs, "road": None})
+        if layer.cls is Edge
+        else layer
+        for layer in app.user_middleware
     ]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://herald.test") as client:
@@ -475,3 +481,51 @@ async def test_both_roads_dedupe_alike(db_url: str, fallbacks: list[str], mode: 
         assert [r.json()["occurrences"] for r in answers] == (
             [1] * 4 if mode == "drop" else [1, 2, 3, 4]
         )
+
+
+# -- errors on the fast road are answered by the app's exception handlers ------------------------
+
+RAISED: dict[str, Exception] = {
+    "herald-error": Unprocessable("refused here", errors=[{"loc": ["body"], "msg": "no"}]),
+    "database-unreachable": ConnectionError("connection refused"),
+    "database-bug": DBAPIError("SELECT 1", None, ValueError("a bug of ours")),
+    "unexpected": RuntimeError("a bug of ours"),
+    "too-large": _TooLarge(MAX_BODY),
+}
+
+
+@pytest.mark.parametrize("case", RAISED)
+async def test_an_error_on_the_fast_road_is_answered_as_the_app_answers_it(
+    h: Harness,
+    fastapi_only: httpx.AsyncClient,
+    fallbacks: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    async def failing(*_: Any, **__: Any) -> Any:
+        raise RAISED[case]
+
+    monkeypatch.setattr(service, "accept", failing)
+    answers = []
+    for road in (h.client, fastapi_only):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="herald.api"):
+            response = await road.post("/v1/notifications", json=BODY)
+        answers.append((answer(response), [(r.levelname, r.getMessage()) for r in caplog.records]))
+    assert fallbacks == ["application/json"], "the fast road answered the first itself"
+    assert answers[0] == answers[1]
+    assert answers[0][0][0] == {"herald-error": 422, "too-large": 413}.get(
+        case, 503 if case == "database-unreachable" else 500
+    )
+
+
+async def test_a_request_the_fast_road_does_not_serve_goes_to_the_app(h: Harness) -> None:
+    """Another path or method is the app's, and so is a request the fast road hands on."""
+    assert_problem(await h.client.put("/v1/notifications", json=BODY), 405)
+    assert (await h.client.get("/v1/notifications")).status_code == 200
+    slash = await h.client.post("/v1/notifications/", json=BODY)
+    assert (slash.status_code, slash.headers["location"]) == (
+        307,
+        "http://herald.test/v1/notifications",
+    )

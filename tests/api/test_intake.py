@@ -101,6 +101,19 @@ async def test_a_utf8_bom_is_allowed(h: Harness) -> None:
     assert response.status_code == 202, response.text
 
 
+async def test_a_second_utf8_bom_is_refused(h: Harness) -> None:
+    response = await h.client.post(
+        "/v1/notifications",
+        content=b'\xef\xbb\xbf\xef\xbb\xbf{"route": "alerts", "text": "x"}',
+        headers={"Content-Type": "application/json"},
+    )
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == (
+        "invalid request: body: invalid JSON at line 1, column 1: "
+        "Unexpected UTF-8 BOM (decode using utf-8-sig)"
+    )
+
+
 VALID_EMAILS = [
     "ops@example.com",
     "first.last+tag@sub.example.co.uk",
