@@ -134,19 +134,25 @@ async def raw_server(handler: Any) -> AsyncIterator[int]:
         server.close()
 
 
+async def failure(url: str, expected: type[httpx.HTTPError], seconds: float = 5.0) -> Any:
+    """The ``expected`` error one POST to ``url`` raises, classified as a channel would."""
+    transport = PooledTransport(LIMITS)
+    try:
+        with pytest.raises(expected) as caught:
+            await send(transport, post(url, timeout=seconds))
+    finally:
+        await transport.aclose()
+    return error(caught.value)
+
+
 async def test_a_silent_server_is_a_read_timeout() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up and closes
         writer.close()
 
     async with raw_server(silent) as port:
-        transport = PooledTransport(LIMITS)
-        try:
-            with pytest.raises(httpx.ReadTimeout) as caught:
-                await send(transport, post(f"http://127.0.0.1:{port}/", timeout=0.2))
-        finally:
-            await transport.aclose()
-    assert error(caught.value)[:2] == (ErrorClass.TRANSIENT, "timeout")
+        found = await failure(f"http://127.0.0.1:{port}/", httpx.ReadTimeout, seconds=0.2)
+    assert found[:2] == (ErrorClass.TRANSIENT, "timeout")
 
 
 async def test_a_server_that_hangs_up_is_a_protocol_error() -> None:
@@ -155,26 +161,16 @@ async def test_a_server_that_hangs_up_is_a_protocol_error() -> None:
         writer.close()
 
     async with raw_server(rude) as port:
-        transport = PooledTransport(LIMITS)
-        try:
-            with pytest.raises(httpx.RemoteProtocolError) as caught:
-                await send(transport, post(f"http://127.0.0.1:{port}/"))
-        finally:
-            await transport.aclose()
-    assert error(caught.value)[:2] == (ErrorClass.TRANSIENT, "connection_error")
+        found = await failure(f"http://127.0.0.1:{port}/", httpx.RemoteProtocolError)
+    assert found[:2] == (ErrorClass.TRANSIENT, "connection_error")
 
 
 async def test_a_refused_connection_is_a_connect_error_classified_as_refused() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    transport = PooledTransport(LIMITS)
-    try:
-        with pytest.raises(httpx.ConnectError) as caught:
-            await send(transport, post(f"http://127.0.0.1:{port}/"))
-    finally:
-        await transport.aclose()
-    assert error(caught.value)[1:] == ("connection_error", "connection refused")
+    found = await failure(f"http://127.0.0.1:{port}/", httpx.ConnectError)
+    assert found[1:] == ("connection_error", "connection refused")
 
 
 async def test_an_unsupported_scheme_is_refused_as_httpcore_did() -> None:
