@@ -103,6 +103,12 @@ class UnconfiguredChannel:
         )
 
 
+HELD_PER_SLOT = 4
+"""Rounds held per concurrency slot, sending or waiting for their save. A save waits for the
+event loop between its statements, so under load it takes a while: with more rounds waiting,
+each group commit takes more of them (bench/results/levers.md, "rounds held per slot")."""
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -374,14 +380,14 @@ class Worker:
 
         ``worker_concurrency`` bounds the rounds talking to providers; a round whose calls are
         over frees its slot while its save is written (a save waits for the next group commit),
-        so the slot is not idle meanwhile. At most twice the concurrency is held in all, so
-        slow saves cannot pile up claims.
+        so the slot is not idle meanwhile. At most ``HELD_PER_SLOT`` times the concurrency is
+        held in all, so slow saves cannot pile up claims without end.
         """
         concurrency = self.settings.worker_concurrency
         sending = len(self._in_flight) - len(self._saving)
         return min(
             concurrency - sending,
-            2 * concurrency - len(self._in_flight),
+            HELD_PER_SLOT * concurrency - len(self._in_flight),
             self.settings.worker_batch_size,
         )
 

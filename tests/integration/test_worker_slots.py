@@ -1,5 +1,5 @@
 """A round whose provider calls are over frees its concurrency slot while its save waits; at
-most twice the concurrency is held in all."""
+most ``HELD_PER_SLOT`` times the concurrency is held in all."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from app.delivery.saves import RoundSaver
+from app.delivery.worker import HELD_PER_SLOT
 from app.store.queue import FinishedRound
 from tests.support.harness import Harness, herald, running_worker
 from tests.support.http_server import serve_http
@@ -41,16 +42,16 @@ async def test_a_round_waiting_for_its_save_frees_its_slot(
             "routes": {"default": {"channels": ["hook"]}},
         }
         async with herald(db_url, config, worker_concurrency=1) as h:
-            ids = [(await h.send(text=f"n{i}"))["id"] for i in range(4)]
+            ids = [(await h.send(text=f"n{i}"))["id"] for i in range(HELD_PER_SLOT + 2)]
             async with running_worker(h):
-                # One slot: the second POST is made while the first round waits for its save,
-                # and no third while two rounds are held (twice the concurrency).
-                await eventually(lambda: len(waiting) == 2)
+                # One slot: the next POST is made while the rounds before wait for their saves,
+                # and none once HELD_PER_SLOT rounds are held.
+                await eventually(lambda: len(waiting) == HELD_PER_SLOT)
                 await asyncio.sleep(0.3)
-                assert len(sink.requests_to("/a")) == 2
-                assert len(waiting) == 2
+                assert len(sink.requests_to("/a")) == HELD_PER_SLOT
+                assert len(waiting) == HELD_PER_SLOT
                 release.set()
-                await eventually(lambda: len(sink.requests_to("/a")) == 4)
+                await eventually(lambda: len(sink.requests_to("/a")) == HELD_PER_SLOT + 2)
                 for notification_id in ids:
                     await eventually_delivered(h, notification_id)
 
