@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import event
+from sqlalchemy.dialects.sqlite.base import SQLiteCompiler
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
@@ -73,6 +74,15 @@ def loads_json(text: str) -> Any:
         return dict(OMITTED)
 
 
+class HintingSqliteCompiler(SQLiteCompiler):
+    """SQLite's statement compiler, writing a table's hint for SQLite
+    (``with_hint(table, "INDEXED BY …", "sqlite")``) after the table's name, where SQLite takes
+    it; SQLAlchemy's own compiler leaves SQLite's hints out."""
+
+    def get_from_hint_text(self, table: Any, text: str | None) -> str | None:
+        return text
+
+
 def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """An engine for ``url``.
 
@@ -83,7 +93,8 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     back only when a transaction is open on it: the pool's unconditional rollback was one more
     call to aiosqlite's thread for every transaction run on the driver connection
     (``SqliteCalls``), each waiting for the event loop's next turn while the one connection is
-    held (bench/results/levers.md, "SQLite").
+    held (bench/results/levers.md, "SQLite"). Its statements are compiled by
+    ``HintingSqliteCompiler``.
     """
     if is_sqlite(url):
         engine = create_async_engine(
@@ -95,6 +106,8 @@ def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
             json_serializer=dumps_json,
             json_deserializer=loads_json,
         )
+
+        engine.sync_engine.dialect.statement_compiler = HintingSqliteCompiler
 
         @event.listens_for(engine.sync_engine, "reset")
         def _sqlite_reset(dbapi_connection: Any, _record: Any, state: Any) -> None:

@@ -192,6 +192,10 @@ class Statements:
 
         due = (
             select(_N.id)
+            # Without statistics SQLite's planner took ix_notifications_status_id for the
+            # status and sorted every pending row to pick the oldest (a claim grew with the
+            # backlog: bench/results/levers.md, "SQLite claims"); the due index is in order.
+            .with_hint(NOTIFICATIONS, "INDEXED BY ix_notifications_due", "sqlite")
             .where(
                 status_is(_N.status, NotificationStatus.PENDING),
                 _N.next_attempt_at <= bindparam("now"),

@@ -7,14 +7,18 @@ SQLAlchemy (app/store/queue.py): what a worker sees must not depend on which.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import func, select
 
 from app.domain import AttemptOutcome, AttemptTrigger, Hop, HopState, NotificationStatus, Strategy
+from app.store.db import create_engine
+from app.store.migrate import upgrade_async
 from app.store.models import Attempt, IdempotencyKey, Notification
-from app.store.queue import Claimed, WorkQueue
+from app.store.queue import Claimed, Statements, WorkQueue
 from tests.support.harness import Harness, herald
 from tests.support.rounds import delivered_round, failed_round
 
@@ -168,3 +172,21 @@ async def keys(h: Harness) -> int:
     async with h.runtime.sessions() as session:
         count = await session.scalar(select(func.count()).select_from(IdempotencyKey))
     return int(count or 0)
+
+
+async def test_on_sqlite_the_claim_reads_the_due_index_in_order(tmp_path: Path) -> None:
+    """Without statistics SQLite's planner chose the status index and sorted every pending row
+    for each claim; the claim names the due index, which is already in due order."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'herald.db'}"
+    await upgrade_async(url)
+    engine = create_engine(url)
+    try:
+        claim = Statements(engine.dialect).claim
+        sql = str(claim.compile(dialect=engine.sync_engine.dialect))
+    finally:
+        await engine.dispose()
+    with sqlite3.connect(tmp_path / "herald.db") as db:
+        plan = db.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * sql.count("?")).fetchall()
+    steps = [row[3] for row in plan]
+    assert any("USING INDEX ix_notifications_due" in step for step in steps), steps
+    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in steps), steps
