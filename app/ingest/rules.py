@@ -238,24 +238,22 @@ class Condition(BaseModel):
             return self.exists is False
         if self.exists is False:
             return False
-        if (
-            self.gt is not None
-            or self.gte is not None
-            or self.lt is not None
-            or self.lte is not None
-        ):
-            # Only then is the value read as a number: for a string that spells none, that read
-            # raises inside float(), the largest part of a glob rule's test otherwise.
-            number = _number(value)
-            bounds = (
+        bounds = [
+            (bound, compare)
+            for bound, compare in (
                 (self.gt, operator.gt),
                 (self.gte, operator.ge),
                 (self.lt, operator.lt),
                 (self.lte, operator.le),
             )
-            for bound, compare in bounds:
-                if bound is not None and (number is None or not compare(number, bound)):
-                    return False
+            if bound is not None
+        ]
+        if bounds:
+            # Only then is the value read as a number: for a string that spells none, that read
+            # raises inside float(), the largest part of a glob rule's test otherwise.
+            number = _number(value)
+            if number is None or not all(compare(number, bound) for bound, compare in bounds):
+                return False
         return (
             (self.eq is None or _equal(value, self.eq))
             and (self.ne is None or not _equal(value, self.ne))
