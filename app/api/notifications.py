@@ -54,6 +54,7 @@ from app.api.schemas import (
     NotificationDetail,
     NotificationOut,
     NotificationPage,
+    new_detail_json,
 )
 from app.domain import (
     ACK_BY_LIMIT,
@@ -240,9 +241,9 @@ async def _accept(
         )
         if end is not WaitEnd.FINAL:
             headers[WAIT_HEADER] = end
-    detail = detail_of(stored)
+    fresh = admission is Admission.STORED and not wait  # the row just made, not one read back
     return Response(
-        detail.model_dump_json(),
+        new_detail_json(stored) if fresh else detail_of(stored).model_dump_json(),
         status_code=202 if admission is Admission.STORED else 200,
         headers=headers,
         media_type="application/json",
