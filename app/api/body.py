@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
@@ -29,6 +30,8 @@ from app.errors import Unprocessable, UnsupportedMediaType
 from app.nesting import NESTING_LIMIT
 
 JSON_MEDIA_TYPE = "application/json"
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
 
 
 class _NotJSONNumber(ValueError):
@@ -53,7 +56,26 @@ def read_json(content_type: str | None, raw: bytes) -> Any:
 
 
 def parse_json(raw: bytes) -> Any:
-    """``raw`` parsed as strict UTF-8 JSON (a leading BOM is allowed)."""
+    """``raw`` parsed as strict UTF-8 JSON (a leading BOM is allowed).
+
+    orjson reads it first, several times faster: it refuses what the rules above refuse
+    (invalid UTF-8, ``NaN``, ``1e999``), except integers past 64 bits, which it reads (as
+    unsigned 64-bit integers, or as floats): a body with a run of 19 or more digits anywhere
+    skips it. What orjson refuses, or skips, ``json`` with strict hooks reads again and says
+    why, with the line and column; a test pins the two readers to the same answers. One
+    difference is left: orjson reads nesting up to 1,024 levels, ``json`` gives out near 1,000
+    (``RecursionError``); every field's nesting limit refuses such a body all the same.
+    """
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):  # several times faster than a regex
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return parse_json_strictly(raw)
+
+
+def parse_json_strictly(raw: bytes) -> Any:
+    """``parse_json`` by ``json`` alone, its error saying where and why."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
