@@ -330,4 +330,5 @@ async def open_runtime(
         for channel in channels.values():
             await channel.aclose()
         await http.aclose()
+        await runtime.intake.close()
         await engine.dispose()

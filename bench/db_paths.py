@@ -356,6 +356,7 @@ async def main_async(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
         }
         print(f"claim {name} (per notification): {results['claim'][name]}", flush=True)
     await raw.close()
+    await intake.close()
     await engine.dispose()
     return results
 

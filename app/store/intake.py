@@ -27,6 +27,7 @@ from app.store.sql import (
     IDEMPOTENCY_KEYS,
     NOTIFICATIONS,
     OutboxRows,
+    Parking,
     PreparedInsert,
     Row,
     driver_connection,
@@ -35,6 +36,9 @@ from app.store.sql import (
 
 MANY = 2
 """``Intake``'s statements are for no rows, one, or this many or more."""
+
+PARKED = 4
+"""Pooled connections kept for the next accepts between two (``Parking``)."""
 
 UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a duplicate key."""
@@ -88,6 +92,7 @@ class Intake:
         self.postgresql = engine.dialect.name == "postgresql"
         pool = engine.pool
         self._turns = asyncio.Semaphore(pool.size() if isinstance(pool, QueuePool) else 1)
+        self._parking = Parking(PARKED)
         self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
         self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
         self._events = PreparedInsert(EVENTS, engine.dialect)
@@ -153,8 +158,12 @@ class Intake:
             args += self._events.args_many(events.event_rows)
             args += self._deliveries.args_many(events.deliveries)
         sql = self._statements[min(len(rows), MANY), min(len(keys), MANY), announce, bool(events)]
-        async with self._turns, driver_connection(self.engine, sql) as conn:
+        async with self._turns, driver_connection(self.engine, sql, self._parking) as conn:
             await conn.execute(sql, *args)
+
+    async def close(self) -> None:
+        """Give the connections it keeps between accepts back to the pool."""
+        await self._parking.close()
 
     async def _add_together(self, added: Sequence[_Added]) -> Collection[Hashable]:
         """SQLite: the rows of every call in ``added`` in one transaction."""
