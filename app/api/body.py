@@ -58,15 +58,17 @@ def read_json(content_type: str | None, raw: bytes) -> Any:
 def parse_json(raw: bytes) -> Any:
     """``raw`` parsed as strict UTF-8 JSON (a leading BOM is allowed).
 
-    orjson reads it first, several times faster: it refuses what the rules above refuse
-    (invalid UTF-8, ``NaN``, ``1e999``), except integers past 64 bits, which it reads (as
-    unsigned 64-bit integers, or as floats): a body with a run of 19 or more digits anywhere
-    skips it. What orjson refuses, or skips, ``json`` with strict hooks reads again and says
-    why, with the line and column; a test pins the two readers to the same answers. One
-    difference is left: orjson reads nesting up to 1,024 levels, ``json`` gives out near 1,000
+    orjson reads it first, being faster
+    (bench/results/levers.md, "request bodies read by orjson first"). It refuses what the
+    rules above refuse (invalid UTF-8, ``NaN``, ``1e999``), except integers past 64 bits,
+    which it reads (as unsigned 64-bit integers, or as floats): a body with a run of 19 or
+    more digits anywhere skips it (found faster by ``translate`` than by a regex). What
+    orjson refuses, or skips, ``json`` with strict hooks reads again and says why, with the
+    line and column; a test pins the two readers to the same answers. One difference is left:
+    orjson reads nesting up to 1,024 levels, ``json`` gives out near 1,000
     (``RecursionError``); every field's nesting limit refuses such a body all the same.
     """
-    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):  # several times faster than a regex
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

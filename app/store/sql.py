@@ -88,8 +88,8 @@ class Parking:
     """Pooled connections a hot path keeps checked out between its statements.
 
     A checkout from SQLAlchemy's pool and the checkin after it each run in a greenlet of their
-    own (a fresh frame stack: an ``mmap`` and ``munmap`` each), about 27 µs of CPU a statement,
-    a sixteenth of an accept's (bench/results/levers.md, "parked connections"). A connection
+    own (a fresh frame stack: an ``mmap`` and ``munmap`` each), a large share of an accept's
+    CPU (bench/results/levers.md, "parked connections"). A connection
     whose statement went well, with no transaction open, waits here for the next statement
     instead, up to ``keep`` of them, the newest taken first. Each still goes back to the pool
     (a proper checkin, where the pool's reset and recycling apply) once it has been out of it
