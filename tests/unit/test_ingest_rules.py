@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from app.api.body import parse_json, parse_json_text
 from app.api.schemas import NotificationCreate
 from app.channels.registry import default_registry
 from app.config import ConfigError, parse_config
+from app.errors import Unprocessable
 from app.ingest.mapping import Entry, Refused, StreamRules, fingerprint, idempotency_key
 from app.ingest.rules import (
     MISSING,
@@ -286,3 +288,19 @@ def test_a_filler_answers_as_render(template: Any) -> None:
             filler(compiled)(CONTEXT)
     else:
         assert filler(compiled)(CONTEXT) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ['{"a": 1}', '\ufeff{"a": [1.5, "é"]}', '\ufeff\ufeff{"a": 1}', "{", "NaN", "1e999"]
+)
+def test_a_decoded_payload_parses_as_its_utf8_would(text: str) -> None:
+    """``parse_json_text`` (a stream entry's field, decoded already) answers, or refuses with
+    the same reason, as ``parse_json`` does for the field's UTF-8."""
+    try:
+        expected: Any = parse_json(text.encode())
+    except Unprocessable as exc:
+        with pytest.raises(Unprocessable) as refused:
+            parse_json_text(text)
+        assert refused.value.errors == exc.errors
+    else:
+        assert parse_json_text(text) == expected
