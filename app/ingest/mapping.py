@@ -15,7 +15,7 @@ from app.api.body import parse_json_text
 from app.api.problems import validation_errors
 from app.api.schemas import NotificationCreate
 from app.errors import Unprocessable
-from app.ingest.rules import Body, MissingField, StreamConfig, Test, fill, lookup
+from app.ingest.rules import Body, Check, MissingField, StreamConfig, fill, lookup
 from app.service import Keyed
 
 ENTRY_ID = "$id"
@@ -81,7 +81,7 @@ def context_of(entry: Entry) -> dict[str, Any]:
 class Rule:
     """A rule as the consumer runs it: its conditions parsed once."""
 
-    conditions: Sequence[tuple[tuple[str, ...], Test]]
+    conditions: Sequence[tuple[tuple[str, ...], Check]]
     route: str | None
     body: Body
 

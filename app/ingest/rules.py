@@ -241,11 +241,11 @@ class Condition(BaseModel):
         return self
 
     def holds(self, value: Any) -> bool:
-        return self.test().holds(value)
+        return self.check().holds(value)
 
-    def test(self) -> Test:
+    def check(self) -> Check:
         """The condition made once into what a rule tests each entry with."""
-        return Test(
+        return Check(
             exists=self.exists,
             bounds=tuple(
                 (bound, compare)
@@ -266,7 +266,7 @@ class Condition(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Test:
+class Check:
     """A ``Condition`` as the consumer tests it: its bounds listed and its glob compiled once
     (a pydantic model's fields, and ``fnmatchcase``'s cache, cost more per entry)."""
 
@@ -380,9 +380,9 @@ class RuleConfig(BaseModel):
     """None: the notification's ``channels``, else the config's default route."""
     notification: NotificationTemplate = Field(default_factory=lambda: DEFAULT_NOTIFICATION)
 
-    def conditions(self) -> list[tuple[tuple[str, ...], Test]]:
+    def conditions(self) -> list[tuple[tuple[str, ...], Check]]:
         return [
-            (tuple(path.split(".")), _condition(test).test()) for path, test in self.match.items()
+            (tuple(path.split(".")), _condition(test).check()) for path, test in self.match.items()
         ]
 
 

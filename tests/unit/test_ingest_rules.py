@@ -259,7 +259,7 @@ def test_a_condition_without_bounds_does_not_read_a_number(value: Any) -> None:
 @pytest.mark.parametrize("value", ["order.failed", "order.created", "abc", "x.y", "xyz", "", 12])
 def test_a_compiled_glob_answers_as_fnmatchcase(glob: str, value: Any) -> None:
     text = value if isinstance(value, str) else str(value)
-    assert Condition(glob=glob).test().holds(value) is fnmatchcase(text, glob)
+    assert Condition(glob=glob).check().holds(value) is fnmatchcase(text, glob)
 
 
 @pytest.mark.parametrize(
