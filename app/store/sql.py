@@ -240,7 +240,9 @@ class PreparedInsert:
     """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``, or ``VALUES (?, …)`` for
     SQLite's driver) or of many (``unnest`` of an array per column, PostgreSQL: one statement
     text whatever the number of rows), and the driver-level values for them. Every column is
-    given, but those the database fills (``skip``: a serial key)."""
+    given, but those the database fills (``skip``: a serial key). A ``shared`` column, one value
+    for every row of a call (a stream batch's keys: their scope, time and empty answer), goes
+    once beside the arrays (bench/results/levers.md, "ingest_stream")."""
 
     def __init__(
         self,
@@ -260,8 +262,6 @@ class PreparedInsert:
         self._processed = [
             (index, process) for index, process in enumerate(self.processors) if process
         ]
-        # ``shared``: columns every row of one ``args_many`` holds the same value in (a
-        # stream batch's keys: their scope, time and empty answer), sent once, not as arrays
         self._shared = [index for index, name in enumerate(self.columns) if name in shared]
         self._varying = [index for index, name in enumerate(self.columns) if name not in shared]
         self._shared_values = _tuple_of([self.columns[index] for index in self._shared])
