@@ -16,6 +16,13 @@ own CPU is not in it) and entries per second (wall).
     .venv/bin/python bench/ingest_paths.py --before /tmp/main --pairs 5   # /tmp/main/app first,
                                                                           # interleaved pairs
     .venv/bin/python bench/ingest_paths.py --profile /tmp/ingest.prof    # one run, cProfile
+    .venv/bin/python bench/ingest_paths.py --before /tmp/main --part plan    # one step alone
+
+``--part`` times one step of it alone, with its own figure in place of CPU per entry: ``plan``
+(``_decoded`` and ``StreamRules.plan`` of the same entry, no Redis or database: the minimum of
+15 rounds of --entries, µs per entry) or ``store`` (``Intake.add_many`` of batches of 500
+planned rows and their keys on the database: this process's CPU per row, median of the
+batches, µs; PostgreSQL's own is not in it).
 
 With --before, the runs alternate before, after, before, after…, and the medians of each side
 and of the per-pair CPU ratio (after / before) are printed; the machine is shared, so CPU per
@@ -171,7 +178,105 @@ async def consume(
     }
 
 
+def _planner() -> tuple[Any, Any]:
+    """The stream's rules as ``consume`` configures them, and a function planning one entry as
+    ``StreamConsumer.settle`` does."""
+    from app.channels.registry import default_registry
+    from app.config import load_config
+    from app.ingest import consumer
+    from app.ingest.mapping import Entry, StreamRules
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as file:
+        file.write(CONFIG.format(redis=json.dumps(REDIS), stream=json.dumps("stream-fast:plan")))
+    try:
+        config = load_config(file.name, default_registry())
+    finally:
+        os.unlink(file.name)
+    rules = StreamRules(config.ingest.streams[0])
+
+    def plan(raw_id: bytes, fields: dict[bytes, bytes]) -> Any:
+        entry_id = consumer._text(raw_id)
+        return rules.plan(Entry(rules.config.stream, entry_id, consumer._decoded(fields)))
+
+    return config, plan
+
+
+def _raw_entries(count: int, start: int = 0) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    payload = json.dumps(ITEM).encode()
+    return [
+        (f"1700000000000-{start + i}".encode(), {b"type": b"bench.disk", b"payload": payload})
+        for i in range(count)
+    ]
+
+
+def time_plan(entries: int) -> dict[str, Any]:
+    """µs of CPU per entry to plan (decode, match, fill, validate, key) the bench's entry."""
+    _, plan = _planner()
+    raw = _raw_entries(500)
+    rounds = []
+    gc.disable()
+    for _ in range(15):
+        began = time.process_time()
+        for _ in range(max(1, entries // len(raw))):
+            for raw_id, fields in raw:
+                plan(raw_id, fields)
+        rounds.append((time.process_time() - began) / (max(1, entries // len(raw)) * len(raw)))
+    gc.enable()
+    return {"part": "plan", "us_per_entry": round(1e6 * min(rounds), 3)}
+
+
+async def time_store(entries: int, database: str) -> dict[str, Any]:
+    """µs of this process's CPU per row to store batches of 500 planned rows with their keys."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from app import service
+    from app.delivery.orchestrator import utcnow
+    from app.store.intake import Intake
+
+    config, plan = _planner()
+    batches = []
+    for start in range(0, max(entries, 2000), 500):
+        now = utcnow()
+        rows, keys = [], []
+        for raw_id, fields in _raw_entries(500, start):
+            keyed = plan(raw_id, fields)
+            route = service.resolve_route(config, keyed.request, ("body",))
+            row = service.new_notification(keyed.request, route, now=now, owner=None)
+            rows.append(row)
+            keys.append(
+                service.key_row("", keyed.key, keyed.digest, now, notification_id=row["id"])
+            )
+        batches.append((rows, keys))
+    engine = create_async_engine(database)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "TRUNCATE notifications, attempts, idempotency_keys, "
+                    "events, event_deliveries, event_attempts CASCADE"
+                )
+            )
+        intake = Intake(engine)
+        await intake.add_many(batches[0][0], keys=batches[0][1])  # the connection, prepared
+        gc.collect()
+        spent = []
+        for rows, keys in batches[1:]:
+            began = time.process_time()
+            await intake.add_many(rows, keys=keys)
+            spent.append((time.process_time() - began) / len(rows))
+    finally:
+        await engine.dispose()
+    return {"part": "store", "us_per_row": round(1e6 * statistics.median(spent), 2)}
+
+
 def child(args: argparse.Namespace) -> None:
+    if args.part == "plan":
+        print(json.dumps(time_plan(args.entries)))
+        return
+    if args.part == "store":
+        print(json.dumps(asyncio.run(time_store(args.entries, args.database))))
+        return
     stream = f"{PREFIX}{os.getpid()}"
     fill(stream, args.entries)
     try:
@@ -202,6 +307,8 @@ def run_one(app_dir: Path, args: argparse.Namespace, profile: str | None = None)
     ]
     if profile:
         command += ["--profile", profile]
+    if args.part:
+        command += ["--part", args.part]
     if args.gc_threshold:
         command += ["--gc-threshold", *map(str, args.gc_threshold)]
     env = os.environ | {"PYTHONPATH": str(app_dir)}
@@ -220,6 +327,9 @@ def main() -> None:
     parser.add_argument(
         "--gc-threshold", type=int, nargs=3, help="gc.set_threshold in the runs (a trial)"
     )
+    parser.add_argument(
+        "--part", choices=("plan", "store"), help="time one step alone (see the docstring)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -235,16 +345,18 @@ def main() -> None:
             result = run_one(app_dir, args)
             runs[side].append(result)
             print(f"pair {pair + 1} {side}: {result}", flush=True)
+    figure = {"plan": "us_per_entry", "store": "us_per_row"}.get(args.part, "cpu_ms_per_entry")
     summary: dict[str, Any] = {
         side: {
-            key: statistics.median(r[key] for r in results) for key in ("cpu_ms_per_entry", "rate")
+            key: statistics.median(r[key] for r in results)
+            for key in (figure, "rate")
+            if key in results[0]
         }
         for side, results in runs.items()
     }
     if args.before is not None:
         summary["cpu_ratio"] = statistics.median(
-            a["cpu_ms_per_entry"] / b["cpu_ms_per_entry"]
-            for a, b in zip(runs["after"], runs["before"], strict=True)
+            a[figure] / b[figure] for a, b in zip(runs["after"], runs["before"], strict=True)
         )
     print(json.dumps(summary))
 

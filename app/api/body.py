@@ -83,6 +83,17 @@ def parse_json_strictly(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         line, column = _line_column(raw, exc.start)
         raise _invalid(f"invalid JSON at line {line}, column {column}: not UTF-8") from None
+    return _parsed(text)
+
+
+def parse_json_text(text: str) -> Any:
+    """``text``, decoded already (a stream entry's field), parsed as ``parse_json`` parses its
+    UTF-8: without encoding it again to decode it again."""
+    return _parsed(text[1:] if text.startswith("\ufeff") else text)
+
+
+def _parsed(text: str) -> Any:
+    """``text`` (its BOM, if any, gone) parsed as strict JSON."""
     try:
         if text.startswith("\ufeff"):  # a second BOM: json.loads refuses it by name
             return json.loads(text)

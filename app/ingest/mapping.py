@@ -11,17 +11,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.api.body import parse_json
+from app.api.body import parse_json_text
 from app.api.problems import validation_errors
 from app.api.schemas import NotificationCreate
 from app.errors import Unprocessable
-from app.ingest.rules import (
-    Condition,
-    MissingField,
-    NotificationTemplate,
-    StreamConfig,
-    lookup,
-)
+from app.ingest.rules import Body, Check, MissingField, StreamConfig, fill, lookup
 from app.service import Keyed
 
 ENTRY_ID = "$id"
@@ -57,10 +51,11 @@ def fingerprint(entry: Entry) -> str:
     rendered body instead (as a POST does) was a tenth of the ingest's CPU per entry
     (bench/results/levers.md, "ingest_stream"); a replay of a key is a replay whatever its
     digest (``service.accept_keyed``)."""
-    framed = "".join(
-        f"{len(name)}:{name}{len(value)}:{value}" for name, value in sorted(entry.fields.items())
-    )
-    return hashlib.sha256(framed.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha256()
+    for name in sorted(entry.fields):
+        value = entry.fields[name]
+        digest.update(f"{len(name)}:{name}{len(value)}:{value}".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def context_of(entry: Entry) -> dict[str, Any]:
@@ -70,7 +65,7 @@ def context_of(entry: Entry) -> dict[str, Any]:
     raw = entry.fields.get("payload")
     if raw is not None:
         try:
-            payload = parse_json(raw.encode("utf-8", "surrogateescape"))
+            payload = parse_json_text(raw)
         except Unprocessable as exc:
             reason = exc.errors[0]["msg"] if exc.errors else exc.detail
             raise Refused(f"payload is not valid JSON: {reason}") from None
@@ -86,9 +81,9 @@ def context_of(entry: Entry) -> dict[str, Any]:
 class Rule:
     """A rule as the consumer runs it: its conditions parsed once."""
 
-    conditions: Sequence[tuple[tuple[str, ...], Condition]]
+    conditions: Sequence[tuple[tuple[str, ...], Check]]
     route: str | None
-    template: NotificationTemplate
+    body: Body
 
     def matches(self, context: Mapping[str, Any]) -> bool:
         return all(test.holds(lookup(context, path)) for path, test in self.conditions)
@@ -100,7 +95,7 @@ class StreamRules:
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
         self.rules = [
-            Rule(rule.conditions(), rule.route, rule.notification) for rule in config.rules
+            Rule(rule.conditions(), rule.route, rule.notification.given()) for rule in config.rules
         ]
 
     def plan(self, entry: Entry) -> Keyed | None:
@@ -113,7 +108,7 @@ class StreamRules:
         else:
             return None
         try:
-            body = rule.template.body(context)
+            body = fill(rule.body, context)
         except MissingField as exc:
             raise Refused(str(exc)) from None
         if rule.route is not None:

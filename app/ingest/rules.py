@@ -28,9 +28,10 @@ import json
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import translate
+from functools import partial
 from typing import Annotated, Any
 
 from pydantic import (
@@ -113,9 +114,15 @@ class Text:
 
     parts: tuple[str | Placeholder, ...]
 
+    def placeholder(self) -> Placeholder | None:
+        """The placeholder that is the whole string, if it is one: its value goes as it is."""
+        only = self.parts[0] if len(self.parts) == 1 else None
+        return only if isinstance(only, Placeholder) else None
+
     def render(self, context: Mapping[str, Any]) -> Any:
-        if len(self.parts) == 1 and isinstance(self.parts[0], Placeholder):
-            return self.parts[0].value(context)
+        only = self.placeholder()
+        if only is not None:
+            return only.value(context)
         return "".join(
             part if isinstance(part, str) else as_text(part.value(context)) for part in self.parts
         )
@@ -234,31 +241,58 @@ class Condition(BaseModel):
         return self
 
     def holds(self, value: Any) -> bool:
+        return self.check().holds(value)
+
+    def check(self) -> Check:
+        """The condition made once into what a rule tests each entry with."""
+        return Check(
+            exists=self.exists,
+            bounds=tuple(
+                (bound, compare)
+                for bound, compare in (
+                    (self.gt, operator.gt),
+                    (self.gte, operator.ge),
+                    (self.lt, operator.lt),
+                    (self.lte, operator.le),
+                )
+                if bound is not None
+            ),
+            eq=self.eq,
+            ne=self.ne,
+            in_=None if self.in_ is None else tuple(self.in_),
+            # fnmatchcase's own compiled form of the glob, looked up once here, not per value
+            glob=None if self.glob is None else re.compile(translate(self.glob)).match,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """A ``Condition`` as the consumer tests it: its bounds listed and its glob compiled once
+    (a pydantic model's fields, and ``fnmatchcase``'s cache, cost more per entry)."""
+
+    exists: bool | None
+    bounds: tuple[tuple[float, Callable[[float, float], bool]], ...]
+    eq: Scalar | None
+    ne: Scalar | None
+    in_: tuple[Scalar, ...] | None
+    glob: Callable[[str], re.Match[str] | None] | None
+
+    def holds(self, value: Any) -> bool:
         if value is MISSING:
             return self.exists is False
         if self.exists is False:
             return False
-        bounds = [
-            (bound, compare)
-            for bound, compare in (
-                (self.gt, operator.gt),
-                (self.gte, operator.ge),
-                (self.lt, operator.lt),
-                (self.lte, operator.le),
-            )
-            if bound is not None
-        ]
-        if bounds:
+        if self.bounds:
             # Only then is the value read as a number: for a string that spells none, that read
             # raises inside float(), the largest part of a glob rule's test otherwise.
             number = _number(value)
-            if number is None or not all(compare(number, bound) for bound, compare in bounds):
+            if number is None or not all(compare(number, bound) for bound, compare in self.bounds):
                 return False
         return (
             (self.eq is None or _equal(value, self.eq))
             and (self.ne is None or not _equal(value, self.ne))
             and (self.in_ is None or any(_equal(value, item) for item in self.in_))
-            and (self.glob is None or fnmatchcase(as_text(value), self.glob))
+            and (self.glob is None or self.glob(as_text(value)) is not None)
         )
 
 
@@ -304,9 +338,28 @@ class NotificationTemplate(BaseModel):
     """A configured template (``templates``), rendered with ``data`` as a POST's is."""
     data: Templated = None
 
-    def body(self, context: Mapping[str, Any]) -> dict[str, Any]:
-        """The body filled from ``context``; ``MissingField`` for a missing path."""
-        return {name: render(getattr(self, name), context) for name in self.model_fields_set}
+    def given(self) -> Body:
+        """The fields the rule gives, each with its filler: what ``fill`` fills."""
+        return tuple((name, filler(getattr(self, name))) for name in self.model_fields_set)
+
+
+Body = tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...]
+"""A ``NotificationTemplate``'s given fields and their fillers, listed once per rule."""
+
+
+def filler(template: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """``render`` of ``template``, its dispatch done once: a string that is one placeholder is
+    that placeholder's value (as ``Text.render`` answers it), a ``Text`` its ``render``, anything
+    else ``render`` itself (a test pins them to ``render``'s answers)."""
+    if isinstance(template, Text):
+        only = template.placeholder()
+        return template.render if only is None else only.value
+    return partial(render, template)
+
+
+def fill(body: Body, context: Mapping[str, Any]) -> dict[str, Any]:
+    """The body filled from ``context``; ``MissingField`` for a missing path."""
+    return {name: fill_one(context) for name, fill_one in body}
 
 
 DEFAULT_NOTIFICATION = NotificationTemplate.model_validate(
@@ -327,8 +380,10 @@ class RuleConfig(BaseModel):
     """None: the notification's ``channels``, else the config's default route."""
     notification: NotificationTemplate = Field(default_factory=lambda: DEFAULT_NOTIFICATION)
 
-    def conditions(self) -> list[tuple[tuple[str, ...], Condition]]:
-        return [(tuple(path.split(".")), _condition(test)) for path, test in self.match.items()]
+    def conditions(self) -> list[tuple[tuple[str, ...], Check]]:
+        return [
+            (tuple(path.split(".")), _condition(test).check()) for path, test in self.match.items()
+        ]
 
 
 class DeadLetterConfig(BaseModel):

@@ -94,7 +94,9 @@ class Intake:
         self._turns = asyncio.Semaphore(pool.size() if isinstance(pool, QueuePool) else 1)
         self._parking = Parking(PARKED)
         self._notifications = PreparedInsert(NOTIFICATIONS, engine.dialect)
-        self._keys = PreparedInsert(IDEMPOTENCY_KEYS, engine.dialect)
+        self._keys = PreparedInsert(
+            IDEMPOTENCY_KEYS, engine.dialect, shared=("scope", "response", "created_at")
+        )
         self._events = PreparedInsert(EVENTS, engine.dialect)
         self._deliveries = PreparedInsert(EVENT_DELIVERIES, engine.dialect, skip=("seq",))
         self._statements = {

@@ -285,13 +285,30 @@ def bind_processors(table: Table, dialect: Dialect) -> dict[str, Any]:
     }
 
 
+def _tuple_of(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A row's values of ``names``, as a tuple whatever their number."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda row: (row[name],)
+    return itemgetter(*names) if names else lambda row: ()
+
+
 class PreparedInsert:
     """``INSERT INTO table (…)`` of one row (``VALUES ($n, …)``, or ``VALUES (?, …)`` for
     SQLite's driver) or of many (``unnest`` of an array per column, PostgreSQL: one statement
     text whatever the number of rows), and the driver-level values for them. Every column is
-    given, but those the database fills (``skip``: a serial key)."""
+    given, but those the database fills (``skip``: a serial key). A ``shared`` column, one value
+    for every row of a call (a stream batch's keys: their scope, time and empty answer), goes
+    once beside the arrays (bench/results/levers.md, "ingest_stream")."""
 
-    def __init__(self, table: Table, dialect: Dialect, *, skip: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        table: Table,
+        dialect: Dialect,
+        *,
+        skip: Sequence[str] = (),
+        shared: Sequence[str] = (),
+    ) -> None:
         self.table = table
         self.dialect = dialect
         self._given = [column for column in table.columns if column.name not in skip]
@@ -301,6 +318,15 @@ class PreparedInsert:
         self._values = itemgetter(*self.columns)
         self._processed = [
             (index, process) for index, process in enumerate(self.processors) if process
+        ]
+        self._shared = [index for index, name in enumerate(self.columns) if name in shared]
+        self._varying = [index for index, name in enumerate(self.columns) if name not in shared]
+        self._shared_values = _tuple_of([self.columns[index] for index in self._shared])
+        self._varying_values = _tuple_of([self.columns[index] for index in self._varying])
+        self._varying_processed = [
+            (position, self.processors[index])
+            for position, index in enumerate(self._varying)
+            if self.processors[index]
         ]
 
     def sql(self, first: int = 1) -> str:
@@ -312,15 +338,19 @@ class PreparedInsert:
         return f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) VALUES ({places})"
 
     def sql_many(self, first: int) -> str:
-        """The statement for ``args_many``: ``$first`` onwards are one array per column."""
-        arrays = ", ".join(
-            f"${first + i}::{column.type.compile(self.dialect)}[]"
-            for i, column in enumerate(self._given)
-        )
-        return (
-            f"INSERT INTO {self.table.name} ({', '.join(self.columns)}) "
-            f"SELECT * FROM unnest({arrays})"
-        )
+        """The statement for ``args_many``: ``$first`` onwards are one value per shared column,
+        then one array per other column."""
+        order = self._shared + self._varying
+        places = {
+            index: f"${first + n}::{self._given[index].type.compile(self.dialect)}"
+            for n, index in enumerate(order)
+        }
+        names = ", ".join(self.columns[index] for index in order)
+        arrays = ", ".join(f"{places[index]}[]" for index in self._varying)
+        if not self._shared:
+            return f"INSERT INTO {self.table.name} ({names}) SELECT * FROM unnest({arrays})"
+        once = ", ".join(places[index] for index in self._shared)
+        return f"INSERT INTO {self.table.name} ({names}) SELECT {once}, * FROM unnest({arrays})"
 
     def args(self, row: Mapping[str, Any]) -> list[Any]:
         """The row's values in ``columns``' order, each through its bind processor if any."""
@@ -329,9 +359,20 @@ class PreparedInsert:
             values[index] = process(values[index])
         return values
 
-    def args_many(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-        """``args`` of each row, as one list per column."""
-        return [list(column) for column in zip(*(self.args(row) for row in rows), strict=True)]
+    def args_many(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """``args`` of each row, as one list per column, in ``sql_many``'s order: a shared
+        column's value once (``ValueError`` if a row holds another)."""
+        if not self._shared:
+            return [list(column) for column in zip(*(self.args(row) for row in rows), strict=True)]
+        head = self._shared_values(rows[0])
+        if not all(map(head.__eq__, map(self._shared_values, rows))):
+            names = ", ".join(self.columns[index] for index in self._shared)
+            raise ValueError(f"the rows of one {self.table.name} insert differ in {names}")
+        first = self.args(rows[0])
+        columns = [list(column) for column in zip(*map(self._varying_values, rows), strict=True)]
+        for position, process in self._varying_processed:
+            columns[position] = list(map(process, columns[position]))
+        return [first[index] for index in self._shared] + columns
 
 
 async def notify_due(executor: AsyncConnection | AsyncSession, dialect: Dialect) -> None:

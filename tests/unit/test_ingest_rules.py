@@ -4,13 +4,17 @@ errors that name the field."""
 from __future__ import annotations
 
 import hashlib
+import re
+from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
 
+from app.api.body import parse_json, parse_json_text
 from app.api.schemas import NotificationCreate
 from app.channels.registry import default_registry
 from app.config import ConfigError, parse_config
+from app.errors import Unprocessable
 from app.ingest.mapping import Entry, Refused, StreamRules, fingerprint, idempotency_key
 from app.ingest.rules import (
     MISSING,
@@ -19,6 +23,7 @@ from app.ingest.rules import (
     NotificationTemplate,
     StreamConfig,
     compile_template,
+    filler,
     lookup,
     render,
 )
@@ -228,8 +233,8 @@ def test_the_commented_ingest_example_is_a_valid_config() -> None:
 
 def test_the_fingerprint_is_the_framed_fields_digest() -> None:
     """What a stream entry's key row has always stored: SHA-256 of its fields sorted by name,
-    each framed as ``len(name):name len(value):value`` (the digest is computed in one update
-    now; a key stored before must read the same)."""
+    each framed as ``len(name):name len(value):value`` (however it is computed; a key stored
+    before must read the same)."""
     fields = {"type": "order.failed", "payload": '{"id": "é-1"}', "a": ""}
     reference = hashlib.sha256()
     for name, value in sorted(fields.items()):
@@ -248,3 +253,54 @@ def test_a_condition_without_bounds_does_not_read_a_number(value: Any) -> None:
     bounded = Condition.model_validate({"gte": 12, "lte": 12})
     assert glob.holds(value) is (value == "bench.disk")
     assert equal.holds(value) is bounded.holds(value) is (value in ("12", 12))
+
+
+@pytest.mark.parametrize("glob", ["order.*", "order.[fa]*", "a?c", "[!x]*", "*.failed", "x.y"])
+@pytest.mark.parametrize("value", ["order.failed", "order.created", "abc", "x.y", "xyz", "", 12])
+def test_a_compiled_glob_answers_as_fnmatchcase(glob: str, value: Any) -> None:
+    text = value if isinstance(value, str) else str(value)
+    assert Condition(glob=glob).check().holds(value) is fnmatchcase(text, glob)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Order {payload.id}",
+        "{payload.amount}",
+        "{payload.items}",
+        "{payload.missing:-none}",
+        "{payload.nope}",
+        "plain",
+        {"a": ["{payload.id}", "{payload.nope:-x}", 3]},
+        ["{type}", None],
+        None,
+        12,
+    ],
+)
+def test_a_filler_answers_as_render(template: Any) -> None:
+    """A rule's fields are filled by ``filler``s made once; they answer as ``render`` does,
+    a missing field included."""
+    compiled = compile_template(template)
+    try:
+        expected: Any = render(compiled, CONTEXT)
+    except MissingField as exc:
+        with pytest.raises(MissingField, match=re.escape(exc.path)):
+            filler(compiled)(CONTEXT)
+    else:
+        assert filler(compiled)(CONTEXT) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ['{"a": 1}', '\ufeff{"a": [1.5, "é"]}', '\ufeff\ufeff{"a": 1}', "{", "NaN", "1e999"]
+)
+def test_a_decoded_payload_parses_as_its_utf8_would(text: str) -> None:
+    """``parse_json_text`` (a stream entry's field, decoded already) answers, or refuses with
+    the same reason, as ``parse_json`` does for the field's UTF-8."""
+    try:
+        expected: Any = parse_json(text.encode())
+    except Unprocessable as exc:
+        with pytest.raises(Unprocessable) as refused:
+            parse_json_text(text)
+        assert refused.value.errors == exc.errors
+    else:
+        assert parse_json_text(text) == expected

@@ -162,3 +162,36 @@ def test_settle_heap_freezes_and_sets_only_the_youngest_threshold(young: int | N
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_shared_columns_go_once_and_must_be_shared() -> None:
+    """``PreparedInsert(shared=…)``: a stream batch's keys send their scope, answer and time
+    once, then an array per other column (``sql_many``'s order), the rows' own values as
+    ``args`` makes them; rows that differ in a shared column are refused, not stored wrong."""
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
+
+    from app.service import key_row
+    from app.store.sql import IDEMPOTENCY_KEYS, PreparedInsert
+
+    plain = PreparedInsert(IDEMPOTENCY_KEYS, dialect())  # type: ignore[no-untyped-call]
+    keys = PreparedInsert(
+        IDEMPOTENCY_KEYS,
+        dialect(),  # type: ignore[no-untyped-call]
+        shared=("scope", "response", "created_at"),
+    )
+    now = datetime.now(UTC)
+    made = [key_row("s", f"k{i}", f"d{i}", now) for i in range(3)]
+    rows = [row for row in made if row is not None]
+    by_column = dict(zip(plain.columns, plain.args_many(rows), strict=True))
+    assert keys.args_many(rows) == [
+        *(by_column[name][0] for name in ("scope", "response", "created_at")),
+        *(by_column[name] for name in ("key", "request_hash", "notification_id")),
+    ]
+    assert keys.sql_many(1).startswith(
+        "INSERT INTO idempotency_keys (scope, response, created_at, key, request_hash, "
+        "notification_id) SELECT $1::"
+    )
+    later = key_row("s", "k9", "d9", now + timedelta(seconds=1))
+    assert later is not None
+    with pytest.raises(ValueError, match="differ in scope, response, created_at"):
+        keys.args_many([*rows, later])
