@@ -291,7 +291,16 @@ def test_a_filler_answers_as_render(template: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ['{"a": 1}', '\ufeff{"a": [1.5, "é"]}', '\ufeff\ufeff{"a": 1}', "{", "NaN", "1e999"]
+    "text",
+    [
+        '{"a": 1}',
+        '\ufeff{"a": [1.5, "é"]}',
+        '\ufeff\ufeff{"a": 1}',
+        "{",
+        "NaN",
+        "1e999",
+        '{"n": 18446744073709551615}',
+    ],
 )
 def test_a_decoded_payload_parses_as_its_utf8_would(text: str) -> None:
     """``parse_json_text`` (a stream entry's field, decoded already) answers, or refuses with
