@@ -171,10 +171,12 @@ async def test_rate_limit_spaces_deliveries_on_the_clock(db_url: str) -> None:
         assert isinstance(channel, StampChannel)
         sends = sorted(channel.began)
     assert len(sends) == 6
-    # Any three consecutive sends span at least a second of the limiter's clock (a stamp is
-    # read a few microseconds of real time after its admission).
+    # Any three consecutive sends span at least a second of the limiter's clock. A stamp is
+    # read after its admission, by the real time the event loop takes to get to it: on a
+    # loaded machine the first of three was seen stamped 6 ms late (0.994 s apart), so 20 ms of
+    # slack; without the limit the three would be microseconds apart.
     gaps = [sends[i + 2] - sends[i] for i in range(4)]
-    assert min(gaps) >= 0.999, gaps
-    assert sends[-1] - sends[0] >= 1.999
+    assert min(gaps) >= 0.98, gaps
+    assert sends[-1] - sends[0] >= 1.98
     assert sum(h.clock.slept) > 1.9, h.clock.slept  # the waits went through the clock
     assert took < 1.0, "the limiter's waits took no real time"
