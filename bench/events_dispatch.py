@@ -5,6 +5,8 @@ events it sent. Each run fills ``--events`` due deliveries (one event per notifi
 subscription, to bench/sink.py) with one INSERT … SELECT generate_series, starts ``herald
 events`` idle, makes them due with ``NOTIFY herald_events`` and waits (bounded) until every one
 is delivered. With ``--app-dir`` it runs another copy of app/ (A/B against the work tree's).
+``pg_cpu_ms_per_event`` is the CPU of the database's backends serving ``herald events`` (the
+claims, saves and their index upkeep), which shares the machine's cores in the deliver bench.
 
     .venv/bin/python bench/events_dispatch.py --runs 3
     .venv/bin/python bench/events_dispatch.py --runs 3 --app-dir /tmp/before
@@ -56,6 +58,15 @@ def fill(pg: bench.Pg, count: int) -> None:
     )
 
 
+def backend_cpu(pg: bench.Pg, database: str) -> dict[int, float]:
+    """CPU seconds of each backend of ``database`` but the bench's own connection."""
+    rows = pg.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        database,
+    )
+    return {r["pid"]: bench.proc_cpu(r["pid"]) for r in rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -77,6 +88,7 @@ def main() -> None:
             fill(b.pg, args.events)
             proc = b.procs.start("events", [bench.HERALD, "events"], env)
             b.wait_listening(proc)
+            pg0 = backend_cpu(b.pg, b.database)
             cpu0, began = proc.cpu_seconds(), time.monotonic()
             b.pg.execute("SELECT pg_notify('herald_events', '')")
             delivered = 0
@@ -87,12 +99,15 @@ def main() -> None:
                 )
             seconds = time.monotonic() - began
             cpu = proc.cpu_seconds() - cpu0
+            pg1 = backend_cpu(b.pg, b.database)
+            pg_cpu = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
             b.procs.stop(proc)
             result = {
                 "delivered": delivered,
                 "seconds": round(seconds, 2),
                 "events_per_s": round(delivered / seconds, 1),
                 "cpu_ms_per_event": round(1000 * cpu / delivered, 3) if delivered else None,
+                "pg_cpu_ms_per_event": round(1000 * pg_cpu / delivered, 3) if delivered else None,
             }
             runs.append(result)
             bench.log(f"run {run + 1}: {result}")
@@ -104,6 +119,11 @@ def main() -> None:
         json.dumps(
             {
                 "cpu_ms_per_event": statistics.median(per_event) if per_event else None,
+                "pg_cpu_ms_per_event": statistics.median(
+                    r["pg_cpu_ms_per_event"] for r in runs if r["pg_cpu_ms_per_event"] is not None
+                )
+                if per_event
+                else None,
                 "events_per_s": statistics.median(r["events_per_s"] for r in runs),
                 "runs": runs,
             }

@@ -176,9 +176,11 @@ class DispatchStatements:
             )
             .returning(*_CLAIMED)
         )
-        """Up to ``:limit`` deliveries to ``:subscriptions`` due at ``:now``, oldest due first,
-        none while an earlier event of its notification is unsettled for its subscription (so
-        one notification's events reach a subscription in the order they happened), marked
+        """Up to ``:limit`` deliveries to ``:subscriptions`` due at ``:now``, oldest due first
+        (``ix_event_deliveries_due`` is on ``next_attempt_at, seq``: the claim reads due rows in
+        that order and stops at ``:limit``, instead of sorting every due row), none while an
+        earlier event of its notification is unsettled for its subscription (so one
+        notification's events reach a subscription in the order they happened), marked
         delivering under ``:worker_id``'s lease until ``:lease_until``; their ``_CLAIMED``
         columns. ``SKIP LOCKED`` lets dispatchers on PostgreSQL claim side by side; SQLite
         has one writer at a time."""

@@ -310,6 +310,7 @@ class EventDelivery(Base):
         Index(
             "ix_event_deliveries_due",
             "next_attempt_at",
+            "seq",
             postgresql_where=sql_text("status = 'pending'"),
             sqlite_where=sql_text("status = 'pending'"),
         ),
