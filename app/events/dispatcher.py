@@ -32,7 +32,6 @@ destination: one caller's failing endpoint must not hold back the others' callba
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
@@ -45,7 +44,7 @@ import httpx
 from app import metrics
 from app.channels.base import DeliveryResult, ErrorClass, Message, origin, redact_result
 from app.channels.http_errors import post_and_classify
-from app.channels.webhook import secret_key, signed_headers
+from app.channels.webhook import json_body, secret_key, signed_headers
 from app.config import SubscriptionConfig
 from app.delivery.circuit import CircuitBreaker, DestinationCircuits, observe
 from app.delivery.listener import listen
@@ -327,7 +326,7 @@ class Dispatcher:
         self, subscription: SubscriptionConfig, delivery: ClaimedDelivery
     ) -> DeliveryResult:
         event = delivery.event
-        body = json.dumps(event.body(delivery.content), separators=(",", ":")).encode()
+        body = json_body(event.body(delivery.content))
         headers = {
             "content-type": "application/json",
             **signed_headers(self._keys[subscription.name], str(event.id), int(time.time()), body),

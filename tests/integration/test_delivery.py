@@ -10,6 +10,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
+from app.channels.webhook import json_body
 from app.delivery.worker import Worker
 from tests.support.harness import herald, running_worker
 from tests.support.http_server import HttpServer, serve_http
@@ -362,3 +363,24 @@ async def test_two_workers_never_claim_the_same_notification(db_url: str) -> Non
         assert first_count + second_count == 40
         delivered = [r.headers["webhook-id"] for r in sink.requests_to("/a")]
         assert sorted(delivered) == sorted(ids), "each notification sent exactly once"
+
+
+async def test_a_webhook_body_is_utf8_json_that_verifies(db_url: str) -> None:
+    """The body is compact JSON in UTF-8 (orjson's): text beyond ASCII goes as it is, and the
+    signature covers those bytes."""
+    async with serve_http() as sink, herald(db_url, hook_config(sink, "/a")) as h:
+        created = await h.send(text="Grüße \u2028 \U0001f600", metadata={"n": 2**63 - 1})
+        await h.run_worker()
+        (request,) = sink.requests_to("/a")
+        assert "Grüße".encode() in request.body and b"\\u" not in request.body
+        assert b'"metadata":{"n":9223372036854775807}' in request.body
+        payload = Webhook(SECRET).verify(request.body, request.headers)
+        assert payload["data"]["id"] == created["id"]
+        assert payload["data"]["text"] == "Grüße \u2028 \U0001f600"
+
+
+def test_a_body_orjson_refuses_is_written_by_json() -> None:
+    """An integer past 64 bits (a row stored before metadata was bounded): ``json`` writes it,
+    compact and in UTF-8 alike."""
+    assert json_body({"n": 2**70, "t": "é"}) == '{"n":1180591620717411303424,"t":"é"}'.encode()
+    assert json_body({"n": 1, "t": "é"}) == '{"n":1,"t":"é"}'.encode()
