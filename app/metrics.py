@@ -6,6 +6,9 @@ request, and no id or address is ever a label value.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +22,17 @@ from prometheus_client import (
 )
 
 from app.domain import FINAL_STATUSES, NotificationStatus
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+@lru_cache(maxsize=4096)
+def series(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, looked up once per combination: for the paths that count
+    once or more per notification (bench/results/levers.md, "metric series looked up once").
+    The label values are bounded (see above), so the cache is too."""
+    return metric.labels(*values)
+
 
 # A ``_created`` series per counter and histogram doubles what a scrape carries and no panel or
 # alert reads it.

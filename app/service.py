@@ -244,7 +244,7 @@ async def accept_batch(
     if winner is not None:
         return winner, True
     for row in accepted:
-        metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
+        metrics.series(metrics.notifications_received, metrics.route_label(row["route"])).inc()
     runtime.emitted(events)
     await _release_full_digests(runtime, accepted, now)
     if due:
@@ -475,7 +475,7 @@ async def accept(
             return winner, Admission.REPLAYED
     runtime.emitted(events)
     await _release_full_digests(runtime, [row], now)
-    metrics.notifications_received.labels(metrics.route_label(route.name)).inc()
+    metrics.series(metrics.notifications_received, metrics.route_label(route.name)).inc()
     # DEBUG, not INFO: one line per request was a large share of the API's CPU per accept
     # (bench/results/levers.md, "log line at DEBUG"), and every notification shows at INFO
     # anyway in the worker's line for each attempt.
@@ -553,7 +553,7 @@ async def accept_keyed(
             return await accept_keyed(runtime, items, owner=owner)
         return [await _accept_one(runtime, item, owner) for item in items]
     for row in rows:
-        metrics.notifications_received.labels(metrics.route_label(row["route"])).inc()
+        metrics.series(metrics.notifications_received, metrics.route_label(row["route"])).inc()
     runtime.emitted(events)
     await _release_full_digests(runtime, rows, now)
     if due:

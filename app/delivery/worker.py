@@ -723,35 +723,41 @@ class Worker:
         route = metrics.route_label(notification.route)
         for record in outcome.attempts:
             error = record.result.error
-            metrics.attempts.labels(
-                record.channel, record.outcome, str(error.cls) if error else "none"
-            ).inc()
-            metrics.attempt_duration.labels(record.channel).observe(record.duration_ms / 1000)
-            logger.info(
-                "attempt notification=%s channel=%s hop=%d round=%d outcome=%s error_class=%s "
-                "code=%s",
-                notification.id,
+            metrics.series(
+                metrics.attempts,
                 record.channel,
-                record.hop,
-                record.round,
                 record.outcome,
-                error.cls if error else "-",
-                error.code if error else "-",
-                extra={
-                    "notification_id": str(notification.id),
-                    "channel": record.channel,
-                    "outcome": record.outcome,
-                    "error_class": str(error.cls) if error else None,
-                },
+                str(error.cls) if error else "none",
+            ).inc()
+            metrics.series(metrics.attempt_duration, record.channel).observe(
+                record.duration_ms / 1000
             )
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "attempt notification=%s channel=%s hop=%d round=%d outcome=%s "
+                    "error_class=%s code=%s",
+                    notification.id,
+                    record.channel,
+                    record.hop,
+                    record.round,
+                    record.outcome,
+                    error.cls if error else "-",
+                    error.code if error else "-",
+                    extra={
+                        "notification_id": str(notification.id),
+                        "channel": record.channel,
+                        "outcome": record.outcome,
+                        "error_class": str(error.cls) if error else None,
+                    },
+                )
             if error is None and saved:
-                metrics.delivered_hop.labels(route, record.channel, str(record.hop)).inc()
+                metrics.series(metrics.delivered_hop, route, record.channel, str(record.hop)).inc()
         if not saved or not outcome.final:
             return
-        metrics.notifications_finished.labels(route, outcome.status).inc()
+        metrics.series(metrics.notifications_finished, route, outcome.status).inc()
         if outcome.delivered_at is not None:
             latency = (outcome.delivered_at - notification.created_at).total_seconds()
-            metrics.delivery_latency.labels(route).observe(max(0.0, latency))
+            metrics.series(metrics.delivery_latency, route).observe(max(0.0, latency))
 
     def _announce(self, notification: Claimed, outcome: Outcome, saved: bool) -> None:
         """Once a final state is committed, wake the requests waiting for it (``?wait=``)."""
