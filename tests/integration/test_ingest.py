@@ -146,6 +146,23 @@ async def test_entries_become_notifications_once_and_bad_ones_dead_letters(
     assert await pending(redis, stream, "second") == 0
 
 
+async def test_an_entry_with_a_field_that_is_not_utf8_is_a_dead_letter_kept_as_sent(
+    h: Harness, redis: Redis, prefix: str
+) -> None:
+    stream = f"{prefix}:orders"
+    (entry,) = await add_entries(
+        redis, stream, [{"type": "order.created", "note": b"caf\xe9", "payload": {"id": "A-9"}}]
+    )
+    await drain(consumer_of(h, redis))
+    assert await notifications(h) == []
+    assert await pending(redis, stream) == 0
+    (letter,) = await redis.xrange(f"{stream}:dead")
+    fields = letter[1]
+    assert fields[b"herald.id"] == entry.encode()
+    assert fields[b"herald.reason"] == b"field 'note' is not UTF-8"
+    assert fields[b"note"] == b"caf\xe9" and fields[b"type"] == b"order.created"
+
+
 async def test_unmatched_entries_can_be_dead_letters(
     db_url: str, redis: Redis, prefix: str
 ) -> None:
