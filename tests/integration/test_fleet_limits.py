@@ -293,11 +293,17 @@ async def test_one_workers_failures_open_the_circuit_in_every_worker(
             assert time.time() < trial_at - 1.0, "the cooldown is long enough for the test"
             await asyncio.sleep(max(0.0, trial_at - 1.0 - time.time()))
             assert len(sink.requests_to("/hook")) == tried_by_a, "nobody tried in the cooldown"
+
             # The cooldown ends: one trial, which fails and opens the circuit again.
             # (The trial goes with the first round after a process that has rounds waiting
-            # claimed it: a sync and a round later, up to ~3 s on this loaded machine; a
-            # second could come only a cooldown after the first failed.)
-            await asyncio.sleep(cooldown)  # until 5 s after the cooldown ended
+            # claimed it: a sync and a round later, up to ~3 s on this machine and more than 5
+            # s once while the whole suite ran; a second could come only a cooldown after the
+            # first failed.)
+            async def tried() -> bool:
+                return len(sink.requests_to("/hook")) > tried_by_a
+
+            await eventually("the trial after the cooldown", tried, within=1.0 + cooldown + 4)
+            await asyncio.sleep(1.0)  # a second trial, if another worker sent one, is here now
             trials = len(sink.requests_to("/hook")) - tried_by_a
             assert trials == 1, f"one trial fleet-wide, not {trials}"
             assert await opened()
