@@ -440,11 +440,14 @@ class Dispatcher:
         )
 
     async def sweep(self) -> int:
-        """Take back deliveries whose dispatcher's lease ran out; count what is unsettled."""
+        """Take back deliveries whose dispatcher's lease ran out; give a new table its first
+        statistics; count what is unsettled."""
         self._last_sweep = asyncio.get_running_loop().time()
         recovered = await self.store.recover_expired_leases(self.clock())
         if recovered:
             logger.warning("recovered %d event deliveries from expired leases", recovered)
+        if await self.store.analyze_if_never():
+            logger.info("analyzed event_deliveries, never analyzed before, for the claim's plan")
         unsettled = await self.store.unsettled()
         for name in self.subscriptions:
             metrics.events_pending.labels(name).set(unsettled.get(name, 0))

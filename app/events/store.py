@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import Table, bindparam, func, insert, literal_column, select, text, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -227,6 +227,16 @@ class DispatchStatements:
         due at once."""
 
 
+FIRST_STATISTICS_AT = 1000
+"""Deliveries in a never analyzed ``event_deliveries`` at which a dispatcher analyzes it."""
+
+_NEVER_ANALYZED = text(
+    "SELECT n_live_tup + n_dead_tup FROM pg_stat_user_tables"
+    " WHERE relid = 'event_deliveries'::regclass"
+    " AND last_analyze IS NULL AND last_autoanalyze IS NULL"
+)
+
+
 class DispatchStore:
     """The dispatcher's steps: each a statement in autocommit or one short transaction."""
 
@@ -234,6 +244,7 @@ class DispatchStore:
         self.sessions = sessions
         self.statements = DispatchStatements(engine.dialect)
         self._database = database_of(engine)
+        self._postgresql = engine.dialect.name == "postgresql"
 
     async def claim(
         self,
@@ -330,6 +341,26 @@ class DispatchStore:
         recover = self.statements.recover
         async with self._database.autocommit(recover) as connection:
             return await connection.count(recover, {"now": now})
+
+    async def analyze_if_never(self) -> bool:
+        """PostgreSQL: ``ANALYZE event_deliveries`` if it was never analyzed and holds
+        ``FIRST_STATISTICS_AT`` rows or more; whether it did.
+
+        Without statistics the planner reads the claim's subscriptions through
+        ``ix_event_deliveries_open`` and sorts every pending delivery to take a few (tens of
+        milliseconds a claim at thousands pending) instead of reading ``ix_event_deliveries_due``
+        in order (bench/results/levers.md, "statistics for a new event_deliveries"): on a new
+        database that lasts until autovacuum first analyzes the table, a minute or more.
+        """
+        if not self._postgresql:
+            return False
+        async with self.sessions() as session:
+            rows = (await session.execute(_NEVER_ANALYZED)).scalar()
+            if rows is None or rows < FIRST_STATISTICS_AT:
+                return False
+            await session.execute(text("ANALYZE event_deliveries"))
+            await session.commit()
+        return True
 
     async def unsettled(self) -> dict[str, int]:
         """Deliveries pending or being sent, per subscription."""
