@@ -28,8 +28,9 @@ M = TypeVar("M", Counter, Gauge, Histogram)
 
 @lru_cache(maxsize=4096)
 def series(metric: M, *values: str) -> M:
-    """``metric.labels(*values)``, looked up once per combination: for the paths that count
-    once or more per notification (bench/results/levers.md, "metric series looked up once").
+    """``metric.labels(*values)``, looked up once per combination, for the paths that count
+    once or more per request or notification
+    (bench/results/levers.md, "metric series looked up once").
     The label values are bounded (see above), so the cache is too."""
     return metric.labels(*values)
 

@@ -330,5 +330,6 @@ async def open_runtime(
         for channel in channels.values():
             await channel.aclose()
         await http.aclose()
-        await runtime.intake.close()
+        if "intake" in vars(runtime):  # made (cached_property) by the first accept, if any
+            await runtime.intake.close()
         await engine.dispose()

@@ -8,7 +8,6 @@ import re
 import time
 from typing import Protocol
 
-from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,7 +75,6 @@ class Edge:
         self.app = app
         self.limit = limit
         self.road = road
-        self._counted: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,14 +141,10 @@ class Edge:
             route = scope.get("route")
             path = getattr(route, "path", None) or "(unmatched)"
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            counted = self._counted.get((method, path, status))
-            if counted is None:
-                counted = self._counted[method, path, status] = (
-                    metrics.http_requests.labels(method, path, str(status)),
-                    metrics.http_request_duration.labels(method, path),
-                )
-            counted[0].inc()
-            counted[1].observe(time.perf_counter() - began)
+            metrics.series(metrics.http_requests, method, path, str(status)).inc()
+            metrics.series(metrics.http_request_duration, method, path).observe(
+                time.perf_counter() - began
+            )
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem_response(413, _too_large(self.limit), headers={"Connection": "close"})
