@@ -10,6 +10,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from yarl import URL
 
 from app.channels.base import DeliveryResult, ErrorClass
 from app.channels.outbound import Outbound
@@ -116,6 +117,16 @@ async def post_and_classify(
     response = await post_once(http, url, **request)
     if isinstance(response, DeliveryResult):
         return response
+    return classified(response, failure=failure, message_id=message_id)
+
+
+def classified(
+    response: httpx.Response,
+    *,
+    failure: Callable[[httpx.Response], DeliveryResult] = failure_from_response,
+    message_id: Callable[[httpx.Response], str | None] = lambda response: None,
+) -> DeliveryResult:
+    """``failure`` for a non-2xx answer, else a delivery with ``message_id``."""
     if not response.is_success:
         return failure(response)
     return DeliveryResult.ok(
@@ -123,6 +134,31 @@ async def post_and_classify(
         provider_message_id=message_id(response),
         response_excerpt=response.text,
     )
+
+
+async def post_bytes_and_classify(
+    http: Outbound,
+    url: URL,
+    *,
+    timeout: float,  # noqa: ASYNC109 (as ``post``'s)
+    headers: dict[str, str],
+    content: bytes,
+) -> DeliveryResult:
+    """What ``post_and_classify`` makes of the same POST (a test pins the two), through
+    ``Outbound.post_bytes``: a 2xx answer in plain UTF-8 is read without building httpx's
+    ``Response``; any other answer is classified from one."""
+    try:
+        answer = await http.post_bytes(url, timeout=timeout, headers=headers, content=content)
+    except httpx.HTTPError as exc:
+        return failure_from_transport(exc)
+    if 200 <= answer.status < 300 and (text := answer.plain_text()) is not None:
+        return DeliveryResult.ok(provider_status=answer.status, response_excerpt=text)
+    response = answer.response()
+    try:
+        await response.aread()
+    except httpx.HTTPError as exc:
+        return failure_from_transport(exc)
+    return classified(response)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

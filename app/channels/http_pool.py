@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
 from yarl import URL
+
+UTF8 = (b"utf-8", b"utf8")
+"""The names of UTF-8, httpx's default, in a ``Content-Type``'s charset."""
 
 SKIPPED = frozenset({"content-length", "transfer-encoding"})
 """Request headers aiohttp writes itself from the body it sends."""
@@ -58,40 +63,55 @@ class PooledTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        scheme = request.url.scheme
+        sni = request.extensions.get("sni_hostname")
+        answer = await self.exchange(
+            request.method,
+            URL(str(request.url), encoded=True),
+            request.headers.multi_items(),
+            await request.aread(),
+            timeout=_timeout(request.extensions.get("timeout", {})),
+            server_hostname=sni.decode("ascii") if isinstance(sni, bytes) else sni,
+            request=request,
+        )
+        return answer.response()
+
+    async def exchange(
+        self,
+        method: str,
+        url: URL,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp applies it per phase)
+        server_hostname: str | None = None,
+        request: httpx.Request | None = None,
+    ) -> Answer:
+        """One request on the wire, to ``url`` as it is (the guard has checked its host); the
+        answer as it came. Raises the ``httpx`` exceptions httpcore raised for the same failures
+        (naming ``request`` when there is one)."""
+        scheme = url.scheme
         if scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(
                 f"Request URL has an unsupported protocol '{scheme}://'.", request=request
             )
         session = self._open()
-        headers = [
-            (name, value) for name, value in request.headers.multi_items() if name not in SKIPPED
-        ]
-        timeout = request.extensions.get("timeout", {})
-        sni = request.extensions.get("sni_hostname")
         try:
             async with session.request(
-                request.method,
-                URL(str(request.url), encoded=True),
-                headers=headers,
-                data=await request.aread(),
+                method,
+                url,
+                headers=[(name, value) for name, value in headers if name not in SKIPPED],
+                data=body,
                 allow_redirects=False,
-                server_hostname=sni.decode("ascii") if isinstance(sni, bytes) else sni,
-                timeout=_timeout(timeout),
+                server_hostname=server_hostname,
+                timeout=timeout,
             ) as answer:
-                body = await answer.read()
+                content = await answer.read()
         except aiohttp.ClientError as exc:
             raise _as_httpx(exc, request) from _cause(exc)
         except TimeoutError as exc:  # a phase's timeout, raised by aiohttp's timer
             raise httpx.ReadTimeout("timed out", request=request) from exc
-        return httpx.Response(
-            answer.status,
-            headers=list(answer.raw_headers),
-            stream=httpx.ByteStream(body),
-            extensions={
-                "http_version": _version(answer.version),
-                "reason_phrase": (answer.reason or "").encode("latin-1", "replace"),
-            },
+        return Answer(
+            answer.status, answer.reason, answer.version, tuple(answer.raw_headers), content
         )
 
     async def aclose(self) -> None:
@@ -100,8 +120,55 @@ class PooledTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
-def _version(version: aiohttp.HttpVersion | None) -> bytes:
-    return b"HTTP/1.1" if version is None else f"HTTP/{version.major}.{version.minor}".encode()
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer as it came off the wire: its body not decoded."""
+
+    status: int
+    reason: str | None
+    version: aiohttp.HttpVersion | None
+    raw_headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def response(self) -> httpx.Response:
+        """The answer as httpx's ``Response``, not read yet (``Content-Encoding`` is decoded
+        as it is read)."""
+        version = self.version
+        return httpx.Response(
+            self.status,
+            headers=list(self.raw_headers),
+            stream=httpx.ByteStream(self.body),
+            extensions={
+                "http_version": b"HTTP/1.1"
+                if version is None
+                else f"HTTP/{version.major}.{version.minor}".encode(),
+                "reason_phrase": (self.reason or "").encode("latin-1", "replace"),
+            },
+        )
+
+    def plain_text(self) -> str | None:
+        """The body as the ``Response``'s ``text`` reads it, when that takes no more than UTF-8:
+        no ``Content-Encoding``, and no charset or ``charset=utf-8``; else ``None``."""
+        for name, value in self.raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-encoding":
+                return None
+            if lowered == b"content-type" and b"charset" in (value := value.lower()):
+                charset = value.partition(b"charset=")[2].split(b";", 1)[0]
+                if charset.strip().strip(b'"') not in UTF8:
+                    return None
+        return self.body.decode("utf-8", "replace")
+
+
+def wire_url(url: httpx.URL | str) -> URL:
+    """The URL ``PooledTransport`` puts on the wire for a request to ``url``."""
+    return URL(str(httpx.URL(url)), encoded=True)
+
+
+@functools.lru_cache(maxsize=64)
+def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for httpx's ``Timeout(seconds)`` (what ``Outbound.post`` sends)."""
+    return _timeout(httpx.Timeout(seconds).as_dict())
 
 
 def _timeout(phases: dict[str, float | None]) -> aiohttp.ClientTimeout:
@@ -114,7 +181,7 @@ def _timeout(phases: dict[str, float | None]) -> aiohttp.ClientTimeout:
     )
 
 
-def _as_httpx(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
+def _as_httpx(exc: aiohttp.ClientError, request: httpx.Request | None) -> httpx.TransportError:
     """The ``httpx`` exception httpcore raised for the failure aiohttp reports as ``exc``."""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ClientResponseError):  # its str names the URL, a secret's place

@@ -19,8 +19,11 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from yarl import URL
 
 from app import __version__
+from app.channels.http_pool import Answer, PooledTransport, client_timeout
+from app.security.guard import GuardedTransport
 
 
 def herald_version() -> str:
@@ -49,6 +52,15 @@ def _phases(timeout: float) -> dict[str, float | None]:
     return httpx.Timeout(timeout).as_dict()
 
 
+def _fields(headers: dict[str, str] | None) -> dict[str, str]:
+    """A request's headers: ``DEFAULT_HEADERS`` and then ``headers``, case-insensitively, as
+    the client's merge does."""
+    fields = dict(DEFAULT_HEADERS)
+    if headers:
+        fields.update((name.lower(), value) for name, value in headers.items())
+    return fields
+
+
 class Outbound:
     """POSTs to providers over ``transport`` (Herald's guarded, sharded pool in production)."""
 
@@ -71,9 +83,7 @@ class Outbound:
         Raises what the transport raises (``httpx.HTTPError`` subclasses) and
         ``httpx.InvalidURL`` for a URL httpx cannot parse.
         """
-        fields = dict(DEFAULT_HEADERS)
-        if headers:  # case-insensitively, as the client's merge does
-            fields.update((name.lower(), value) for name, value in headers.items())
+        fields = _fields(headers)
         if auth is not None:
             user, password = auth
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
@@ -94,6 +104,28 @@ class Outbound:
         finally:
             await response.aclose()
         return response
+
+    async def post_bytes(
+        self,
+        url: URL,
+        *,
+        timeout: float,  # noqa: ASYNC109 (as ``post``'s)
+        headers: dict[str, str],
+        content: bytes,
+    ) -> Answer:
+        """The POST ``post`` sends for ``content`` and ``headers`` (to ``wire_url(url)``),
+        answered as it came off the wire: without httpx's request and response objects, for a
+        caller that reads only the answer's status and text (bench/results/levers.md,
+        "events POSTed without httpx's objects"). Raises what ``post`` raises.
+
+        Needs Herald's own transport (``GuardedTransport`` or ``PooledTransport``).
+        """
+        transport = self.transport
+        if not isinstance(transport, GuardedTransport | PooledTransport):
+            raise TypeError(f"post_bytes needs Herald's transport, not {transport!r}")
+        return await transport.exchange(
+            "POST", url, _fields(headers).items(), content, timeout=client_timeout(timeout)
+        )
 
     async def aclose(self) -> None:
         await self.transport.aclose()

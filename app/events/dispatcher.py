@@ -39,11 +39,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-import httpx
-
 from app import metrics
 from app.channels.base import DeliveryResult, ErrorClass, Message, origin, redact_result
-from app.channels.http_errors import post_and_classify
+from app.channels.http_errors import post_bytes_and_classify
+from app.channels.http_pool import wire_url
 from app.channels.webhook import json_body, secret_key, signed_headers
 from app.config import SubscriptionConfig
 from app.delivery.circuit import CircuitBreaker, DestinationCircuits, observe
@@ -113,8 +112,8 @@ class Dispatcher:
                 CALLBACK, events.callback.circuit, _no_message, clock=monotonic
             )
         self._keys = {s.name: secret_key(s.secret.get_secret_value()) for s in subscriptions}
-        self._urls = {s.name: httpx.URL(s.url) for s in subscriptions}
-        """Each subscription's URL, parsed once (httpx parses a string URL on every request)."""
+        self._urls = {s.name: wire_url(s.url) for s in subscriptions}
+        """Each subscription's URL, parsed once."""
         self._with_content = {s.name for s in subscriptions if s.include_content}
         longest = max((s.timeout for s in subscriptions), default=0.0)
         self._lease = max(runtime.settings.lease, longest + TIMEOUT_GRACE + LEASE_MARGIN)
@@ -325,7 +324,7 @@ class Dispatcher:
     async def _post(
         self, subscription: SubscriptionConfig, delivery: ClaimedDelivery
     ) -> DeliveryResult:
-        event = delivery.event
+        event, url = delivery.event, delivery.url
         body = json_body(event.body(delivery.content))
         headers = {
             "content-type": "application/json",
@@ -333,9 +332,9 @@ class Dispatcher:
         }
         try:
             async with asyncio.timeout(subscription.timeout + TIMEOUT_GRACE):
-                return await post_and_classify(
+                return await post_bytes_and_classify(
                     self.runtime.http,
-                    delivery.url or self._urls[subscription.name],
+                    self._urls[subscription.name] if url is None else wire_url(url),
                     content=body,
                     headers=headers,
                     timeout=subscription.timeout,

@@ -22,7 +22,11 @@ import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
+from yarl import URL
+
+from app.channels.http_pool import Answer, PooledTransport
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -74,6 +78,12 @@ class AddressGuard:
             if reason is not None:
                 raise BlockedAddress(f"blocked address: {host} → {reason}")
         return addresses[0]
+
+    async def connect_to(self, host: str, port: int) -> str | None:
+        """The checked address to connect to instead of ``host`` (resolved), or ``None`` when
+        ``host`` is that address as written; ``BlockedAddress`` if it is refused."""
+        address = str(await self.resolve(host, port))
+        return None if address == host else address
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -142,7 +152,7 @@ def url_refusal(guard: AddressGuard, url: str) -> str | None:
 class GuardedTransport(httpx.AsyncBaseTransport):
     """Resolves, checks, then connects to the checked address only."""
 
-    def __init__(self, guard: AddressGuard, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, guard: AddressGuard, inner: PooledTransport) -> None:
         self.guard = guard
         self.inner = inner
 
@@ -151,11 +161,34 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             # The wire form (ASCII): decoding an IDNA host can fail on a malformed label.
             host = request.url.raw_host.decode("ascii")
             port = request.url.port or (443 if request.url.scheme == "https" else 80)
-            address = await self.guard.resolve(host, port)
-            if str(address) != host:
-                request.url = request.url.copy_with(host=str(address))
+            address = await self.guard.connect_to(host, port)
+            if address is not None:
+                request.url = request.url.copy_with(host=address)
                 request.extensions = {**request.extensions, "sni_hostname": host}
         return await self.inner.handle_async_request(request)
+
+    async def exchange(
+        self,
+        method: str,
+        url: URL,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+        *,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (the pool applies it per phase)
+    ) -> Answer:
+        """``PooledTransport.exchange`` to the checked address, as ``handle_async_request``
+        sends a request."""
+        name = None
+        if not self.guard.allow_private:
+            host = url.raw_host or ""
+            address = await self.guard.connect_to(host, url.port or 0)
+            if address is not None:
+                # the Host header names the URL's host, as httpx's request does
+                headers = [("host", url.host_port_subcomponent or host), *headers]
+                url, name = url.with_host(address), host
+        return await self.inner.exchange(
+            method, url, headers, body, timeout=timeout, server_hostname=name
+        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()
