@@ -168,10 +168,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from app.events.dispatcher import Dispatcher
+    from app.events.dispatcher import OWN_PROCESS_CONCURRENCY, Dispatcher
 
     def loops(runtime: Runtime, stop: asyncio.Event) -> list[Awaitable[None]]:
-        return [Dispatcher(runtime).run(stop)]
+        return [Dispatcher(runtime, concurrency=OWN_PROCESS_CONCURRENCY).run(stop)]
 
     return _run_loops(args, "events", loops, refuse=_nothing_to_dispatch)
 

@@ -68,7 +68,11 @@ from app.store.sql import EVENTS_CHANNEL
 logger = logging.getLogger("herald.events")
 
 CONCURRENCY = 16
-"""Events being sent at once per process."""
+"""Events being sent at once by a dispatcher beside the delivery loop, in its process."""
+OWN_PROCESS_CONCURRENCY = 64
+"""Events being sent at once by ``herald events``, a process of its own: its claims and saves
+take up to half as many deliveries each, fewer statements per event (bench/results/levers.md,
+"slots of herald events")."""
 SWEEP_EVERY = 5.0
 GATHER = 0.01
 """While busy, how long the loop lets freed slots add up before it claims again, unless half
