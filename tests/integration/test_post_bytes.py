@@ -153,12 +153,7 @@ SHORT_ROAD = (
 @pytest.mark.parametrize(
     "content_type",
     [
-        None,
-        "text/plain",
-        "application/json; charset=utf-8",
-        "application/json;charset=UTF-8",
-        'text/plain; charset="utf-8"',
-        "text/plain; charset=utf8; format=flowed",
+        *SHORT_ROAD,
         "text/plain; charset=latin-1",
         "text/plain; charset = utf-8",
         "text/plain; Charset=Windows-1252",
