@@ -12,6 +12,10 @@ the per-phase timeouts are the request's; redirects are returned, never followed
 neither kept nor sent; the answer's body is handed over as it came (httpx decodes
 ``Content-Encoding``). aiohttp's errors become the ``httpx`` exceptions httpcore raised for
 the same failures, the original kept as the cause.
+
+Every request goes on the wire through ``PooledTransport.exchange``, which answers with the
+``Answer`` as it came; ``handle_async_request`` wraps it for httpx. The event dispatcher calls
+``exchange`` itself (through the guard: ``Outbound.post_bytes``), without httpx's objects.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Passing them by (httpx's own ``Request`` and ``Response``, on the same transport
 every POST (bench/results/levers.md, "`Outbound`: each POST"). What reaches the provider is what
 httpx's client sends (its default headers, the timeout for each phase, the transport's errors as
 ``httpx`` exceptions), except that Herald names itself: ``User-Agent: Herald/<version>``.
+``post_bytes`` sends the same request without httpx's objects at all, for the event
+dispatcher.
 """
 
 from __future__ import annotations
@@ -113,10 +115,11 @@ class Outbound:
         headers: dict[str, str],
         content: bytes,
     ) -> Answer:
-        """The POST ``post`` sends for ``content`` and ``headers`` (to ``wire_url(url)``),
-        answered as it came off the wire: without httpx's request and response objects, for a
-        caller that reads only the answer's status and text (bench/results/levers.md,
-        "events POSTed without httpx's objects"). Raises what ``post`` raises.
+        """The POST ``post`` sends with ``content`` and ``headers``, to ``url`` (a URL as
+        ``wire_url`` makes it), answered as it came off the wire: without httpx's request and
+        response objects, for a caller that reads only the answer's status and text
+        (bench/results/levers.md, "events POSTed without httpx's objects"). Raises what
+        ``post`` raises.
 
         Needs Herald's own transport (``GuardedTransport`` or ``PooledTransport``).
         """
