@@ -57,16 +57,7 @@ def one_run(b: bench.Bench, label: str) -> dict[str, Any]:
     assert b.pg is not None and b.sink is not None
     b.truncate()
     bench.http_json(f"{b.sink_url}/_reset", "POST", b"")
-    env = b.herald_env(bench.sqlalchemy_url(b.dsn))
-    dispatcher = None
-    if label == "herald_events":
-        env["HERALD_CONFIG"] = str(b.events_config)
-        worker = b.procs.start("worker", [bench.HERALD, "worker", "--no-events"], env)
-        dispatcher = b.procs.start("events", [bench.HERALD, "events"], env)
-        b.wait_listening(worker, dispatcher)
-    else:
-        worker = b.procs.start("worker", [bench.HERALD, "worker"], env)
-        b.wait_listening(worker)
+    worker, dispatcher = b.start_deliverer(label)
     names = {worker.pid: "worker", b.sink.pid: "sink"}
     if dispatcher is not None:
         names[dispatcher.pid] = "events"

@@ -725,6 +725,25 @@ class Bench:
             "table truncated before each run",
         }
 
+    def start_deliverer(self, label: str) -> tuple[Proc, Proc | None]:
+        """Herald's processes for a deliver variant (``herald``, ``herald_events``,
+        ``herald_poll_10ms``), started idle and listening: the worker, and ``herald events``
+        beside it for ``herald_events``."""
+        env = self.herald_env(sqlalchemy_url(self.dsn))
+        if label == "herald_poll_10ms":
+            env["HERALD_POLL_INTERVAL"] = "10ms"
+        if label != "herald_events":
+            worker = self.procs.start("worker", [HERALD, "worker"], env)
+            self.wait_listening(worker)
+            return worker, None
+        # As README "PostgreSQL and separate workers" runs them: the delivery loop and the
+        # event dispatcher each in a process of its own.
+        env["HERALD_CONFIG"] = str(self.events_config)
+        worker = self.procs.start("worker", [HERALD, "worker", "--no-events"], env)
+        dispatcher = self.procs.start("events", [HERALD, "events"], env)
+        self.wait_listening(worker, dispatcher)
+        return worker, dispatcher
+
     def deliver(self) -> None:
         assert self.pg is not None
         herald_runs, baseline_runs, fastpoll_runs, events_runs = [], [], [], []
@@ -743,19 +762,7 @@ class Bench:
                 # process start-up stays out of the CPU figures
                 dispatcher = None
                 if label.startswith("herald"):
-                    env = self.herald_env(sqlalchemy_url(self.dsn))
-                    if label == "herald_poll_10ms":
-                        env["HERALD_POLL_INTERVAL"] = "10ms"
-                    if label == "herald_events":
-                        # As README "PostgreSQL and separate workers" runs them: the delivery
-                        # loop and the event dispatcher each in a process of its own.
-                        env["HERALD_CONFIG"] = str(self.events_config)
-                        proc = self.procs.start("worker", [HERALD, "worker", "--no-events"], env)
-                        dispatcher = self.procs.start("events", [HERALD, "events"], env)
-                        self.wait_listening(proc, dispatcher)
-                    else:
-                        proc = self.procs.start("worker", [HERALD, "worker"], env)
-                        self.wait_listening(proc)
+                    proc, dispatcher = self.start_deliverer(label)
                 else:
                     proc = self.procs.start(
                         "baseline_deliver",

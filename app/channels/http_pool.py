@@ -170,9 +170,16 @@ def wire_url(url: httpx.URL | str) -> URL:
 
 
 @functools.lru_cache(maxsize=64)
+def phases(timeout: float) -> dict[str, float | None]:
+    """httpx's per-phase timeouts for ``timeout`` (a channel uses one or two values): what
+    ``Outbound.post`` puts in its request's extensions."""
+    return httpx.Timeout(timeout).as_dict()
+
+
+@functools.lru_cache(maxsize=64)
 def client_timeout(seconds: float) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for httpx's ``Timeout(seconds)`` (what ``Outbound.post`` sends)."""
-    return _timeout(httpx.Timeout(seconds).as_dict())
+    """aiohttp's timeouts for ``phases(seconds)``, as a request from ``Outbound.post`` gets."""
+    return _timeout(phases(seconds))
 
 
 def _timeout(phases: dict[str, float | None]) -> aiohttp.ClientTimeout:

@@ -15,7 +15,6 @@ dispatcher.
 from __future__ import annotations
 
 import base64
-import functools
 from importlib import metadata
 from types import TracebackType
 from typing import Any
@@ -24,7 +23,7 @@ import httpx
 from yarl import URL
 
 from app import __version__
-from app.channels.http_pool import Answer, PooledTransport, client_timeout
+from app.channels.http_pool import Answer, PooledTransport, client_timeout, phases
 from app.security.guard import GuardedTransport
 
 
@@ -46,12 +45,6 @@ DEFAULT_HEADERS = {
 }
 """What every request carries unless a channel says otherwise: ``httpx.AsyncClient``'s defaults,
 with Herald's own ``User-Agent`` instead of ``python-httpx/<version>``."""
-
-
-@functools.lru_cache(maxsize=64)
-def _phases(timeout: float) -> dict[str, float | None]:
-    """httpx's per-phase timeouts for ``timeout`` (a channel uses one or two values)."""
-    return httpx.Timeout(timeout).as_dict()
 
 
 def _fields(headers: dict[str, str] | None) -> dict[str, str]:
@@ -97,7 +90,7 @@ class Outbound:
             content=content,
             json=json,
             data=data,
-            extensions={"timeout": _phases(timeout)},
+            extensions={"timeout": phases(timeout)},
         )
         response = await self.transport.handle_async_request(request)
         response.request = request

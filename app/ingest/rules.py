@@ -240,9 +240,6 @@ class Condition(BaseModel):
             raise ValueError("give at least one of eq, ne, gt, gte, lt, lte, in, glob, exists")
         return self
 
-    def holds(self, value: Any) -> bool:
-        return self.check().holds(value)
-
     def check(self) -> Check:
         """The condition made once into what a rule tests each entry with."""
         return Check(
